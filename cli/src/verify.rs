@@ -1,0 +1,105 @@
+//! `tally verify`: every ledger invariant, checked in SQL over the whole database.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{PgPool, Row};
+
+#[derive(Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub users_checked: i64,
+    pub entries_checked: i64,
+    pub violations: Vec<Value>,
+}
+
+/// Each check: a name and a query returning one row per violation, as a JSON object.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "balance_is_sum_of_entries",
+        "SELECT json_build_object('app_id', a.app_id, 'user_id', a.user_id, 'balance', a.balance,
+                                  'sum_of_entries', COALESCE(s.total, 0))
+         FROM accounts a
+         LEFT JOIN (SELECT app_id, user_id, sum(amount) AS total FROM ledger_entries GROUP BY 1, 2) s
+           USING (app_id, user_id)
+         WHERE a.balance <> COALESCE(s.total, 0)",
+    ),
+    (
+        "entries_numbered_without_gaps",
+        "SELECT json_build_object('app_id', a.app_id, 'user_id', a.user_id, 'entry_count', a.entry_count,
+                                  'entries', COALESCE(s.n, 0), 'max_seq', COALESCE(s.max_seq, 0))
+         FROM accounts a
+         LEFT JOIN (SELECT app_id, user_id, count(*) AS n, max(seq) AS max_seq
+                    FROM ledger_entries GROUP BY 1, 2) s USING (app_id, user_id)
+         WHERE a.entry_count <> COALESCE(s.n, 0) OR COALESCE(s.max_seq, 0) <> COALESCE(s.n, 0)",
+    ),
+    (
+        "balance_after_chain",
+        "SELECT json_build_object('app_id', app_id, 'user_id', user_id, 'ledger_id', id, 'seq', seq,
+                                  'balance_after', balance_after, 'expected', running)
+         FROM (SELECT *, sum(amount) OVER (PARTITION BY app_id, user_id ORDER BY seq) AS running
+               FROM ledger_entries) t
+         WHERE balance_after <> running",
+    ),
+    (
+        "no_negative_balance",
+        "SELECT json_build_object('app_id', app_id, 'user_id', user_id, 'balance', balance, 'held', held)
+         FROM accounts WHERE balance < 0 OR held < 0 OR held > balance",
+    ),
+    (
+        "refunds_within_original",
+        "SELECT json_build_object('ledger_id', e.id, 'original', abs(e.amount), 'reversed', sum(
+                    abs(r.amount) + COALESCE((r.metadata->>'unrecovered')::bigint, 0)))
+         FROM ledger_entries e JOIN ledger_entries r ON r.refunded_ledger_id = e.id
+         GROUP BY e.id, e.amount
+         HAVING sum(abs(r.amount) + COALESCE((r.metadata->>'unrecovered')::bigint, 0)) > abs(e.amount)",
+    ),
+    (
+        "refund_targets_refundable",
+        "SELECT json_build_object('ledger_id', r.id, 'refunded_ledger_id', e.id, 'target_type', e.type)
+         FROM ledger_entries r JOIN ledger_entries e ON r.refunded_ledger_id = e.id
+         WHERE e.type NOT IN ('add', 'deduct', 'payment') OR e.app_id <> r.app_id OR e.user_id <> r.user_id",
+    ),
+    (
+        "every_entry_from_an_applied_command",
+        "SELECT json_build_object('ledger_id', e.id, 'command_id', e.command_id, 'status', p.status)
+         FROM ledger_entries e LEFT JOIN processed_commands p ON p.command_id = e.command_id
+         WHERE p.command_id IS NULL OR p.status <> 'applied'",
+    ),
+    (
+        "one_effect_per_command",
+        "SELECT json_build_object('command_id', command_id, 'entries', count(*))
+         FROM ledger_entries WHERE type IN ('add', 'deduct', 'refund', 'payment', 'clawback')
+         GROUP BY command_id HAVING count(*) > 1",
+    ),
+];
+
+pub async fn verify(pool: &PgPool) -> anyhow::Result<Report> {
+    let mut tx = pool.begin().await?;
+    // One consistent snapshot for every check.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let users_checked: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&mut *tx)
+        .await?;
+    let entries_checked: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut violations = Vec::new();
+    for (check, query) in CHECKS {
+        let rows = sqlx::query(&format!("{query} LIMIT 1000"))
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            let detail: Value = row.get(0);
+            violations.push(json!({ "check": check, "detail": detail }));
+        }
+    }
+    tx.commit().await?;
+    Ok(Report {
+        ok: violations.is_empty(),
+        users_checked,
+        entries_checked,
+        violations,
+    })
+}

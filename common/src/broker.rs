@@ -1,0 +1,98 @@
+//! NATS connection and JetStream provisioning.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_nats::jetstream::{self, stream};
+
+use crate::config::STARTUP_CONNECT_TIMEOUT;
+use crate::partition::Names;
+
+/// Window in which the broker drops a republished message ID. Postgres dedupe is the final
+/// word; this only spares the workers the obvious duplicates (client and ingress retries).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long an unapplied command may wait in the stream. Workers apply commands in
+/// milliseconds; a week covers any outage an operator would let run.
+pub const COMMAND_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest command stream, in bytes. Past it the broker refuses new commands (503), never
+/// drops an unapplied one.
+pub const COMMAND_STREAM_BYTES_MAX: i64 = 8 * 1024 * 1024 * 1024;
+/// Stream metadata key recording the partition count the stream was created with.
+const METADATA_PARTITIONS: &str = "tally_partitions";
+
+/// Connects to NATS; fails with one clear line when no server answers.
+pub async fn connect(nats_url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(STARTUP_CONNECT_TIMEOUT)
+        .request_timeout(Some(Duration::from_secs(5)));
+    let servers: Vec<async_nats::ServerAddr> = nats_url
+        .split(',')
+        .map(|url| url.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("TALLY_NATS_URL is not a valid list of NATS URLs")?;
+    tokio::time::timeout(STARTUP_CONNECT_TIMEOUT, options.connect(servers))
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot reach NATS at {nats_url}: timed out"))?
+        .with_context(|| format!("cannot reach NATS at {nats_url}"))
+}
+
+/// The command stream's configuration.
+pub fn command_stream_config(names: &Names, partitions: u32) -> stream::Config {
+    stream::Config {
+        name: names.command_stream(),
+        description: Some("Tally credit commands, one subject per partition".to_string()),
+        subjects: vec![names.command_subjects_wildcard()],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_age: COMMAND_MAX_AGE,
+        max_bytes: COMMAND_STREAM_BYTES_MAX,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_atomic_publish: true,
+        metadata: HashMap::from([(METADATA_PARTITIONS.to_string(), partitions.to_string())]),
+        ..Default::default()
+    }
+}
+
+/// Creates the command stream, or checks the existing one. Safe when many processes start at
+/// once. Refuses to run with a partition count other than the stream's.
+pub async fn provision(
+    js: &jetstream::Context,
+    names: &Names,
+    partitions: u32,
+) -> anyhow::Result<stream::Stream> {
+    let config = command_stream_config(names, partitions);
+    let mut last_error = None;
+    for _ in 0..5 {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(mut stream) => {
+                let info = stream
+                    .info()
+                    .await
+                    .context("cannot read the command stream")?;
+                let existing = info.config.metadata.get(METADATA_PARTITIONS).cloned();
+                if let Some(existing) = existing {
+                    if existing != partitions.to_string() {
+                        bail!(
+                            "stream {} has {existing} partitions but TALLY_PARTITIONS is {partitions}",
+                            config.name
+                        );
+                    }
+                }
+                return Ok(stream);
+            }
+            Err(error) => {
+                last_error = Some(error);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "cannot create stream {}: {}",
+        config.name,
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}

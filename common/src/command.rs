@@ -1,0 +1,110 @@
+//! Commands as they travel from the ingress to a worker, and results as they travel back.
+//!
+//! Every field here has already been validated by the ingress; the worker trusts the shape and
+//! decides only what needs the ledger's state (balances, refundable amounts, holds).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::webhook::WebhookEvent;
+
+/// Header carrying the subject where the worker publishes the result. A consumed JetStream
+/// message's own `reply` is its ack subject, so the requester's inbox travels in a header.
+pub const HEADER_REPLY_TO: &str = "Tally-Reply-To";
+
+/// One command, addressed to one user's partition.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    /// Unique per accepted command; the broker message ID and the worker's dedupe key.
+    pub command_id: Uuid,
+    pub app_id: Uuid,
+    /// SHA-256 (hex) of the method, path and canonical body when the request carried an
+    /// `Idempotency-Key`: a duplicate with another hash is a conflict, not a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
+    pub accepted_at: DateTime<Utc>,
+    pub command: Command,
+}
+
+/// What to do. Amounts are validated integers in `1..=10^12`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Command {
+    Add {
+        user_id: String,
+        amount: i64,
+        description: Option<String>,
+        metadata: Map<String, Value>,
+        /// When the credits of this add expire (`None`: never).
+        #[serde(default)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    Deduct {
+        user_id: String,
+        amount: i64,
+        description: Option<String>,
+        metadata: Map<String, Value>,
+    },
+    Refund {
+        /// The user the refunded entry belongs to (looked up by the ingress for routing).
+        user_id: String,
+        ledger_id: Uuid,
+        /// `None`: everything that is left.
+        amount: Option<i64>,
+        description: Option<String>,
+        metadata: Map<String, Value>,
+    },
+    /// A verified payment-provider event.
+    Webhook(WebhookEvent),
+}
+
+impl Command {
+    /// The user whose partition orders this command.
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Add { user_id, .. }
+            | Self::Deduct { user_id, .. }
+            | Self::Refund { user_id, .. } => user_id,
+            Self::Webhook(event) => event.partition_key(),
+        }
+    }
+
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Add { .. } => "add",
+            Self::Deduct { .. } => "deduct",
+            Self::Refund { .. } => "refund",
+            Self::Webhook(_) => "webhook",
+        }
+    }
+}
+
+/// How a command ended. `Rejected` is a business answer (402, 409, 422 …), never a failure.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Applied,
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// The result of one command: the HTTP answer the synchronous call returns, stored durably by
+/// the worker in the same transaction as the command's effect.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    pub command_id: Uuid,
+    pub status: Status,
+    pub http_status: u16,
+    pub body: Value,
+}

@@ -1,0 +1,78 @@
+//! Settings every binary reads: each is a flag and an environment variable of the same name.
+
+use std::time::Duration;
+
+/// Where Tally's state lives. Flattened into each binary's own configuration.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonConfig {
+    /// Postgres connection URL.
+    #[arg(
+        long,
+        visible_alias = "tally-database-url",
+        env = "TALLY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tally"
+    )]
+    pub database_url: String,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long,
+        visible_alias = "tally-nats-url",
+        env = "TALLY_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// Prefix of every stream, subject and consumer, so several deployments share one NATS.
+    #[arg(
+        long,
+        visible_alias = "tally-namespace",
+        env = "TALLY_NAMESPACE",
+        default_value = "tally"
+    )]
+    pub namespace: String,
+
+    /// Number of partitions of the command stream; fixed once the stream exists.
+    #[arg(
+        long,
+        visible_alias = "tally-partitions",
+        env = "TALLY_PARTITIONS",
+        default_value_t = crate::limits::PARTITIONS_DEFAULT
+    )]
+    pub partitions: u32,
+
+    /// Log format: `text` or `json` (level from RUST_LOG, default info).
+    #[arg(
+        long,
+        visible_alias = "tally-log-format",
+        env = "TALLY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+
+    /// Largest number of database connections this process opens.
+    #[arg(
+        long,
+        visible_alias = "tally-db-pool-size",
+        env = "TALLY_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
+    pub db_pool_size: u32,
+}
+
+impl CommonConfig {
+    /// Defaults for tests and embedding, pointed at the given services.
+    pub fn new(database_url: &str, nats_url: &str, namespace: &str) -> Self {
+        Self {
+            database_url: database_url.to_string(),
+            nats_url: nats_url.to_string(),
+            namespace: namespace.to_string(),
+            partitions: crate::limits::PARTITIONS_DEFAULT,
+            log_format: crate::telemetry::LogFormat::Text,
+            db_pool_size: 16,
+        }
+    }
+}
+
+/// How long a dependency may take to answer at start before the process gives up.
+pub const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

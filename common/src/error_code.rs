@@ -1,0 +1,68 @@
+//! The stable, machine-readable `error` codes of the API and their HTTP statuses.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidSignature,
+    Unauthorized,
+    InsufficientCredits,
+    NotFound,
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    AlreadyRefunded,
+    HoldNotActive,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    BalanceOverflow,
+    NotRefundable,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidRequest | Self::InvalidSignature => 400,
+            Self::Unauthorized => 401,
+            Self::InsufficientCredits => 402,
+            Self::NotFound => 404,
+            Self::IdempotencyConflict
+            | Self::IdempotencyInProgress
+            | Self::AlreadyRefunded
+            | Self::HoldNotActive => 409,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::BalanceOverflow | Self::NotRefundable => 422,
+            Self::Internal => 500,
+            Self::Unavailable => 503,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidSignature => "invalid_signature",
+            Self::Unauthorized => "unauthorized",
+            Self::InsufficientCredits => "insufficient_credits",
+            Self::NotFound => "not_found",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
+            Self::AlreadyRefunded => "already_refunded",
+            Self::HoldNotActive => "hold_not_active",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BalanceOverflow => "balance_overflow",
+            Self::NotRefundable => "not_refundable",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The error body every response uses: `{success: false, error, message, ..extra}`.
+    pub fn body(self, message: impl Into<String>) -> serde_json::Value {
+        serde_json::json!({ "success": false, "error": self.as_str(), "message": message.into() })
+    }
+}

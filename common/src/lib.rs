@@ -1,0 +1,14 @@
+//! The wire contract between Tally's ingress and workers, and what every binary shares:
+//! commands and their results, the partition hash, subject names, error codes, configuration,
+//! database migrations and broker provisioning.
+
+pub mod apikey;
+pub mod broker;
+pub mod command;
+pub mod config;
+pub mod db;
+pub mod error_code;
+pub mod limits;
+pub mod partition;
+pub mod telemetry;
+pub mod webhook;

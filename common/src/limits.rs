@@ -1,0 +1,22 @@
+//! Every limit of the API in one place, named and documented.
+
+/// Smallest credit amount a write accepts.
+pub const AMOUNT_MIN: i64 = 1;
+/// Largest credit amount a single write accepts (10^12).
+pub const AMOUNT_MAX: i64 = 1_000_000_000_000;
+/// Longest `user_id`, in bytes.
+pub const USER_ID_BYTES_MAX: usize = 255;
+/// Longest `description`, in characters.
+pub const DESCRIPTION_CHARS_MAX: usize = 1_000;
+/// Most keys a `metadata` object may have (Stripe's rule).
+pub const METADATA_KEYS_MAX: usize = 50;
+/// Longest `Idempotency-Key` header, in characters.
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
+/// Largest request body, in bytes.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// History and list pages: default and largest page size.
+pub const PAGE_LIMIT_DEFAULT: i64 = 50;
+pub const PAGE_LIMIT_MAX: i64 = 200;
+/// Number of partitions of the command stream. Fixed for the life of a stream: changing it
+/// would move users between partitions and break per-user order.
+pub const PARTITIONS_DEFAULT: u32 = 64;

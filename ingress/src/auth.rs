@@ -1,0 +1,88 @@
+//! API key authentication: `Authorization: Bearer tk_…`, looked up by SHA-256 and cached for a
+//! few seconds so that a hot key costs no query, while a revocation still takes effect within
+//! [`KEY_CACHE_TTL`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// How long a verified key is trusted without asking the database again. Revocation is
+/// effective within this time (the contract promises 5 s).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(4);
+/// Most keys kept in the cache; past it the cache is emptied (keys are re-verified).
+const KEY_CACHE_ENTRIES_MAX: usize = 100_000;
+
+/// The app a request acts for.
+#[derive(Clone, Copy, Debug)]
+pub struct Auth {
+    pub app_id: Uuid,
+}
+
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<[u8; 32], (Uuid, Instant)>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &[u8; 32]) -> Option<Uuid> {
+        let entries = self.entries.lock().expect("key cache lock");
+        entries
+            .get(hash)
+            .filter(|(_, fetched)| fetched.elapsed() < KEY_CACHE_TTL)
+            .map(|(app, _)| *app)
+    }
+
+    fn put(&self, hash: [u8; 32], app_id: Uuid) {
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() >= KEY_CACHE_ENTRIES_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (app_id, Instant::now()));
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|key| !key.is_empty() && key.len() <= 200)
+            .ok_or(ApiError::Unauthorized)?;
+        let hash = tally_common::apikey::hash(key);
+        if let Some(app_id) = state.keys.get(&hash) {
+            return Ok(Auth { app_id });
+        }
+        let row: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT app_id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&state.pool)
+        .await?;
+        match row {
+            Some((app_id, stored)) if bool::from(stored.as_slice().ct_eq(&hash[..])) => {
+                state.keys.put(hash, app_id);
+                Ok(Auth { app_id })
+            }
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}

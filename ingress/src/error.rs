@@ -1,0 +1,130 @@
+//! One error type for every HTTP answer that is not a success, mapped in one place to a
+//! status and a stable `error` code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{Map, Value};
+use tally_common::error_code::ErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input; `field` names what is wrong.
+    #[error("{message}")]
+    InvalidRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("missing, malformed, unknown or revoked API key")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Idempotency-Key was already used with a different request")]
+    IdempotencyConflict,
+    #[error("a request with this Idempotency-Key is still being processed; retry later")]
+    IdempotencyInProgress,
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("request body must be application/json")]
+    UnsupportedMediaType,
+    /// The broker or the database could not be reached; nothing was accepted.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure: logged where it happens, opaque to the client.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn field(field: &str, message: impl std::fmt::Display) -> Self {
+        Self::InvalidRequest {
+            field: Some(field.to_string()),
+            message: format!("{field}: {message}"),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            Self::InvalidSignature(_) => ErrorCode::InvalidSignature,
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            Self::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if tally_common_is_unavailable(&error) {
+            Self::Unavailable("the database is unreachable; retry later".to_string())
+        } else {
+            Self::Internal(error.into())
+        }
+    }
+}
+
+fn tally_common_is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let mut body = match &self {
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                code.body("an internal error occurred")
+            }
+            Self::Unavailable(message) => {
+                tracing::warn!(%message, "request refused: dependency unavailable");
+                code.body(self.to_string())
+            }
+            _ => code.body(self.to_string()),
+        };
+        if let (
+            Self::InvalidRequest {
+                field: Some(field), ..
+            },
+            Value::Object(object),
+        ) = (&self, &mut body)
+        {
+            object.insert("field".into(), Value::String(field.clone()));
+        }
+        json_response(code.status(), body)
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(body)).into_response()
+}
+
+/// Extra fields merged into an error body.
+pub fn with_fields(mut body: Value, fields: Map<String, Value>) -> Value {
+    if let Value::Object(object) = &mut body {
+        object.extend(fields);
+    }
+    body
+}

@@ -1,0 +1,32 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{commands, credits};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tally", description = "Credits for SaaS and AI products: add, deduct, refund and read, exactly once."),
+    paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::history,
+          commands::command_status),
+    modifiers(&BearerKey)
+)]
+pub struct ApiDoc;
+
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("tk_…")
+                    .build(),
+            ),
+        );
+    }
+}

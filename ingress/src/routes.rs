@@ -1,0 +1,5 @@
+//! HTTP handlers, one module per resource.
+
+pub mod commands;
+pub mod credits;
+pub mod ops;

@@ -1,0 +1,237 @@
+//! The write path shared by every command: idempotency, publish, wait, answer.
+//!
+//! 1. With an `Idempotency-Key`, claim the key for a new command id (one insert). If the key was
+//!    claimed before: a different request is a conflict; a finished command is replayed; an
+//!    unfinished one is published again under its first id (the broker and the worker both
+//!    dedupe by id, so this can only help it along).
+//! 2. Publish to the user's partition and wait for the broker's durable acknowledgement.
+//!    If the broker cannot be reached, cancel the command in Postgres — a `cancelled` dedupe
+//!    record that makes a worker skip it, should the message have been stored after all — and
+//!    answer 503. If the cancellation loses the race to a worker, the command was applied:
+//!    answer its result instead.
+//! 3. Answer 202 at once (`Prefer: respond-async`), or wait for the worker's reply up to the
+//!    sync timeout, then 202.
+
+use std::time::{Duration, Instant};
+
+use axum::response::Response;
+use serde_json::json;
+use tally_common::command::{Command, Envelope, Outcome, Status};
+use uuid::Uuid;
+
+use crate::error::{json_response, ApiError};
+use crate::AppState;
+
+/// How often a request waiting on another request's command checks for its result.
+const DUPLICATE_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+pub struct Submission {
+    pub app_id: Uuid,
+    pub command: Command,
+    /// `(key, request hash)` when the request carried an `Idempotency-Key`.
+    pub idempotency: Option<(String, String)>,
+    pub respond_async: bool,
+}
+
+/// A command's record in Postgres.
+enum Stored {
+    Finished(Outcome),
+    Cancelled,
+}
+
+pub async fn submit(state: &AppState, submission: Submission) -> Result<Response, ApiError> {
+    let Submission {
+        app_id,
+        command,
+        idempotency,
+        respond_async,
+    } = submission;
+    let mut command_id = Uuid::now_v7();
+    if let Some((key, hash)) = &idempotency {
+        match claim_key(state, app_id, key, hash, command_id).await? {
+            Claim::New => {}
+            Claim::Existing { command_id: first } => {
+                if let Some(Stored::Finished(outcome)) = stored(state, app_id, first).await? {
+                    return Ok(answer(outcome));
+                }
+                command_id = first;
+            }
+        }
+    }
+    let envelope = Envelope {
+        command_id,
+        app_id,
+        request_hash: idempotency.as_ref().map(|(_, hash)| hash.clone()),
+        accepted_at: chrono::Utc::now(),
+        command,
+    };
+    metrics::counter!("tally_commands_submitted_total", "kind" => envelope.command.kind())
+        .increment(1);
+    let waiter = (!respond_async).then(|| state.bus.waiter());
+    let accepted = match state.bus.publish(&envelope, waiter.as_ref()).await {
+        Ok(accepted) => accepted,
+        Err(error) => return refuse(state, &envelope, idempotency.as_ref(), error).await,
+    };
+    if respond_async {
+        return Ok(accepted_response(state, app_id, command_id).await);
+    }
+    let started = Instant::now();
+    let timeout = state.config.sync_timeout();
+    if !accepted.duplicate {
+        if let Some(outcome) = waiter.expect("sync waits").wait(timeout).await {
+            metrics::histogram!("tally_sync_wait_seconds").record(started.elapsed().as_secs_f64());
+            return Ok(answer(outcome));
+        }
+        return Ok(accepted_response(state, app_id, command_id).await);
+    }
+    // Another request published this command first; its worker answers that request. Wait
+    // for the stored result instead.
+    while started.elapsed() < timeout {
+        match stored(state, app_id, command_id).await? {
+            Some(Stored::Finished(outcome)) => return Ok(answer(outcome)),
+            Some(Stored::Cancelled) => break,
+            None => tokio::time::sleep(DUPLICATE_POLL_INTERVAL).await,
+        }
+    }
+    Err(ApiError::IdempotencyInProgress)
+}
+
+enum Claim {
+    New,
+    Existing { command_id: Uuid },
+}
+
+async fn claim_key(
+    state: &AppState,
+    app_id: Uuid,
+    key: &str,
+    hash: &str,
+    command_id: Uuid,
+) -> Result<Claim, ApiError> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (app_id, key, request_hash, command_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (app_id, key) DO NOTHING",
+    )
+    .bind(app_id)
+    .bind(key)
+    .bind(hash)
+    .bind(command_id)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Claim::New);
+    }
+    let row: Option<(String, Uuid)> = sqlx::query_as(
+        "SELECT request_hash, command_id FROM idempotency_keys WHERE app_id = $1 AND key = $2",
+    )
+    .bind(app_id)
+    .bind(key)
+    .fetch_optional(&state.pool)
+    .await?;
+    match row {
+        Some((stored_hash, _)) if stored_hash != hash => Err(ApiError::IdempotencyConflict),
+        Some((_, command_id)) => Ok(Claim::Existing { command_id }),
+        // Released by a cancellation in between: the caller may claim it again.
+        None => Box::pin(claim_key(state, app_id, key, hash, command_id)).await,
+    }
+}
+
+async fn stored(
+    state: &AppState,
+    app_id: Uuid,
+    command_id: Uuid,
+) -> Result<Option<Stored>, ApiError> {
+    let row: Option<(String, Option<i16>, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT status, http_status, response FROM processed_commands WHERE command_id = $1 AND app_id = $2",
+    )
+    .bind(command_id)
+    .bind(app_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    Ok(
+        row.map(|(status, http_status, body)| match status.as_str() {
+            "cancelled" => Stored::Cancelled,
+            _ => Stored::Finished(Outcome {
+                command_id,
+                status: if status == "applied" {
+                    Status::Applied
+                } else {
+                    Status::Rejected
+                },
+                http_status: http_status.unwrap_or(200) as u16,
+                body: body.unwrap_or_default(),
+            }),
+        }),
+    )
+}
+
+/// The broker did not acknowledge: make sure the command can never take effect, then 503.
+async fn refuse(
+    state: &AppState,
+    envelope: &Envelope,
+    idempotency: Option<&(String, String)>,
+    error: crate::bus::PublishError,
+) -> Result<Response, ApiError> {
+    metrics::counter!("tally_publish_failures_total").increment(1);
+    tracing::warn!(%error, command.id = %envelope.command_id, "command not accepted");
+    let cancelled = sqlx::query(
+        "INSERT INTO processed_commands (command_id, app_id, status) VALUES ($1, $2, 'cancelled')
+         ON CONFLICT (command_id) DO NOTHING",
+    )
+    .bind(envelope.command_id)
+    .bind(envelope.app_id)
+    .execute(&state.pool)
+    .await;
+    match cancelled {
+        Ok(done) if done.rows_affected() == 1 => {
+            if let Some((key, _)) = idempotency {
+                let _ = sqlx::query("DELETE FROM idempotency_keys WHERE app_id = $1 AND key = $2 AND command_id = $3")
+                    .bind(envelope.app_id)
+                    .bind(key)
+                    .bind(envelope.command_id)
+                    .execute(&state.pool)
+                    .await;
+            }
+            Err(ApiError::Unavailable(
+                "the broker is unreachable; the command was not accepted".into(),
+            ))
+        }
+        // A worker applied it after all: its result is the answer.
+        Ok(_) => match stored(state, envelope.app_id, envelope.command_id).await? {
+            Some(Stored::Finished(outcome)) => Ok(answer(outcome)),
+            _ => Err(ApiError::Unavailable(
+                "the broker is unreachable; the command was not accepted".into(),
+            )),
+        },
+        Err(db_error) => {
+            tracing::error!(%db_error, command.id = %envelope.command_id, "could not cancel an unacknowledged command");
+            Err(ApiError::Unavailable(
+                "the broker is unreachable; the command was not accepted".into(),
+            ))
+        }
+    }
+}
+
+fn answer(outcome: Outcome) -> Response {
+    json_response(outcome.http_status, outcome.body)
+}
+
+/// 202 with the status URL; records the receipt so the URL answers "pending" at once.
+async fn accepted_response(state: &AppState, app_id: Uuid, command_id: Uuid) -> Response {
+    if let Err(error) = sqlx::query(
+        "INSERT INTO command_receipts (command_id, app_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(command_id)
+    .bind(app_id)
+    .execute(&state.pool)
+    .await
+    {
+        tracing::warn!(%error, command.id = %command_id, "could not record a command receipt");
+    }
+    json_response(
+        202,
+        json!({ "success": true, "status": "accepted", "command_id": command_id,
+                "status_url": format!("/commands/{command_id}") }),
+    )
+}

@@ -1,0 +1,355 @@
+//! Reading request bodies: content type, size, JSON, and one typed getter per kind of field,
+//! each naming the field it rejects.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tally_common::limits::{
+    AMOUNT_MAX, AMOUNT_MIN, BODY_BYTES_MAX, DESCRIPTION_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX,
+    METADATA_KEYS_MAX, USER_ID_BYTES_MAX,
+};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Longest metadata key and value, in characters (Stripe's limits).
+pub const METADATA_KEY_CHARS_MAX: usize = 40;
+pub const METADATA_VALUE_CHARS_MAX: usize = 500;
+
+/// Reads a JSON object body: 415 unless `application/json`, 413 past the limit, 400 unless a
+/// JSON object.
+pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body_bytes(headers, body).await?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::invalid("request body must be a JSON object")),
+        Err(error) => Err(ApiError::invalid(format!(
+            "request body is not valid JSON: {error}"
+        ))),
+    }
+}
+
+/// Reads a body, checking content type and size.
+pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    raw_body(body).await
+}
+
+/// Reads a body of at most [`BODY_BYTES_MAX`] bytes, whatever its type.
+pub async fn raw_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, BODY_BYTES_MAX)
+        .await
+        .map_err(|error| {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::PayloadTooLarge(BODY_BYTES_MAX)
+            } else {
+                ApiError::invalid(format!("could not read the request body: {error}"))
+            }
+        })
+}
+
+/// Typed access to a request object. Every field must be read once; [`Fields::finish`] rejects
+/// whatever is left (a typo like `ammount` must not silently become a zero).
+pub struct Fields {
+    object: Map<String, Value>,
+}
+
+impl Fields {
+    pub fn new(object: Map<String, Value>) -> Self {
+        Self { object }
+    }
+
+    fn take(&mut self, field: &str) -> Option<Value> {
+        match self.object.remove(field) {
+            Some(Value::Null) | None => None,
+            Some(value) => Some(value),
+        }
+    }
+
+    pub fn user_id(&mut self, field: &str) -> Result<String, ApiError> {
+        match self.take(field) {
+            None => Err(ApiError::field(field, "is required")),
+            Some(Value::String(text)) => check_user_id(field, text),
+            Some(_) => Err(ApiError::field(field, "must be a string")),
+        }
+    }
+
+    pub fn amount(&mut self, field: &str) -> Result<i64, ApiError> {
+        match self.take(field) {
+            None => Err(ApiError::field(field, "is required")),
+            Some(value) => parse_amount(field, &value),
+        }
+    }
+
+    pub fn optional_amount(&mut self, field: &str) -> Result<Option<i64>, ApiError> {
+        self.take(field)
+            .map(|value| parse_amount(field, &value))
+            .transpose()
+    }
+
+    pub fn optional_integer(
+        &mut self,
+        field: &str,
+        min: i64,
+        max: i64,
+    ) -> Result<Option<i64>, ApiError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Number(number)) => match number.as_i64() {
+                Some(value) if number.is_i64() || number.is_u64() => {
+                    if (min..=max).contains(&value) {
+                        Ok(Some(value))
+                    } else {
+                        Err(ApiError::field(
+                            field,
+                            format!("must be an integer from {min} to {max}"),
+                        ))
+                    }
+                }
+                _ => Err(ApiError::field(
+                    field,
+                    format!("must be an integer from {min} to {max}"),
+                )),
+            },
+            Some(_) => Err(ApiError::field(
+                field,
+                format!("must be an integer from {min} to {max}"),
+            )),
+        }
+    }
+
+    pub fn uuid(&mut self, field: &str) -> Result<Uuid, ApiError> {
+        match self.take(field) {
+            None => Err(ApiError::field(field, "is required")),
+            Some(Value::String(text)) => parse_uuid(field, &text),
+            Some(_) => Err(ApiError::field(field, "must be a UUID string")),
+        }
+    }
+
+    pub fn description(&mut self) -> Result<Option<String>, ApiError> {
+        match self.take("description") {
+            None => Ok(None),
+            Some(Value::String(text)) if text.chars().count() <= DESCRIPTION_CHARS_MAX => {
+                Ok(Some(text))
+            }
+            Some(Value::String(_)) => Err(ApiError::field(
+                "description",
+                format!("must be at most {DESCRIPTION_CHARS_MAX} characters"),
+            )),
+            Some(_) => Err(ApiError::field("description", "must be a string")),
+        }
+    }
+
+    pub fn metadata(&mut self) -> Result<Map<String, Value>, ApiError> {
+        let object = match self.take("metadata") {
+            None => return Ok(Map::new()),
+            Some(Value::Object(object)) => object,
+            Some(_) => return Err(ApiError::field("metadata", "must be a JSON object")),
+        };
+        if object.len() > METADATA_KEYS_MAX {
+            return Err(ApiError::field(
+                "metadata",
+                format!("must have at most {METADATA_KEYS_MAX} keys"),
+            ));
+        }
+        for (key, value) in &object {
+            if key.is_empty() || key.chars().count() > METADATA_KEY_CHARS_MAX {
+                return Err(ApiError::field(
+                    "metadata",
+                    format!("keys must be 1 to {METADATA_KEY_CHARS_MAX} characters"),
+                ));
+            }
+            match value {
+                Value::String(text) if text.chars().count() <= METADATA_VALUE_CHARS_MAX => {}
+                Value::String(_) => return Err(ApiError::field(
+                    "metadata",
+                    format!(
+                        "value of {key:?} must be at most {METADATA_VALUE_CHARS_MAX} characters"
+                    ),
+                )),
+                _ => {
+                    return Err(ApiError::field(
+                        "metadata",
+                        format!("value of {key:?} must be a string"),
+                    ))
+                }
+            }
+        }
+        Ok(object)
+    }
+
+    pub fn optional_time(
+        &mut self,
+        field: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::String(text)) => chrono::DateTime::parse_from_rfc3339(&text)
+                .map(|time| Some(time.with_timezone(&chrono::Utc)))
+                .map_err(|_| ApiError::field(field, "must be an RFC 3339 time")),
+            Some(_) => Err(ApiError::field(field, "must be an RFC 3339 time string")),
+        }
+    }
+
+    /// Rejects any field not read.
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.object.keys().next() {
+            None => Ok(()),
+            Some(unknown) => Err(ApiError::field(unknown, "unknown field")),
+        }
+    }
+}
+
+pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {
+    if text.is_empty() || text.len() > USER_ID_BYTES_MAX {
+        Err(ApiError::field(
+            field,
+            format!("must be 1 to {USER_ID_BYTES_MAX} bytes"),
+        ))
+    } else {
+        Ok(text)
+    }
+}
+
+fn parse_amount(field: &str, value: &Value) -> Result<i64, ApiError> {
+    let message = format!("must be an integer from {AMOUNT_MIN} to {AMOUNT_MAX}");
+    match value {
+        Value::Number(number) if number.is_i64() || number.is_u64() => match number.as_i64() {
+            Some(amount) if (AMOUNT_MIN..=AMOUNT_MAX).contains(&amount) => Ok(amount),
+            _ => Err(ApiError::field(field, message)),
+        },
+        _ => Err(ApiError::field(field, message)),
+    }
+}
+
+pub fn parse_uuid(field: &str, text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::field(field, "must be a UUID"))
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 printable characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::field(
+            "Idempotency-Key",
+            format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    if text.is_empty() || text.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
+        return Err(bad());
+    }
+    Ok(Some(text.to_string()))
+}
+
+/// Whether the client asked not to wait for the result (`Prefer: respond-async`).
+pub fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// The JSON value with every object's keys sorted, printed compactly: equal for bodies that
+/// differ only in key order and whitespace.
+pub fn canonical_json(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(object) => {
+                let ordered: BTreeMap<&String, Value> =
+                    object.iter().map(|(k, v)| (k, sorted(v))).collect();
+                Value::Object(ordered.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
+}
+
+/// Hash identifying a request for idempotency: method, path and canonical body.
+pub fn request_hash(method: &str, path: &str, body: &Map<String, Value>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(b" ");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical_json(&Value::Object(body.clone())).as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(value: Value) -> Fields {
+        Fields::new(value.as_object().cloned().unwrap())
+    }
+
+    #[test]
+    fn amount_accepts_only_integers_in_range() {
+        for bad in [
+            json!("5"),
+            json!(1.5),
+            json!(1.0),
+            json!(0),
+            json!(-3),
+            json!(1_000_000_000_001i64),
+            json!(true),
+        ] {
+            let error = fields(json!({ "amount": bad }))
+                .amount("amount")
+                .unwrap_err();
+            assert!(error.to_string().starts_with("amount:"), "{error}");
+        }
+        assert_eq!(
+            fields(json!({ "amount": 1_000_000_000_000i64 }))
+                .amount("amount")
+                .unwrap(),
+            AMOUNT_MAX
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let mut f = fields(json!({ "user_id": "u", "ammount": 5 }));
+        f.user_id("user_id").unwrap();
+        assert_eq!(
+            f.finish().unwrap_err().to_string(),
+            "ammount: unknown field"
+        );
+    }
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let a = json!({ "b": 1, "a": { "y": 2, "x": [ { "q": 1, "p": 2 } ] } });
+        let b: Value =
+            serde_json::from_str(r#"{"a":{"x":[{"p":2,"q":1}],"y":2},  "b":1}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+    }
+
+    #[test]
+    fn metadata_values_must_be_strings() {
+        let error = fields(json!({ "metadata": { "n": 1 } }))
+            .metadata()
+            .unwrap_err();
+        assert!(error.to_string().starts_with("metadata:"));
+    }
+}

@@ -1,0 +1,683 @@
+//! The batch transaction: lock, load, fold, write — one Postgres transaction per batch.
+//!
+//! Order inside the transaction:
+//! 1. lock the batch's partition offsets and check they are where this worker left them (the
+//!    fence: a stale owner's batch can never commit);
+//! 2. load what the commands read (prior results, accounts under `FOR UPDATE`, refund targets,
+//!    payments);
+//! 3. [`ledger::fold`] in stream order, in memory;
+//! 4. write with a handful of set-based statements and advance the offsets; commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tally_common::command::{Command, Envelope, Outcome, Status};
+use tally_common::webhook::{Provider, WebhookAction};
+use uuid::Uuid;
+
+use crate::ledger::{self, Account, EntryRef, EntryType, Payment, Prior, State};
+
+/// One consumed message, decoded or not.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub partition: u32,
+    pub stream_seq: u64,
+    /// `None` when the payload could not be decoded (a poison message: skipped, dead-lettered).
+    pub envelope: Option<Envelope>,
+    pub reply_to: Option<String>,
+}
+
+/// What a committed batch produced.
+#[derive(Debug)]
+pub struct Committed {
+    /// One answer per decoded item, in batch order, with the item's reply subject.
+    pub answers: Vec<(Option<String>, Outcome)>,
+    /// New last applied sequence of each partition in the batch.
+    pub offsets: BTreeMap<u32, u64>,
+    pub entries_written: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another worker advanced these partitions: this worker's view of them is stale.
+    #[error("partitions {0:?} were advanced by another worker")]
+    Fenced(Vec<u32>),
+    /// A command id of the batch was recorded concurrently (an ingress cancellation or a stale
+    /// owner): redo the batch, which will see it as processed.
+    #[error("a command of the batch was recorded concurrently")]
+    Raced,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether retrying the same batch later may succeed without any change to it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Fenced(_) | Self::Raced => true,
+            Self::Database(error) => is_transient(error),
+        }
+    }
+}
+
+/// Connection loss, pool exhaustion, serialization failures, deadlocks, shutdowns and
+/// resource exhaustion pass; anything else points at the batch itself.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "40001"
+                || code == "40P01"
+        }
+        _ => false,
+    }
+}
+
+/// Ensures the offset row of `partition` exists and returns its last applied sequence.
+pub async fn partition_offset(
+    pool: &PgPool,
+    stream: &str,
+    partition: u32,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO partition_offsets (stream, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(stream)
+    .bind(partition as i32)
+    .execute(pool)
+    .await?;
+    let last: i64 = sqlx::query_scalar(
+        "SELECT last_seq FROM partition_offsets WHERE stream = $1 AND partition = $2",
+    )
+    .bind(stream)
+    .bind(partition as i32)
+    .fetch_one(pool)
+    .await?;
+    Ok(last as u64)
+}
+
+/// Applies `items` (in stream order per partition) in one transaction. `expected` holds the
+/// last sequence this worker believes applied for each partition of the batch.
+pub async fn apply_batch(
+    pool: &PgPool,
+    stream: &str,
+    items: &[Item],
+    expected: &BTreeMap<u32, u64>,
+) -> Result<Committed, StoreError> {
+    let mut tx = pool.begin().await?;
+
+    let offsets = new_offsets(items);
+    fence(&mut tx, stream, expected, &offsets).await?;
+
+    let envelopes: Vec<&Envelope> = items
+        .iter()
+        .filter_map(|item| item.envelope.as_ref())
+        .collect();
+    let mut state = State::default();
+    load_processed(&mut tx, &envelopes, &mut state).await?;
+    load_accounts(&mut tx, &envelopes, &mut state).await?;
+    load_payments(&mut tx, &envelopes, &mut state).await?;
+    load_entries(&mut tx, &envelopes, &mut state).await?;
+
+    let owned: Vec<Envelope> = envelopes
+        .iter()
+        .map(|envelope| (*envelope).clone())
+        .collect();
+    let effects = ledger::fold(&mut state, &owned);
+
+    insert_entries(&mut tx, &effects.entries).await?;
+    update_accounts(&mut tx, &effects.changed_accounts(&state)).await?;
+    upsert_payments(&mut tx, &effects.payments).await?;
+    insert_webhooks(&mut tx, &effects.webhooks).await?;
+    let positions: HashMap<Uuid, (u32, u64)> = items
+        .iter()
+        .filter_map(|item| {
+            item.envelope
+                .as_ref()
+                .map(|e| (e.command_id, (item.partition, item.stream_seq)))
+        })
+        .collect();
+    insert_processed(&mut tx, &effects.finished, &positions).await?;
+    advance_offsets(&mut tx, stream, &offsets).await?;
+    tx.commit().await?;
+
+    let mut answers = effects.answers.into_iter();
+    let answers = items
+        .iter()
+        .filter(|item| item.envelope.is_some())
+        .map(|item| {
+            (
+                item.reply_to.clone(),
+                answers.next().expect("one answer per command"),
+            )
+        })
+        .collect();
+    Ok(Committed {
+        answers,
+        offsets,
+        entries_written: effects.entries.len(),
+    })
+}
+
+fn new_offsets(items: &[Item]) -> BTreeMap<u32, u64> {
+    let mut offsets = BTreeMap::new();
+    for item in items {
+        let last = offsets.entry(item.partition).or_insert(item.stream_seq);
+        *last = (*last).max(item.stream_seq);
+    }
+    offsets
+}
+
+async fn fence(
+    tx: &mut Transaction<'_, Postgres>,
+    stream: &str,
+    expected: &BTreeMap<u32, u64>,
+    offsets: &BTreeMap<u32, u64>,
+) -> Result<(), StoreError> {
+    let partitions: Vec<i32> = offsets.keys().map(|p| *p as i32).collect();
+    let rows = sqlx::query(
+        "SELECT partition, last_seq FROM partition_offsets
+         WHERE stream = $1 AND partition = ANY($2) ORDER BY partition FOR UPDATE",
+    )
+    .bind(stream)
+    .bind(&partitions)
+    .fetch_all(&mut **tx)
+    .await?;
+    let actual: HashMap<u32, u64> = rows
+        .iter()
+        .map(|row| (row.get::<i32, _>(0) as u32, row.get::<i64, _>(1) as u64))
+        .collect();
+    let stale: Vec<u32> = offsets
+        .keys()
+        .filter(|p| actual.get(p) != expected.get(p) || actual.get(p).is_none())
+        .copied()
+        .collect();
+    if stale.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced(stale))
+    }
+}
+
+async fn load_processed(
+    tx: &mut Transaction<'_, Postgres>,
+    envelopes: &[&Envelope],
+    state: &mut State,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = envelopes.iter().map(|e| e.command_id).collect();
+    let rows = sqlx::query(
+        "SELECT command_id, status, http_status, response, request_hash
+         FROM processed_commands WHERE command_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let command_id: Uuid = row.get(0);
+        let status: String = row.get(1);
+        let outcome = match status.as_str() {
+            "applied" | "rejected" => Some(Outcome {
+                command_id,
+                status: if status == "applied" {
+                    Status::Applied
+                } else {
+                    Status::Rejected
+                },
+                http_status: row.get::<Option<i16>, _>(2).unwrap_or(200) as u16,
+                body: row.get::<Option<Value>, _>(3).unwrap_or(Value::Null),
+            }),
+            _ => None,
+        };
+        state.processed.insert(
+            command_id,
+            Prior {
+                outcome,
+                request_hash: row.get(4),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Users every command of the batch may write, sorted so that concurrent batches lock in one
+/// order.
+fn users(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, String)> {
+    envelopes
+        .iter()
+        .filter_map(|e| match &e.command {
+            Command::Webhook(event) => match &event.action {
+                WebhookAction::Credit { user_id, .. } | WebhookAction::Clawback { user_id, .. } => {
+                    Some((e.app_id, user_id.clone()))
+                }
+                _ => None,
+            },
+            command => Some((e.app_id, command.user_id().to_string())),
+        })
+        .collect()
+}
+
+async fn load_accounts(
+    tx: &mut Transaction<'_, Postgres>,
+    envelopes: &[&Envelope],
+    state: &mut State,
+) -> Result<(), sqlx::Error> {
+    let users = users(envelopes);
+    if users.is_empty() {
+        return Ok(());
+    }
+    let (apps, ids): (Vec<Uuid>, Vec<String>) = users.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO accounts (app_id, user_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT a.app_id, a.user_id, a.balance, a.held, a.entry_count
+         FROM accounts a JOIN UNNEST($1::uuid[], $2::text[]) AS k(app_id, user_id)
+           ON a.app_id = k.app_id AND a.user_id = k.user_id
+         ORDER BY a.app_id, a.user_id FOR UPDATE OF a",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        state.accounts.insert(
+            (row.get(0), row.get(1)),
+            Account {
+                balance: row.get(2),
+                held: row.get(3),
+                entry_count: row.get(4),
+            },
+        );
+    }
+    Ok(())
+}
+
+fn payment_keys(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, Provider, String)> {
+    envelopes
+        .iter()
+        .filter_map(|e| match &e.command {
+            Command::Webhook(event) => match &event.action {
+                WebhookAction::Credit { payment_ref, .. }
+                | WebhookAction::Clawback { payment_ref, .. } => {
+                    Some((e.app_id, event.provider, payment_ref.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+async fn load_payments(
+    tx: &mut Transaction<'_, Postgres>,
+    envelopes: &[&Envelope],
+    state: &mut State,
+) -> Result<(), sqlx::Error> {
+    let keys = payment_keys(envelopes);
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let apps: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let providers: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let refs: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT p.app_id, p.provider, p.payment_ref, p.ledger_id, p.user_id, p.credits,
+                p.amount_minor, p.refunded_minor, p.disputed_minor, p.clawed_credits,
+                p.unrecovered_credits
+         FROM payments p JOIN UNNEST($1::uuid[], $2::text[], $3::text[]) AS k(app_id, provider, payment_ref)
+           ON p.app_id = k.app_id AND p.provider = k.provider AND p.payment_ref = k.payment_ref
+         ORDER BY 1, 2, 3 FOR UPDATE OF p",
+    )
+    .bind(&apps)
+    .bind(&providers)
+    .bind(&refs)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let provider = Provider::parse(row.get::<&str, _>(1)).expect("constrained by the schema");
+        state.payments.insert(
+            (row.get(0), provider, row.get(2)),
+            Payment {
+                ledger_id: row.get(3),
+                user_id: row.get(4),
+                credits: row.get(5),
+                amount_minor: row.get(6),
+                refunded_minor: row.get(7),
+                disputed_minor: row.get(8),
+                clawed_credits: row.get(9),
+                unrecovered_credits: row.get(10),
+            },
+        );
+    }
+    Ok(())
+}
+
+async fn load_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    envelopes: &[&Envelope],
+    state: &mut State,
+) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<Uuid> = envelopes
+        .iter()
+        .filter_map(|e| match &e.command {
+            Command::Refund { ledger_id, .. } => Some(*ledger_id),
+            _ => None,
+        })
+        .collect();
+    ids.extend(state.payments.values().map(|payment| payment.ledger_id));
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(
+        "SELECT e.id, e.app_id, e.user_id, e.type, e.amount,
+                COALESCE((SELECT sum(abs(r.amount) + COALESCE((r.metadata->>'unrecovered')::bigint, 0))
+                          FROM ledger_entries r WHERE r.refunded_ledger_id = e.id), 0)::bigint
+         FROM ledger_entries e WHERE e.id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        state.entries.insert(
+            row.get(0),
+            EntryRef {
+                app_id: row.get(1),
+                user_id: row.get(2),
+                entry_type: EntryType::parse(row.get::<&str, _>(3))
+                    .expect("constrained by the schema"),
+                amount: row.get(4),
+                reversed: row.get(5),
+            },
+        );
+    }
+    Ok(())
+}
+
+async fn insert_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    entries: &[ledger::NewEntry],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+    let apps: Vec<Uuid> = entries.iter().map(|e| e.app_id).collect();
+    let users: Vec<&str> = entries.iter().map(|e| e.user_id.as_str()).collect();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    let types: Vec<&str> = entries.iter().map(|e| e.entry_type.as_str()).collect();
+    let amounts: Vec<i64> = entries.iter().map(|e| e.amount).collect();
+    let balances: Vec<i64> = entries.iter().map(|e| e.balance_after).collect();
+    let sources: Vec<&str> = entries.iter().map(|e| e.source).collect();
+    let descriptions: Vec<Option<&str>> =
+        entries.iter().map(|e| e.description.as_deref()).collect();
+    let metadata: Vec<String> = entries.iter().map(|e| e.metadata.to_string()).collect();
+    let refunded: Vec<Option<Uuid>> = entries.iter().map(|e| e.refunded_ledger_id).collect();
+    let expires: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        entries.iter().map(|e| e.expires_at).collect();
+    let commands: Vec<Uuid> = entries.iter().map(|e| e.command_id).collect();
+    sqlx::query(
+        "INSERT INTO ledger_entries (id, app_id, user_id, seq, type, amount, balance_after, source,
+                                     description, metadata, refunded_ledger_id, expires_at, command_id)
+         SELECT id, app_id, user_id, seq, type, amount, balance_after, source, description,
+                metadata::jsonb, refunded_ledger_id, expires_at, command_id
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::int8[],
+                     $7::int8[], $8::text[], $9::text[], $10::text[], $11::uuid[],
+                     $12::timestamptz[], $13::uuid[])
+           AS t(id, app_id, user_id, seq, type, amount, balance_after, source, description,
+                metadata, refunded_ledger_id, expires_at, command_id)",
+    )
+    .bind(&ids)
+    .bind(&apps)
+    .bind(&users)
+    .bind(&seqs)
+    .bind(&types)
+    .bind(&amounts)
+    .bind(&balances)
+    .bind(&sources)
+    .bind(&descriptions)
+    .bind(&metadata)
+    .bind(&refunded)
+    .bind(&expires)
+    .bind(&commands)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn update_accounts(
+    tx: &mut Transaction<'_, Postgres>,
+    accounts: &[(&(Uuid, String), &Account)],
+) -> Result<(), sqlx::Error> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let apps: Vec<Uuid> = accounts.iter().map(|(k, _)| k.0).collect();
+    let users: Vec<&str> = accounts.iter().map(|(k, _)| k.1.as_str()).collect();
+    let balances: Vec<i64> = accounts.iter().map(|(_, a)| a.balance).collect();
+    let held: Vec<i64> = accounts.iter().map(|(_, a)| a.held).collect();
+    let counts: Vec<i64> = accounts.iter().map(|(_, a)| a.entry_count).collect();
+    sqlx::query(
+        "UPDATE accounts a SET balance = u.balance, held = u.held, entry_count = u.entry_count,
+                               updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+           AS u(app_id, user_id, balance, held, entry_count)
+         WHERE a.app_id = u.app_id AND a.user_id = u.user_id",
+    )
+    .bind(&apps)
+    .bind(&users)
+    .bind(&balances)
+    .bind(&held)
+    .bind(&counts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_payments(
+    tx: &mut Transaction<'_, Postgres>,
+    payments: &HashMap<(Uuid, Provider, String), Payment>,
+) -> Result<(), sqlx::Error> {
+    if payments.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = payments.iter().collect();
+    let apps: Vec<Uuid> = rows.iter().map(|(k, _)| k.0).collect();
+    let providers: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
+    let refs: Vec<&str> = rows.iter().map(|(k, _)| k.2.as_str()).collect();
+    let ledger_ids: Vec<Uuid> = rows.iter().map(|(_, p)| p.ledger_id).collect();
+    let users: Vec<&str> = rows.iter().map(|(_, p)| p.user_id.as_str()).collect();
+    let credits: Vec<i64> = rows.iter().map(|(_, p)| p.credits).collect();
+    let amounts: Vec<Option<i64>> = rows.iter().map(|(_, p)| p.amount_minor).collect();
+    let refunded: Vec<i64> = rows.iter().map(|(_, p)| p.refunded_minor).collect();
+    let disputed: Vec<i64> = rows.iter().map(|(_, p)| p.disputed_minor).collect();
+    let clawed: Vec<i64> = rows.iter().map(|(_, p)| p.clawed_credits).collect();
+    let unrecovered: Vec<i64> = rows.iter().map(|(_, p)| p.unrecovered_credits).collect();
+    sqlx::query(
+        "INSERT INTO payments (app_id, provider, payment_ref, ledger_id, user_id, credits,
+                               amount_minor, refunded_minor, disputed_minor, clawed_credits,
+                               unrecovered_credits)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[],
+                              $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                              $11::int8[])
+         ON CONFLICT (app_id, provider, payment_ref) DO UPDATE SET
+             refunded_minor = EXCLUDED.refunded_minor,
+             disputed_minor = EXCLUDED.disputed_minor,
+             clawed_credits = EXCLUDED.clawed_credits,
+             unrecovered_credits = EXCLUDED.unrecovered_credits,
+             updated_at = now()",
+    )
+    .bind(&apps)
+    .bind(&providers)
+    .bind(&refs)
+    .bind(&ledger_ids)
+    .bind(&users)
+    .bind(&credits)
+    .bind(&amounts)
+    .bind(&refunded)
+    .bind(&disputed)
+    .bind(&clawed)
+    .bind(&unrecovered)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_webhooks(
+    tx: &mut Transaction<'_, Postgres>,
+    records: &[ledger::WebhookRecord],
+) -> Result<(), sqlx::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let apps: Vec<Uuid> = records.iter().map(|r| r.app_id).collect();
+    let providers: Vec<&str> = records.iter().map(|r| r.provider.as_str()).collect();
+    let event_ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+    let types: Vec<&str> = records.iter().map(|r| r.event_type.as_str()).collect();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome).collect();
+    let reasons: Vec<Option<&str>> = records.iter().map(|r| r.reason.as_deref()).collect();
+    let users: Vec<Option<&str>> = records.iter().map(|r| r.user_id.as_deref()).collect();
+    let ledger_ids: Vec<Option<Uuid>> = records.iter().map(|r| r.ledger_id).collect();
+    let received: Vec<chrono::DateTime<chrono::Utc>> =
+        records.iter().map(|r| r.received_at).collect();
+    sqlx::query(
+        "INSERT INTO webhook_events (app_id, provider, event_id, event_type, outcome, reason,
+                                     user_id, ledger_id, received_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::uuid[], $9::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&apps)
+    .bind(&providers)
+    .bind(&event_ids)
+    .bind(&types)
+    .bind(&outcomes)
+    .bind(&reasons)
+    .bind(&users)
+    .bind(&ledger_ids)
+    .bind(&received)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_processed(
+    tx: &mut Transaction<'_, Postgres>,
+    finished: &[(Envelope, Outcome)],
+    positions: &HashMap<Uuid, (u32, u64)>,
+) -> Result<(), StoreError> {
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = finished.iter().map(|(e, _)| e.command_id).collect();
+    let apps: Vec<Uuid> = finished.iter().map(|(e, _)| e.app_id).collect();
+    let statuses: Vec<&str> = finished.iter().map(|(_, o)| o.status.as_str()).collect();
+    let http: Vec<i16> = finished.iter().map(|(_, o)| o.http_status as i16).collect();
+    let bodies: Vec<String> = finished.iter().map(|(_, o)| o.body.to_string()).collect();
+    let hashes: Vec<Option<&str>> = finished
+        .iter()
+        .map(|(e, _)| e.request_hash.as_deref())
+        .collect();
+    let partitions: Vec<i32> = ids.iter().map(|id| positions[id].0 as i32).collect();
+    let seqs: Vec<i64> = ids.iter().map(|id| positions[id].1 as i64).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO processed_commands (command_id, app_id, status, http_status, response,
+                                         request_hash, partition, stream_seq)
+         SELECT id, app, st, hs, body::jsonb, rh, p, s
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::text[],
+                     $7::int4[], $8::int8[]) AS t(id, app, st, hs, body, rh, p, s)
+         ON CONFLICT (command_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&apps)
+    .bind(&statuses)
+    .bind(&http)
+    .bind(&bodies)
+    .bind(&hashes)
+    .bind(&partitions)
+    .bind(&seqs)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted as usize != finished.len() {
+        return Err(StoreError::Raced);
+    }
+    Ok(())
+}
+
+async fn advance_offsets(
+    tx: &mut Transaction<'_, Postgres>,
+    stream: &str,
+    offsets: &BTreeMap<u32, u64>,
+) -> Result<(), sqlx::Error> {
+    let partitions: Vec<i32> = offsets.keys().map(|p| *p as i32).collect();
+    let seqs: Vec<i64> = offsets.values().map(|s| *s as i64).collect();
+    sqlx::query(
+        "UPDATE partition_offsets o SET last_seq = u.seq, updated_at = now()
+         FROM UNNEST($2::int4[], $3::int8[]) AS u(partition, seq)
+         WHERE o.stream = $1 AND o.partition = u.partition",
+    )
+    .bind(stream)
+    .bind(&partitions)
+    .bind(&seqs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a command that cannot be applied as failed (500) and moves its partition past it,
+/// fenced like a batch. Returns the answer for its requester.
+pub async fn record_failure(
+    pool: &PgPool,
+    stream: &str,
+    item: &Item,
+    expected_last_seq: u64,
+) -> Result<Option<Outcome>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let offsets = BTreeMap::from([(item.partition, item.stream_seq)]);
+    let expected = BTreeMap::from([(item.partition, expected_last_seq)]);
+    fence(&mut tx, stream, &expected, &offsets).await?;
+    let answer = match &item.envelope {
+        Some(envelope) => {
+            let outcome = Outcome {
+                command_id: envelope.command_id,
+                status: Status::Rejected,
+                http_status: 500,
+                body: tally_common::error_code::ErrorCode::Internal
+                    .body("the command could not be applied; it was set aside for an operator"),
+            };
+            sqlx::query(
+                "INSERT INTO processed_commands (command_id, app_id, status, http_status, response,
+                                                 request_hash, partition, stream_seq)
+                 VALUES ($1, $2, 'rejected', 500, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(envelope.command_id)
+            .bind(envelope.app_id)
+            .bind(&outcome.body)
+            .bind(&envelope.request_hash)
+            .bind(item.partition as i32)
+            .bind(item.stream_seq as i64)
+            .execute(&mut *tx)
+            .await?;
+            Some(outcome)
+        }
+        None => None,
+    };
+    advance_offsets(&mut tx, stream, &offsets).await?;
+    tx.commit().await?;
+    Ok(answer)
+}
