@@ -67,8 +67,13 @@ pub struct Fields {
 }
 
 impl Fields {
-    pub fn new(object: Map<String, Value>) -> Self {
-        Self { object }
+    /// Starts reading `object`, rejecting first any field not in `allowed`: a misspelt field
+    /// is named as such rather than reported as a missing one.
+    pub fn new(object: Map<String, Value>, allowed: &[&str]) -> Result<Self, ApiError> {
+        match object.keys().find(|key| !allowed.contains(&key.as_str())) {
+            Some(unknown) => Err(ApiError::field(unknown, "unknown field")),
+            None => Ok(Self { object }),
+        }
     }
 
     fn take(&mut self, field: &str) -> Option<Value> {
@@ -173,12 +178,14 @@ impl Fields {
             }
             match value {
                 Value::String(text) if text.chars().count() <= METADATA_VALUE_CHARS_MAX => {}
-                Value::String(_) => return Err(ApiError::field(
-                    "metadata",
-                    format!(
+                Value::String(_) => {
+                    return Err(ApiError::field(
+                        "metadata",
+                        format!(
                         "value of {key:?} must be at most {METADATA_VALUE_CHARS_MAX} characters"
                     ),
-                )),
+                    ))
+                }
                 _ => {
                     return Err(ApiError::field(
                         "metadata",
@@ -300,7 +307,10 @@ mod tests {
     use serde_json::json;
 
     fn fields(value: Value) -> Fields {
-        Fields::new(value.as_object().cloned().unwrap())
+        let object = value.as_object().cloned().unwrap();
+        let keys: Vec<String> = object.keys().cloned().collect();
+        let allowed: Vec<&str> = keys.iter().map(String::as_str).collect();
+        Fields::new(object, &allowed).unwrap()
     }
 
     #[test]

@@ -158,7 +158,10 @@ pub async fn add(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = Write::read(auth, headers, body, "/credits/add").await?;
-    let mut fields = Fields::new(write.object.clone());
+    let mut fields = Fields::new(
+        write.object.clone(),
+        &["user_id", "amount", "description", "metadata"],
+    )?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
     let description = fields.description()?;
@@ -193,7 +196,10 @@ pub async fn deduct(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = Write::read(auth, headers, body, "/credits/deduct").await?;
-    let mut fields = Fields::new(write.object.clone());
+    let mut fields = Fields::new(
+        write.object.clone(),
+        &["user_id", "amount", "description", "metadata"],
+    )?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
     let description = fields.description()?;
@@ -229,7 +235,10 @@ pub async fn refund(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = Write::read(auth, headers, body, "/credits/refund").await?;
-    let mut fields = Fields::new(write.object.clone());
+    let mut fields = Fields::new(
+        write.object.clone(),
+        &["ledger_id", "amount", "description", "metadata"],
+    )?;
     let ledger_id = fields.uuid("ledger_id")?;
     let amount = fields.optional_amount("amount")?;
     let description = fields.description()?;

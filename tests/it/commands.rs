@@ -1,0 +1,119 @@
+use serde_json::json;
+
+use crate::harness::{spawn_app, spawn_app_with, Options};
+
+#[tokio::test]
+async fn respond_async_answers_202_and_the_status_url_follows_the_command() {
+    let app = spawn_app().await;
+    let (status, accepted) = app
+        .post_with(
+            "/credits/add",
+            json!({ "user_id": "u1", "amount": 5 }),
+            &[("prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["success"], true);
+    assert_eq!(accepted["status"], "accepted");
+    let command_id = accepted["command_id"].as_str().unwrap();
+    assert_eq!(accepted["status_url"], format!("/commands/{command_id}"));
+
+    let applied = app.wait_applied(command_id).await;
+    assert_eq!(applied["command_id"], command_id);
+    assert_eq!(applied["status"], "applied");
+    assert_eq!(applied["http_status"], 200);
+    assert_eq!(applied["result"]["balance_after"], 5);
+    assert_eq!(applied["result"]["success"], true);
+}
+
+#[tokio::test]
+async fn a_rejected_async_command_carries_the_sync_answer() {
+    let app = spawn_app().await;
+    let (_, accepted) = app
+        .post_with(
+            "/credits/deduct",
+            json!({ "user_id": "u1", "amount": 5 }),
+            &[("prefer", "respond-async")],
+        )
+        .await;
+    let result = app
+        .wait_applied(accepted["command_id"].as_str().unwrap())
+        .await;
+    assert_eq!(result["status"], "rejected");
+    assert_eq!(result["http_status"], 402);
+    assert_eq!(result["result"]["error"], "insufficient_credits");
+}
+
+#[tokio::test]
+async fn a_command_is_pending_until_a_worker_applies_it() {
+    let mut app = spawn_app_with(Options {
+        workers: 0,
+        sync_timeout_ms: 300,
+    })
+    .await;
+    // No worker: a synchronous call times out into 202, and stays pending.
+    let (status, accepted) = app
+        .post("/credits/add", json!({ "user_id": "u1", "amount": 9 }))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let (status, pending) = app.get(accepted["status_url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(pending["status"], "pending");
+    assert_eq!(pending["http_status"], serde_json::Value::Null);
+    assert_eq!(pending["result"], serde_json::Value::Null);
+    app.start_worker();
+    let applied = app
+        .wait_applied(accepted["command_id"].as_str().unwrap())
+        .await;
+    assert_eq!(applied["result"]["balance_after"], 9);
+}
+
+#[tokio::test]
+async fn unknown_command_is_404_and_malformed_id_is_400() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .get(&format!("/commands/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+    let (status, body) = app.get("/commands/nope").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "command_id");
+}
+
+#[tokio::test]
+async fn a_command_the_broker_did_not_accept_is_503_and_changes_nothing() {
+    let mut app = spawn_app().await;
+    app.add("u1", 10).await;
+    app.nats.stop();
+    let (status, body) = app
+        .post("/credits/add", json!({ "user_id": "u1", "amount": 5 }))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    app.nats.restart();
+    // Once the broker is back, writes flow again and the refused one never appears.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = app
+            .post_with(
+                "/credits/add",
+                json!({ "user_id": "u1", "amount": 1 }),
+                &[("idempotency-key", "after-restart")],
+            )
+            .await;
+        eprintln!("after restart: {status} {body}");
+        if status == 200 {
+            assert_eq!(body["balance_after"], 11);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes never resumed: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(app.balance("u1").await, 11);
+    app.assert_verified();
+}

@@ -1,0 +1,572 @@
+//! `spawn_app()`: a real nats-server (JetStream, fsync on every write) on a free port with its
+//! own store, a fresh Postgres database, an ingress on port 0 and workers — all torn down when
+//! the test ends. Set `TEST_LOG=1` to see the services' logs.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tally_common::config::CommonConfig;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Partitions of a test deployment: enough to spread users over two workers, few enough to
+/// start fast.
+pub const TEST_PARTITIONS: u32 = 8;
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber_init();
+    }
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    tally_common::telemetry::init(tally_common::telemetry::LogFormat::Text);
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A nats-server process with its own store directory, killed and removed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let store = std::env::temp_dir().join(format!("tally-it-nats-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&store).expect("create nats store dir");
+        let mut server = Self {
+            port: free_port(),
+            store,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let binary =
+            std::env::var("TALLY_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let config = self.store.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\n",
+                self.port,
+                self.store.join("js").display()
+            ),
+        )
+        .expect("write nats config");
+        let log = std::fs::File::create(self.store.join("nats.log")).expect("nats log");
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary} (set TALLY_NATS_SERVER_BIN to a nats-server >= 2.11; ./scripts/test does): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start; see {}",
+                self.store.join("nats.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGKILL), keeping its store.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// A database of its own, dropped at the end of the test.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+    server_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let server_url = std::env::var("TALLY_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("tally_it_{}", Uuid::now_v7().simple());
+        let admin = PgPool::connect(&format!("{server_url}/postgres"))
+            .await
+            .expect("connect to Postgres");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        Self {
+            url: format!("{server_url}/{name}"),
+            name,
+            server_url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = format!("{}/postgres", self.server_url);
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok(admin) = PgPool::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// An in-process worker, stopped gracefully on request or aborted on drop.
+pub struct WorkerHandle {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl WorkerHandle {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("worker task")
+                .expect("worker exits cleanly");
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A worker in its own OS process (for crash tests).
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Path of a binary of this workspace (built by `cargo build --bins`, as ./scripts/test does).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (./scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub struct TestApp {
+    pub nats: NatsServer,
+    pub db: TestDatabase,
+    pub pool: PgPool,
+    pub namespace: String,
+    pub base_url: String,
+    pub app_id: Uuid,
+    pub api_key: String,
+    pub http: reqwest::Client,
+    pub workers: Vec<WorkerHandle>,
+    /// Dropping it shuts the ingress down.
+    _ingress_stop: oneshot::Sender<()>,
+    ingress: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Options {
+    pub workers: usize,
+    pub sync_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            sync_timeout_ms: 5000,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    init_logs();
+    let nats = NatsServer::start();
+    let db = TestDatabase::create().await;
+    let namespace = format!("t{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let pool = PgPool::connect(&db.url)
+        .await
+        .expect("connect test database");
+    tally_common::db::migrate(&pool).await.expect("migrate");
+    let (app_id, api_key) = create_app(&pool, "test").await;
+
+    let mut ingress_config =
+        tally_ingress::IngressConfig::new(common_config(&db.url, &nats.url(), &namespace));
+    ingress_config.sync_timeout_ms = options.sync_timeout_ms;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ingress");
+    let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (ingress_stop, stopped) = oneshot::channel::<()>();
+    let ingress = tokio::spawn(tally_ingress::run(ingress_config, listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let mut app = TestApp {
+        nats,
+        db,
+        pool,
+        namespace,
+        base_url,
+        app_id,
+        api_key,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("http client"),
+        workers: Vec::new(),
+        _ingress_stop: ingress_stop,
+        ingress: Some(ingress),
+    };
+    for _ in 0..options.workers {
+        app.start_worker();
+    }
+    app.wait_ready().await;
+    app
+}
+
+pub fn common_config(database_url: &str, nats_url: &str, namespace: &str) -> CommonConfig {
+    let mut common = CommonConfig::new(database_url, nats_url, namespace);
+    common.partitions = TEST_PARTITIONS;
+    common.db_pool_size = 8;
+    common
+}
+
+/// Creates an app and a key directly in the database, as `tally app create` does.
+pub async fn create_app(pool: &PgPool, name: &str) -> (Uuid, String) {
+    let app_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO apps (id, name) VALUES ($1, $2)")
+        .bind(app_id)
+        .bind(name)
+        .execute(pool)
+        .await
+        .expect("app");
+    let key = create_key(pool, app_id).await;
+    (app_id, key)
+}
+
+pub async fn create_key(pool: &PgPool, app_id: Uuid) -> String {
+    let key = tally_common::apikey::generate();
+    sqlx::query("INSERT INTO api_keys (id, app_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)")
+        .bind(Uuid::now_v7())
+        .bind(app_id)
+        .bind(&tally_common::apikey::hash(&key)[..])
+        .bind(tally_common::apikey::display_prefix(&key))
+        .execute(pool)
+        .await
+        .expect("key");
+    key
+}
+
+impl TestApp {
+    pub fn common_config(&self) -> CommonConfig {
+        common_config(&self.db.url, &self.nats.url(), &self.namespace)
+    }
+
+    pub fn start_worker(&mut self) {
+        let config = tally_worker::WorkerConfig::new(self.common_config());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tally_worker::run(config, async move {
+            let _ = stopped.await;
+        }));
+        self.workers.push(WorkerHandle {
+            stop: Some(stop),
+            task: Some(task),
+        });
+    }
+
+    /// Starts `tally-worker` as a separate process against this deployment.
+    pub fn spawn_worker_process(&self) -> WorkerProcess {
+        let child = Command::new(workspace_binary("tally-worker"))
+            .env("TALLY_DATABASE_URL", &self.db.url)
+            .env("TALLY_NATS_URL", self.nats.url())
+            .env("TALLY_NAMESPACE", &self.namespace)
+            .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
+            .env(
+                "RUST_LOG",
+                if std::env::var_os("TEST_LOG").is_some() {
+                    "info"
+                } else {
+                    "error"
+                },
+            )
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("start tally-worker");
+        WorkerProcess { child }
+    }
+
+    /// Runs the `tally` CLI against this deployment.
+    pub fn cli(&self, args: &[&str]) -> (i32, Value) {
+        let output = Command::new(workspace_binary("tally"))
+            .args(args)
+            .env("TALLY_DATABASE_URL", &self.db.url)
+            .env("TALLY_NATS_URL", self.nats.url())
+            .env("TALLY_NAMESPACE", &self.namespace)
+            .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
+            .output()
+            .expect("run tally");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let value = serde_json::from_str(stdout.trim()).unwrap_or(Value::String(format!(
+            "stdout: {stdout} stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+        (output.status.code().unwrap_or(-1), value)
+    }
+
+    /// `tally verify` must pass.
+    pub fn assert_verified(&self) {
+        let (code, report) = self.cli(&["verify"]);
+        assert_eq!(code, 0, "tally verify failed: {report}");
+        assert_eq!(report["ok"], true);
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = self
+                .http
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await
+            {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            if self.ingress.as_ref().is_some_and(|task| task.is_finished()) {
+                panic!("ingress stopped during start-up");
+            }
+            assert!(Instant::now() < deadline, "ingress never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// POST with this app's key; returns status and JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_with(path, body, &[]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.api_key)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        into_json(request.send().await.expect("request")).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self.http.post(self.url(path)).body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        into_json(request.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        into_json(
+            self.http
+                .get(self.url(path))
+                .bearer_auth(&self.api_key)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub async fn get_as(&self, key: &str, path: &str) -> (u16, Value) {
+        into_json(
+            self.http
+                .get(self.url(path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub async fn add(&self, user: &str, amount: i64) -> Value {
+        let (status, body) = self
+            .post("/credits/add", json!({ "user_id": user, "amount": amount }))
+            .await;
+        assert_eq!(status, 200, "add failed: {body}");
+        body
+    }
+
+    pub async fn deduct(&self, user: &str, amount: i64) -> (u16, Value) {
+        self.post(
+            "/credits/deduct",
+            json!({ "user_id": user, "amount": amount }),
+        )
+        .await
+    }
+
+    pub async fn balance(&self, user: &str) -> i64 {
+        let (status, body) = self.get(&format!("/credits/balance?user_id={user}")).await;
+        assert_eq!(status, 200, "balance failed: {body}");
+        body["balance"].as_i64().expect("balance")
+    }
+
+    pub async fn ledger_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Waits until `GET /commands/{id}` is no longer pending.
+    pub async fn wait_applied(&self, command_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(&format!("/commands/{command_id}")).await;
+            assert_eq!(status, 200, "{body}");
+            if body["status"] != "pending" {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "command {command_id} still pending"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until every processed command count reaches `count`.
+    pub async fn wait_processed(&self, count: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM processed_commands WHERE status <> 'cancelled'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .expect("count");
+            if done >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {count} commands processed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn into_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(task) = &self.ingress {
+            task.abort();
+        }
+        self.workers.clear();
+    }
+}

@@ -1,0 +1,13 @@
+//! Tally's end-to-end suite: every test drives the real HTTP API, through a real nats-server
+//! and real Postgres, to the real workers.
+
+mod harness;
+
+mod commands;
+mod concurrency;
+mod crash;
+mod credits;
+mod idempotency;
+mod isolation;
+mod ops;
+mod validation;
