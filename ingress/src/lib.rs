@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod routes;
 pub mod submit;
 pub mod validate;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -116,6 +117,11 @@ pub fn router(state: AppState) -> Router {
             "/commands/{command_id}",
             get(routes::commands::command_status),
         )
+        .route("/webhooks/stripe", post(webhooks::stripe_single))
+        .route("/webhooks/stripe/{app_id}", post(webhooks::stripe_for_app))
+        .route("/webhooks/polar", post(webhooks::polar_single))
+        .route("/webhooks/polar/{app_id}", post(webhooks::polar_for_app))
+        .route("/webhooks/events", get(webhooks::list_events))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))

@@ -4,12 +4,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{commands, credits};
+use crate::webhooks;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally", description = "Credits for SaaS and AI products: add, deduct, refund and read, exactly once."),
     paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::history,
-          commands::command_status),
+          commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
+          webhooks::list_events),
     modifiers(&BearerKey)
 )]
 pub struct ApiDoc;

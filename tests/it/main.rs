@@ -11,3 +11,4 @@ mod idempotency;
 mod isolation;
 mod ops;
 mod validation;
+mod webhooks;

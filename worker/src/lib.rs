@@ -71,6 +71,9 @@ const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 /// are tried one by one, and a single command before it is dead-lettered.
 const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
 
+/// Longest wait for replies to reach the broker (they are best effort: results are durable).
+const REPLY_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What readers and the manager tell the applier, in one ordered queue.
 #[derive(Debug)]
 enum Event {
@@ -83,7 +86,7 @@ enum Event {
     /// This worker no longer owns `partition`.
     Released { partition: u32 },
     /// A message read from `partition` under ownership `generation`.
-    Message { generation: u64, item: Item },
+    Message { generation: u64, item: Box<Item> },
 }
 
 /// What the applier tells the manager: these partitions were fenced and must be re-read.
@@ -132,7 +135,9 @@ pub async fn run(
     // The manager dropped every sender: the applier finishes what is queued, then returns.
     applier.await.context("applier task failed")?;
     membership.leave(&pool).await;
-    client.flush().await.ok();
+    // Replies are best effort (results are durable in Postgres): never wait long for a broker
+    // that may already be gone.
+    let _ = tokio::time::timeout(REPLY_FLUSH_TIMEOUT, client.flush()).await;
     tracing::info!(worker.id = %worker_id, "worker stopped");
     Ok(())
 }
@@ -315,12 +320,12 @@ async fn read_partition(
                 None
             }
         };
-        let item = Item {
+        let item = Box::new(Item {
             partition,
             stream_seq,
             envelope,
             reply_to,
-        };
+        });
         if events
             .send(Event::Message { generation, item })
             .await
@@ -379,7 +384,7 @@ async fn applier(
                     if current
                         .is_some_and(|p| p.generation == generation && item.stream_seq > p.last_seq)
                     {
-                        batch.push(item);
+                        batch.push(*item);
                     }
                 }
             }
@@ -530,5 +535,5 @@ async fn reply(
             tracing::warn!(%error, "could not publish a reply; the result stays readable");
         }
     }
-    let _ = client.flush().await;
+    let _ = tokio::time::timeout(REPLY_FLUSH_TIMEOUT, client.flush()).await;
 }

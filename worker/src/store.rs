@@ -199,7 +199,7 @@ async fn fence(
         .collect();
     let stale: Vec<u32> = offsets
         .keys()
-        .filter(|p| actual.get(p) != expected.get(p) || actual.get(p).is_none())
+        .filter(|p| !actual.contains_key(p) || actual.get(p) != expected.get(p))
         .copied()
         .collect();
     if stale.is_empty() {

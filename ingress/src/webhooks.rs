@@ -1,0 +1,367 @@
+//! `POST /webhooks/{stripe,polar}[/{app_id}]` and `GET /webhooks/events`.
+//!
+//! A webhook is verified on its raw bytes, reduced to a [`WebhookEvent`] and published to the
+//! user's partition like any command, under a command id derived from the provider's event id:
+//! every retry of one event is the same command, so it takes effect once. The provider gets
+//! `200` only once JetStream has durably stored the event, and `503` otherwise — so it retries,
+//! and the retry (same id) can never add a second effect.
+
+pub mod events;
+pub mod signature;
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tally_common::command::{Command, Envelope};
+use tally_common::webhook::{Provider, WebhookAction, WebhookEvent};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Auth;
+use crate::error::{json_response, ApiError};
+use crate::routes::credits::{decode_cursor, encode_cursor, page_limit, rfc3339, ErrorResponse};
+use crate::validate;
+use crate::AppState;
+
+use self::events::Parsed;
+
+/// How many of an app's newest secrets per provider are accepted (rotation).
+const SECRETS_ACCEPTED: i64 = 2;
+
+/// Namespace of the command ids derived from provider event ids.
+const WEBHOOK_COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x5a1e_7a11_0000_4000_8000_0000_0000_0001);
+
+fn invalid(provider: Provider, error: impl std::fmt::Display, reason: &'static str) -> ApiError {
+    metrics::counter!("tally_webhooks_rejected_total", "provider" => provider.as_str(), "reason" => reason).increment(1);
+    tracing::warn!(
+        provider = provider.as_str(),
+        reason,
+        "webhook refused: {error}"
+    );
+    ApiError::InvalidSignature(format!("{} webhook refused: {error}", provider.as_str()))
+}
+
+#[utoipa::path(post, path = "/webhooks/stripe/{app_id}", params(("app_id" = Uuid, Path)),
+    request_body(content = Object, description = "A Stripe event, signed with Stripe-Signature"),
+    responses((status = 200, description = "durably received"), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn stripe_for_app(
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app_id = app_from_path(&state, &app_id).await?;
+    receive(&state, Provider::Stripe, app_id, &headers, body).await
+}
+
+/// `POST /webhooks/stripe` for a deployment with exactly one app.
+pub async fn stripe_single(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app_id = single_app(&state).await?;
+    receive(&state, Provider::Stripe, app_id, &headers, body).await
+}
+
+#[utoipa::path(post, path = "/webhooks/polar/{app_id}", params(("app_id" = Uuid, Path)),
+    request_body(content = Object, description = "A Polar event, signed per Standard Webhooks"),
+    responses((status = 200, description = "durably received"), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn polar_for_app(
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app_id = app_from_path(&state, &app_id).await?;
+    receive(&state, Provider::Polar, app_id, &headers, body).await
+}
+
+/// `POST /webhooks/polar` for a deployment with exactly one app.
+pub async fn polar_single(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app_id = single_app(&state).await?;
+    receive(&state, Provider::Polar, app_id, &headers, body).await
+}
+
+async fn app_from_path(state: &AppState, app_id: &str) -> Result<Uuid, ApiError> {
+    let app_id = validate::parse_uuid("app_id", app_id)?;
+    let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM apps WHERE id = $1")
+        .bind(app_id)
+        .fetch_optional(&state.pool)
+        .await?;
+    found.ok_or_else(|| ApiError::NotFound(format!("no app {app_id}")))
+}
+
+async fn single_app(state: &AppState) -> Result<Uuid, ApiError> {
+    let apps: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM apps ORDER BY id LIMIT 2")
+        .fetch_all(&state.pool)
+        .await?;
+    match apps.as_slice() {
+        [only] => Ok(*only),
+        [] => Err(ApiError::NotFound("no app exists yet".into())),
+        _ => Err(ApiError::NotFound(
+            "this deployment has several apps: use /webhooks/<provider>/{app_id}".into(),
+        )),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+async fn receive(
+    state: &AppState,
+    provider: Provider,
+    app_id: Uuid,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let secrets: Vec<String> = sqlx::query_scalar(
+        "SELECT secret FROM webhook_secrets WHERE app_id = $1 AND provider = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
+    )
+    .bind(app_id)
+    .bind(provider.as_str())
+    .bind(SECRETS_ACCEPTED)
+    .fetch_all(&state.pool)
+    .await?;
+    if secrets.is_empty() {
+        return Err(invalid(
+            provider,
+            "no webhook secret is set for this app (tally app set-webhook-secret)",
+            "no_secret",
+        ));
+    }
+    let bytes = validate::raw_body(body).await?;
+    let now = Utc::now().timestamp();
+    let tolerance = state.config.webhook_tolerance_secs as i64;
+    let verified = match provider {
+        Provider::Stripe => signature::verify_stripe(
+            header(headers, "stripe-signature"),
+            &bytes,
+            &secrets,
+            now,
+            tolerance,
+        ),
+        Provider::Polar => signature::verify_polar(
+            header(headers, "webhook-id"),
+            header(headers, "webhook-timestamp"),
+            header(headers, "webhook-signature"),
+            &bytes,
+            &secrets,
+            now,
+            tolerance,
+        ),
+    };
+    if let Err(error) = verified {
+        return Err(invalid(provider, &error, error.reason()));
+    }
+    let event: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| invalid(provider, "body is not JSON", "not_json"))?;
+    let parsed = match provider {
+        Provider::Stripe => events::stripe(&event),
+        Provider::Polar => events::polar(&event).map(|(event_type, parsed)| {
+            (
+                header(headers, "webhook-id")
+                    .unwrap_or_default()
+                    .to_string(),
+                event_type,
+                parsed,
+            )
+        }),
+    };
+    let (event_id, event_type, parsed) =
+        parsed.ok_or_else(|| invalid(provider, "body is not an event", "not_event"))?;
+    let action = match parsed {
+        Parsed::Action(action) => action,
+        Parsed::Clawback(request) => resolve_clawback(state, provider, app_id, request).await?,
+    };
+    let event = WebhookEvent {
+        provider,
+        event_id,
+        event_type,
+        action,
+    };
+    let command_id = Uuid::new_v5(
+        &WEBHOOK_COMMAND_NAMESPACE,
+        format!("{app_id}/{}/{}", provider.as_str(), event.event_id).as_bytes(),
+    );
+    let envelope = Envelope {
+        command_id,
+        app_id,
+        request_hash: None,
+        accepted_at: Utc::now(),
+        command: Command::Webhook(event),
+    };
+    metrics::counter!("tally_webhooks_received_total", "provider" => provider.as_str())
+        .increment(1);
+    match state.bus.publish(&envelope, None).await {
+        Ok(_) => Ok(json_response(
+            200,
+            json!({ "received": true, "command_id": command_id }),
+        )),
+        Err(error) => {
+            // The provider retries with the same event id, i.e. the same command id: if this
+            // publish was stored after all, the retry is deduped; if not, the retry delivers it.
+            Err(ApiError::Unavailable(format!(
+                "the broker is unreachable; retry later ({error})"
+            )))
+        }
+    }
+}
+
+/// A refund or dispute names a payment; the payment names the user whose partition orders it.
+async fn resolve_clawback(
+    state: &AppState,
+    provider: Provider,
+    app_id: Uuid,
+    request: events::ClawbackRequest,
+) -> Result<WebhookAction, ApiError> {
+    let user_id: Option<String> = sqlx::query_scalar(
+        "SELECT user_id FROM payments WHERE app_id = $1 AND provider = $2 AND payment_ref = $3",
+    )
+    .bind(app_id)
+    .bind(provider.as_str())
+    .bind(&request.payment_ref)
+    .fetch_optional(&state.pool)
+    .await?;
+    Ok(match user_id {
+        Some(user_id) => WebhookAction::Clawback {
+            payment_ref: request.payment_ref,
+            user_id,
+            refunded_minor_total: request.refunded_minor_total,
+            disputed_minor: request.disputed_minor,
+            amount_minor: request.amount_minor,
+        },
+        None => WebhookAction::Ignore {
+            reason: format!("no credited payment {}", request.payment_ref),
+        },
+    })
+}
+
+/// One received webhook event.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookEventRecord {
+    event_id: String,
+    provider: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    /// credited, clawed_back, duplicate, ignored or rejected.
+    outcome: String,
+    reason: Option<String>,
+    user_id: Option<String>,
+    /// The entry the event wrote.
+    ledger_id: Option<Uuid>,
+    received_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookEventsResponse {
+    events: Vec<WebhookEventRecord>,
+    next_cursor: Option<String>,
+}
+
+const EVENTS_CURSOR: &str = "w1";
+
+#[utoipa::path(get, path = "/webhooks/events",
+    params(("provider" = Option<String>, Query, description = "stripe or polar"),
+           ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
+           ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = WebhookEventsResponse), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse)),
+    security(("api_key" = [])))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<WebhookEventsResponse>, ApiError> {
+    let provider = match query.get("provider") {
+        None => None,
+        Some(text) => Some(
+            Provider::parse(text)
+                .ok_or_else(|| ApiError::field("provider", "must be stripe or polar"))?,
+        ),
+    };
+    let limit = page_limit(&query)?;
+    let after: Option<(DateTime<Utc>, String, String)> = match query.get("cursor") {
+        None => None,
+        Some(cursor) => {
+            let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
+            let position = decode_cursor(EVENTS_CURSOR, cursor)?;
+            let mut parts = position.splitn(3, '|');
+            let micros: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+            let provider = parts.next().ok_or_else(bad)?.to_string();
+            let event_id = parts.next().ok_or_else(bad)?.to_string();
+            Some((
+                DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+                provider,
+                event_id,
+            ))
+        }
+    };
+    let rows = sqlx::query_as::<
+        _,
+        (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<Uuid>,
+            DateTime<Utc>,
+        ),
+    >(
+        "SELECT event_id, provider, event_type, outcome, reason, user_id, ledger_id, received_at
+         FROM webhook_events
+         WHERE app_id = $1 AND ($2::text IS NULL OR provider = $2)
+           AND ($3::timestamptz IS NULL OR (received_at, provider, event_id) < ($3, $4, $5))
+         ORDER BY received_at DESC, provider DESC, event_id DESC LIMIT $6",
+    )
+    .bind(auth.app_id)
+    .bind(provider.map(Provider::as_str))
+    .bind(after.as_ref().map(|a| a.0))
+    .bind(after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
+    .bind(after.as_ref().map(|a| a.2.clone()).unwrap_or_default())
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    let next_cursor = more.then(|| {
+        let last = rows.last().expect("a full page");
+        encode_cursor(
+            EVENTS_CURSOR,
+            &format!("{}|{}|{}", last.7.timestamp_micros(), last.1, last.0),
+        )
+    });
+    let events = rows
+        .iter()
+        .map(|row| WebhookEventRecord {
+            event_id: row.0.clone(),
+            provider: row.1.clone(),
+            event_type: row.2.clone(),
+            outcome: row.3.clone(),
+            reason: row.4.clone(),
+            user_id: row.5.clone(),
+            ledger_id: row.6,
+            received_at: rfc3339(row.7),
+        })
+        .collect();
+    Ok(Json(WebhookEventsResponse {
+        events,
+        next_cursor,
+    }))
+}
