@@ -71,6 +71,47 @@ const CHECKS: &[(&str, &str)] = &[
          FROM ledger_entries WHERE type IN ('add', 'deduct', 'refund', 'payment', 'clawback')
          GROUP BY command_id HAVING count(*) > 1",
     ),
+    (
+        "held_is_sum_of_active_holds",
+        "SELECT json_build_object('app_id', a.app_id, 'user_id', a.user_id, 'held', a.held,
+                                  'active_holds', COALESCE(h.total, 0))
+         FROM accounts a
+         LEFT JOIN (SELECT app_id, user_id, sum(amount) AS total FROM holds WHERE status = 'active'
+                    GROUP BY 1, 2) h USING (app_id, user_id)
+         WHERE a.held <> COALESCE(h.total, 0)",
+    ),
+    (
+        "lots_within_balance",
+        "SELECT json_build_object('app_id', a.app_id, 'user_id', a.user_id, 'balance', a.balance,
+                                  'held', a.held, 'lots_remaining', l.total)
+         FROM accounts a
+         JOIN (SELECT app_id, user_id, sum(remaining) AS total FROM lots WHERE expired_at IS NULL
+               GROUP BY 1, 2) l USING (app_id, user_id)
+         WHERE l.total + a.held > a.balance",
+    ),
+    (
+        "expired_lots_have_expired",
+        "SELECT json_build_object('lot_id', id, 'expires_at', expires_at, 'remaining', remaining)
+         FROM lots WHERE expired_at IS NULL AND expires_at < now() - interval '1 minute'",
+    ),
+    (
+        "expired_holds_released",
+        "SELECT json_build_object('hold_id', id, 'expires_at', expires_at)
+         FROM holds WHERE status = 'active' AND expires_at < now() - interval '1 minute'",
+    ),
+    (
+        "expire_entries_name_their_lot",
+        "SELECT json_build_object('ledger_id', e.id, 'lot_id', e.lot_id)
+         FROM ledger_entries e LEFT JOIN lots l ON l.id = e.lot_id
+         WHERE e.type = 'expire'
+           AND (l.id IS NULL OR l.app_id <> e.app_id OR l.user_id <> e.user_id OR l.expired_at IS NULL)",
+    ),
+    (
+        "captures_match_their_hold",
+        "SELECT json_build_object('hold_id', h.id, 'captured', h.captured, 'deducted', -e.amount)
+         FROM holds h LEFT JOIN ledger_entries e ON e.id = h.ledger_id
+         WHERE h.status = 'captured' AND (e.id IS NULL OR -e.amount <> h.captured OR e.hold_id <> h.id)",
+    ),
 ];
 
 pub async fn verify(pool: &PgPool) -> anyhow::Result<Report> {

@@ -56,6 +56,23 @@ pub enum Command {
         description: Option<String>,
         metadata: Map<String, Value>,
     },
+    /// Reserve `amount` of the user's available credits until captured, released or expired.
+    Hold {
+        user_id: String,
+        amount: i64,
+        expires_in_seconds: i64,
+        description: Option<String>,
+        metadata: Map<String, Value>,
+    },
+    /// Charge `amount` (default: all) of a hold and release the rest.
+    Capture {
+        /// The hold's user (looked up by the ingress for routing).
+        user_id: String,
+        hold_id: Uuid,
+        amount: Option<i64>,
+    },
+    /// Release all of a hold.
+    Release { user_id: String, hold_id: Uuid },
     /// A verified payment-provider event.
     Webhook(WebhookEvent),
 }
@@ -66,7 +83,10 @@ impl Command {
         match self {
             Self::Add { user_id, .. }
             | Self::Deduct { user_id, .. }
-            | Self::Refund { user_id, .. } => user_id,
+            | Self::Refund { user_id, .. }
+            | Self::Hold { user_id, .. }
+            | Self::Capture { user_id, .. }
+            | Self::Release { user_id, .. } => user_id,
             Self::Webhook(event) => event.partition_key(),
         }
     }
@@ -77,6 +97,9 @@ impl Command {
             Self::Add { .. } => "add",
             Self::Deduct { .. } => "deduct",
             Self::Refund { .. } => "refund",
+            Self::Hold { .. } => "hold",
+            Self::Capture { .. } => "capture",
+            Self::Release { .. } => "release",
             Self::Webhook(_) => "webhook",
         }
     }

@@ -111,6 +111,10 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/add", post(routes::credits::add))
         .route("/credits/deduct", post(routes::credits::deduct))
         .route("/credits/refund", post(routes::credits::refund))
+        .route("/credits/hold", post(routes::holds::hold))
+        .route("/credits/capture", post(routes::holds::capture))
+        .route("/credits/release", post(routes::holds::release))
+        .route("/credits/holds", get(routes::holds::list))
         .route("/credits/balance", get(routes::credits::balance))
         .route("/credits/history", get(routes::credits::history))
         .route(

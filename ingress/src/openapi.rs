@@ -3,13 +3,14 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{commands, credits};
+use crate::routes::{commands, credits, holds};
 use crate::webhooks;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally", description = "Credits for SaaS and AI products: add, deduct, refund and read, exactly once."),
     paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::history,
+          holds::hold, holds::capture, holds::release, holds::list,
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
           webhooks::list_events),
     modifiers(&BearerKey)

@@ -2,4 +2,5 @@
 
 pub mod commands;
 pub mod credits;
+pub mod holds;
 pub mod ops;

@@ -509,3 +509,26 @@ async fn the_event_log_pages_newest_first_and_filters_by_provider() {
     let (status, _) = app.get("/webhooks/events?cursor=bogus").await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn a_payment_with_tally_expires_in_days_grants_expiring_credits() {
+    let app = spawn_app().await;
+    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    let mut event = payment_intent("evt_e", "pi_e", "user_e", "500");
+    event["data"]["object"]["metadata"]["tally_expires_in_days"] = json!("30");
+    assert_eq!(send_stripe(&app, &event).await.0, 200);
+    let record = wait_event(&app, "evt_e").await;
+    assert_eq!(record["outcome"], "credited");
+    let (_, balance) = app.get("/credits/balance?user_id=user_e").await;
+    assert_eq!(balance["next_expiry"]["amount"], 500);
+    let expires_at = chrono::DateTime::parse_from_rfc3339(
+        balance["next_expiry"]["expires_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    let days = (expires_at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours();
+    assert!((29 * 24..=30 * 24).contains(&days), "{days} hours");
+    let mut bad = payment_intent("evt_e2", "pi_e2", "user_e", "500");
+    bad["data"]["object"]["metadata"]["tally_expires_in_days"] = json!("soon");
+    send_stripe(&app, &bad).await;
+    assert_eq!(wait_event(&app, "evt_e2").await["outcome"], "rejected");
+}

@@ -1,11 +1,17 @@
 //! The ledger fold: applies a batch of commands, in stream order, to the state they touch.
 //!
-//! Pure code: no IO, no clock, no randomness except entry ids. The store loads a [`State`],
-//! [`fold`] decides every command's effect and answer, and the store writes the [`Effects`] in the
-//! same transaction. A business rejection (insufficient credits, nothing left to refund …) is an
-//! answer like any other: it is recorded, and it changes nothing.
+//! Pure code: no IO, and the clock is an input (`State::now`). The store loads a [`State`],
+//! [`fold`] decides every command's effect and answer, and the store writes the [`Effects`] in
+//! the same transaction. A business rejection (insufficient credits, nothing left to refund …)
+//! is an answer like any other: it is recorded, and it changes nothing.
+//!
+//! Credits live in lots. An add or payment with an expiry is a lot; credits without expiry are
+//! the user's never-expiring pool (`balance - held - Σ unexpired lots' remaining`). Deducts,
+//! holds and take-backs burn lots soonest-expiring first and the pool last; what a deduct or a
+//! hold drew from is recorded ([`Allocation`]) so that a refund or a release returns credits to
+//! the lots they came from — and a lot that expired meanwhile expires them again at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -18,6 +24,9 @@ use uuid::Uuid;
 pub type UserKey = (Uuid, String);
 /// An (app, provider, payment reference) triple: the unit a payment credits once.
 pub type PaymentKey = (Uuid, Provider, String);
+
+/// The lot id standing for the never-expiring pool in allocations.
+pub const POOL: Uuid = Uuid::nil();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryType {
@@ -94,6 +103,81 @@ pub struct Payment {
     pub unrecovered_credits: i64,
 }
 
+/// Credits granted with an expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lot {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub user_id: String,
+    pub amount: i64,
+    /// Credits of the lot neither spent nor reserved by a hold.
+    pub remaining: i64,
+    pub expires_at: DateTime<Utc>,
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+impl Lot {
+    /// Whether the lot's credits may still be spent at `now`.
+    pub fn live(&self, now: DateTime<Utc>) -> bool {
+        self.expired_at.is_none() && self.expires_at > now
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldStatus {
+    Active,
+    Captured,
+    Released,
+    Expired,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Captured => "captured",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "active" => Self::Active,
+            "captured" => Self::Captured,
+            "released" => Self::Released,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// Credits reserved until captured, released or expired.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hold {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub user_id: String,
+    pub amount: i64,
+    pub captured: i64,
+    pub status: HoldStatus,
+    pub description: Option<String>,
+    pub metadata: Value,
+    pub expires_at: DateTime<Utc>,
+    pub ledger_id: Option<Uuid>,
+    pub command_id: Uuid,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Part of a deduct or a hold drawn from one lot ([`POOL`]: the never-expiring pool).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub lot_id: Uuid,
+    pub amount: i64,
+    /// Given back (refunded, released) or passed on (captured) so far.
+    pub returned: i64,
+}
+
 /// A command finished earlier (or earlier in this batch).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prior {
@@ -104,10 +188,17 @@ pub struct Prior {
 /// Everything the batch's commands may read, loaded under lock by the store.
 #[derive(Clone, Debug, Default)]
 pub struct State {
+    pub now: DateTime<Utc>,
     pub accounts: HashMap<UserKey, Account>,
     pub entries: HashMap<Uuid, EntryRef>,
     pub payments: HashMap<PaymentKey, Payment>,
     pub processed: HashMap<Uuid, Prior>,
+    /// The unexpired lots of the batch's users, and any lot an allocation names.
+    pub lots: HashMap<Uuid, Lot>,
+    /// Holds the commands name, and the batch users' holds that are due to expire.
+    pub holds: HashMap<Uuid, Hold>,
+    /// Allocations of the deducts being refunded and of the holds being settled, by owner.
+    pub allocations: HashMap<Uuid, Vec<Allocation>>,
 }
 
 /// A ledger row to append.
@@ -125,6 +216,8 @@ pub struct NewEntry {
     pub metadata: Value,
     pub refunded_ledger_id: Option<Uuid>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub lot_id: Option<Uuid>,
+    pub hold_id: Option<Uuid>,
     pub command_id: Uuid,
 }
 
@@ -153,6 +246,12 @@ pub struct Effects {
     /// Payments credited or clawed back by this batch (their final state).
     pub payments: HashMap<PaymentKey, Payment>,
     pub webhooks: Vec<WebhookRecord>,
+    /// Lots, holds and allocation owners created or changed (final state in [`State`]).
+    pub lots: BTreeSet<Uuid>,
+    pub holds: BTreeSet<Uuid>,
+    pub allocations: BTreeSet<Uuid>,
+    /// Per app, the system command that owns expiries written by this batch.
+    pub system_commands: HashMap<Uuid, Uuid>,
 }
 
 impl Effects {
@@ -162,6 +261,12 @@ impl Effects {
             .entries
             .iter()
             .map(|entry| (entry.app_id, entry.user_id.clone()))
+            .chain(
+                self.holds
+                    .iter()
+                    .filter_map(|id| state.holds.get(id))
+                    .map(|h| (h.app_id, h.user_id.clone())),
+            )
             .collect();
         keys.sort();
         keys.dedup();
@@ -171,9 +276,11 @@ impl Effects {
     }
 }
 
-/// Applies `commands` in order to `state`, returning what to write and what to answer.
+/// Applies `commands` in order to `state`, returning what to write and what to answer. Lots
+/// and holds already due at `state.now` expire first.
 pub fn fold(state: &mut State, commands: &[Envelope]) -> Effects {
     let mut effects = Effects::default();
+    expire_due(state, &mut effects);
     for envelope in commands {
         if let Some(prior) = state.processed.get(&envelope.command_id) {
             effects.answers.push(answer_duplicate(envelope, prior));
@@ -182,9 +289,11 @@ pub fn fold(state: &mut State, commands: &[Envelope]) -> Effects {
         let mut step = Step {
             state,
             effects: &mut effects,
-            envelope,
+            command_id: envelope.command_id,
+            app_id: envelope.app_id,
+            accepted_at: envelope.accepted_at,
         };
-        let outcome = step.apply();
+        let outcome = step.apply(&envelope.command);
         state.processed.insert(
             envelope.command_id,
             Prior {
@@ -196,6 +305,35 @@ pub fn fold(state: &mut State, commands: &[Envelope]) -> Effects {
         effects.answers.push(outcome);
     }
     effects
+}
+
+/// Expires every loaded lot and hold whose time has come, under a system command per app.
+fn expire_due(state: &mut State, effects: &mut Effects) {
+    let now = state.now;
+    let mut due_lots: Vec<(DateTime<Utc>, Uuid)> = state
+        .lots
+        .values()
+        .filter(|lot| lot.expired_at.is_none() && lot.expires_at <= now)
+        .map(|lot| (lot.expires_at, lot.id))
+        .collect();
+    due_lots.sort();
+    for (_, lot_id) in due_lots {
+        let app_id = state.lots[&lot_id].app_id;
+        let mut step = Step::system(state, effects, app_id);
+        step.expire_lot(lot_id);
+    }
+    let mut due_holds: Vec<(DateTime<Utc>, Uuid)> = state
+        .holds
+        .values()
+        .filter(|hold| hold.status == HoldStatus::Active && hold.expires_at <= now)
+        .map(|hold| (hold.expires_at, hold.id))
+        .collect();
+    due_holds.sort();
+    for (_, hold_id) in due_holds {
+        let app_id = state.holds[&hold_id].app_id;
+        let mut step = Step::system(state, effects, app_id);
+        step.settle_hold(hold_id, 0, HoldStatus::Expired);
+    }
 }
 
 /// The answer to a command seen before: the stored answer, or a conflict when the same
@@ -255,16 +393,76 @@ fn applied(command_id: Uuid, body: Value) -> Outcome {
     }
 }
 
-/// One command being applied.
+fn field_error(field: &str, extra: Value) -> Map<String, Value> {
+    let mut fields = extra.as_object().cloned().unwrap_or_default();
+    fields.insert("field".into(), json!(field));
+    fields
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// An entry to append, before it is numbered.
+struct Draft {
+    /// Preset when something else (a lot) must carry the entry's id.
+    id: Option<Uuid>,
+    entry_type: EntryType,
+    amount: i64,
+    source: &'static str,
+    description: Option<String>,
+    metadata: Value,
+    refunded_ledger_id: Option<Uuid>,
+    expires_at: Option<DateTime<Utc>>,
+    lot_id: Option<Uuid>,
+    hold_id: Option<Uuid>,
+}
+
+impl Draft {
+    fn new(entry_type: EntryType, amount: i64, source: &'static str) -> Self {
+        Self {
+            id: None,
+            entry_type,
+            amount,
+            source,
+            description: None,
+            metadata: json!({}),
+            refunded_ledger_id: None,
+            expires_at: None,
+            lot_id: None,
+            hold_id: None,
+        }
+    }
+}
+
+/// One command (or one system action) being applied.
 struct Step<'a> {
     state: &'a mut State,
     effects: &'a mut Effects,
-    envelope: &'a Envelope,
+    command_id: Uuid,
+    app_id: Uuid,
+    accepted_at: DateTime<Utc>,
 }
 
-impl Step<'_> {
-    fn apply(&mut self) -> Outcome {
-        match &self.envelope.command {
+impl<'a> Step<'a> {
+    /// A step for what the system does by itself (expiries), under the app's system command.
+    fn system(state: &'a mut State, effects: &'a mut Effects, app_id: Uuid) -> Self {
+        let command_id = *effects
+            .system_commands
+            .entry(app_id)
+            .or_insert_with(Uuid::now_v7);
+        let accepted_at = state.now;
+        Self {
+            state,
+            effects,
+            command_id,
+            app_id,
+            accepted_at,
+        }
+    }
+
+    fn apply(&mut self, command: &Command) -> Outcome {
+        match command {
             Command::Add {
                 user_id,
                 amount,
@@ -285,34 +483,43 @@ impl Step<'_> {
                 description,
                 metadata,
             } => self.refund(user_id, *ledger_id, *amount, description, metadata),
+            Command::Hold {
+                user_id,
+                amount,
+                expires_in_seconds,
+                description,
+                metadata,
+            } => self.hold(user_id, *amount, *expires_in_seconds, description, metadata),
+            Command::Capture {
+                user_id,
+                hold_id,
+                amount,
+            } => self.capture(user_id, *hold_id, *amount),
+            Command::Release { user_id, hold_id } => self.release(user_id, *hold_id),
             Command::Webhook(event) => self.webhook(event),
         }
     }
 
     fn id(&self) -> Uuid {
-        self.envelope.command_id
+        self.command_id
     }
 
     fn account(&mut self, user_id: &str) -> Account {
-        let key = (self.envelope.app_id, user_id.to_string());
+        let key = (self.app_id, user_id.to_string());
         *self.state.accounts.entry(key).or_default()
     }
 
-    /// Appends an entry moving `amount` (signed) and updates the account. The caller has checked
-    /// that the balance stays within `0..=i64::MAX`.
-    #[allow(clippy::too_many_arguments)]
-    fn write(
-        &mut self,
-        user_id: &str,
-        entry_type: EntryType,
-        amount: i64,
-        source: &'static str,
-        description: Option<String>,
-        metadata: Value,
-        refunded_ledger_id: Option<Uuid>,
-        expires_at: Option<DateTime<Utc>>,
-    ) -> NewEntry {
-        let app_id = self.envelope.app_id;
+    fn account_mut(&mut self, user_id: &str) -> &mut Account {
+        self.state
+            .accounts
+            .entry((self.app_id, user_id.to_string()))
+            .or_default()
+    }
+
+    /// Appends an entry and updates the account. The caller has checked that the balance stays
+    /// within `held..=i64::MAX`.
+    fn write(&mut self, user_id: &str, draft: Draft) -> NewEntry {
+        let app_id = self.app_id;
         let account = self
             .state
             .accounts
@@ -320,7 +527,7 @@ impl Step<'_> {
             .or_default();
         let balance_after = account
             .balance
-            .checked_add(amount)
+            .checked_add(draft.amount)
             .expect("caller checked the range");
         assert!(
             balance_after >= account.held,
@@ -329,32 +536,160 @@ impl Step<'_> {
         account.balance = balance_after;
         account.entry_count += 1;
         let entry = NewEntry {
-            id: Uuid::now_v7(),
+            id: draft.id.unwrap_or_else(Uuid::now_v7),
             app_id,
             user_id: user_id.to_string(),
             seq: account.entry_count,
-            entry_type,
-            amount,
+            entry_type: draft.entry_type,
+            amount: draft.amount,
             balance_after,
-            source,
-            description,
-            metadata,
-            refunded_ledger_id,
-            expires_at,
-            command_id: self.envelope.command_id,
+            source: draft.source,
+            description: draft.description,
+            metadata: draft.metadata,
+            refunded_ledger_id: draft.refunded_ledger_id,
+            expires_at: draft.expires_at,
+            lot_id: draft.lot_id,
+            hold_id: draft.hold_id,
+            command_id: self.command_id,
         };
         self.state.entries.insert(
             entry.id,
             EntryRef {
                 app_id,
                 user_id: user_id.to_string(),
-                entry_type,
-                amount,
+                entry_type: draft.entry_type,
+                amount: draft.amount,
                 reversed: 0,
             },
         );
         self.effects.entries.push(entry.clone());
         entry
+    }
+
+    /// Starts a lot for credits just granted by `entry`; expires it at once if already due.
+    fn grant_lot(&mut self, entry: &NewEntry, expires_at: DateTime<Utc>) {
+        let lot = Lot {
+            id: entry.id,
+            app_id: entry.app_id,
+            user_id: entry.user_id.clone(),
+            amount: entry.amount,
+            remaining: entry.amount,
+            expires_at,
+            expired_at: None,
+        };
+        self.state.lots.insert(lot.id, lot);
+        self.effects.lots.insert(entry.id);
+        if expires_at <= self.state.now {
+            self.expire_lot(entry.id);
+        }
+    }
+
+    /// Writes the expiry of what is left of a lot.
+    fn expire_lot(&mut self, lot_id: Uuid) {
+        let now = self.state.now;
+        let Some(lot) = self.state.lots.get_mut(&lot_id) else {
+            return;
+        };
+        let left = lot.remaining;
+        let user_id = lot.user_id.clone();
+        lot.remaining = 0;
+        lot.expired_at = Some(now);
+        self.effects.lots.insert(lot_id);
+        if left > 0 {
+            self.write_expiry(&user_id, lot_id, left);
+        }
+    }
+
+    fn write_expiry(&mut self, user_id: &str, lot_id: Uuid, amount: i64) {
+        let mut draft = Draft::new(EntryType::Expire, -amount, "system");
+        draft.description = Some("credits expired".into());
+        draft.lot_id = Some(lot_id);
+        self.write(user_id, draft);
+    }
+
+    /// Takes `amount` of the user's spendable credits out of lots (soonest-expiring first,
+    /// `prefer` before all) and then the pool. The caller has checked `available >= amount`.
+    fn burn(&mut self, user_id: &str, amount: i64, prefer: Option<Uuid>) -> Vec<Allocation> {
+        let now = self.state.now;
+        let app_id = self.app_id;
+        let mut candidates: Vec<(bool, DateTime<Utc>, Uuid)> = self
+            .state
+            .lots
+            .values()
+            .filter(|lot| {
+                lot.app_id == app_id && lot.user_id == user_id && lot.live(now) && lot.remaining > 0
+            })
+            .map(|lot| (Some(lot.id) != prefer, lot.expires_at, lot.id))
+            .collect();
+        candidates.sort();
+        let mut left = amount;
+        let mut taken = Vec::new();
+        for (_, _, lot_id) in candidates {
+            if left == 0 {
+                break;
+            }
+            let lot = self.state.lots.get_mut(&lot_id).expect("candidate lot");
+            let take = left.min(lot.remaining);
+            lot.remaining -= take;
+            left -= take;
+            self.effects.lots.insert(lot_id);
+            taken.push(Allocation {
+                lot_id,
+                amount: take,
+                returned: 0,
+            });
+        }
+        if left > 0 {
+            taken.push(Allocation {
+                lot_id: POOL,
+                amount: left,
+                returned: 0,
+            });
+        }
+        taken
+    }
+
+    /// Gives `amount` back to the lots of `owner`'s allocations, last drawn first. Credits whose
+    /// lot has expired meanwhile are returned as `(lot, credits)` for the caller to expire.
+    fn give_back(&mut self, owner: Uuid, amount: i64) -> Vec<(Uuid, i64)> {
+        let now = self.state.now;
+        let mut allocations = self.state.allocations.remove(&owner).unwrap_or_default();
+        let mut left = amount;
+        let mut expired = Vec::new();
+        for allocation in allocations.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            let give = left.min(allocation.amount - allocation.returned);
+            if give == 0 {
+                continue;
+            }
+            allocation.returned += give;
+            left -= give;
+            if allocation.lot_id == POOL {
+                continue;
+            }
+            match self.state.lots.get_mut(&allocation.lot_id) {
+                Some(lot) if lot.live(now) => {
+                    lot.remaining += give;
+                    self.effects.lots.insert(allocation.lot_id);
+                }
+                Some(_) => expired.push((allocation.lot_id, give)),
+                None => {}
+            }
+        }
+        if !allocations.is_empty() {
+            self.state.allocations.insert(owner, allocations);
+            self.effects.allocations.insert(owner);
+        }
+        expired
+    }
+
+    fn record_allocations(&mut self, owner: Uuid, allocations: Vec<Allocation>) {
+        if !allocations.is_empty() {
+            self.state.allocations.insert(owner, allocations);
+            self.effects.allocations.insert(owner);
+        }
     }
 
     fn add(
@@ -369,16 +704,19 @@ impl Step<'_> {
         if account.balance.checked_add(amount).is_none() {
             return self.overflow(user_id, account, amount);
         }
-        let entry = self.write(
-            user_id,
-            EntryType::Add,
-            amount,
-            "api",
-            description.clone(),
-            Value::Object(metadata.clone()),
-            None,
-            expires_at,
-        );
+        let mut draft = Draft::new(EntryType::Add, amount, "api");
+        draft.description = description.clone();
+        draft.metadata = Value::Object(metadata.clone());
+        draft.expires_at = expires_at;
+        if expires_at.is_some() {
+            let id = Uuid::now_v7();
+            draft.id = Some(id);
+            draft.lot_id = Some(id);
+        }
+        let entry = self.write(user_id, draft);
+        if let Some(expires_at) = expires_at {
+            self.grant_lot(&entry, expires_at);
+        }
         applied(
             self.id(),
             json!({ "success": true, "user_id": user_id, "balance_after": entry.balance_after,
@@ -431,16 +769,12 @@ impl Step<'_> {
         if account.available() < amount {
             return self.insufficient(user_id, account, amount);
         }
-        let entry = self.write(
-            user_id,
-            EntryType::Deduct,
-            -amount,
-            "api",
-            description.clone(),
-            Value::Object(metadata.clone()),
-            None,
-            None,
-        );
+        let allocations = self.burn(user_id, amount, None);
+        let mut draft = Draft::new(EntryType::Deduct, -amount, "api");
+        draft.description = description.clone();
+        draft.metadata = Value::Object(metadata.clone());
+        let entry = self.write(user_id, draft);
+        self.record_allocations(entry.id, allocations);
         applied(
             self.id(),
             json!({ "success": true, "user_id": user_id, "balance_after": entry.balance_after,
@@ -456,7 +790,7 @@ impl Step<'_> {
         description: &Option<String>,
         metadata: &Map<String, Value>,
     ) -> Outcome {
-        let app_id = self.envelope.app_id;
+        let app_id = self.app_id;
         let target = match self.state.entries.get(&ledger_id) {
             Some(target) if target.app_id == app_id && target.user_id == user_id => target.clone(),
             _ => {
@@ -494,39 +828,198 @@ impl Step<'_> {
                 self.id(),
                 ErrorCode::InvalidRequest,
                 format!("amount: only {left} credits of ledger entry {ledger_id} are left to refund, {amount} requested"),
-                json!({ "field": "amount", "refundable": left }).as_object().cloned().unwrap_or_default(),
+                field_error("amount", json!({ "refundable": left })),
             );
         }
         let account = self.account(user_id);
-        let signed = if target.entry_type == EntryType::Deduct {
+        let (signed, expired) = if target.entry_type == EntryType::Deduct {
             if account.balance.checked_add(amount).is_none() {
                 return self.overflow(user_id, account, amount);
             }
-            amount
+            (amount, self.give_back(ledger_id, amount))
         } else {
             if account.available() < amount {
                 return self.insufficient(user_id, account, amount);
             }
-            -amount
+            self.burn(user_id, amount, Some(ledger_id));
+            (-amount, Vec::new())
         };
-        let entry = self.write(
-            user_id,
-            EntryType::Refund,
-            signed,
-            "api",
-            description.clone(),
-            Value::Object(metadata.clone()),
-            Some(ledger_id),
-            None,
-        );
+        let mut draft = Draft::new(EntryType::Refund, signed, "api");
+        draft.description = description.clone();
+        draft.metadata = Value::Object(metadata.clone());
+        draft.refunded_ledger_id = Some(ledger_id);
+        let entry = self.write(user_id, draft);
         if let Some(target) = self.state.entries.get_mut(&ledger_id) {
             target.reversed += amount;
+        }
+        for (lot_id, credits) in expired {
+            self.write_expiry(user_id, lot_id, credits);
         }
         applied(
             self.id(),
             json!({ "success": true, "user_id": user_id, "balance_after": entry.balance_after,
                     "ledger_id": entry.id, "refunded_ledger_id": ledger_id }),
         )
+    }
+
+    fn hold(
+        &mut self,
+        user_id: &str,
+        amount: i64,
+        expires_in_seconds: i64,
+        description: &Option<String>,
+        metadata: &Map<String, Value>,
+    ) -> Outcome {
+        let account = self.account(user_id);
+        if account.available() < amount {
+            return self.insufficient(user_id, account, amount);
+        }
+        let allocations = self.burn(user_id, amount, None);
+        let hold = Hold {
+            id: Uuid::now_v7(),
+            app_id: self.app_id,
+            user_id: user_id.to_string(),
+            amount,
+            captured: 0,
+            status: HoldStatus::Active,
+            description: description.clone(),
+            metadata: Value::Object(metadata.clone()),
+            expires_at: self.accepted_at + chrono::Duration::seconds(expires_in_seconds),
+            ledger_id: None,
+            command_id: self.command_id,
+            finished_at: None,
+        };
+        let account = self.account_mut(user_id);
+        account.held += amount;
+        let account = *account;
+        self.record_allocations(hold.id, allocations);
+        self.effects.holds.insert(hold.id);
+        let body = json!({ "success": true, "user_id": user_id, "hold_id": hold.id, "amount": amount,
+                           "balance": account.balance, "available": account.available(),
+                           "expires_at": rfc3339(hold.expires_at) });
+        self.state.holds.insert(hold.id, hold);
+        applied(self.id(), body)
+    }
+
+    /// The hold `hold_id` of this app and user if it is still active; else the answer.
+    fn active_hold(&self, user_id: &str, hold_id: Uuid) -> Result<Hold, Outcome> {
+        match self.state.holds.get(&hold_id) {
+            Some(hold) if hold.app_id == self.app_id && hold.user_id == user_id => {
+                if hold.status == HoldStatus::Active {
+                    Ok(hold.clone())
+                } else {
+                    Err(rejection(
+                        self.id(),
+                        ErrorCode::HoldNotActive,
+                        format!("hold {hold_id} is {}", hold.status.as_str()),
+                        json!({ "status": hold.status.as_str() })
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default(),
+                    ))
+                }
+            }
+            _ => Err(rejection(
+                self.id(),
+                ErrorCode::NotFound,
+                format!("no hold {hold_id}"),
+                Map::new(),
+            )),
+        }
+    }
+
+    fn capture(&mut self, user_id: &str, hold_id: Uuid, amount: Option<i64>) -> Outcome {
+        let hold = match self.active_hold(user_id, hold_id) {
+            Ok(hold) => hold,
+            Err(answer) => return answer,
+        };
+        let amount = amount.unwrap_or(hold.amount);
+        if amount > hold.amount {
+            return rejection(
+                self.id(),
+                ErrorCode::InvalidRequest,
+                format!(
+                    "amount: the hold has {} credits, {amount} requested",
+                    hold.amount
+                ),
+                field_error("amount", json!({ "held": hold.amount })),
+            );
+        }
+        let ledger_id = self
+            .settle_hold(hold_id, amount, HoldStatus::Captured)
+            .expect("a capture writes a deduct");
+        let account = self.account(user_id);
+        applied(
+            self.id(),
+            json!({ "success": true, "user_id": user_id, "hold_id": hold_id, "ledger_id": ledger_id,
+                    "captured": amount, "released": hold.amount - amount, "balance_after": account.balance }),
+        )
+    }
+
+    fn release(&mut self, user_id: &str, hold_id: Uuid) -> Outcome {
+        let hold = match self.active_hold(user_id, hold_id) {
+            Ok(hold) => hold,
+            Err(answer) => return answer,
+        };
+        self.settle_hold(hold_id, 0, HoldStatus::Released);
+        let account = self.account(user_id);
+        applied(
+            self.id(),
+            json!({ "success": true, "user_id": user_id, "hold_id": hold_id, "released": hold.amount,
+                    "balance": account.balance, "available": account.available() }),
+        )
+    }
+
+    /// Ends an active hold: `captured` credits are charged by a deduct entry (burning the lots
+    /// the hold reserved, soonest-expiring first), the rest goes back to its lots. Returns the
+    /// deduct entry's id.
+    fn settle_hold(&mut self, hold_id: Uuid, captured: i64, status: HoldStatus) -> Option<Uuid> {
+        let mut hold = self
+            .state
+            .holds
+            .get(&hold_id)
+            .cloned()
+            .expect("settled holds are loaded");
+        let user_id = hold.user_id.clone();
+        self.account_mut(&user_id).held -= hold.amount;
+        // The captured part moves, lot by lot, from the hold to the deduct entry.
+        let mut moved = Vec::new();
+        if let Some(allocations) = self.state.allocations.get_mut(&hold_id) {
+            let mut left = captured;
+            for allocation in allocations.iter_mut() {
+                let take = left.min(allocation.amount - allocation.returned);
+                if take > 0 {
+                    allocation.returned += take;
+                    left -= take;
+                    moved.push(Allocation {
+                        lot_id: allocation.lot_id,
+                        amount: take,
+                        returned: 0,
+                    });
+                }
+            }
+            self.effects.allocations.insert(hold_id);
+        }
+        let expired = self.give_back(hold_id, hold.amount - captured);
+        let ledger_id = (captured > 0).then(|| {
+            let mut draft = Draft::new(EntryType::Deduct, -captured, "api");
+            draft.description = hold.description.clone();
+            draft.metadata = hold.metadata.clone();
+            draft.hold_id = Some(hold_id);
+            let entry = self.write(&user_id, draft);
+            self.record_allocations(entry.id, moved);
+            entry.id
+        });
+        for (lot_id, credits) in expired {
+            self.write_expiry(&user_id, lot_id, credits);
+        }
+        hold.captured = captured;
+        hold.status = status;
+        hold.ledger_id = ledger_id;
+        hold.finished_at = Some(self.state.now);
+        self.state.holds.insert(hold_id, hold);
+        self.effects.holds.insert(hold_id);
+        ledger_id
     }
 
     fn webhook(&mut self, event: &WebhookEvent) -> Outcome {
@@ -565,7 +1058,7 @@ impl Step<'_> {
             }
         };
         self.effects.webhooks.push(WebhookRecord {
-            app_id: self.envelope.app_id,
+            app_id: self.app_id,
             provider: event.provider,
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),
@@ -573,7 +1066,7 @@ impl Step<'_> {
             reason: reason.clone(),
             user_id: user_id.clone(),
             ledger_id,
-            received_at: self.envelope.accepted_at,
+            received_at: self.accepted_at,
         });
         let status = if outcome == "rejected" {
             Status::Rejected
@@ -598,11 +1091,7 @@ impl Step<'_> {
         amount_minor: Option<i64>,
         expires_in_days: Option<i64>,
     ) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
-        let key = (
-            self.envelope.app_id,
-            event.provider,
-            payment_ref.to_string(),
-        );
+        let key = (self.app_id, event.provider, payment_ref.to_string());
         if let Some(payment) = self.state.payments.get(&key) {
             return (
                 "duplicate",
@@ -623,19 +1112,21 @@ impl Step<'_> {
             );
         }
         let expires_at =
-            expires_in_days.map(|days| self.envelope.accepted_at + chrono::Duration::days(days));
-        let metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
-                               "event_id": event.event_id });
-        let entry = self.write(
-            user_id,
-            EntryType::Payment,
-            credits,
-            event.provider.as_str(),
-            Some(format!("{} payment {payment_ref}", event.provider.as_str())),
-            metadata,
-            None,
-            expires_at,
-        );
+            expires_in_days.map(|days| self.accepted_at + chrono::Duration::days(days));
+        let mut draft = Draft::new(EntryType::Payment, credits, event.provider.as_str());
+        draft.description = Some(format!("{} payment {payment_ref}", event.provider.as_str()));
+        draft.metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
+                                 "event_id": event.event_id });
+        draft.expires_at = expires_at;
+        if expires_at.is_some() {
+            let id = Uuid::now_v7();
+            draft.id = Some(id);
+            draft.lot_id = Some(id);
+        }
+        let entry = self.write(user_id, draft);
+        if let Some(expires_at) = expires_at {
+            self.grant_lot(&entry, expires_at);
+        }
         let payment = Payment {
             ledger_id: entry.id,
             user_id: user_id.to_string(),
@@ -660,11 +1151,7 @@ impl Step<'_> {
         disputed_minor: Option<i64>,
         amount_minor: Option<i64>,
     ) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
-        let key = (
-            self.envelope.app_id,
-            event.provider,
-            payment_ref.to_string(),
-        );
+        let key = (self.app_id, event.provider, payment_ref.to_string());
         let Some(mut payment) = self.state.payments.get(&key).cloned() else {
             return (
                 "ignored",
@@ -686,32 +1173,28 @@ impl Step<'_> {
             .map(|entry| entry.amount.abs() - entry.reversed)
             .unwrap_or(0);
         let due = (target - already).min(reversible);
+        let owner = payment.user_id.clone();
         if due <= 0 {
-            let owner = payment.user_id.clone();
             self.state.payments.insert(key.clone(), payment.clone());
             self.effects.payments.insert(key, payment);
             return ("duplicate", None, Some(owner), None);
         }
-        let account = self.account(&payment.user_id);
+        let account = self.account(&owner);
         let taken = due.min(account.available().max(0));
         let unrecovered = due - taken;
-        let metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
-                               "event_id": event.event_id, "unrecovered": unrecovered.to_string() });
-        let owner = payment.user_id.clone();
-        let entry = self.write(
-            &owner,
-            EntryType::Clawback,
-            -taken,
+        if taken > 0 {
+            self.burn(&owner, taken, Some(payment.ledger_id));
+        }
+        let mut draft = Draft::new(EntryType::Clawback, -taken, event.provider.as_str());
+        draft.description = Some(format!(
+            "{} {} of payment {payment_ref}",
             event.provider.as_str(),
-            Some(format!(
-                "{} {} of payment {payment_ref}",
-                event.provider.as_str(),
-                event.event_type
-            )),
-            metadata,
-            Some(payment.ledger_id),
-            None,
-        );
+            event.event_type
+        ));
+        draft.metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
+                                 "event_id": event.event_id, "unrecovered": unrecovered.to_string() });
+        draft.refunded_ledger_id = Some(payment.ledger_id);
+        let entry = self.write(&owner, draft);
         if let Some(target_entry) = self.state.entries.get_mut(&payment.ledger_id) {
             target_entry.reversed += due;
         }
@@ -1012,6 +1495,204 @@ mod tests {
         let effects = fold(&mut state, &[dispute]);
         assert_eq!(effects.entries[0].amount, -50);
         assert_eq!(effects.entries[0].metadata["unrecovered"], "450");
+        assert_eq!(balance(&state, "u"), 0);
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn add_expiring(user: &str, amount: i64, expires_at: DateTime<Utc>) -> Envelope {
+        envelope(Command::Add {
+            user_id: user.into(),
+            amount,
+            description: None,
+            metadata: Map::new(),
+            expires_at: Some(expires_at),
+        })
+    }
+
+    fn hold(user: &str, amount: i64) -> Envelope {
+        envelope(Command::Hold {
+            user_id: user.into(),
+            amount,
+            expires_in_seconds: 900,
+            description: None,
+            metadata: Map::new(),
+        })
+    }
+
+    fn hold_id(outcome: &Outcome) -> Uuid {
+        outcome.body["hold_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn hold_then_capture_less_charges_the_cost_and_releases_the_rest() {
+        let mut state = State::default();
+        let effects = fold(&mut state, &[add("u", 100), hold("u", 60)]);
+        assert_eq!(effects.answers[1].body["available"], 40);
+        assert_eq!(effects.answers[1].body["balance"], 100);
+        let id = hold_id(&effects.answers[1]);
+        let effects = fold(&mut state, &[deduct("u", 50)]);
+        assert_eq!(
+            effects.answers[0].http_status, 402,
+            "a deduct sees only what is available"
+        );
+        let capture = envelope(Command::Capture {
+            user_id: "u".into(),
+            hold_id: id,
+            amount: Some(25),
+        });
+        let effects = fold(&mut state, &[capture]);
+        let body = &effects.answers[0].body;
+        assert_eq!(
+            (
+                body["captured"].as_i64(),
+                body["released"].as_i64(),
+                body["balance_after"].as_i64()
+            ),
+            (Some(25), Some(35), Some(75))
+        );
+        assert_eq!(effects.entries[0].hold_id, Some(id));
+        assert_eq!(state.accounts[&(APP, "u".to_string())].held, 0);
+        let again = envelope(Command::Release {
+            user_id: "u".into(),
+            hold_id: id,
+        });
+        let effects = fold(&mut state, &[again]);
+        assert_eq!(effects.answers[0].http_status, 409);
+        assert_eq!(effects.answers[0].body["error"], "hold_not_active");
+    }
+
+    #[test]
+    fn capture_of_more_than_held_is_400_naming_amount() {
+        let mut state = State::default();
+        let effects = fold(&mut state, &[add("u", 100), hold("u", 10)]);
+        let id = hold_id(&effects.answers[1]);
+        let effects = fold(
+            &mut state,
+            &[envelope(Command::Capture {
+                user_id: "u".into(),
+                hold_id: id,
+                amount: Some(11),
+            })],
+        );
+        assert_eq!(effects.answers[0].http_status, 400);
+        assert_eq!(effects.answers[0].body["field"], "amount");
+    }
+
+    #[test]
+    fn lots_burn_soonest_expiring_first_and_the_pool_last() {
+        let mut state = State {
+            now: at(0),
+            ..State::default()
+        };
+        let effects = fold(
+            &mut state,
+            &[
+                add("u", 10),
+                add_expiring("u", 10, at(200)),
+                add_expiring("u", 10, at(100)),
+            ],
+        );
+        let later = effects.entries[1].id;
+        let sooner = effects.entries[2].id;
+        fold(&mut state, &[deduct("u", 15)]);
+        assert_eq!(state.lots[&sooner].remaining, 0);
+        assert_eq!(state.lots[&later].remaining, 5);
+        state.now = at(150);
+        let effects = fold(&mut state, &[]);
+        assert!(
+            effects.entries.is_empty(),
+            "an empty lot expires without an entry"
+        );
+        state.now = at(250);
+        let effects = fold(&mut state, &[]);
+        assert_eq!(effects.entries.len(), 1);
+        assert_eq!(effects.entries[0].entry_type, EntryType::Expire);
+        assert_eq!(effects.entries[0].amount, -5);
+        assert_eq!(effects.entries[0].lot_id, Some(later));
+        assert_eq!(effects.entries[0].source, "system");
+        assert_eq!(balance(&state, "u"), 10, "the never-expiring credits stay");
+        let effects = fold(&mut state, &[]);
+        assert!(effects.entries.is_empty(), "a lot expires once");
+    }
+
+    #[test]
+    fn a_refund_into_an_expired_lot_expires_again_at_once() {
+        let mut state = State {
+            now: at(0),
+            ..State::default()
+        };
+        fold(&mut state, &[add_expiring("u", 10, at(100))]);
+        let effects = fold(&mut state, &[deduct("u", 4)]);
+        let deduct_id = effects.entries[0].id;
+        state.now = at(101);
+        let effects = fold(&mut state, &[refund("u", deduct_id, None)]);
+        let kinds: Vec<(EntryType, i64)> = effects
+            .entries
+            .iter()
+            .map(|e| (e.entry_type, e.amount))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EntryType::Expire, -6),
+                (EntryType::Refund, 4),
+                (EntryType::Expire, -4)
+            ]
+        );
+        assert_eq!(balance(&state, "u"), 0);
+    }
+
+    #[test]
+    fn a_hold_past_its_expiry_is_released_once() {
+        let mut state = State {
+            now: at(0),
+            ..State::default()
+        };
+        let mut reserve = hold("u", 30);
+        reserve.accepted_at = at(0);
+        let effects = fold(&mut state, &[add("u", 100), reserve]);
+        let id = hold_id(&effects.answers[1]);
+        state.now = at(901);
+        let effects = fold(&mut state, &[]);
+        assert_eq!(state.holds[&id].status, HoldStatus::Expired);
+        assert!(effects.holds.contains(&id));
+        assert_eq!(state.accounts[&(APP, "u".to_string())].held, 0);
+        let effects = fold(&mut state, &[]);
+        assert!(effects.holds.is_empty());
+        let effects = fold(
+            &mut state,
+            &[envelope(Command::Capture {
+                user_id: "u".into(),
+                hold_id: id,
+                amount: None,
+            })],
+        );
+        assert_eq!(effects.answers[0].body["error"], "hold_not_active");
+    }
+
+    #[test]
+    fn credits_a_hold_reserved_from_a_lot_expire_when_the_hold_is_released_after_the_lot_expired() {
+        let mut state = State {
+            now: at(0),
+            ..State::default()
+        };
+        let mut reserve = hold("u", 8);
+        reserve.accepted_at = at(0);
+        let effects = fold(&mut state, &[add_expiring("u", 10, at(100)), reserve]);
+        let id = hold_id(&effects.answers[1]);
+        state.now = at(150);
+        let effects = fold(
+            &mut state,
+            &[envelope(Command::Release {
+                user_id: "u".into(),
+                hold_id: id,
+            })],
+        );
+        let amounts: Vec<i64> = effects.entries.iter().map(|e| e.amount).collect();
+        assert_eq!(amounts, vec![-2, -8]);
         assert_eq!(balance(&state, "u"), 0);
     }
 }

@@ -71,6 +71,31 @@ const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 /// are tried one by one, and a single command before it is dead-lettered.
 const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
 
+/// How often due lots and holds are looked for. Expiries land within about this long (plus
+/// one transaction) of their time.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Expires due lots and holds, forever. Every worker sweeps every user: the account locks make
+/// concurrent sweeps (and the batches of the partition's owner) write each expiry once.
+async fn sweep_forever(pool: PgPool) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Drain what is due, a bounded chunk per transaction.
+        loop {
+            match store::sweep(&pool, chrono::Utc::now()).await {
+                Ok(swept) if swept as i64 >= store::SWEEP_USERS_MAX => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "expiry sweep failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Longest wait for replies to reach the broker (they are best effort: results are durable).
 const REPLY_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -131,7 +156,10 @@ pub async fn run(
         owned: BTreeMap::new(),
         generation: 0,
     };
+    let sweeper = tokio::spawn(sweep_forever(pool.clone()));
     let mut membership = manager.run(resync_rx, shutdown).await;
+    // A sweep interrupted here rolls back; another worker (or the next start) redoes it.
+    sweeper.abort();
     // The manager dropped every sender: the applier finishes what is queued, then returns.
     applier.await.context("applier task failed")?;
     membership.leave(&pool).await;

@@ -16,7 +16,11 @@ use tally_common::command::{Command, Envelope, Outcome, Status};
 use tally_common::webhook::{Provider, WebhookAction};
 use uuid::Uuid;
 
-use crate::ledger::{self, Account, EntryRef, EntryType, Payment, Prior, State};
+use chrono::{DateTime, Utc};
+
+use crate::ledger::{
+    self, Account, Allocation, EntryRef, EntryType, Hold, HoldStatus, Lot, Payment, Prior, State,
+};
 
 /// One consumed message, decoded or not.
 #[derive(Clone, Debug)]
@@ -123,22 +127,12 @@ pub async fn apply_batch(
         .iter()
         .filter_map(|item| item.envelope.as_ref())
         .collect();
-    let mut state = State::default();
-    load_processed(&mut tx, &envelopes, &mut state).await?;
-    load_accounts(&mut tx, &envelopes, &mut state).await?;
-    load_payments(&mut tx, &envelopes, &mut state).await?;
-    load_entries(&mut tx, &envelopes, &mut state).await?;
-
     let owned: Vec<Envelope> = envelopes
         .iter()
         .map(|envelope| (*envelope).clone())
         .collect();
-    let effects = ledger::fold(&mut state, &owned);
+    let (state, effects) = load_and_fold(&mut tx, &owned, BTreeSet::new(), Utc::now()).await?;
 
-    insert_entries(&mut tx, &effects.entries).await?;
-    update_accounts(&mut tx, &effects.changed_accounts(&state)).await?;
-    upsert_payments(&mut tx, &effects.payments).await?;
-    insert_webhooks(&mut tx, &effects.webhooks).await?;
     let positions: HashMap<Uuid, (u32, u64)> = items
         .iter()
         .filter_map(|item| {
@@ -147,7 +141,7 @@ pub async fn apply_batch(
                 .map(|e| (e.command_id, (item.partition, item.stream_seq)))
         })
         .collect();
-    insert_processed(&mut tx, &effects.finished, &positions).await?;
+    write_effects(&mut tx, &state, &effects, &positions).await?;
     advance_offsets(&mut tx, stream, &offsets).await?;
     tx.commit().await?;
 
@@ -167,6 +161,76 @@ pub async fn apply_batch(
         offsets,
         entries_written: effects.entries.len(),
     })
+}
+
+/// Loads, under lock, what `envelopes` and the expiries due for `extra_users` read, and folds.
+async fn load_and_fold(
+    tx: &mut Transaction<'_, Postgres>,
+    envelopes: &[Envelope],
+    extra_users: BTreeSet<(Uuid, String)>,
+    now: DateTime<Utc>,
+) -> Result<(State, ledger::Effects), sqlx::Error> {
+    let refs: Vec<&Envelope> = envelopes.iter().collect();
+    let mut state = State {
+        now,
+        ..State::default()
+    };
+    let mut users = users(&refs);
+    users.extend(extra_users);
+    load_processed(tx, &refs, &mut state).await?;
+    load_accounts(tx, &users, &mut state).await?;
+    load_payments(tx, &refs, &mut state).await?;
+    load_entries(tx, &refs, &mut state).await?;
+    load_lots_and_holds(tx, &refs, &users, &mut state).await?;
+    let effects = ledger::fold(&mut state, envelopes);
+    Ok((state, effects))
+}
+
+/// Writes a fold's effects with set-based statements.
+async fn write_effects(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &State,
+    effects: &ledger::Effects,
+    positions: &HashMap<Uuid, (u32, u64)>,
+) -> Result<(), StoreError> {
+    insert_entries(tx, &effects.entries).await?;
+    update_accounts(tx, &effects.changed_accounts(state)).await?;
+    upsert_payments(tx, &effects.payments).await?;
+    insert_webhooks(tx, &effects.webhooks).await?;
+    upsert_lots(tx, state, &effects.lots).await?;
+    upsert_holds(tx, state, &effects.holds).await?;
+    upsert_allocations(tx, state, &effects.allocations).await?;
+    insert_system_commands(tx, &effects.system_commands).await?;
+    insert_processed(tx, &effects.finished, positions).await?;
+    Ok(())
+}
+
+/// How many users one sweep transaction handles.
+pub const SWEEP_USERS_MAX: i64 = 200;
+
+/// Expires the lots and holds that are due, for up to [`SWEEP_USERS_MAX`] users, in one
+/// transaction. Safe to run from every worker at once: each user's state is re-read under its
+/// account lock, so an expiry is written exactly once. Returns how many users were swept.
+pub async fn sweep(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let due: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT DISTINCT app_id, user_id FROM (
+             SELECT app_id, user_id FROM lots WHERE expired_at IS NULL AND expires_at <= $1
+             UNION ALL
+             SELECT app_id, user_id FROM holds WHERE status = 'active' AND expires_at <= $1) due
+         LIMIT $2",
+    )
+    .bind(now)
+    .bind(SWEEP_USERS_MAX)
+    .fetch_all(pool)
+    .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = pool.begin().await?;
+    let (state, effects) = load_and_fold(&mut tx, &[], due.iter().cloned().collect(), now).await?;
+    write_effects(&mut tx, &state, &effects, &HashMap::new()).await?;
+    tx.commit().await?;
+    Ok(due.len())
 }
 
 fn new_offsets(items: &[Item]) -> BTreeMap<u32, u64> {
@@ -268,14 +332,13 @@ fn users(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, String)> {
 
 async fn load_accounts(
     tx: &mut Transaction<'_, Postgres>,
-    envelopes: &[&Envelope],
+    users: &BTreeSet<(Uuid, String)>,
     state: &mut State,
 ) -> Result<(), sqlx::Error> {
-    let users = users(envelopes);
     if users.is_empty() {
         return Ok(());
     }
-    let (apps, ids): (Vec<Uuid>, Vec<String>) = users.into_iter().unzip();
+    let (apps, ids): (Vec<Uuid>, Vec<String>) = users.iter().cloned().unzip();
     sqlx::query(
         "INSERT INTO accounts (app_id, user_id)
          SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
@@ -430,16 +493,19 @@ async fn insert_entries(
     let expires: Vec<Option<chrono::DateTime<chrono::Utc>>> =
         entries.iter().map(|e| e.expires_at).collect();
     let commands: Vec<Uuid> = entries.iter().map(|e| e.command_id).collect();
+    let lots: Vec<Option<Uuid>> = entries.iter().map(|e| e.lot_id).collect();
+    let holds: Vec<Option<Uuid>> = entries.iter().map(|e| e.hold_id).collect();
     sqlx::query(
         "INSERT INTO ledger_entries (id, app_id, user_id, seq, type, amount, balance_after, source,
-                                     description, metadata, refunded_ledger_id, expires_at, command_id)
+                                     description, metadata, refunded_ledger_id, expires_at, command_id,
+                                     lot_id, hold_id)
          SELECT id, app_id, user_id, seq, type, amount, balance_after, source, description,
-                metadata::jsonb, refunded_ledger_id, expires_at, command_id
+                metadata::jsonb, refunded_ledger_id, expires_at, command_id, lot_id, hold_id
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::int8[],
                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::uuid[],
-                     $12::timestamptz[], $13::uuid[])
+                     $12::timestamptz[], $13::uuid[], $14::uuid[], $15::uuid[])
            AS t(id, app_id, user_id, seq, type, amount, balance_after, source, description,
-                metadata, refunded_ledger_id, expires_at, command_id)",
+                metadata, refunded_ledger_id, expires_at, command_id, lot_id, hold_id)",
     )
     .bind(&ids)
     .bind(&apps)
@@ -454,6 +520,8 @@ async fn insert_entries(
     .bind(&refunded)
     .bind(&expires)
     .bind(&commands)
+    .bind(&lots)
+    .bind(&holds)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -680,4 +748,307 @@ pub async fn record_failure(
     advance_offsets(&mut tx, stream, &offsets).await?;
     tx.commit().await?;
     Ok(answer)
+}
+
+type LotRow = (
+    Uuid,
+    Uuid,
+    String,
+    i64,
+    i64,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+type HoldRow = (
+    Uuid,
+    Uuid,
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Value,
+    DateTime<Utc>,
+    Option<Uuid>,
+    Uuid,
+    Option<DateTime<Utc>>,
+);
+
+fn lot_from(row: LotRow) -> Lot {
+    Lot {
+        id: row.0,
+        app_id: row.1,
+        user_id: row.2,
+        amount: row.3,
+        remaining: row.4,
+        expires_at: row.5,
+        expired_at: row.6,
+    }
+}
+
+const LOT_COLUMNS: &str = "id, app_id, user_id, amount, remaining, expires_at, expired_at";
+
+/// Loads the users' unexpired lots, the holds the commands name and the users' holds that are
+/// due, the allocations of the deducts being refunded and of those holds, and every lot an
+/// allocation names — all under lock.
+async fn load_lots_and_holds(
+    tx: &mut Transaction<'_, Postgres>,
+    envelopes: &[&Envelope],
+    users: &BTreeSet<(Uuid, String)>,
+    state: &mut State,
+) -> Result<(), sqlx::Error> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let (apps, ids): (Vec<Uuid>, Vec<String>) = users.iter().cloned().unzip();
+    let rows: Vec<LotRow> = sqlx::query_as(&format!(
+        "SELECT {LOT_COLUMNS} FROM lots
+         WHERE (app_id, user_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[])) AND expired_at IS NULL
+         ORDER BY id FOR UPDATE"
+    ))
+    .bind(&apps)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let lot = lot_from(row);
+        state.lots.insert(lot.id, lot);
+    }
+
+    let named: Vec<Uuid> = envelopes
+        .iter()
+        .filter_map(|e| match &e.command {
+            Command::Capture { hold_id, .. } | Command::Release { hold_id, .. } => Some(*hold_id),
+            _ => None,
+        })
+        .collect();
+    let rows: Vec<HoldRow> = sqlx::query_as(
+        "SELECT id, app_id, user_id, amount, captured, status, description, metadata, expires_at,
+                ledger_id, command_id, finished_at
+         FROM holds
+         WHERE id = ANY($1)
+            OR ((app_id, user_id) IN (SELECT * FROM UNNEST($2::uuid[], $3::text[]))
+                AND status = 'active' AND expires_at <= $4)
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(&named)
+    .bind(&apps)
+    .bind(&ids)
+    .bind(state.now)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let hold = Hold {
+            id: row.0,
+            app_id: row.1,
+            user_id: row.2,
+            amount: row.3,
+            captured: row.4,
+            status: HoldStatus::parse(&row.5).expect("constrained by the schema"),
+            description: row.6,
+            metadata: row.7,
+            expires_at: row.8,
+            ledger_id: row.9,
+            command_id: row.10,
+            finished_at: row.11,
+        };
+        state.holds.insert(hold.id, hold);
+    }
+
+    let mut owners: Vec<Uuid> = envelopes
+        .iter()
+        .filter_map(|e| match &e.command {
+            Command::Refund { ledger_id, .. } => Some(*ledger_id),
+            _ => None,
+        })
+        .collect();
+    owners.extend(state.holds.keys().copied());
+    if owners.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(Uuid, Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT owner_id, lot_id, amount, returned FROM lot_allocations
+         WHERE owner_id = ANY($1) ORDER BY owner_id, position FOR UPDATE",
+    )
+    .bind(&owners)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut missing = Vec::new();
+    for (owner, lot_id, amount, returned) in rows {
+        if lot_id != ledger::POOL && !state.lots.contains_key(&lot_id) {
+            missing.push(lot_id);
+        }
+        state
+            .allocations
+            .entry(owner)
+            .or_default()
+            .push(Allocation {
+                lot_id,
+                amount,
+                returned,
+            });
+    }
+    if !missing.is_empty() {
+        let rows: Vec<LotRow> = sqlx::query_as(&format!(
+            "SELECT {LOT_COLUMNS} FROM lots WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        ))
+        .bind(&missing)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in rows {
+            let lot = lot_from(row);
+            state.lots.insert(lot.id, lot);
+        }
+    }
+    Ok(())
+}
+
+async fn upsert_lots(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &State,
+    changed: &BTreeSet<Uuid>,
+) -> Result<(), sqlx::Error> {
+    let lots: Vec<&Lot> = changed.iter().filter_map(|id| state.lots.get(id)).collect();
+    if lots.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO lots (id, app_id, user_id, amount, remaining, expires_at, expired_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[],
+                              $6::timestamptz[], $7::timestamptz[])
+         ON CONFLICT (id) DO UPDATE SET remaining = EXCLUDED.remaining, expired_at = EXCLUDED.expired_at",
+    )
+    .bind(lots.iter().map(|l| l.id).collect::<Vec<_>>())
+    .bind(lots.iter().map(|l| l.app_id).collect::<Vec<_>>())
+    .bind(lots.iter().map(|l| l.user_id.as_str()).collect::<Vec<_>>())
+    .bind(lots.iter().map(|l| l.amount).collect::<Vec<_>>())
+    .bind(lots.iter().map(|l| l.remaining).collect::<Vec<_>>())
+    .bind(lots.iter().map(|l| l.expires_at).collect::<Vec<_>>())
+    .bind(lots.iter().map(|l| l.expired_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_holds(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &State,
+    changed: &BTreeSet<Uuid>,
+) -> Result<(), sqlx::Error> {
+    let holds: Vec<&Hold> = changed
+        .iter()
+        .filter_map(|id| state.holds.get(id))
+        .collect();
+    if holds.is_empty() {
+        return Ok(());
+    }
+    for hold in &holds {
+        if hold.status == HoldStatus::Expired {
+            metrics::counter!("tally_holds_expired_total").increment(1);
+            tracing::info!(hold.id = %hold.id, user.id = %hold.user_id, amount = hold.amount, "hold expired and released");
+        }
+    }
+    sqlx::query(
+        "INSERT INTO holds (id, app_id, user_id, amount, captured, status, description, metadata,
+                            expires_at, ledger_id, command_id, finished_at)
+         SELECT id, app_id, user_id, amount, captured, status, description, metadata::jsonb,
+                expires_at, ledger_id, command_id, finished_at
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::text[],
+                     $7::text[], $8::text[], $9::timestamptz[], $10::uuid[], $11::uuid[],
+                     $12::timestamptz[])
+           AS t(id, app_id, user_id, amount, captured, status, description, metadata, expires_at,
+                ledger_id, command_id, finished_at)
+         ON CONFLICT (id) DO UPDATE SET captured = EXCLUDED.captured, status = EXCLUDED.status,
+             ledger_id = EXCLUDED.ledger_id, finished_at = EXCLUDED.finished_at",
+    )
+    .bind(holds.iter().map(|h| h.id).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.app_id).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.user_id.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.amount).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.captured).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.status.as_str()).collect::<Vec<_>>())
+    .bind(
+        holds
+            .iter()
+            .map(|h| h.description.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        holds
+            .iter()
+            .map(|h| h.metadata.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(holds.iter().map(|h| h.expires_at).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.ledger_id).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.command_id).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.finished_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_allocations(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &State,
+    owners: &BTreeSet<Uuid>,
+) -> Result<(), sqlx::Error> {
+    let mut owner_ids = Vec::new();
+    let mut lot_ids = Vec::new();
+    let mut positions = Vec::new();
+    let mut amounts = Vec::new();
+    let mut returned = Vec::new();
+    for owner in owners {
+        for (position, allocation) in state
+            .allocations
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            owner_ids.push(*owner);
+            lot_ids.push(allocation.lot_id);
+            positions.push(position as i32);
+            amounts.push(allocation.amount);
+            returned.push(allocation.returned);
+        }
+    }
+    if owner_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO lot_allocations (owner_id, lot_id, position, amount, returned)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::int8[], $5::int8[])
+         ON CONFLICT (owner_id, lot_id) DO UPDATE SET returned = EXCLUDED.returned",
+    )
+    .bind(&owner_ids)
+    .bind(&lot_ids)
+    .bind(&positions)
+    .bind(&amounts)
+    .bind(&returned)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records the system commands that own a batch's expiries, so every entry belongs to an
+/// applied command.
+async fn insert_system_commands(
+    tx: &mut Transaction<'_, Postgres>,
+    commands: &HashMap<Uuid, Uuid>,
+) -> Result<(), sqlx::Error> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let (apps, ids): (Vec<Uuid>, Vec<Uuid>) = commands.iter().map(|(app, id)| (*app, *id)).unzip();
+    sqlx::query(
+        "INSERT INTO processed_commands (command_id, app_id, status, http_status, response)
+         SELECT id, app, 'applied', 200, '{\"system\": \"expire\"}'::jsonb
+         FROM UNNEST($1::uuid[], $2::uuid[]) AS t(id, app)",
+    )
+    .bind(&ids)
+    .bind(&apps)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

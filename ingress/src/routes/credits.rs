@@ -34,6 +34,10 @@ pub struct AddRequest {
     description: Option<String>,
     /// At most 50 keys, string values.
     metadata: Option<HashMap<String, String>>,
+    /// When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`.
+    expires_at: Option<String>,
+    /// Seconds from now until these credits expire.
+    expires_in_seconds: Option<i64>,
 }
 
 /// Body of `POST /credits/deduct`.
@@ -103,15 +107,16 @@ pub struct ErrorResponse {
     available: Option<i64>,
 }
 
-struct Write {
-    auth: Auth,
+/// A write request read so far: who, its headers, and its JSON object.
+pub(crate) struct Write {
+    pub(crate) auth: Auth,
     headers: HeaderMap,
     path: &'static str,
-    object: Map<String, Value>,
+    pub(crate) object: Map<String, Value>,
 }
 
 impl Write {
-    async fn read(
+    pub(crate) async fn read(
         auth: Auth,
         headers: HeaderMap,
         body: Body,
@@ -126,7 +131,11 @@ impl Write {
         })
     }
 
-    async fn submit(self, state: &AppState, command: Command) -> Result<Response, ApiError> {
+    pub(crate) async fn submit(
+        self,
+        state: &AppState,
+        command: Command,
+    ) -> Result<Response, ApiError> {
         let key = validate::idempotency_key(&self.headers)?;
         let idempotency =
             key.map(|key| (key, validate::request_hash("POST", self.path, &self.object)));
@@ -160,12 +169,20 @@ pub async fn add(
     let write = Write::read(auth, headers, body, "/credits/add").await?;
     let mut fields = Fields::new(
         write.object.clone(),
-        &["user_id", "amount", "description", "metadata"],
+        &[
+            "user_id",
+            "amount",
+            "description",
+            "metadata",
+            "expires_at",
+            "expires_in_seconds",
+        ],
     )?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
     let description = fields.description()?;
     let metadata = fields.metadata()?;
+    let expires_at = expiry(&mut fields)?;
     fields.finish()?;
     write
         .submit(
@@ -175,10 +192,32 @@ pub async fn add(
                 amount,
                 description,
                 metadata,
-                expires_at: None,
+                expires_at,
             },
         )
         .await
+}
+
+/// Longest lifetime of expiring credits: ten years.
+pub const CREDIT_LIFETIME_SECONDS_MAX: i64 = 10 * 365 * 24 * 3600;
+
+/// `expires_at` or `expires_in_seconds` of an add: at most one, in the future.
+fn expiry(fields: &mut Fields) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let at = fields.optional_time("expires_at")?;
+    let in_seconds =
+        fields.optional_integer("expires_in_seconds", 1, CREDIT_LIFETIME_SECONDS_MAX)?;
+    match (at, in_seconds) {
+        (Some(_), Some(_)) => Err(ApiError::field(
+            "expires_at",
+            "give expires_at or expires_in_seconds, not both",
+        )),
+        (Some(at), None) if at <= Utc::now() => {
+            Err(ApiError::field("expires_at", "must be in the future"))
+        }
+        (Some(at), None) => Ok(Some(at)),
+        (None, Some(seconds)) => Ok(Some(Utc::now() + chrono::Duration::seconds(seconds))),
+        (None, None) => Ok(None),
+    }
 }
 
 #[utoipa::path(post, path = "/credits/deduct", request_body = DeductRequest,
@@ -277,6 +316,24 @@ pub struct BalanceResponse {
     held: i64,
     /// `balance - held`: what deducts and new holds may use.
     available: i64,
+    /// The soonest lot with credits left, or null.
+    next_expiry: Option<NextExpiry>,
+}
+
+#[derive(sqlx::FromRow, Default)]
+struct BalanceRow {
+    balance: i64,
+    held: i64,
+    /// Credits of lots past their expiry that the worker has not expired yet.
+    expired: i64,
+    next_amount: Option<i64>,
+    next_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NextExpiry {
+    amount: i64,
+    expires_at: String,
 }
 
 #[utoipa::path(get, path = "/credits/balance",
@@ -290,22 +347,46 @@ pub async fn balance(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<BalanceResponse>, ApiError> {
     let user_id = query_user_id(&query)?;
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT balance, held FROM accounts WHERE app_id = $1 AND user_id = $2")
-            .bind(auth.app_id)
-            .bind(&user_id)
-            .fetch_optional(&state.pool)
-            .await?;
-    let (balance, held) = row.unwrap_or((0, 0));
+    // Credits of a lot past its expiry leave the balance through the worker's expire entry
+    // within a second or so; until then reads already leave them out.
+    let row: Option<BalanceRow> = sqlx::query_as(
+        "SELECT a.balance, a.held,
+                COALESCE((SELECT sum(remaining) FROM lots l WHERE l.app_id = a.app_id AND l.user_id = a.user_id
+                            AND l.expired_at IS NULL AND l.expires_at <= now()), 0)::bigint AS expired,
+                n.remaining AS next_amount, n.expires_at AS next_at
+         FROM accounts a
+         LEFT JOIN LATERAL (SELECT remaining, expires_at FROM lots l
+                            WHERE l.app_id = a.app_id AND l.user_id = a.user_id AND l.expired_at IS NULL
+                              AND l.expires_at > now() AND l.remaining > 0
+                            ORDER BY expires_at, id LIMIT 1) n ON true
+         WHERE a.app_id = $1 AND a.user_id = $2",
+    )
+    .bind(auth.app_id)
+    .bind(&user_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let BalanceRow {
+        balance,
+        held,
+        expired,
+        next_amount,
+        next_at,
+    } = row.unwrap_or_default();
+    let balance = balance - expired;
+    let next_expiry = next_amount.zip(next_at).map(|(amount, at)| NextExpiry {
+        amount,
+        expires_at: rfc3339(at),
+    });
     Ok(Json(BalanceResponse {
         user_id,
         balance,
         held,
         available: balance - held,
+        next_expiry,
     }))
 }
 
-fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError> {
+pub(crate) fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError> {
     let user_id = query
         .get("user_id")
         .cloned()
@@ -365,6 +446,8 @@ pub struct HistoryEntry {
     hold_id: Option<Uuid>,
     /// When an add's credits expire (null: never).
     expires_at: Option<String>,
+    /// The lot an add or payment granted, or an expire entry emptied.
+    lot_id: Option<Uuid>,
     created_at: String,
 }
 
@@ -377,6 +460,22 @@ pub struct HistoryResponse {
 }
 
 const HISTORY_CURSOR: &str = "h1";
+
+type HistoryRow = (
+    Uuid,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Value,
+    String,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+    i64,
+    Option<Uuid>,
+);
 
 pub fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -407,25 +506,9 @@ pub async fn history(
     };
     // Entries are numbered per user in the order they were applied, so paging by that number
     // never skips or repeats an entry while new ones arrive.
-    let rows = sqlx::query_as::<
-        _,
-        (
-            Uuid,
-            String,
-            i64,
-            i64,
-            Option<String>,
-            Value,
-            String,
-            Option<Uuid>,
-            Option<Uuid>,
-            Option<DateTime<Utc>>,
-            DateTime<Utc>,
-            i64,
-        ),
-    >(
+    let rows = sqlx::query_as::<_, HistoryRow>(
         "SELECT id, type, amount, balance_after, description, metadata, source, refunded_ledger_id,
-                hold_id, expires_at, created_at, seq
+                hold_id, expires_at, created_at, seq, lot_id
          FROM ledger_entries
          WHERE app_id = $1 AND user_id = $2 AND ($3::bigint IS NULL OR seq < $3)
          ORDER BY seq DESC LIMIT $4",
@@ -457,6 +540,7 @@ pub async fn history(
             refunded_ledger_id: row.7,
             hold_id: row.8,
             expires_at: row.9.map(rfc3339),
+            lot_id: row.12,
             created_at: rfc3339(row.10),
         })
         .collect();

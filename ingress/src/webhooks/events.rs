@@ -72,10 +72,20 @@ fn credit_from_metadata(
             ))
         }
     };
-    let credits = match credits {
-        Some(Value::String(text)) => text.trim().parse::<i64>().ok(),
-        Some(Value::Number(number)) if number.is_i64() || number.is_u64() => number.as_i64(),
-        _ => None,
+    let credits = credits.and_then(integer);
+    let expires_in_days = match metadata.get("tally_expires_in_days") {
+        None | Some(Value::Null) => None,
+        Some(value) => match integer(value) {
+            Some(days) if (1..=EXPIRES_IN_DAYS_MAX).contains(&days) => Some(days),
+            _ => {
+                return Some(reject(
+                    format!(
+                        "tally_expires_in_days must be an integer from 1 to {EXPIRES_IN_DAYS_MAX}"
+                    ),
+                    Some(user_id),
+                ))
+            }
+        },
     };
     match credits {
         Some(credits) if (1..=AMOUNT_MAX).contains(&credits) => Some(WebhookAction::Credit {
@@ -83,12 +93,24 @@ fn credit_from_metadata(
             user_id,
             credits,
             amount_minor,
-            expires_in_days: None,
+            expires_in_days,
         }),
         _ => Some(reject(
             format!("tally_credits must be an integer from 1 to {AMOUNT_MAX}"),
             Some(user_id),
         )),
+    }
+}
+
+/// Longest lifetime of credits bought through a payment (`tally_expires_in_days`).
+pub const EXPIRES_IN_DAYS_MAX: i64 = 3650;
+
+/// A metadata integer: providers' metadata values are strings (Stripe) or JSON numbers (Polar).
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => text.trim().parse::<i64>().ok(),
+        Value::Number(number) if number.is_i64() || number.is_u64() => number.as_i64(),
+        _ => None,
     }
 }
 
