@@ -345,20 +345,32 @@ impl TestApp {
     }
 
     pub fn start_worker(&mut self) {
+        let worker = self.new_worker();
+        self.workers.push(worker);
+    }
+
+    /// Starts an in-process worker owned by the caller: dropping the handle kills it.
+    pub fn new_worker(&self) -> WorkerHandle {
         let config = tally_worker::WorkerConfig::new(self.common_config());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(tally_worker::run(config, async move {
             let _ = stopped.await;
         }));
-        self.workers.push(WorkerHandle {
+        WorkerHandle {
             stop: Some(stop),
             task: Some(task),
-        });
+        }
     }
 
     /// Starts `tally-worker` as a separate process against this deployment.
     pub fn spawn_worker_process(&self) -> WorkerProcess {
+        self.spawn_worker_process_with(&[])
+    }
+
+    /// Like [`TestApp::spawn_worker_process`], with extra environment variables.
+    pub fn spawn_worker_process_with(&self, env: &[(&str, &str)]) -> WorkerProcess {
         let child = Command::new(workspace_binary("tally-worker"))
+            .envs(env.iter().copied())
             .env("TALLY_DATABASE_URL", &self.db.url)
             .env("TALLY_NATS_URL", self.nats.url())
             .env("TALLY_NAMESPACE", &self.namespace)

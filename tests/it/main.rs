@@ -11,5 +11,6 @@ mod holds;
 mod idempotency;
 mod isolation;
 mod ops;
+mod soak;
 mod validation;
 mod webhooks;

@@ -54,6 +54,14 @@ pub struct WorkerConfig {
         default_value_t = 256
     )]
     pub batch_max: usize,
+
+    /// Address to serve this worker's Prometheus metrics on (`/metrics`); unset: not served.
+    #[arg(
+        long,
+        visible_alias = "tally-worker-metrics-addr",
+        env = "TALLY_WORKER_METRICS_ADDR"
+    )]
+    pub metrics_addr: Option<String>,
 }
 
 impl WorkerConfig {
@@ -61,6 +69,7 @@ impl WorkerConfig {
         Self {
             common,
             batch_max: 256,
+            metrics_addr: None,
         }
     }
 }
