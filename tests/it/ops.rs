@@ -34,7 +34,14 @@ async fn health_readiness_metrics_and_openapi_need_no_key() {
         "/credits/refund",
         "/credits/balance",
         "/credits/history",
+        "/credits/hold",
+        "/credits/capture",
+        "/credits/release",
+        "/credits/holds",
         "/commands/{command_id}",
+        "/webhooks/stripe/{app_id}",
+        "/webhooks/polar/{app_id}",
+        "/webhooks/events",
     ] {
         assert!(
             openapi["paths"][path].is_object(),
