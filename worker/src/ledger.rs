@@ -566,6 +566,27 @@ impl<'a> Step<'a> {
         entry
     }
 
+    /// Writes an entry granting credits; with an expiry the credits form a lot whose id is the
+    /// entry's.
+    fn grant(
+        &mut self,
+        user_id: &str,
+        mut draft: Draft,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> NewEntry {
+        draft.expires_at = expires_at;
+        if expires_at.is_some() {
+            let id = Uuid::now_v7();
+            draft.id = Some(id);
+            draft.lot_id = Some(id);
+        }
+        let entry = self.write(user_id, draft);
+        if let Some(expires_at) = expires_at {
+            self.grant_lot(&entry, expires_at);
+        }
+        entry
+    }
+
     /// Starts a lot for credits just granted by `entry`; expires it at once if already due.
     fn grant_lot(&mut self, entry: &NewEntry, expires_at: DateTime<Utc>) {
         let lot = Lot {
@@ -707,16 +728,7 @@ impl<'a> Step<'a> {
         let mut draft = Draft::new(EntryType::Add, amount, "api");
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
-        draft.expires_at = expires_at;
-        if expires_at.is_some() {
-            let id = Uuid::now_v7();
-            draft.id = Some(id);
-            draft.lot_id = Some(id);
-        }
-        let entry = self.write(user_id, draft);
-        if let Some(expires_at) = expires_at {
-            self.grant_lot(&entry, expires_at);
-        }
+        let entry = self.grant(user_id, draft, expires_at);
         applied(
             self.id(),
             json!({ "success": true, "user_id": user_id, "balance_after": entry.balance_after,
@@ -1117,16 +1129,7 @@ impl<'a> Step<'a> {
         draft.description = Some(format!("{} payment {payment_ref}", event.provider.as_str()));
         draft.metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
                                  "event_id": event.event_id });
-        draft.expires_at = expires_at;
-        if expires_at.is_some() {
-            let id = Uuid::now_v7();
-            draft.id = Some(id);
-            draft.lot_id = Some(id);
-        }
-        let entry = self.write(user_id, draft);
-        if let Some(expires_at) = expires_at {
-            self.grant_lot(&entry, expires_at);
-        }
+        let entry = self.grant(user_id, draft, expires_at);
         let payment = Payment {
             ledger_id: entry.id,
             user_id: user_id.to_string(),
