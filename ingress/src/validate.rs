@@ -42,22 +42,20 @@ pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes,
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    raw_body(body).await
+    raw_body(body, BODY_BYTES_MAX).await
 }
 
-/// Reads a body of at most [`BODY_BYTES_MAX`] bytes, whatever its type.
-pub async fn raw_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_BYTES_MAX)
-        .await
-        .map_err(|error| {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::PayloadTooLarge(BODY_BYTES_MAX)
-            } else {
-                ApiError::invalid(format!("could not read the request body: {error}"))
-            }
-        })
+/// Reads a body of at most `limit` bytes, whatever its type (413 past it).
+pub async fn raw_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::invalid(format!("could not read the request body: {error}"))
+        }
+    })
 }
 
 /// Typed access to a request object. Every field must be read once; [`Fields::finish`] rejects

@@ -32,6 +32,10 @@ use crate::AppState;
 
 use self::events::Parsed;
 
+/// Largest webhook body, in bytes. Providers' events (a Checkout Session with many line items)
+/// can outgrow the API's 64 KiB; a 413 would only make the provider retry forever.
+const WEBHOOK_BODY_BYTES_MAX: usize = 1024 * 1024;
+
 /// How many of an app's newest secrets per provider are accepted (rotation).
 const SECRETS_ACCEPTED: i64 = 2;
 
@@ -144,7 +148,7 @@ async fn receive(
             "no_secret",
         ));
     }
-    let bytes = validate::raw_body(body).await?;
+    let bytes = validate::raw_body(body, WEBHOOK_BODY_BYTES_MAX).await?;
     let now = Utc::now().timestamp();
     let tolerance = state.config.webhook_tolerance_secs as i64;
     let verified = match provider {

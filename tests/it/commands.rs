@@ -115,5 +115,5 @@ async fn a_command_the_broker_did_not_accept_is_503_and_changes_nothing() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(app.balance("u1").await, 11);
-    app.assert_verified();
+    app.assert_verified().await;
 }

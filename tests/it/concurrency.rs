@@ -21,7 +21,7 @@ async fn concurrent_deducts_never_overspend() {
         .count();
     assert_eq!((ok, rejected), (100, 100));
     assert_eq!(app.balance("u1").await, 0);
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -77,7 +77,7 @@ async fn commands_of_each_user_apply_in_order_across_two_workers() {
             .await
             .unwrap();
     assert_eq!(rejected, 0);
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -102,5 +102,5 @@ async fn partitions_are_shared_by_workers_that_join_and_leave() {
         .await
         .unwrap();
     assert_eq!(owners, 2, "a worker that stops leaves the membership");
-    app.assert_verified();
+    app.assert_verified().await;
 }

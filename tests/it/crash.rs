@@ -81,5 +81,5 @@ async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
         sum, total,
         "every accepted command applied exactly once ({after_kill} done at the kill)"
     );
-    app.assert_verified();
+    app.assert_verified().await;
 }

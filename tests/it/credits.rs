@@ -107,7 +107,7 @@ async fn refund_of_a_deduct_gives_credits_back_until_nothing_is_left() {
         .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"], "not_refundable");
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]

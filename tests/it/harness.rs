@@ -394,15 +394,18 @@ impl TestApp {
         WorkerProcess { child }
     }
 
-    /// Runs the `tally` CLI against this deployment.
-    pub fn cli(&self, args: &[&str]) -> (i32, Value) {
-        let output = Command::new(workspace_binary("tally"))
+    /// Runs the `tally` CLI against this deployment. Asynchronously: the test's runtime must keep
+    /// driving the in-process services meanwhile (a starting worker may hold the migration lock
+    /// the CLI waits for).
+    pub async fn cli(&self, args: &[&str]) -> (i32, Value) {
+        let output = tokio::process::Command::new(workspace_binary("tally"))
             .args(args)
             .env("TALLY_DATABASE_URL", &self.db.url)
             .env("TALLY_NATS_URL", self.nats.url())
             .env("TALLY_NAMESPACE", &self.namespace)
             .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
             .output()
+            .await
             .expect("run tally");
         let stdout = String::from_utf8_lossy(&output.stdout);
         let value = serde_json::from_str(stdout.trim()).unwrap_or(Value::String(format!(
@@ -413,8 +416,8 @@ impl TestApp {
     }
 
     /// `tally verify` must pass.
-    pub fn assert_verified(&self) {
-        let (code, report) = self.cli(&["verify"]);
+    pub async fn assert_verified(&self) {
+        let (code, report) = self.cli(&["verify"]).await;
         assert_eq!(code, 0, "tally verify failed: {report}");
         assert_eq!(report["ok"], true);
     }

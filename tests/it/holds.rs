@@ -117,7 +117,7 @@ async fn hold_then_capture_less_than_held_charges_the_cost_and_releases_the_rest
         .await;
     assert_eq!(status, 409);
     assert_eq!(body["error"], "hold_not_active");
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -162,7 +162,7 @@ async fn concurrent_holds_cannot_together_exceed_the_balance() {
         (body["held"].as_i64(), body["available"].as_i64()),
         (Some(100), Some(0))
     );
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -258,7 +258,7 @@ async fn an_uncaptured_hold_expires_once_across_a_worker_restart() {
         .await
         .unwrap();
     assert_eq!(expired, 1);
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -326,7 +326,7 @@ async fn expiring_credits_are_spent_first_and_leave_with_an_expire_entry_on_time
     let body = balance_body(&app, "u1").await;
     assert_eq!(body["balance"], 5);
     assert_eq!(body["next_expiry"], Value::Null);
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -354,7 +354,7 @@ async fn a_refund_into_an_expired_lot_expires_again_at_once() {
         .collect();
     assert_eq!(kinds, vec![("expire", -4), ("refund", 4)]);
     assert_eq!(balance_body(&app, "u1").await["balance"], 0);
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]

@@ -129,5 +129,5 @@ async fn concurrent_duplicates_take_effect_once() {
     }
     assert_eq!(ledger_ids.len(), 1, "every replay names the same entry");
     assert_eq!(app.balance("u1").await, 990);
-    app.assert_verified();
+    app.assert_verified().await;
 }

@@ -74,12 +74,12 @@ async fn the_ledger_is_append_only_in_the_database() {
 async fn verify_reports_a_broken_invariant() {
     let app = spawn_app().await;
     app.add("u1", 5).await;
-    app.assert_verified();
+    app.assert_verified().await;
     sqlx::query("UPDATE accounts SET balance = 6, updated_at = now()")
         .execute(&app.pool)
         .await
         .unwrap();
-    let (code, report) = app.cli(&["verify"]);
+    let (code, report) = app.cli(&["verify"]).await;
     assert_eq!(code, 1);
     assert_eq!(report["ok"], false);
     assert_eq!(
@@ -91,26 +91,30 @@ async fn verify_reports_a_broken_invariant() {
 #[tokio::test]
 async fn cli_creates_and_lists_apps_with_working_keys() {
     let app = spawn_app().await;
-    let (code, created) = app.cli(&["app", "create", "--name", "acme"]);
+    let (code, created) = app.cli(&["app", "create", "--name", "acme"]).await;
     assert_eq!(code, 0, "{created}");
     let key = created["api_key"].as_str().unwrap();
     assert!(key.starts_with("tk_"));
     let (status, _) = app.get_as(key, "/credits/balance?user_id=u").await;
     assert_eq!(status, 200);
-    let (_, listed) = app.cli(&["app", "list"]);
+    let (_, listed) = app.cli(&["app", "list"]).await;
     assert!(listed["apps"]
         .as_array()
         .unwrap()
         .iter()
         .any(|a| a["name"] == "acme" && a["app_id"] == created["app_id"]));
-    let (code, more) = app.cli(&[
-        "key",
-        "create",
-        "--app",
-        created["app_id"].as_str().unwrap(),
-    ]);
+    let (code, more) = app
+        .cli(&[
+            "key",
+            "create",
+            "--app",
+            created["app_id"].as_str().unwrap(),
+        ])
+        .await;
     assert_eq!(code, 0);
     assert!(more["api_key"].as_str().unwrap().starts_with("tk_"));
-    let (code, _) = app.cli(&["key", "create", "--app", &uuid::Uuid::now_v7().to_string()]);
+    let (code, _) = app
+        .cli(&["key", "create", "--app", &uuid::Uuid::now_v7().to_string()])
+        .await;
     assert_eq!(code, 1);
 }

@@ -204,6 +204,6 @@ async fn random_writes_with_crashing_workers_keep_every_invariant() {
     .await
     .unwrap();
     assert!(balances.is_empty(), "{balances:?}");
-    app.assert_verified();
+    app.assert_verified().await;
     eprintln!("soak: {total} operations in {:?}", started.elapsed());
 }

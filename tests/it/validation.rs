@@ -234,7 +234,7 @@ async fn missing_malformed_unknown_and_revoked_keys_are_401() {
     let key = crate::harness::create_key(&app.pool, app.app_id).await;
     let (status, _) = app.get_as(&key, "/credits/balance?user_id=u1").await;
     assert_eq!(status, 200);
-    let (code, out) = app.cli(&["key", "revoke", "--key", &key]);
+    let (code, out) = app.cli(&["key", "revoke", "--key", &key]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out, json!({ "ok": true }));
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;

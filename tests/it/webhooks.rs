@@ -36,16 +36,18 @@ fn stripe_header(secrets: &[&str], t: i64, body: &str) -> String {
 }
 
 async fn set_secret(app: &TestApp, provider: &str, secret: &str) {
-    let (code, out) = app.cli(&[
-        "app",
-        "set-webhook-secret",
-        "--app",
-        &app.app_id.to_string(),
-        "--provider",
-        provider,
-        "--secret",
-        secret,
-    ]);
+    let (code, out) = app
+        .cli(&[
+            "app",
+            "set-webhook-secret",
+            "--app",
+            &app.app_id.to_string(),
+            "--provider",
+            provider,
+            "--secret",
+            secret,
+        ])
+        .await;
     assert_eq!(code, 0, "{out}");
 }
 
@@ -123,7 +125,7 @@ async fn a_stripe_payment_credits_its_user_once_however_often_it_is_delivered() 
     assert_eq!(entries[0]["type"], "payment");
     assert_eq!(entries[0]["source"], "stripe");
     assert_eq!(entries[0]["ledger_id"], record["ledger_id"]);
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -313,7 +315,7 @@ async fn partial_refunds_then_a_full_refund_claw_back_in_proportion() {
         "duplicate"
     );
     assert_eq!(wait_event(&app, "evt_f3").await["outcome"], "clawed_back");
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -337,7 +339,7 @@ async fn a_dispute_after_spending_clamps_at_zero_and_records_the_rest() {
     assert_eq!(entry["type"], "clawback");
     assert_eq!(entry["amount"], -50);
     assert_eq!(entry["metadata"]["unrecovered"], "450");
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 fn polar_headers(key: &[u8], id: &str, t: i64, body: &str) -> String {
@@ -422,7 +424,7 @@ async fn polar_orders_credit_with_raw_and_base64_secrets_and_refunds_claw_back()
     assert_eq!(post_polar(&app, key, "msg_4", &refund).await.0, 200);
     assert_eq!(wait_event(&app, "msg_4").await["outcome"], "clawed_back");
     assert_eq!(app.balance("user_o").await, 400);
-    app.assert_verified();
+    app.assert_verified().await;
 }
 
 #[tokio::test]
@@ -531,4 +533,16 @@ async fn a_payment_with_tally_expires_in_days_grants_expiring_credits() {
     bad["data"]["object"]["metadata"]["tally_expires_in_days"] = json!("soon");
     send_stripe(&app, &bad).await;
     assert_eq!(wait_event(&app, "evt_e2").await["outcome"], "rejected");
+}
+
+#[tokio::test]
+async fn a_large_provider_event_is_accepted() {
+    let app = spawn_app().await;
+    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    let mut event = payment_intent("evt_big", "pi_big", "user_big", "5");
+    // Over the API's 64 KiB, as a Checkout Session with many line items can be.
+    event["data"]["object"]["description"] = json!("x".repeat(200 * 1024));
+    let (status, body) = send_stripe(&app, &event).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(wait_event(&app, "evt_big").await["outcome"], "credited");
 }

@@ -270,8 +270,12 @@ pub async fn list(
         }
     };
     let rows: Vec<HoldRow> = sqlx::query_as(
-        "SELECT id, amount, captured, status, expires_at, created_at FROM holds
-         WHERE app_id = $1 AND user_id = $2 AND ($3::text IS NULL OR status = $3)
+        // A hold past its expiry is expired, even in the second before a sweep settles it.
+        "SELECT id, amount, captured, status, expires_at, created_at FROM (
+             SELECT id, amount, captured, expires_at, created_at,
+                    CASE WHEN status = 'active' AND expires_at <= now() THEN 'expired' ELSE status END AS status
+             FROM holds WHERE app_id = $1 AND user_id = $2) h
+         WHERE ($3::text IS NULL OR status = $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
          ORDER BY created_at DESC, id DESC LIMIT $6",
     )
