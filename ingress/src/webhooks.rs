@@ -26,7 +26,9 @@ use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::{json_response, ApiError};
-use crate::routes::credits::{decode_cursor, encode_cursor, page_limit, rfc3339, ErrorResponse};
+use crate::routes::credits::{
+    decode_cursor, encode_cursor, page_limit, rfc3339, split_page, ErrorResponse,
+};
 use crate::validate;
 use crate::AppState;
 
@@ -342,8 +344,7 @@ pub async fn list_events(
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    let rows = &rows[..rows.len().min(limit as usize)];
+    let (rows, more) = split_page(rows, limit);
     let next_cursor = more.then(|| {
         let last = rows.last().expect("a full page");
         encode_cursor(

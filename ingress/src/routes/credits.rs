@@ -408,6 +408,13 @@ pub fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     }
 }
 
+/// Splits the `limit + 1` rows of a keyset query into the page and whether more follow.
+pub fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit.max(0) as usize);
+    (rows, more)
+}
+
 /// Opaque cursors: a versioned tag and a position, base64url-encoded.
 pub fn encode_cursor(kind: &str, position: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{position}"))
@@ -519,8 +526,7 @@ pub async fn history(
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    let rows = &rows[..rows.len().min(limit as usize)];
+    let (rows, more) = split_page(rows, limit);
     let next_cursor = more.then(|| {
         encode_cursor(
             HISTORY_CURSOR,

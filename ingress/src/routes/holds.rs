@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::routes::credits::{
-    decode_cursor, encode_cursor, page_limit, query_user_id, rfc3339, AcceptedResponse,
+    decode_cursor, encode_cursor, page_limit, query_user_id, rfc3339, split_page, AcceptedResponse,
     ErrorResponse, Write,
 };
 use crate::validate::Fields;
@@ -287,8 +287,7 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    let rows = &rows[..rows.len().min(limit as usize)];
+    let (rows, more) = split_page(rows, limit);
     let next_cursor = more.then(|| {
         let last = rows.last().expect("a full page");
         encode_cursor(
