@@ -131,3 +131,46 @@ pub struct Outcome {
     pub http_status: u16,
     pub body: Value,
 }
+
+/// Where a worker sends one command's outcome: the inbox of the ingress instance that waits
+/// for it, and the token of the waiting request within that instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub inbox: String,
+    pub token: u64,
+}
+
+impl ReplyTo {
+    /// Reads the `<inbox>.<token>` form of a single-command message's [`HEADER_REPLY_TO`].
+    pub fn parse_subject(subject: &str) -> Option<Self> {
+        let (inbox, token) = subject.rsplit_once('.')?;
+        Some(Self {
+            inbox: inbox.to_string(),
+            token: token.parse().ok()?,
+        })
+    }
+}
+
+/// One command of a [`CommandBatch`], with what the worker needs to route it without looking
+/// inside: its partition and where to answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchedCommand<E = Envelope> {
+    pub partition: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+    pub envelope: E,
+}
+
+/// The payload of one message on the batch subject: the commands one ingress published
+/// together, in the order it accepted them. The broker stores it (and fsyncs it) once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CommandBatch<E = Envelope> {
+    pub commands: Vec<BatchedCommand<E>>,
+}
+
+/// One outcome in a worker's reply message to an ingress inbox.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    pub token: u64,
+    pub outcome: Outcome,
+}

@@ -11,13 +11,49 @@ use crate::config::STARTUP_CONNECT_TIMEOUT;
 /// The schema, embedded at build time. Migrations are append-only: never edit an applied one.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// How a pool's sessions plan their queries.
+///
+/// The services reach every row by key, and their plans must use the indexes whatever the
+/// tables' statistics say: a deployment starts with empty tables, statistics may be stale or
+/// absent (autovacuum off), and a plan made while a table was tiny — then cached as a generic
+/// plan for the life of the connection — would otherwise keep scanning it sequentially as it
+/// grows, making every command cost more as the history grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Planning {
+    /// Postgres's defaults: for the CLI's reports and checks, which read whole tables.
+    Default,
+    /// Sequential scans off: a lookup by key is an index scan from the first execution on,
+    /// and its generic plan (no planning per execution) stays right at any size. The ingress.
+    Lookups,
+    /// Sequential scans off, and every execution planned for its own arguments against the
+    /// tables' current sizes (`force_custom_plan`): the batch statements join arrays whose
+    /// length the planner then knows, so it picks per-key index probes instead of a join
+    /// shape made for another size. Planning costs a little per statement, shared by the
+    /// whole batch. The worker.
+    Batches,
+}
+
 /// Opens a pool; fails with one clear line when the database cannot be reached.
-pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = database_url
+pub async fn connect(
+    database_url: &str,
+    pool_size: u32,
+    planning: Planning,
+) -> anyhow::Result<PgPool> {
+    let mut options: PgConnectOptions = database_url
         .parse::<PgConnectOptions>()
         .context("TALLY_DATABASE_URL is not a valid Postgres URL")?
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
         .log_statements(tracing::log::LevelFilter::Trace);
+    match planning {
+        Planning::Default => {}
+        Planning::Lookups => options = options.options([("enable_seqscan", "off")]),
+        Planning::Batches => {
+            options = options.options([
+                ("enable_seqscan", "off"),
+                ("plan_cache_mode", "force_custom_plan"),
+            ])
+        }
+    }
     PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(STARTUP_CONNECT_TIMEOUT)

@@ -47,7 +47,14 @@ impl Names {
         format!("{}.cmd.{partition}", self.namespace)
     }
 
-    /// Every partition subject.
+    /// Subject of batch messages, each carrying commands of many partitions
+    /// ([`crate::command::CommandBatch`]), e.g. `tally.cmd.batch`.
+    pub fn command_batch_subject(&self) -> String {
+        format!("{}.cmd.batch", self.namespace)
+    }
+
+    /// Every command subject: the batch subject, and the per-partition subjects of
+    /// single-command messages published by earlier versions.
     pub fn command_subjects_wildcard(&self) -> String {
         format!("{}.cmd.*", self.namespace)
     }

@@ -1,74 +1,64 @@
 //! Publishing commands to JetStream and waiting for the worker's answer.
 //!
 //! **Group commit.** With `sync_interval: always` the broker fsyncs every acknowledged publish,
-//! so one publish per command caps the ingress at the disk's fsync rate. Callers therefore hand
-//! their command to a publisher task through a bounded queue. The publisher takes whatever is
-//! queued — up to [`BATCH_MAX`], never waiting for more, so a lone command goes out at once.
-//! From [`ATOMIC_BATCH_MIN`] commands on, the take is published as one JetStream *atomic
-//! batch*: the broker stages the messages, then stores all or none of them, syncing the stream
-//! once, when the last one (`Nats-Batch-Commit: 1`) arrives; that message's ack covers the whole
-//! batch.
-//! A smaller take goes out as plain publishes, all in flight together (an atomic batch has a
-//! fixed cost that only a bigger batch repays). Up to [`BATCHES_IN_FLIGHT`] takes await their
-//! acks at once; while they do, new commands queue up and form the next take, so batches grow
-//! with the load by themselves. A caller gets `Ok` only once the ack covering its command
-//! arrived; if anything about an atomic batch fails, every caller in it gets `Err`.
+//! so one publish per command would cap the ingress at the disk's fsync rate, and every stored
+//! message costs the broker work to write, index and deliver. Callers therefore hand their
+//! command to a publisher task through a bounded queue. The publisher takes whatever is queued
+//! — up to [`BATCH_MAX`] commands or [`BATCH_BYTES_MAX`] bytes, never waiting for more, so a
+//! lone command goes out at once — and publishes the take as **one message** on the batch
+//! subject ([`CommandBatch`]): one write, one fsync, one delivery per worker, whatever the
+//! number of commands. Up to [`BATCHES_IN_FLIGHT`] takes await their acks at once; while they
+//! do, new commands queue up and form the next take, so batches grow with the load by
+//! themselves. A caller gets `Ok` only once the ack covering its command arrived; if the
+//! publish fails, every caller in it gets `Err`.
 //!
-//! **Message IDs.** A plain publish carries `Nats-Msg-Id` = command id, as before. Batched
-//! messages carry none: the broker rejects a whole atomic batch when any of its message IDs is
-//! already in the duplicate window or appears twice in the batch (nats-server
-//! `checkMsgHeadersPreClusteredProposal`, error 10201), and republishing a command is routine
-//! here (an idempotency retry, a webhook delivered several times), so one duplicate would fail
-//! the innocent commands batched with it. Postgres dedupes by command id anyway (invariant 4)
-//! and the worker answers a repeated command with the stored answer, so the broker's dedupe was
-//! only ever an optimisation.
+//! **Order and partitions.** Each command carries its partition inside the batch. The stream's
+//! order (then the order inside a batch) is the order of acceptance; a worker applies the
+//! commands of the partitions it owns in that order, so per-user order holds across ingresses.
 //!
-//! **Replies.** The ingress holds one wildcard subscription under its own inbox prefix. Each
-//! waiting request registers a token before publishing; the worker publishes the outcome to the
-//! subject carried in the command's `Tally-Reply-To` header, and the router hands it to the
-//! waiting request.
+//! **Message IDs.** A batch message carries `Nats-Msg-Id` = a batch ID kept across its retries,
+//! so a retry after a lost ack is stored once. Commands have no broker-level ID: a republished
+//! command (an idempotency retry, a webhook delivered twice) is a new message, and the worker
+//! dedupes it by command id in Postgres and answers it with the stored answer (invariant 4).
+//!
+//! **Replies.** The ingress subscribes to its own inbox. Each waiting request registers a
+//! token before publishing; a worker answers the commands of a committed batch with one message
+//! per ingress inbox holding every outcome for it ([`Reply`]), and the router hands each one to
+//! its waiting request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::header::{
-    NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE, NATS_MESSAGE_ID,
-};
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use backon::{ExponentialBuilder, Retryable};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use tally_common::command::{Envelope, Outcome, HEADER_REPLY_TO};
+use tally_common::command::{Envelope, Outcome, Reply, ReplyTo};
 use tally_common::partition::{partition_of, Names};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
-/// How long one publish attempt may take: sending the message(s) and receiving the ack.
+/// How long one publish attempt may take: sending the message and receiving the ack.
 pub const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Publish attempts before the caller(s) get an error. A plain publish keeps its message ID
-/// across attempts, so the broker stores it once; a batch is retried under a new batch ID, and
-/// a copy stored by an attempt that only seemed to fail is deduped by the worker.
+/// Publish attempts before the callers get an error. Every attempt carries the batch's message
+/// ID, so the broker stores the batch once however many attempts reach it.
 const PUBLISH_ATTEMPTS: usize = 3;
-/// Most commands in one atomic batch. Must stay within the broker's `max_batch_size` (1,000 by
-/// default, nats-server `streamDefaultMaxAtomicBatchSize`), or every full batch is refused.
-/// 256 commands are a few hundred kilobytes; past that a bigger batch saves little.
-pub const BATCH_MAX: usize = 256;
-/// Fewest commands worth an atomic batch; fewer go out as plain publishes, all in flight at
-/// once. On a single file-storage node the broker stages each atomic batch in a store of its
-/// own (a directory, two synced metadata files, removed after the commit): about 2 ms here,
-/// against ~0.15 ms per plain publish, so a batch pays off only from about this size on.
-pub const ATOMIC_BATCH_MIN: usize = 16;
+/// Most commands in one batch message. Past a few hundred, a bigger batch saves little and
+/// makes the worker's transactions longer.
+pub const BATCH_MAX: usize = 512;
+/// Most bytes of commands in one batch message, well under the broker's `max_payload`
+/// (1 MiB by default). A single larger command still goes out, alone.
+pub const BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Batches awaiting their acks at once, per ingress. More than one lets the next batch be sent
-/// while the broker stores the previous one. The broker allows 50 open atomic batches per
-/// stream across all publishers (`max_batch_inflight_per_stream`); a batch is open only while
-/// it is being sent, but this keeps a dozen ingresses clear of that limit even so.
-pub const BATCHES_IN_FLIGHT: usize = 4;
+/// while the broker stores the previous one; few enough that under load each batch is large.
+pub const BATCHES_IN_FLIGHT: usize = 2;
 /// Commands waiting for the publisher, at most: enough for every batch in flight plus a full
 /// next one many times over, while bounding the memory a stalled broker can pin.
-pub const PUBLISH_QUEUE_MAX: usize = 4096;
+pub const PUBLISH_QUEUE_MAX: usize = 8192;
 /// How long a caller waits for room in a full queue before it is refused (and answered 503).
 pub const PUBLISH_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -79,7 +69,7 @@ pub struct Bus {
     js: jetstream::Context,
     names: Names,
     partitions: u32,
-    reply_prefix: String,
+    reply_inbox: String,
     next_token: Arc<AtomicU64>,
     waiters: Waiters,
     queue: mpsc::Sender<Pending>,
@@ -90,27 +80,17 @@ pub struct Bus {
 #[error("the broker did not acknowledge the command: {0}")]
 pub struct PublishError(String);
 
-/// The broker's answer to an accepted command.
-#[derive(Clone, Copy, Debug)]
-pub struct Accepted {
-    /// The broker already had this message ID: no worker answers this publish. Always false
-    /// for a batched command, which carries no message ID (the worker answers it).
-    pub duplicate: bool,
-}
-
 /// A command waiting for the publisher, and where its caller waits for the result.
 struct Pending {
-    command_id: Uuid,
-    subject: String,
-    payload: Bytes,
-    reply_to: Option<String>,
-    done: oneshot::Sender<Result<Accepted, PublishError>>,
+    /// One element of the batch's `commands` array, already serialized by the caller's task.
+    json: Bytes,
+    done: oneshot::Sender<Result<(), PublishError>>,
 }
 
 /// A registered wait for one command's outcome; unregisters itself when dropped.
 pub struct Waiter {
     token: u64,
-    subject: String,
+    inbox: String,
     receiver: Option<oneshot::Receiver<Outcome>>,
     waiters: Waiters,
 }
@@ -138,45 +118,43 @@ impl Bus {
         names: Names,
         partitions: u32,
     ) -> anyhow::Result<Self> {
-        let reply_prefix = names.reply_prefix(Uuid::now_v7());
-        let mut subscription = client.subscribe(format!("{reply_prefix}.>")).await?;
+        let reply_inbox = names.reply_prefix(Uuid::now_v7());
+        let mut subscription = client.subscribe(reply_inbox.clone()).await?;
         let waiters: Waiters = Arc::default();
         let router_waiters = waiters.clone();
         tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
-                let Some(token) = message
-                    .subject
-                    .rsplit('.')
-                    .next()
-                    .and_then(|t| t.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload) else {
+                let Ok(replies) = serde_json::from_slice::<Vec<Reply>>(&message.payload) else {
                     tracing::warn!("undecodable reply ignored");
                     continue;
                 };
-                let waiter = router_waiters.lock().expect("waiters lock").remove(&token);
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(outcome);
+                let mut waiters = router_waiters.lock().expect("waiters lock");
+                for reply in replies {
+                    if let Some(waiter) = waiters.remove(&reply.token) {
+                        let _ = waiter.send(reply.outcome);
+                    }
                 }
             }
         });
-        let js = jetstream::new(client.clone());
+        let js = jetstream::new(client);
         let (queue, pending) = mpsc::channel(PUBLISH_QUEUE_MAX);
-        tokio::spawn(run_publisher(client, js.clone(), pending));
+        tokio::spawn(run_publisher(
+            js.clone(),
+            names.command_batch_subject(),
+            pending,
+        ));
         Ok(Self {
             js,
             names,
             partitions,
-            reply_prefix,
+            reply_inbox,
             next_token: Arc::default(),
             waiters,
             queue,
         })
     }
 
-    /// Registers interest in a reply; pass the waiter's subject to [`Bus::publish`].
+    /// Registers interest in a reply; pass the waiter to [`Bus::publish`].
     pub fn waiter(&self) -> Waiter {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
@@ -186,28 +164,33 @@ impl Bus {
             .insert(token, sender);
         Waiter {
             token,
-            subject: format!("{}.{token}", self.reply_prefix),
+            inbox: self.reply_inbox.clone(),
             receiver: Some(receiver),
             waiters: self.waiters.clone(),
         }
     }
 
-    /// Publishes `envelope` to its user's partition and waits until the broker has durably
+    /// Publishes `envelope` for its user's partition and waits until the broker has durably
     /// stored it, together with whatever other commands were waiting (see the module docs).
     pub async fn publish(
         &self,
         envelope: &Envelope,
         waiter: Option<&Waiter>,
-    ) -> Result<Accepted, PublishError> {
+    ) -> Result<(), PublishError> {
         let partition = partition_of(envelope.app_id, envelope.command.user_id(), self.partitions);
+        let command = tally_common::command::BatchedCommand {
+            partition,
+            reply_to: waiter.map(|waiter| ReplyTo {
+                inbox: waiter.inbox.clone(),
+                token: waiter.token,
+            }),
+            envelope,
+        };
         let (done, result) = oneshot::channel();
         let pending = Pending {
-            command_id: envelope.command_id,
-            subject: self.names.command_subject(partition),
-            payload: serde_json::to_vec(envelope)
-                .expect("envelopes serialize")
+            json: serde_json::to_vec(&command)
+                .expect("commands serialize")
                 .into(),
-            reply_to: waiter.map(|waiter| waiter.subject.clone()),
             done,
         };
         // Not enqueued means not published: the caller may safely refuse the command.
@@ -233,26 +216,35 @@ impl Bus {
 
 /// Forms batches from the queue and publishes them, [`BATCHES_IN_FLIGHT`] at most at a time.
 /// Ends when every [`Bus`] is gone.
-async fn run_publisher(
-    client: async_nats::Client,
-    js: jetstream::Context,
-    mut queue: mpsc::Receiver<Pending>,
-) {
+async fn run_publisher(js: jetstream::Context, subject: String, mut queue: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
     loop {
         // Take a slot before taking commands: while every slot is busy, commands keep queueing
         // and the next batch takes them all. That, not a timer, is what makes batches.
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = queue.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
         };
+        let mut bytes = first.json.len();
         let mut batch = Vec::with_capacity(BATCH_MAX.min(queue.len() + 1));
         batch.push(first);
         while batch.len() < BATCH_MAX {
             match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
+                Ok(pending) if bytes + pending.json.len() > BATCH_BYTES_MAX => {
+                    carried = Some(pending);
+                    break;
+                }
+                Ok(pending) => {
+                    bytes += pending.json.len();
+                    batch.push(pending);
+                }
                 Err(_) => break,
             }
         }
@@ -262,41 +254,47 @@ async fn run_publisher(
         if batch.is_empty() {
             continue;
         }
-        let client = client.clone();
         let js = js.clone();
+        let subject = subject.clone();
         tokio::spawn(async move {
-            if batch.len() >= ATOMIC_BATCH_MIN {
-                metrics::histogram!("tally_publish_batch_size", "kind" => "atomic")
-                    .record(batch.len() as f64);
-                let result =
-                    with_retries(batch.len(), || publish_batch(&client, &js, &batch)).await;
-                for pending in batch {
-                    let _ = pending.done.send(result.clone());
-                }
-            } else {
-                metrics::histogram!("tally_publish_batch_size", "kind" => "plain")
-                    .record(batch.len() as f64);
-                // Each its own publish, all in flight together; each caller gets its own ack.
-                futures::future::join_all(batch.into_iter().map(|pending| {
-                    let js = &js;
-                    async move {
-                        let result = with_retries(1, || publish_one(js, &pending)).await;
-                        let _ = pending.done.send(result);
-                    }
-                }))
-                .await;
+            metrics::histogram!("tally_publish_batch_size").record(batch.len() as f64);
+            let payload = batch_payload(&batch);
+            let batch_id = Uuid::now_v7().simple().to_string();
+            let result = with_retries(batch.len(), || {
+                publish_batch(&js, &subject, &batch_id, payload.clone())
+            })
+            .await;
+            for pending in batch {
+                let _ = pending.done.send(result.clone());
             }
             drop(slot);
         });
     }
 }
 
+/// `{"commands":[…]}` from the commands' serialized forms.
+fn batch_payload(batch: &[Pending]) -> Bytes {
+    const OPEN: &[u8] = br#"{"commands":["#;
+    const CLOSE: &[u8] = b"]}";
+    let size = OPEN.len() + CLOSE.len() + batch.iter().map(|p| p.json.len() + 1).sum::<usize>();
+    let mut payload = BytesMut::with_capacity(size);
+    payload.put_slice(OPEN);
+    for (index, pending) in batch.iter().enumerate() {
+        if index > 0 {
+            payload.put_u8(b',');
+        }
+        payload.put_slice(&pending.json);
+    }
+    payload.put_slice(CLOSE);
+    payload.freeze()
+}
+
 /// Runs `attempt`, each try bounded by [`PUBLISH_ACK_TIMEOUT`], until it is acknowledged or
 /// [`PUBLISH_ATTEMPTS`] have failed.
-async fn with_retries<F, Fut>(commands: usize, attempt: F) -> Result<Accepted, PublishError>
+async fn with_retries<F, Fut>(commands: usize, attempt: F) -> Result<(), PublishError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<Accepted, PublishError>>,
+    Fut: std::future::Future<Output = Result<(), PublishError>>,
 {
     let bounded = || async {
         tokio::time::timeout(PUBLISH_ACK_TIMEOUT, attempt())
@@ -320,81 +318,62 @@ where
         .await
 }
 
-/// One command, one plain publish under its message ID, so the broker dedupes a republish and
-/// says so (the caller then reads the stored answer instead of waiting for a reply).
-async fn publish_one(js: &jetstream::Context, pending: &Pending) -> Result<Accepted, PublishError> {
+/// One batch, one JetStream publish under the batch's message ID. An ack that says
+/// `duplicate` means an earlier attempt of this very batch was stored: it is accepted.
+async fn publish_batch(
+    js: &jetstream::Context,
+    subject: &str,
+    batch_id: &str,
+    payload: Bytes,
+) -> Result<(), PublishError> {
     let mut headers = HeaderMap::new();
-    headers.insert(NATS_MESSAGE_ID, pending.command_id.to_string().as_str());
-    if let Some(reply_to) = &pending.reply_to {
-        headers.insert(HEADER_REPLY_TO, reply_to.as_str());
-    }
-    let ack = js
-        .publish_with_headers(pending.subject.clone(), headers, pending.payload.clone())
+    headers.insert(NATS_MESSAGE_ID, batch_id);
+    js.publish_with_headers(subject.to_string(), headers, payload)
         .await
         .map_err(|e| PublishError(e.to_string()))?
         .await
         .map_err(|e| PublishError(e.to_string()))?;
-    Ok(Accepted {
-        duplicate: ack.duplicate,
-    })
+    Ok(())
 }
 
-/// Several commands, one atomic batch. The messages before the last go out as core publishes
-/// without a reply subject (the broker would otherwise send an empty ack for each); the last
-/// one commits, and its ack — or error — speaks for the whole batch. A batch the broker gave up
-/// on (a gap, its timeout, a limit) has its commit refused as incomplete, and a commit that gets
-/// no answer times out, so no failure goes unnoticed.
-async fn publish_batch(
-    client: &async_nats::Client,
-    js: &jetstream::Context,
-    batch: &[Pending],
-) -> Result<Accepted, PublishError> {
-    let Some((commit, staged)) = batch.split_last() else {
-        return Err(PublishError("empty batch".into()));
-    };
-    // A fresh ID per attempt: the broker may still hold a half-received earlier attempt.
-    let batch_id = Uuid::now_v7().simple().to_string();
-    let headers = |sequence: usize, pending: &Pending| {
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_BATCH_ID, batch_id.as_str());
-        headers.insert(NATS_BATCH_SEQUENCE, sequence.to_string().as_str());
-        if let Some(reply_to) = &pending.reply_to {
-            headers.insert(HEADER_REPLY_TO, reply_to.as_str());
-        }
-        headers
-    };
-    for (index, pending) in staged.iter().enumerate() {
-        client
-            .publish_with_headers(
-                pending.subject.clone(),
-                headers(index + 1, pending),
-                pending.payload.clone(),
-            )
-            .await
-            .map_err(|e| PublishError(e.to_string()))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_payload_is_a_command_batch() {
+        let envelope = Envelope {
+            command_id: Uuid::now_v7(),
+            app_id: Uuid::now_v7(),
+            request_hash: None,
+            accepted_at: chrono::Utc::now(),
+            command: tally_common::command::Command::Deduct {
+                user_id: "u1".into(),
+                amount: 5,
+                description: None,
+                metadata: Default::default(),
+            },
+        };
+        let pending = |token| {
+            let command = tally_common::command::BatchedCommand {
+                partition: 3,
+                reply_to: Some(ReplyTo {
+                    inbox: "_INBOX.t.x".into(),
+                    token,
+                }),
+                envelope: &envelope,
+            };
+            Pending {
+                json: serde_json::to_vec(&command).unwrap().into(),
+                done: oneshot::channel().0,
+            }
+        };
+        let payload = batch_payload(&[pending(1), pending(2)]);
+        let batch: tally_common::command::CommandBatch =
+            serde_json::from_slice(&payload).expect("decodes");
+        assert_eq!(batch.commands.len(), 2);
+        assert_eq!(batch.commands[1].reply_to.as_ref().unwrap().token, 2);
+        assert_eq!(batch.commands[0].partition, 3);
+        assert_eq!(batch.commands[0].envelope, envelope);
     }
-    let mut commit_headers = headers(batch.len(), commit);
-    commit_headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
-    let ack = js
-        .publish_with_headers(
-            commit.subject.clone(),
-            commit_headers,
-            commit.payload.clone(),
-        )
-        .await
-        .map_err(|e| PublishError(e.to_string()))?
-        .await
-        .map_err(|e| PublishError(e.to_string()))?;
-    // The ack names the batch and counts what it stored; anything else is not our batch.
-    if ack.batch_id.as_deref() != Some(batch_id.as_str())
-        || ack.batch_size != Some(batch.len() as u64)
-    {
-        return Err(PublishError(format!(
-            "unexpected batch ack: batch {:?} of {:?} for batch {batch_id} of {}",
-            ack.batch_id,
-            ack.batch_size,
-            batch.len()
-        )));
-    }
-    Ok(Accepted { duplicate: false })
 }

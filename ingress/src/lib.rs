@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bus;
 pub mod error;
 pub mod openapi;
+pub mod receipts;
 pub mod routes;
 pub mod submit;
 pub mod validate;
@@ -89,6 +90,7 @@ impl IngressConfig {
 pub struct AppState {
     pub pool: PgPool,
     pub bus: bus::Bus,
+    pub receipts: receipts::Receipts,
     pub config: Arc<IngressConfig>,
     pub keys: Arc<auth::KeyCache>,
     pub metrics: PrometheusHandle,
@@ -166,7 +168,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool =
-        tally_common::db::connect(&config.common.database_url, config.common.db_pool_size).await?;
+        tally_common::db::connect(&config.common.database_url, config.common.db_pool_size, tally_common::db::Planning::Lookups).await?;
     tally_common::db::migrate(&pool).await?;
     let client = tally_common::broker::connect(&config.common.nats_url, "tally-ingress").await?;
     let names = Names::new(&config.common.namespace);
@@ -178,6 +180,7 @@ pub async fn run(
     .await?;
     let bus = bus::Bus::start(client, names, config.common.partitions).await?;
     let state = AppState {
+        receipts: receipts::Receipts::start(pool.clone()),
         pool,
         bus,
         config: Arc::new(config),

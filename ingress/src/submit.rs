@@ -12,7 +12,7 @@
 //! 3. Answer 202 at once (`Prefer: respond-async`), or wait for the worker's reply up to the
 //!    sync timeout, then 202.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::response::Response;
 use serde_json::json;
@@ -21,9 +21,6 @@ use uuid::Uuid;
 
 use crate::error::{json_response, ApiError};
 use crate::AppState;
-
-/// How often a request waiting on another request's command checks for its result.
-const DUPLICATE_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 pub struct Submission {
     pub app_id: Uuid,
@@ -68,32 +65,19 @@ pub async fn submit(state: &AppState, submission: Submission) -> Result<Response
     metrics::counter!("tally_commands_submitted_total", "kind" => envelope.command.kind())
         .increment(1);
     let waiter = (!respond_async).then(|| state.bus.waiter());
-    let accepted = match state.bus.publish(&envelope, waiter.as_ref()).await {
-        Ok(accepted) => accepted,
-        Err(error) => return refuse(state, &envelope, idempotency.as_ref(), error).await,
+    if let Err(error) = state.bus.publish(&envelope, waiter.as_ref()).await {
+        return refuse(state, &envelope, idempotency.as_ref(), error).await;
+    }
+    let Some(waiter) = waiter else {
+        return Ok(accepted_response(state, app_id, command_id).await);
     };
-    if respond_async {
-        return Ok(accepted_response(state, app_id, command_id).await);
-    }
+    // A worker answers every command it reads, a republished one with its stored answer.
     let started = Instant::now();
-    let timeout = state.config.sync_timeout();
-    if !accepted.duplicate {
-        if let Some(outcome) = waiter.expect("sync waits").wait(timeout).await {
-            metrics::histogram!("tally_sync_wait_seconds").record(started.elapsed().as_secs_f64());
-            return Ok(answer(outcome));
-        }
-        return Ok(accepted_response(state, app_id, command_id).await);
+    if let Some(outcome) = waiter.wait(state.config.sync_timeout()).await {
+        metrics::histogram!("tally_sync_wait_seconds").record(started.elapsed().as_secs_f64());
+        return Ok(answer(outcome));
     }
-    // Another request published this command first; its worker answers that request. Wait
-    // for the stored result instead.
-    while started.elapsed() < timeout {
-        match stored(state, app_id, command_id).await? {
-            Some(Stored::Finished(outcome)) => return Ok(answer(outcome)),
-            Some(Stored::Cancelled) => break,
-            None => tokio::time::sleep(DUPLICATE_POLL_INTERVAL).await,
-        }
-    }
-    Err(ApiError::IdempotencyInProgress)
+    Ok(accepted_response(state, app_id, command_id).await)
 }
 
 enum Claim {
@@ -217,17 +201,11 @@ fn answer(outcome: Outcome) -> Response {
     json_response(outcome.http_status, outcome.body)
 }
 
-/// 202 with the status URL; records the receipt so the URL answers "pending" at once.
+/// 202 with the status URL; records the receipt (in a group commit with other requests'
+/// receipts) so the URL answers "pending" at once.
 async fn accepted_response(state: &AppState, app_id: Uuid, command_id: Uuid) -> Response {
-    if let Err(error) = sqlx::query(
-        "INSERT INTO command_receipts (command_id, app_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(command_id)
-    .bind(app_id)
-    .execute(&state.pool)
-    .await
-    {
-        tracing::warn!(%error, command.id = %command_id, "could not record a command receipt");
+    if !state.receipts.record(app_id, command_id).await {
+        tracing::warn!(command.id = %command_id, "answering 202 without a recorded receipt");
     }
     json_response(
         202,

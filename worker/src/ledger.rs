@@ -706,8 +706,12 @@ impl<'a> Step<'a> {
         expired
     }
 
+    /// Keeps what `owner` drew from lots, so a refund or a release can give it back. Draws from
+    /// the pool alone are not kept: giving back to the pool changes nothing but the balance,
+    /// which the refund or release writes anyway, so a deduct of a user without lots writes no
+    /// allocation row.
     fn record_allocations(&mut self, owner: Uuid, allocations: Vec<Allocation>) {
-        if !allocations.is_empty() {
+        if allocations.iter().any(|allocation| allocation.lot_id != POOL) {
             self.state.allocations.insert(owner, allocations);
             self.effects.allocations.insert(owner);
         }

@@ -3,11 +3,13 @@
 //!
 //! Three kinds of task:
 //! - the **manager** keeps the heartbeat, takes and gives up partitions ([`ownership`]), and
-//!   starts one reader per owned partition;
-//! - a **reader** per partition follows the partition's subject with an ordered consumer that
-//!   starts right after the partition's last applied sequence (read from Postgres);
-//! - the **applier** drains what the readers queued, applies it in one transaction
-//!   ([`store::apply_batch`]), then publishes each command's answer to its requester.
+//!   (re)starts the reader whenever it takes a partition;
+//! - the **reader** follows the whole command stream with one ordered consumer, from right
+//!   after the lowest last applied sequence of the owned partitions (read from Postgres), and
+//!   decodes each message (a batch of commands of many partitions);
+//! - the **applier** keeps the commands of the partitions this worker owns, applies what
+//!   queued up in one transaction ([`store::apply_batch`]), then answers each ingress that
+//!   waits for some of them with one message.
 //!
 //! Nothing is acknowledged to the broker: the applied position of each partition lives in
 //! Postgres, advanced in the same transaction as the effects, so a crash at any point either
@@ -17,7 +19,7 @@ pub mod ledger;
 pub mod ownership;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,8 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures::StreamExt;
 use sqlx::PgPool;
-use tally_common::command::{Envelope, HEADER_REPLY_TO};
+use serde_json::value::RawValue;
+use tally_common::command::{CommandBatch, Envelope, Reply, ReplyTo, HEADER_REPLY_TO};
 use tally_common::config::CommonConfig;
 use tally_common::partition::Names;
 use tokio::sync::mpsc;
@@ -33,7 +36,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::ownership::{Membership, HEARTBEAT_INTERVAL};
-use crate::store::{Item, StoreError};
+use crate::store::{AccountCache, Item, StoreError};
 
 /// Worker settings.
 #[derive(clap::Parser, Clone, Debug)]
@@ -105,27 +108,37 @@ async fn sweep_forever(pool: PgPool) {
     }
 }
 
-/// Longest wait for replies to reach the broker (they are best effort: results are durable).
+/// Longest wait for replies to reach the broker at shutdown (they are best effort: results
+/// are durable).
 const REPLY_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What readers and the manager tell the applier, in one ordered queue.
+/// How far (in stream messages) an owned partition's recorded offset may trail what this
+/// worker has read before a batch moves it along, although none of its commands came by. The
+/// reader starts from the lowest offset of the owned partitions, so this bounds what a
+/// restart reads again, at the cost of an offset write per this many messages.
+const IDLE_OFFSET_LAG_MAX: u64 = 1_000;
+
+/// What the reader and the manager tell the applier, in one ordered queue.
 #[derive(Debug)]
 enum Event {
-    /// This worker now owns `partition`, applied up to `last_seq`.
-    Acquired {
-        partition: u32,
+    /// The reader was restarted under `generation`: messages of earlier generations are stale.
+    /// `acquired` partitions are now owned, applied up to the given sequence.
+    Restarted {
         generation: u64,
-        last_seq: u64,
+        acquired: Vec<(u32, u64)>,
     },
     /// This worker no longer owns `partition`.
     Released { partition: u32 },
-    /// A message read from `partition` under ownership `generation`.
-    Message { generation: u64, item: Box<Item> },
+    /// One stream message, decoded: its commands, of any partition.
+    Message {
+        generation: u64,
+        stream_seq: u64,
+        items: Vec<Item>,
+    },
 }
 
 /// What the applier tells the manager: these partitions were fenced and must be re-read.
 type Resync = Vec<u32>;
-
 /// Runs a worker until `shutdown` resolves, then finishes in-flight batches and leaves.
 pub async fn run(
     config: WorkerConfig,
@@ -133,7 +146,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let names = Names::new(&config.common.namespace);
     let pool =
-        tally_common::db::connect(&config.common.database_url, config.common.db_pool_size).await?;
+        tally_common::db::connect(&config.common.database_url, config.common.db_pool_size, tally_common::db::Planning::Batches).await?;
     tally_common::db::migrate(&pool).await?;
     let client = tally_common::broker::connect(&config.common.nats_url, "tally-worker").await?;
     let js = jetstream::new(client.clone());
@@ -162,7 +175,8 @@ pub async fn run(
         stream_name,
         partitions: config.common.partitions,
         events: events_tx,
-        owned: BTreeMap::new(),
+        owned: BTreeSet::new(),
+        reader: None,
         generation: 0,
     };
     let sweeper = tokio::spawn(sweep_forever(pool.clone()));
@@ -179,10 +193,6 @@ pub async fn run(
     Ok(())
 }
 
-struct Owned {
-    reader: JoinHandle<()>,
-}
-
 struct Manager {
     membership: Membership,
     pool: PgPool,
@@ -191,7 +201,8 @@ struct Manager {
     stream_name: String,
     partitions: u32,
     events: mpsc::Sender<Event>,
-    owned: BTreeMap<u32, Owned>,
+    owned: BTreeSet<u32>,
+    reader: Option<JoinHandle<()>>,
     generation: u64,
 }
 
@@ -221,10 +232,7 @@ impl Manager {
             }
         }
         // Stop reading; the applier finishes what is queued once every sender is gone.
-        for (_, owned) in std::mem::take(&mut self.owned) {
-            owned.reader.abort();
-            let _ = owned.reader.await;
-        }
+        self.stop_reader().await;
         self.membership
     }
 
@@ -232,90 +240,88 @@ impl Manager {
         let live = self.membership.heartbeat(&self.pool).await?;
         if !self.owned.is_empty() && !self.membership.locks_alive().await {
             tracing::warn!("lost the lock connection; giving up every partition");
-            let owned: Vec<u32> = self.owned.keys().copied().collect();
-            for partition in owned {
-                self.stop_reader(partition).await;
+            self.stop_reader().await;
+            for partition in std::mem::take(&mut self.owned) {
+                let _ = self.events.send(Event::Released { partition }).await;
             }
         }
         let wanted = ownership::assigned(self.membership.worker_id, &live, self.partitions);
-        let finished: Vec<u32> = self
-            .owned
-            .iter()
-            .filter(|(_, owned)| owned.reader.is_finished())
-            .map(|(partition, _)| *partition)
-            .collect();
-        for partition in finished {
-            tracing::warn!(partition, "reader stopped; reading the partition again");
-            self.release(partition).await;
-        }
-        let surplus: Vec<u32> = self
-            .owned
-            .keys()
-            .filter(|p| !wanted.contains(p))
-            .copied()
-            .collect();
+        let surplus: Vec<u32> = self.owned.difference(&wanted).copied().collect();
         for partition in surplus {
             self.release(partition).await;
         }
+        let mut acquired = Vec::new();
         for partition in wanted {
-            if self.owned.contains_key(&partition) {
-                continue;
+            if !self.owned.contains(&partition) && self.membership.try_lock(partition).await? {
+                acquired.push(partition);
             }
-            if self.membership.try_lock(partition).await? {
-                if let Err(error) = self.acquire(partition).await {
-                    tracing::warn!(partition, %error, "could not start reading partition");
-                    let _ = self.membership.unlock(partition).await;
+        }
+        let reader_stopped = self.reader.as_ref().is_none_or(|reader| reader.is_finished());
+        if !acquired.is_empty() || (reader_stopped && !self.owned.is_empty()) {
+            if reader_stopped && self.reader.is_some() {
+                tracing::warn!("reader stopped; reading the stream again");
+            }
+            if let Err(error) = self.restart_reader(&acquired).await {
+                tracing::warn!(%error, "could not start reading the stream");
+                for partition in acquired {
+                    if !self.owned.contains(&partition) {
+                        let _ = self.membership.unlock(partition).await;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    async fn acquire(&mut self, partition: u32) -> anyhow::Result<()> {
-        let last_seq = store::partition_offset(&self.pool, &self.stream_name, partition).await?;
+    /// Restarts the reader from right after the lowest applied sequence of the owned partitions
+    /// and `acquired`, which this worker owns from now on.
+    async fn restart_reader(&mut self, acquired: &[u32]) -> anyhow::Result<()> {
+        self.stop_reader().await;
+        let mut all: Vec<u32> = self.owned.iter().copied().collect();
+        all.extend_from_slice(acquired);
+        let offsets = store::partition_offsets(&self.pool, &self.stream_name, &all).await?;
         self.generation += 1;
         let generation = self.generation;
+        let acquired: Vec<(u32, u64)> = acquired.iter().map(|p| (*p, offsets[p])).collect();
         self.events
-            .send(Event::Acquired {
-                partition,
+            .send(Event::Restarted {
                 generation,
-                last_seq,
+                acquired: acquired.clone(),
             })
             .await
             .context("applier stopped")?;
+        self.owned.extend(acquired.iter().map(|(p, _)| *p));
+        let start_sequence = offsets.values().min().copied().unwrap_or(0) + 1;
         let consumer = self
             .stream
             .create_consumer(OrderedConfig {
-                filter_subject: self.names.command_subject(partition),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: last_seq + 1,
-                },
+                filter_subject: self.names.command_subjects_wildcard(),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
                 ..Default::default()
             })
             .await
             .context("cannot create ordered consumer")?;
-        let messages = consumer.messages().await.context("cannot read partition")?;
-        let reader = tokio::spawn(read_partition(
-            partition,
+        let messages = consumer.messages().await.context("cannot read the stream")?;
+        self.reader = Some(tokio::spawn(read_stream(
             generation,
             messages,
             self.events.clone(),
-        ));
-        self.owned.insert(partition, Owned { reader });
-        tracing::debug!(partition, last_seq, "partition acquired");
+        )));
+        tracing::debug!(generation, start_sequence, partitions = self.owned.len(), "reading the stream");
         Ok(())
     }
 
-    async fn stop_reader(&mut self, partition: u32) {
-        if let Some(owned) = self.owned.remove(&partition) {
-            owned.reader.abort();
-            let _ = owned.reader.await;
-            let _ = self.events.send(Event::Released { partition }).await;
+    async fn stop_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+            let _ = reader.await;
         }
     }
 
     async fn release(&mut self, partition: u32) {
-        self.stop_reader(partition).await;
+        if self.owned.remove(&partition) {
+            let _ = self.events.send(Event::Released { partition }).await;
+        }
         if let Err(error) = self.membership.unlock(partition).await {
             tracing::warn!(partition, %error, "could not unlock partition");
         }
@@ -323,8 +329,8 @@ impl Manager {
     }
 }
 
-async fn read_partition(
-    partition: u32,
+/// Reads the command stream in order and hands each message's commands to the applier.
+async fn read_stream(
     generation: u64,
     mut messages: jetstream::consumer::pull::Ordered,
     events: mpsc::Sender<Event>,
@@ -333,38 +339,24 @@ async fn read_partition(
         let message = match message {
             Ok(message) => message,
             Err(error) => {
-                tracing::warn!(partition, %error, "partition read failed");
+                tracing::warn!(%error, "stream read failed");
                 return;
             }
         };
         let stream_seq = match message.info() {
             Ok(info) => info.stream_sequence,
             Err(error) => {
-                tracing::warn!(partition, %error, "message without stream sequence");
+                tracing::warn!(%error, "message without stream sequence");
                 return;
             }
         };
-        let reply_to = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(HEADER_REPLY_TO))
-            .map(|value| value.as_str().to_string());
-        let envelope = match serde_json::from_slice::<Envelope>(&message.payload) {
-            Ok(envelope) => Some(envelope),
-            Err(error) => {
-                metrics::counter!("tally_worker_poison_messages_total").increment(1);
-                tracing::error!(partition, stream.seq = stream_seq, %error, "undecodable command skipped");
-                None
-            }
-        };
-        let item = Box::new(Item {
-            partition,
-            stream_seq,
-            envelope,
-            reply_to,
-        });
+        let items = decode(&message, stream_seq);
         if events
-            .send(Event::Message { generation, item })
+            .send(Event::Message {
+                generation,
+                stream_seq,
+                items,
+            })
             .await
             .is_err()
         {
@@ -373,10 +365,79 @@ async fn read_partition(
     }
 }
 
-/// Ownership as the applier sees it.
+/// The commands of one stream message: a batch (the batch subject), or a single command on a
+/// partition subject as published by earlier versions. A command that cannot be decoded
+/// becomes an item without envelope (recorded as poison, its partition moves on).
+fn decode(message: &async_nats::jetstream::Message, stream_seq: u64) -> Vec<Item> {
+    let poison = |error: &dyn std::fmt::Display| {
+        metrics::counter!("tally_worker_poison_messages_total").increment(1);
+        tracing::error!(stream.seq = stream_seq, %error, "undecodable command skipped");
+    };
+    if message.subject.ends_with(".batch") {
+        return match serde_json::from_slice::<CommandBatch<Box<RawValue>>>(&message.payload) {
+            Ok(batch) => batch
+                .commands
+                .into_iter()
+                .map(|command| Item {
+                    partition: command.partition,
+                    stream_seq,
+                    envelope: serde_json::from_str::<Envelope>(command.envelope.get())
+                        .map_err(|error| poison(&error))
+                        .ok(),
+                    reply_to: command.reply_to,
+                })
+                .collect(),
+            Err(error) => {
+                poison(&error);
+                Vec::new()
+            }
+        };
+    }
+    let Some(partition) = message
+        .subject
+        .rsplit('.')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        poison(&format!("unexpected subject {}", message.subject));
+        return Vec::new();
+    };
+    let reply_to = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(HEADER_REPLY_TO))
+        .and_then(|value| ReplyTo::parse_subject(value.as_str()));
+    vec![Item {
+        partition,
+        stream_seq,
+        envelope: serde_json::from_slice::<Envelope>(&message.payload)
+            .map_err(|error| poison(&error))
+            .ok(),
+        reply_to,
+    }]
+}
+
+/// A partition as the applier sees it.
 struct Partition {
-    generation: u64,
+    /// Last stream sequence committed for it (as far as this worker knows: the fence checks).
     last_seq: u64,
+    /// Last stream sequence whose commands for it are committed or in the forming batch.
+    queued_seq: u64,
+}
+
+struct Applier {
+    pool: PgPool,
+    client: async_nats::Client,
+    names: Names,
+    stream: String,
+    resync: mpsc::UnboundedSender<Resync>,
+    partitions: HashMap<u32, Partition>,
+    /// The reader generation whose messages count.
+    generation: u64,
+    /// Highest stream sequence read under `generation`: every message up to it has been seen
+    /// (the ordered consumer has no gaps), so every owned partition is covered up to it.
+    seen_seq: u64,
+    cache: AccountCache,
 }
 
 async fn applier(
@@ -388,164 +449,213 @@ async fn applier(
     mut events: mpsc::Receiver<Event>,
     resync: mpsc::UnboundedSender<Resync>,
 ) {
-    let mut partitions: HashMap<u32, Partition> = HashMap::new();
+    let mut applier = Applier {
+        pool,
+        client,
+        names,
+        stream,
+        resync,
+        partitions: HashMap::new(),
+        generation: 0,
+        seen_seq: 0,
+        cache: AccountCache::default(),
+    };
     let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
-    loop {
-        let Some(first) = events.recv().await else {
-            break;
-        };
+    while let Some(first) = events.recv().await {
         let mut next = Some(first);
         // Take what is already queued, without waiting: under load batches grow by themselves
         // while the previous transaction commits; when idle a command waits for nobody.
         while let Some(event) = next.take() {
-            match event {
-                Event::Acquired {
-                    partition,
-                    generation,
-                    last_seq,
-                } => {
-                    partitions.insert(
-                        partition,
-                        Partition {
-                            generation,
-                            last_seq,
-                        },
-                    );
-                }
-                Event::Released { partition } => {
-                    partitions.remove(&partition);
-                    batch.retain(|item| item.partition != partition);
-                }
-                Event::Message { generation, item } => {
-                    let current = partitions.get(&item.partition);
-                    if current
-                        .is_some_and(|p| p.generation == generation && item.stream_seq > p.last_seq)
-                    {
-                        batch.push(*item);
-                    }
-                }
-            }
+            applier.take(event, &mut batch);
             if batch.len() < batch_max {
                 next = events.try_recv().ok();
             }
         }
-        if batch.is_empty() {
+        let offsets = applier.planned_offsets(&batch);
+        if batch.is_empty() && offsets.is_empty() {
             continue;
         }
         let items = std::mem::take(&mut batch);
-        apply_with_retries(
-            &pool,
-            &client,
-            &names,
-            &stream,
-            items,
-            &mut partitions,
-            &resync,
-        )
-        .await;
+        applier.apply_with_retries(items, offsets).await;
     }
 }
 
-/// Applies `items` until they are committed, fenced, or dead-lettered.
-async fn apply_with_retries(
-    pool: &PgPool,
-    client: &async_nats::Client,
-    names: &Names,
-    stream: &str,
-    mut items: Vec<Item>,
-    partitions: &mut HashMap<u32, Partition>,
-    resync: &mpsc::UnboundedSender<Resync>,
-) {
-    let mut delay = Duration::from_millis(20);
-    let mut failures = 0;
-    while !items.is_empty() {
-        let expected: BTreeMap<u32, u64> =
-            partitions.iter().map(|(p, s)| (*p, s.last_seq)).collect();
-        let started = Instant::now();
-        match store::apply_batch(pool, stream, &items, &expected).await {
-            Ok(committed) => {
-                record_batch(&committed, items.len(), started);
-                for (partition, last_seq) in &committed.offsets {
-                    if let Some(state) = partitions.get_mut(partition) {
-                        state.last_seq = *last_seq;
+impl Applier {
+    fn take(&mut self, event: Event, batch: &mut Vec<Item>) {
+        match event {
+            Event::Restarted {
+                generation,
+                acquired,
+            } => {
+                self.generation = generation;
+                self.seen_seq = 0;
+                for (partition, last_seq) in acquired {
+                    self.cache.forget_partition(partition);
+                    batch.retain(|item| item.partition != partition);
+                    self.partitions.insert(
+                        partition,
+                        Partition {
+                            last_seq,
+                            queued_seq: last_seq,
+                        },
+                    );
+                }
+            }
+            Event::Released { partition } => {
+                self.partitions.remove(&partition);
+                self.cache.forget_partition(partition);
+                batch.retain(|item| item.partition != partition);
+            }
+            Event::Message {
+                generation,
+                stream_seq,
+                items,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                self.seen_seq = self.seen_seq.max(stream_seq);
+                let mut taken = BTreeSet::new();
+                for item in items {
+                    let fresh = self
+                        .partitions
+                        .get(&item.partition)
+                        .is_some_and(|p| stream_seq > p.queued_seq);
+                    if fresh {
+                        taken.insert(item.partition);
+                        batch.push(item);
                     }
                 }
-                reply(client, committed.answers).await;
+                for partition in taken {
+                    if let Some(p) = self.partitions.get_mut(&partition) {
+                        p.queued_seq = stream_seq;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where the batch moves each partition: those with commands in it, and those trailing
+    /// the read position by more than [`IDLE_OFFSET_LAG_MAX`], up to what has been read.
+    fn planned_offsets(&self, batch: &[Item]) -> BTreeMap<u32, u64> {
+        let mut offsets = BTreeMap::new();
+        for item in batch {
+            let last = offsets.entry(item.partition).or_insert(item.stream_seq);
+            *last = (*last).max(item.stream_seq);
+        }
+        for (partition, state) in &self.partitions {
+            if offsets.contains_key(partition)
+                || self.seen_seq > state.last_seq + IDLE_OFFSET_LAG_MAX
+            {
+                let last = offsets.entry(*partition).or_insert(state.last_seq);
+                *last = (*last).max(self.seen_seq).max(state.last_seq);
+            }
+        }
+        offsets
+    }
+
+    fn expected(&self, offsets: &BTreeMap<u32, u64>) -> BTreeMap<u32, u64> {
+        offsets
+            .keys()
+            .filter_map(|p| self.partitions.get(p).map(|state| (*p, state.last_seq)))
+            .collect()
+    }
+
+    /// Applies `items` and moves the partitions to `offsets`, until committed, fenced, or
+    /// dead-lettered.
+    async fn apply_with_retries(&mut self, mut items: Vec<Item>, mut offsets: BTreeMap<u32, u64>) {
+        let mut delay = Duration::from_millis(20);
+        let mut failures = 0;
+        loop {
+            offsets.retain(|p, _| self.partitions.contains_key(p));
+            items.retain(|item| self.partitions.contains_key(&item.partition));
+            if items.is_empty() && offsets.is_empty() {
                 return;
             }
-            Err(StoreError::Fenced(stale)) => {
-                metrics::counter!("tally_worker_fenced_total").increment(1);
-                for partition in &stale {
-                    partitions.remove(partition);
+            let expected = self.expected(&offsets);
+            let started = Instant::now();
+            match store::apply_batch(
+                &self.pool,
+                &self.stream,
+                &items,
+                &expected,
+                &offsets,
+                &mut self.cache,
+            )
+            .await
+            {
+                Ok(committed) => {
+                    record_batch(&committed, items.len(), started);
+                    for (partition, last_seq) in &committed.offsets {
+                        if let Some(state) = self.partitions.get_mut(partition) {
+                            state.last_seq = *last_seq;
+                            state.queued_seq = state.queued_seq.max(*last_seq);
+                        }
+                    }
+                    reply(&self.client, committed.answers).await;
+                    return;
                 }
-                items.retain(|item| !stale.contains(&item.partition));
-                let _ = resync.send(stale);
-            }
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, batch.len = items.len(), retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_DELAY_MAX);
-            }
-            Err(error) => {
-                failures += 1;
-                tracing::error!(%error, batch.len = items.len(), "batch failed");
-                if failures < ATTEMPTS_BEFORE_ISOLATING {
+                Err(StoreError::Fenced(stale)) => {
+                    metrics::counter!("tally_worker_fenced_total").increment(1);
+                    for partition in &stale {
+                        self.partitions.remove(partition);
+                        self.cache.forget_partition(*partition);
+                    }
+                    let _ = self.resync.send(stale);
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, batch.len = items.len(), retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RETRY_DELAY_MAX);
-                } else if items.len() > 1 {
-                    // Find the command at fault: apply one by one, in order.
-                    for item in std::mem::take(&mut items) {
-                        Box::pin(apply_with_retries(
-                            pool,
-                            client,
-                            names,
-                            stream,
-                            vec![item],
-                            partitions,
-                            resync,
-                        ))
-                        .await;
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(%error, batch.len = items.len(), "batch failed");
+                    if failures < ATTEMPTS_BEFORE_ISOLATING {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RETRY_DELAY_MAX);
+                    } else if items.len() > 1 {
+                        // Find the command at fault: apply one by one, in order, leaving the
+                        // offsets where they are (a crash in between redoes the ones applied,
+                        // which their dedupe records make harmless), then move the offsets.
+                        for item in std::mem::take(&mut items) {
+                            let Some(state) = self.partitions.get(&item.partition) else {
+                                continue;
+                            };
+                            let unmoved = BTreeMap::from([(item.partition, state.last_seq)]);
+                            Box::pin(self.apply_with_retries(vec![item], unmoved)).await;
+                        }
+                    } else if let Some(item) = items.pop() {
+                        self.dead_letter(item, &error).await;
+                    } else {
+                        // Only offsets, and they keep failing: leave them; a later batch moves
+                        // them along with its own.
+                        return;
                     }
-                } else {
-                    let item = items.pop().expect("one item");
-                    dead_letter(pool, client, names, stream, item, partitions, &error).await;
                 }
             }
         }
     }
-}
 
-/// Parks a command that cannot be applied: records it as failed (so its requester and
-/// `GET /commands/{id}` learn so), advances the partition past it, and copies it to the
-/// dead-letter subject for an operator.
-async fn dead_letter(
-    pool: &PgPool,
-    client: &async_nats::Client,
-    names: &Names,
-    stream: &str,
-    item: Item,
-    partitions: &mut HashMap<u32, Partition>,
-    error: &StoreError,
-) {
-    metrics::counter!("tally_worker_dead_letters_total").increment(1);
-    tracing::error!(partition = item.partition, stream.seq = item.stream_seq, %error, "command dead-lettered");
-    let Some(state) = partitions.get_mut(&item.partition) else {
-        return;
-    };
-    let expected = state.last_seq;
-    let payload = serde_json::json!({ "partition": item.partition, "stream_seq": item.stream_seq,
-                                      "error": error.to_string(), "envelope": item.envelope });
-    let _ = client
-        .publish(names.dead_letter_subject(), payload.to_string().into())
-        .await;
-    match store::record_failure(pool, stream, &item, expected).await {
-        Ok(answer) => {
-            state.last_seq = item.stream_seq;
-            if let Some(answer) = answer {
-                reply(client, vec![(item.reply_to.clone(), answer)]).await;
-            }
+    /// Parks a command that cannot be applied: records it as failed (so its requester and
+    /// `GET /commands/{id}` learn so) and copies it to the dead-letter subject for an operator.
+    async fn dead_letter(&mut self, item: Item, error: &StoreError) {
+        metrics::counter!("tally_worker_dead_letters_total").increment(1);
+        tracing::error!(partition = item.partition, stream.seq = item.stream_seq, %error, "command dead-lettered");
+        let Some(state) = self.partitions.get(&item.partition) else {
+            return;
+        };
+        let payload = serde_json::json!({ "partition": item.partition, "stream_seq": item.stream_seq,
+                                          "error": error.to_string(), "envelope": item.envelope });
+        let _ = self
+            .client
+            .publish(self.names.dead_letter_subject(), payload.to_string().into())
+            .await;
+        match store::record_failure(&self.pool, &self.stream, &item, state.last_seq).await {
+            Ok(Some(answer)) => reply(&self.client, vec![(item.reply_to.clone(), answer)]).await,
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "could not record dead-lettered command"),
         }
-        Err(error) => tracing::error!(%error, "could not record dead-lettered command"),
     }
 }
 
@@ -561,16 +671,25 @@ fn record_batch(committed: &store::Committed, len: usize, started: Instant) {
     );
 }
 
+/// Answers the requesters of a committed batch: one message per ingress inbox, carrying every
+/// outcome that ingress waits for.
 async fn reply(
     client: &async_nats::Client,
-    answers: Vec<(Option<String>, tally_common::command::Outcome)>,
+    answers: Vec<(Option<ReplyTo>, tally_common::command::Outcome)>,
 ) {
+    let mut by_inbox: HashMap<String, Vec<Reply>> = HashMap::new();
     for (reply_to, outcome) in answers {
-        let Some(reply_to) = reply_to else { continue };
-        let payload = serde_json::to_vec(&outcome).expect("outcomes serialize");
-        if let Err(error) = client.publish(reply_to, payload.into()).await {
-            tracing::warn!(%error, "could not publish a reply; the result stays readable");
+        if let Some(ReplyTo { inbox, token }) = reply_to {
+            by_inbox
+                .entry(inbox)
+                .or_default()
+                .push(Reply { token, outcome });
         }
     }
-    let _ = tokio::time::timeout(REPLY_FLUSH_TIMEOUT, client.flush()).await;
+    for (inbox, replies) in by_inbox {
+        let payload = serde_json::to_vec(&replies).expect("replies serialize");
+        if let Err(error) = client.publish(inbox, payload.into()).await {
+            tracing::warn!(%error, "could not publish replies; the results stay readable");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use tally_common::command::{Command, Envelope, Outcome, Status};
+use tally_common::command::{Command, Envelope, Outcome, ReplyTo, Status};
 use tally_common::webhook::{Provider, WebhookAction};
 use uuid::Uuid;
 
@@ -29,14 +29,14 @@ pub struct Item {
     pub stream_seq: u64,
     /// `None` when the payload could not be decoded (a poison message: skipped, dead-lettered).
     pub envelope: Option<Envelope>,
-    pub reply_to: Option<String>,
+    pub reply_to: Option<ReplyTo>,
 }
 
 /// What a committed batch produced.
 #[derive(Debug)]
 pub struct Committed {
     /// One answer per decoded item, in batch order, with the item's reply subject.
-    pub answers: Vec<(Option<String>, Outcome)>,
+    pub answers: Vec<(Option<ReplyTo>, Outcome)>,
     /// New last applied sequence of each partition in the batch.
     pub offsets: BTreeMap<u32, u64>,
     pub entries_written: usize,
@@ -87,42 +87,106 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Ensures the offset row of `partition` exists and returns its last applied sequence.
-pub async fn partition_offset(
+/// Ensures the offset rows of `partitions` exist and returns their last applied sequences.
+pub async fn partition_offsets(
     pool: &PgPool,
     stream: &str,
-    partition: u32,
-) -> Result<u64, sqlx::Error> {
+    partitions: &[u32],
+) -> Result<HashMap<u32, u64>, sqlx::Error> {
+    let partitions: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
     sqlx::query(
-        "INSERT INTO partition_offsets (stream, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        "INSERT INTO partition_offsets (stream, partition)
+         SELECT $1, p FROM UNNEST($2::int4[]) AS p ON CONFLICT DO NOTHING",
     )
     .bind(stream)
-    .bind(partition as i32)
+    .bind(&partitions)
     .execute(pool)
     .await?;
-    let last: i64 = sqlx::query_scalar(
-        "SELECT last_seq FROM partition_offsets WHERE stream = $1 AND partition = $2",
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, last_seq FROM partition_offsets WHERE stream = $1 AND partition = ANY($2)",
     )
     .bind(stream)
-    .bind(partition as i32)
-    .fetch_one(pool)
+    .bind(&partitions)
+    .fetch_all(pool)
     .await?;
-    Ok(last as u64)
+    Ok(rows
+        .into_iter()
+        .map(|(partition, last_seq)| (partition as u32, last_seq as u64))
+        .collect())
 }
 
-/// Applies `items` (in stream order per partition) in one transaction. `expected` holds the
-/// last sequence this worker believes applied for each partition of the batch.
+/// What the owner of some partitions remembers of their users between batches: the account
+/// rows it last committed for users with no unexpired lots and nothing held. A batch of plain
+/// adds and deducts for such users needs nothing else from the database, so it skips every
+/// load (see [`apply_batch`]). The copy is only a guess: the batch's write checks every row it
+/// relied on, and a mismatch sends the batch down the full path, which reloads.
+#[derive(Debug, Default)]
+pub struct AccountCache {
+    accounts: HashMap<(Uuid, String), Cached>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cached {
+    partition: u32,
+    account: Account,
+}
+
+/// Most users remembered; past it the cache starts over (it refills as users come back).
+pub const ACCOUNT_CACHE_USERS_MAX: usize = 1_000_000;
+
+impl AccountCache {
+    /// Forgets the users of `partition` (its ownership changed hands).
+    pub fn forget_partition(&mut self, partition: u32) {
+        self.accounts.retain(|_, cached| cached.partition != partition);
+    }
+
+    fn forget_users<'a>(&mut self, users: impl IntoIterator<Item = &'a (Uuid, String)>) {
+        for user in users {
+            self.accounts.remove(user);
+        }
+    }
+
+    /// Remembers the users of a committed full-path batch that are simple (no unexpired lot,
+    /// nothing held) and forgets the others.
+    fn learn(&mut self, state: &State, partitions: &HashMap<(Uuid, String), u32>) {
+        if self.accounts.len() > ACCOUNT_CACHE_USERS_MAX {
+            self.accounts.clear();
+        }
+        let with_lots: BTreeSet<(Uuid, &str)> = state
+            .lots
+            .values()
+            .filter(|lot| lot.expired_at.is_none())
+            .map(|lot| (lot.app_id, lot.user_id.as_str()))
+            .collect();
+        for (key, account) in &state.accounts {
+            let Some(&partition) = partitions.get(key) else {
+                continue;
+            };
+            if account.held == 0 && !with_lots.contains(&(key.0, key.1.as_str())) {
+                self.accounts.insert(
+                    key.clone(),
+                    Cached {
+                        partition,
+                        account: *account,
+                    },
+                );
+            } else {
+                self.accounts.remove(key);
+            }
+        }
+    }
+}
+
+/// Applies `items` (in stream order per partition) in one transaction and moves each partition
+/// of `offsets` from its `expected` last applied sequence to the one given.
 pub async fn apply_batch(
     pool: &PgPool,
     stream: &str,
     items: &[Item],
     expected: &BTreeMap<u32, u64>,
+    offsets: &BTreeMap<u32, u64>,
+    cache: &mut AccountCache,
 ) -> Result<Committed, StoreError> {
-    let mut tx = pool.begin().await?;
-
-    let offsets = new_offsets(items);
-    fence(&mut tx, stream, expected, &offsets).await?;
-
     let envelopes: Vec<&Envelope> = items
         .iter()
         .filter_map(|item| item.envelope.as_ref())
@@ -131,8 +195,6 @@ pub async fn apply_batch(
         .iter()
         .map(|envelope| (*envelope).clone())
         .collect();
-    let (state, effects) = load_and_fold(&mut tx, &owned, BTreeSet::new(), Utc::now()).await?;
-
     let positions: HashMap<Uuid, (u32, u64)> = items
         .iter()
         .filter_map(|item| {
@@ -141,9 +203,33 @@ pub async fn apply_batch(
                 .map(|e| (e.command_id, (item.partition, item.stream_seq)))
         })
         .collect();
-    write_effects(&mut tx, &state, &effects, &positions).await?;
-    advance_offsets(&mut tx, stream, &offsets).await?;
-    tx.commit().await?;
+    let user_partitions: HashMap<(Uuid, String), u32> = items
+        .iter()
+        .filter_map(|item| {
+            let envelope = item.envelope.as_ref()?;
+            Some((
+                (envelope.app_id, envelope.command.user_id().to_string()),
+                item.partition,
+            ))
+        })
+        .collect();
+
+    let effects = match fast_path(pool, stream, &owned, expected, offsets, &positions, cache)
+        .await
+    {
+        Some(effects) => effects,
+        None => {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, stream, expected, offsets).await?;
+            let (state, effects) =
+                load_and_fold(&mut tx, &owned, BTreeSet::new(), Utc::now()).await?;
+            write_effects(&mut tx, &state, &effects, &positions).await?;
+            advance_offsets(&mut tx, stream, offsets).await?;
+            tx.commit().await?;
+            cache.learn(&state, &user_partitions);
+            effects
+        }
+    };
 
     let mut answers = effects.answers.into_iter();
     let answers = items
@@ -158,9 +244,196 @@ pub async fn apply_batch(
         .collect();
     Ok(Committed {
         answers,
-        offsets,
+        offsets: offsets.clone(),
         entries_written: effects.entries.len(),
     })
+}
+
+/// The batch as one statement on remembered state, when every command is a plain add or
+/// deduct of a remembered user: fold on the cached accounts, then write the entries, the
+/// accounts (only where each row is still exactly as remembered), the dedupe records (only
+/// where the command id is new) and the offsets (only where they are still where this worker
+/// left them), and commit if every row was written. `None` when the batch does not qualify or
+/// anything did not match (the transaction is rolled back, the users forgotten): the caller
+/// then takes the full path, which reloads everything under lock and reports precisely.
+async fn fast_path(
+    pool: &PgPool,
+    stream: &str,
+    envelopes: &[Envelope],
+    expected: &BTreeMap<u32, u64>,
+    offsets: &BTreeMap<u32, u64>,
+    positions: &HashMap<Uuid, (u32, u64)>,
+    cache: &mut AccountCache,
+) -> Option<ledger::Effects> {
+    let mut state = State {
+        now: Utc::now(),
+        ..State::default()
+    };
+    for envelope in envelopes {
+        let plain = matches!(
+            envelope.command,
+            Command::Add {
+                expires_at: None,
+                ..
+            } | Command::Deduct { .. }
+        );
+        let key = (envelope.app_id, envelope.command.user_id().to_string());
+        let cached = cache.accounts.get(&key)?;
+        if !plain {
+            return None;
+        }
+        state.accounts.insert(key, cached.account);
+    }
+    let before = state.accounts.clone();
+    let effects = ledger::fold(&mut state, envelopes);
+    let only_entries = effects.payments.is_empty()
+        && effects.webhooks.is_empty()
+        && effects.lots.is_empty()
+        && effects.holds.is_empty()
+        && effects.allocations.is_empty()
+        && effects.system_commands.is_empty();
+    if !only_entries {
+        return None;
+    }
+    match write_fast(pool, stream, &before, &state, &effects, expected, offsets, positions).await
+    {
+        Ok(true) => {
+            for (key, account) in &state.accounts {
+                if let Some(cached) = cache.accounts.get_mut(key) {
+                    cached.account = *account;
+                }
+            }
+            Some(effects)
+        }
+        Ok(false) => {
+            metrics::counter!("tally_worker_fast_path_misses_total").increment(1);
+            cache.forget_users(before.keys());
+            None
+        }
+        Err(error) => {
+            tracing::debug!(%error, "fast batch failed; taking the full path");
+            cache.forget_users(before.keys());
+            None
+        }
+    }
+}
+
+/// The fast path's one statement and commit. `Ok(false)`: something was not as remembered,
+/// nothing was written.
+#[allow(clippy::too_many_arguments)]
+async fn write_fast(
+    pool: &PgPool,
+    stream: &str,
+    before: &HashMap<(Uuid, String), Account>,
+    state: &State,
+    effects: &ledger::Effects,
+    expected: &BTreeMap<u32, u64>,
+    offsets: &BTreeMap<u32, u64>,
+    positions: &HashMap<Uuid, (u32, u64)>,
+) -> Result<bool, sqlx::Error> {
+    let partitions: Vec<i32> = offsets.keys().map(|p| *p as i32).collect();
+    let expected_seqs: Vec<i64> = offsets
+        .keys()
+        .map(|p| expected.get(p).copied().unwrap_or(u64::MAX) as i64)
+        .collect();
+    let new_seqs: Vec<i64> = offsets.values().map(|s| *s as i64).collect();
+
+    // Every user the batch read, changed or not: a rejection decided on a stale balance must
+    // not commit either.
+    let users: Vec<(&(Uuid, String), &Account, &Account)> = before
+        .iter()
+        .map(|(key, old)| (key, old, &state.accounts[key]))
+        .collect();
+    let account_apps: Vec<Uuid> = users.iter().map(|(k, _, _)| k.0).collect();
+    let account_users: Vec<&str> = users.iter().map(|(k, _, _)| k.1.as_str()).collect();
+    let old_balances: Vec<i64> = users.iter().map(|(_, old, _)| old.balance).collect();
+    let old_counts: Vec<i64> = users.iter().map(|(_, old, _)| old.entry_count).collect();
+    let new_balances: Vec<i64> = users.iter().map(|(_, _, new)| new.balance).collect();
+    let new_counts: Vec<i64> = users.iter().map(|(_, _, new)| new.entry_count).collect();
+
+    let entries = EntryColumns::new(&effects.entries);
+    let processed = ProcessedColumns::new(&effects.finished, positions);
+
+    let mut tx = pool.begin().await?;
+    let (offsets_moved, accounts_written, processed_written): (i64, i64, i64) = sqlx::query_as(
+        "WITH o AS (
+             UPDATE partition_offsets o SET last_seq = u.new_seq, updated_at = now()
+             FROM UNNEST($2::int4[], $3::int8[], $4::int8[]) AS u(partition, expected, new_seq)
+             WHERE o.stream = $1 AND o.partition = u.partition AND o.last_seq = u.expected
+             RETURNING 1),
+         a AS (
+             UPDATE accounts a SET balance = u.balance, entry_count = u.entry_count,
+                                   updated_at = now()
+             FROM UNNEST($5::uuid[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+               AS u(app_id, user_id, old_balance, old_count, balance, entry_count)
+             WHERE a.app_id = u.app_id AND a.user_id = u.user_id AND a.held = 0
+               AND a.balance = u.old_balance AND a.entry_count = u.old_count
+             RETURNING 1),
+         e AS (
+             INSERT INTO ledger_entries (id, app_id, user_id, seq, type, amount, balance_after,
+                                         source, description, metadata, refunded_ledger_id,
+                                         expires_at, command_id, lot_id, hold_id)
+             SELECT id, app_id, user_id, seq, type, amount, balance_after, source, description,
+                    metadata::jsonb, refunded_ledger_id, expires_at, command_id, lot_id, hold_id
+             FROM UNNEST($11::uuid[], $12::uuid[], $13::text[], $14::int8[], $15::text[],
+                         $16::int8[], $17::int8[], $18::text[], $19::text[], $20::text[],
+                         $21::uuid[], $22::timestamptz[], $23::uuid[], $24::uuid[], $25::uuid[])
+               AS t(id, app_id, user_id, seq, type, amount, balance_after, source, description,
+                    metadata, refunded_ledger_id, expires_at, command_id, lot_id, hold_id)),
+         p AS (
+             INSERT INTO processed_commands (command_id, app_id, status, http_status, response,
+                                             request_hash, partition, stream_seq)
+             SELECT id, app, st, hs, body::jsonb, rh, p, s
+             FROM UNNEST($26::uuid[], $27::uuid[], $28::text[], $29::int2[], $30::text[],
+                         $31::text[], $32::int4[], $33::int8[]) AS t(id, app, st, hs, body, rh, p, s)
+             ON CONFLICT (command_id) DO NOTHING
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM a), (SELECT count(*) FROM p)",
+    )
+    .bind(stream)
+    .bind(&partitions)
+    .bind(&expected_seqs)
+    .bind(&new_seqs)
+    .bind(&account_apps)
+    .bind(&account_users)
+    .bind(&old_balances)
+    .bind(&old_counts)
+    .bind(&new_balances)
+    .bind(&new_counts)
+    .bind(&entries.ids)
+    .bind(&entries.apps)
+    .bind(&entries.users)
+    .bind(&entries.seqs)
+    .bind(&entries.types)
+    .bind(&entries.amounts)
+    .bind(&entries.balances)
+    .bind(&entries.sources)
+    .bind(&entries.descriptions)
+    .bind(&entries.metadata)
+    .bind(&entries.refunded)
+    .bind(&entries.expires)
+    .bind(&entries.commands)
+    .bind(&entries.lots)
+    .bind(&entries.holds)
+    .bind(&processed.ids)
+    .bind(&processed.apps)
+    .bind(&processed.statuses)
+    .bind(&processed.http)
+    .bind(&processed.bodies)
+    .bind(&processed.hashes)
+    .bind(&processed.partitions)
+    .bind(&processed.seqs)
+    .fetch_one(&mut *tx)
+    .await?;
+    let complete = offsets_moved as usize == partitions.len()
+        && accounts_written as usize == users.len()
+        && processed_written as usize == effects.finished.len();
+    if !complete {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Loads, under lock, what `envelopes` and the expiries due for `extra_users` read, and folds.
@@ -231,15 +504,6 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, StoreErro
     write_effects(&mut tx, &state, &effects, &HashMap::new()).await?;
     tx.commit().await?;
     Ok(due.len())
-}
-
-fn new_offsets(items: &[Item]) -> BTreeMap<u32, u64> {
-    let mut offsets = BTreeMap::new();
-    for item in items {
-        let last = offsets.entry(item.partition).or_insert(item.stream_seq);
-        *last = (*last).max(item.stream_seq);
-    }
-    offsets
 }
 
 async fn fence(
@@ -471,6 +735,47 @@ async fn load_entries(
     Ok(())
 }
 
+/// [`ledger::NewEntry`] rows as the columns of an `UNNEST` insert.
+struct EntryColumns<'a> {
+    ids: Vec<Uuid>,
+    apps: Vec<Uuid>,
+    users: Vec<&'a str>,
+    seqs: Vec<i64>,
+    types: Vec<&'static str>,
+    amounts: Vec<i64>,
+    balances: Vec<i64>,
+    sources: Vec<&'static str>,
+    descriptions: Vec<Option<&'a str>>,
+    metadata: Vec<String>,
+    refunded: Vec<Option<Uuid>>,
+    expires: Vec<Option<DateTime<Utc>>>,
+    commands: Vec<Uuid>,
+    lots: Vec<Option<Uuid>>,
+    holds: Vec<Option<Uuid>>,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn new(entries: &'a [ledger::NewEntry]) -> Self {
+        Self {
+            ids: entries.iter().map(|e| e.id).collect(),
+            apps: entries.iter().map(|e| e.app_id).collect(),
+            users: entries.iter().map(|e| e.user_id.as_str()).collect(),
+            seqs: entries.iter().map(|e| e.seq).collect(),
+            types: entries.iter().map(|e| e.entry_type.as_str()).collect(),
+            amounts: entries.iter().map(|e| e.amount).collect(),
+            balances: entries.iter().map(|e| e.balance_after).collect(),
+            sources: entries.iter().map(|e| e.source).collect(),
+            descriptions: entries.iter().map(|e| e.description.as_deref()).collect(),
+            metadata: entries.iter().map(|e| e.metadata.to_string()).collect(),
+            refunded: entries.iter().map(|e| e.refunded_ledger_id).collect(),
+            expires: entries.iter().map(|e| e.expires_at).collect(),
+            commands: entries.iter().map(|e| e.command_id).collect(),
+            lots: entries.iter().map(|e| e.lot_id).collect(),
+            holds: entries.iter().map(|e| e.hold_id).collect(),
+        }
+    }
+}
+
 async fn insert_entries(
     tx: &mut Transaction<'_, Postgres>,
     entries: &[ledger::NewEntry],
@@ -478,23 +783,7 @@ async fn insert_entries(
     if entries.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
-    let apps: Vec<Uuid> = entries.iter().map(|e| e.app_id).collect();
-    let users: Vec<&str> = entries.iter().map(|e| e.user_id.as_str()).collect();
-    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-    let types: Vec<&str> = entries.iter().map(|e| e.entry_type.as_str()).collect();
-    let amounts: Vec<i64> = entries.iter().map(|e| e.amount).collect();
-    let balances: Vec<i64> = entries.iter().map(|e| e.balance_after).collect();
-    let sources: Vec<&str> = entries.iter().map(|e| e.source).collect();
-    let descriptions: Vec<Option<&str>> =
-        entries.iter().map(|e| e.description.as_deref()).collect();
-    let metadata: Vec<String> = entries.iter().map(|e| e.metadata.to_string()).collect();
-    let refunded: Vec<Option<Uuid>> = entries.iter().map(|e| e.refunded_ledger_id).collect();
-    let expires: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-        entries.iter().map(|e| e.expires_at).collect();
-    let commands: Vec<Uuid> = entries.iter().map(|e| e.command_id).collect();
-    let lots: Vec<Option<Uuid>> = entries.iter().map(|e| e.lot_id).collect();
-    let holds: Vec<Option<Uuid>> = entries.iter().map(|e| e.hold_id).collect();
+    let columns = EntryColumns::new(entries);
     sqlx::query(
         "INSERT INTO ledger_entries (id, app_id, user_id, seq, type, amount, balance_after, source,
                                      description, metadata, refunded_ledger_id, expires_at, command_id,
@@ -507,21 +796,21 @@ async fn insert_entries(
            AS t(id, app_id, user_id, seq, type, amount, balance_after, source, description,
                 metadata, refunded_ledger_id, expires_at, command_id, lot_id, hold_id)",
     )
-    .bind(&ids)
-    .bind(&apps)
-    .bind(&users)
-    .bind(&seqs)
-    .bind(&types)
-    .bind(&amounts)
-    .bind(&balances)
-    .bind(&sources)
-    .bind(&descriptions)
-    .bind(&metadata)
-    .bind(&refunded)
-    .bind(&expires)
-    .bind(&commands)
-    .bind(&lots)
-    .bind(&holds)
+    .bind(&columns.ids)
+    .bind(&columns.apps)
+    .bind(&columns.users)
+    .bind(&columns.seqs)
+    .bind(&columns.types)
+    .bind(&columns.amounts)
+    .bind(&columns.balances)
+    .bind(&columns.sources)
+    .bind(&columns.descriptions)
+    .bind(&columns.metadata)
+    .bind(&columns.refunded)
+    .bind(&columns.expires)
+    .bind(&columns.commands)
+    .bind(&columns.lots)
+    .bind(&columns.holds)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -643,6 +932,37 @@ async fn insert_webhooks(
     Ok(())
 }
 
+/// Finished commands as the columns of an `UNNEST` insert into `processed_commands`.
+struct ProcessedColumns<'a> {
+    ids: Vec<Uuid>,
+    apps: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    http: Vec<i16>,
+    bodies: Vec<String>,
+    hashes: Vec<Option<&'a str>>,
+    partitions: Vec<i32>,
+    seqs: Vec<i64>,
+}
+
+impl<'a> ProcessedColumns<'a> {
+    fn new(finished: &'a [(Envelope, Outcome)], positions: &HashMap<Uuid, (u32, u64)>) -> Self {
+        let ids: Vec<Uuid> = finished.iter().map(|(e, _)| e.command_id).collect();
+        Self {
+            apps: finished.iter().map(|(e, _)| e.app_id).collect(),
+            statuses: finished.iter().map(|(_, o)| o.status.as_str()).collect(),
+            http: finished.iter().map(|(_, o)| o.http_status as i16).collect(),
+            bodies: finished.iter().map(|(_, o)| o.body.to_string()).collect(),
+            hashes: finished
+                .iter()
+                .map(|(e, _)| e.request_hash.as_deref())
+                .collect(),
+            partitions: ids.iter().map(|id| positions[id].0 as i32).collect(),
+            seqs: ids.iter().map(|id| positions[id].1 as i64).collect(),
+            ids,
+        }
+    }
+}
+
 async fn insert_processed(
     tx: &mut Transaction<'_, Postgres>,
     finished: &[(Envelope, Outcome)],
@@ -651,17 +971,7 @@ async fn insert_processed(
     if finished.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = finished.iter().map(|(e, _)| e.command_id).collect();
-    let apps: Vec<Uuid> = finished.iter().map(|(e, _)| e.app_id).collect();
-    let statuses: Vec<&str> = finished.iter().map(|(_, o)| o.status.as_str()).collect();
-    let http: Vec<i16> = finished.iter().map(|(_, o)| o.http_status as i16).collect();
-    let bodies: Vec<String> = finished.iter().map(|(_, o)| o.body.to_string()).collect();
-    let hashes: Vec<Option<&str>> = finished
-        .iter()
-        .map(|(e, _)| e.request_hash.as_deref())
-        .collect();
-    let partitions: Vec<i32> = ids.iter().map(|id| positions[id].0 as i32).collect();
-    let seqs: Vec<i64> = ids.iter().map(|id| positions[id].1 as i64).collect();
+    let columns = ProcessedColumns::new(finished, positions);
     let inserted = sqlx::query(
         "INSERT INTO processed_commands (command_id, app_id, status, http_status, response,
                                          request_hash, partition, stream_seq)
@@ -670,14 +980,14 @@ async fn insert_processed(
                      $7::int4[], $8::int8[]) AS t(id, app, st, hs, body, rh, p, s)
          ON CONFLICT (command_id) DO NOTHING",
     )
-    .bind(&ids)
-    .bind(&apps)
-    .bind(&statuses)
-    .bind(&http)
-    .bind(&bodies)
-    .bind(&hashes)
-    .bind(&partitions)
-    .bind(&seqs)
+    .bind(&columns.ids)
+    .bind(&columns.apps)
+    .bind(&columns.statuses)
+    .bind(&columns.http)
+    .bind(&columns.bodies)
+    .bind(&columns.hashes)
+    .bind(&columns.partitions)
+    .bind(&columns.seqs)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -707,8 +1017,9 @@ async fn advance_offsets(
     Ok(())
 }
 
-/// Records a command that cannot be applied as failed (500) and moves its partition past it,
-/// fenced like a batch. Returns the answer for its requester.
+/// Records a command that cannot be applied as failed (500), fenced like a batch. Returns the
+/// answer for its requester. The partition's offset stays where it is: the message may hold
+/// more commands of the partition, and the caller advances it once they are all settled.
 pub async fn record_failure(
     pool: &PgPool,
     stream: &str,
@@ -716,7 +1027,7 @@ pub async fn record_failure(
     expected_last_seq: u64,
 ) -> Result<Option<Outcome>, StoreError> {
     let mut tx = pool.begin().await?;
-    let offsets = BTreeMap::from([(item.partition, item.stream_seq)]);
+    let offsets = BTreeMap::from([(item.partition, expected_last_seq)]);
     let expected = BTreeMap::from([(item.partition, expected_last_seq)]);
     fence(&mut tx, stream, &expected, &offsets).await?;
     let answer = match &item.envelope {
