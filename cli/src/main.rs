@@ -88,7 +88,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
-    let pool = tally_common::db::connect(&cli.common.database_url, 2, tally_common::db::Planning::Default).await?;
+    let pool = tally_common::db::connect(
+        &cli.common.database_url,
+        2,
+        tally_common::db::Planning::Default,
+    )
+    .await?;
     if !matches!(cli.command, Top::Migrate) {
         tally_common::db::migrate(&pool).await?;
     }

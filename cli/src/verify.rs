@@ -41,6 +41,12 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE balance_after <> running",
     ),
     (
+        "entries_have_accounts",
+        "SELECT json_build_object('app_id', e.app_id, 'user_id', e.user_id, 'ledger_id', e.id)
+         FROM ledger_entries e
+         WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.app_id = e.app_id AND a.user_id = e.user_id)",
+    ),
+    (
         "no_negative_balance",
         "SELECT json_build_object('app_id', app_id, 'user_id', user_id, 'balance', balance, 'held', held)
          FROM accounts WHERE balance < 0 OR held < 0 OR held > balance",

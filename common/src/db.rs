@@ -16,8 +16,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// The services reach every row by key, and their plans must use the indexes whatever the
 /// tables' statistics say: a deployment starts with empty tables, statistics may be stale or
 /// absent (autovacuum off), and a plan made while a table was tiny — then cached as a generic
-/// plan for the life of the connection — would otherwise keep scanning it sequentially as it
-/// grows, making every command cost more as the history grows.
+/// plan for the life of the connection — would otherwise keep scanning it as it grows, making
+/// every command cost more as the history grows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Planning {
     /// Postgres's defaults: for the CLI's reports and checks, which read whole tables.
@@ -26,10 +26,10 @@ pub enum Planning {
     /// and its generic plan (no planning per execution) stays right at any size. The ingress.
     Lookups,
     /// Sequential scans off, and every execution planned for its own arguments against the
-    /// tables' current sizes (`force_custom_plan`): the batch statements join arrays whose
-    /// length the planner then knows, so it picks per-key index probes instead of a join
-    /// shape made for another size. Planning costs a little per statement, shared by the
-    /// whole batch. The worker.
+    /// tables' current sizes (`force_custom_plan`): the batch statements join arrays to
+    /// tables, and only a plan that knows the arrays' length picks per-key index probes at
+    /// every size (a generic plan guesses, and may read a whole index per batch). Planning
+    /// costs a fraction of a millisecond per statement, shared by the whole batch. The worker.
     Batches,
 }
 

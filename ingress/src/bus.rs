@@ -55,7 +55,7 @@ pub const BATCH_MAX: usize = 512;
 pub const BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Batches awaiting their acks at once, per ingress. More than one lets the next batch be sent
 /// while the broker stores the previous one; few enough that under load each batch is large.
-pub const BATCHES_IN_FLIGHT: usize = 2;
+pub const BATCHES_IN_FLIGHT: usize = 1;
 /// Commands waiting for the publisher, at most: enough for every batch in flight plus a full
 /// next one many times over, while bounding the memory a stalled broker can pin.
 pub const PUBLISH_QUEUE_MAX: usize = 8192;
@@ -216,7 +216,11 @@ impl Bus {
 
 /// Forms batches from the queue and publishes them, [`BATCHES_IN_FLIGHT`] at most at a time.
 /// Ends when every [`Bus`] is gone.
-async fn run_publisher(js: jetstream::Context, subject: String, mut queue: mpsc::Receiver<Pending>) {
+async fn run_publisher(
+    js: jetstream::Context,
+    subject: String,
+    mut queue: mpsc::Receiver<Pending>,
+) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut carried: Option<Pending> = None;
     loop {

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -89,7 +89,7 @@ impl IngressConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub bus: bus::Bus,
+    pub bus: Arc<bus::Bus>,
     pub receipts: receipts::Receipts,
     pub config: Arc<IngressConfig>,
     pub keys: Arc<auth::KeyCache>,
@@ -133,7 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(observe))
         .with_state(state)
 }
 
@@ -142,7 +142,7 @@ async fn not_found() -> ApiError {
 }
 
 /// A span and a counter per request, labelled by the matched route.
-async fn observe(State(_): State<AppState>, request: Request, next: Next) -> Response {
+async fn observe(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -167,8 +167,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let pool =
-        tally_common::db::connect(&config.common.database_url, config.common.db_pool_size, tally_common::db::Planning::Lookups).await?;
+    let pool = tally_common::db::connect(
+        &config.common.database_url,
+        config.common.db_pool_size,
+        tally_common::db::Planning::Lookups,
+    )
+    .await?;
     tally_common::db::migrate(&pool).await?;
     let client = tally_common::broker::connect(&config.common.nats_url, "tally-ingress").await?;
     let names = Names::new(&config.common.namespace);
@@ -182,7 +186,7 @@ pub async fn run(
     let state = AppState {
         receipts: receipts::Receipts::start(pool.clone()),
         pool,
-        bus,
+        bus: Arc::new(bus),
         config: Arc::new(config),
         keys: Arc::default(),
         metrics: metrics_handle(),

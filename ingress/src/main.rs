@@ -2,6 +2,11 @@ use anyhow::Context;
 use clap::Parser;
 use tally_ingress::IngressConfig;
 
+/// glibc's allocator took a fifth of the process's CPU under load (many small, short-lived
+/// allocations per request across threads); mimalloc serves the same pattern for a fraction.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = IngressConfig::parse();

@@ -49,6 +49,7 @@ async fn a_command_is_pending_until_a_worker_applies_it() {
     let mut app = spawn_app_with(Options {
         workers: 0,
         sync_timeout_ms: 300,
+        ..Options::default()
     })
     .await;
     // No worker: a synchronous call times out into 202, and stays pending.

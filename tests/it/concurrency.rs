@@ -8,6 +8,7 @@ use crate::harness::{spawn_app, spawn_app_with, Options};
 async fn concurrent_deducts_never_overspend() {
     let app = spawn_app_with(Options {
         workers: 2,
+        apply_lanes: 3,
         ..Options::default()
     })
     .await;
@@ -26,8 +27,10 @@ async fn concurrent_deducts_never_overspend() {
 
 #[tokio::test]
 async fn commands_of_each_user_apply_in_order_across_two_workers() {
+    // Three apply lanes per worker: order must hold within each lane's partitions.
     let app = spawn_app_with(Options {
         workers: 2,
+        apply_lanes: 3,
         ..Options::default()
     })
     .await;

@@ -167,6 +167,22 @@ async fn add_that_would_overflow_the_balance_is_422_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_deduct_decided_on_a_remembered_balance_that_changed_is_decided_again() {
+    let app = spawn_app().await;
+    app.add("u1", 100).await;
+    assert_eq!(app.deduct("u1", 10).await.0, 200);
+    // The worker remembers a balance of 90; change the row behind its back.
+    sqlx::query("UPDATE accounts SET balance = 5 WHERE user_id = 'u1'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (status, body) = app.deduct("u1", 10).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["balance"], 5);
+    assert_eq!(app.balance("u1").await, 5);
+}
+
+#[tokio::test]
 async fn balance_of_an_unknown_user_is_zero_and_creates_nothing() {
     let app = spawn_app().await;
     let (status, body) = app.get("/credits/balance?user_id=ghost").await;

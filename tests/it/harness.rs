@@ -237,6 +237,8 @@ pub struct TestApp {
     pub api_key: String,
     pub http: reqwest::Client,
     pub workers: Vec<WorkerHandle>,
+    /// `TALLY_APPLY_LANES` of the in-process workers.
+    pub apply_lanes: usize,
     /// Dropping it shuts the ingress down.
     _ingress_stop: oneshot::Sender<()>,
     ingress: Option<JoinHandle<anyhow::Result<()>>>,
@@ -245,6 +247,7 @@ pub struct TestApp {
 pub struct Options {
     pub workers: usize,
     pub sync_timeout_ms: u64,
+    pub apply_lanes: usize,
 }
 
 impl Default for Options {
@@ -252,6 +255,7 @@ impl Default for Options {
         Self {
             workers: 1,
             sync_timeout_ms: 5000,
+            apply_lanes: 1,
         }
     }
 }
@@ -296,6 +300,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .build()
             .expect("http client"),
         workers: Vec::new(),
+        apply_lanes: options.apply_lanes,
         _ingress_stop: ingress_stop,
         ingress: Some(ingress),
     };
@@ -351,7 +356,8 @@ impl TestApp {
 
     /// Starts an in-process worker owned by the caller: dropping the handle kills it.
     pub fn new_worker(&self) -> WorkerHandle {
-        let config = tally_worker::WorkerConfig::new(self.common_config());
+        let mut config = tally_worker::WorkerConfig::new(self.common_config());
+        config.apply_lanes = self.apply_lanes;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(tally_worker::run(config, async move {
             let _ = stopped.await;

@@ -711,7 +711,10 @@ impl<'a> Step<'a> {
     /// which the refund or release writes anyway, so a deduct of a user without lots writes no
     /// allocation row.
     fn record_allocations(&mut self, owner: Uuid, allocations: Vec<Allocation>) {
-        if allocations.iter().any(|allocation| allocation.lot_id != POOL) {
+        if allocations
+            .iter()
+            .any(|allocation| allocation.lot_id != POOL)
+        {
             self.state.allocations.insert(owner, allocations);
             self.effects.allocations.insert(owner);
         }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures::StreamExt;
-use sqlx::PgPool;
 use serde_json::value::RawValue;
+use sqlx::PgPool;
 use tally_common::command::{CommandBatch, Envelope, Reply, ReplyTo, HEADER_REPLY_TO};
 use tally_common::config::CommonConfig;
 use tally_common::partition::Names;
@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::ownership::{Membership, HEARTBEAT_INTERVAL};
-use crate::store::{AccountCache, Item, StoreError};
+use crate::store::{AccountCache, Item, Pools, StoreError};
 
 /// Worker settings.
 #[derive(clap::Parser, Clone, Debug)]
@@ -58,6 +58,18 @@ pub struct WorkerConfig {
     )]
     pub batch_max: usize,
 
+    /// Batches applied at once, each over its own share of the owned partitions
+    /// (`partition % lanes`), so that one batch's work in Postgres overlaps the others'. Worth
+    /// raising only when Postgres has idle cores: more lanes make smaller batches, which cost
+    /// more per command.
+    #[arg(
+        long,
+        visible_alias = "tally-apply-lanes",
+        env = "TALLY_APPLY_LANES",
+        default_value_t = 1
+    )]
+    pub apply_lanes: usize,
+
     /// Address to serve this worker's Prometheus metrics on (`/metrics`); unset: not served.
     #[arg(
         long,
@@ -72,6 +84,7 @@ impl WorkerConfig {
         Self {
             common,
             batch_max: 256,
+            apply_lanes: 1,
             metrics_addr: None,
         }
     }
@@ -139,14 +152,94 @@ enum Event {
 
 /// What the applier tells the manager: these partitions were fenced and must be re-read.
 type Resync = Vec<u32>;
+
+/// Messages queued per applier lane, at most: past it the reader waits (backpressure).
+const LANE_QUEUE_MESSAGES_MAX: usize = 1024;
+
+/// The appliers, each applying the partitions `p` with `p % lanes == lane` in transactions of
+/// its own, so one lane's commit (a WAL flush) overlaps the others' work: per-partition order
+/// holds within a lane, and lanes share nothing but the database, which flushes their commits
+/// together. Every lane sees every message (possibly with none of its commands), so each
+/// knows how far it has read.
+#[derive(Clone)]
+struct Lanes {
+    senders: Vec<mpsc::Sender<Event>>,
+}
+
+impl Lanes {
+    fn lane(&self, partition: u32) -> usize {
+        partition as usize % self.senders.len()
+    }
+
+    async fn restarted(&self, generation: u64, acquired: &[(u32, u64)]) -> anyhow::Result<()> {
+        for (lane, sender) in self.senders.iter().enumerate() {
+            let acquired = acquired
+                .iter()
+                .filter(|(p, _)| self.lane(*p) == lane)
+                .copied()
+                .collect();
+            sender
+                .send(Event::Restarted {
+                    generation,
+                    acquired,
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("applier stopped"))?;
+        }
+        Ok(())
+    }
+
+    async fn released(&self, partition: u32) {
+        let _ = self.senders[self.lane(partition)]
+            .send(Event::Released { partition })
+            .await;
+    }
+
+    async fn message(
+        &self,
+        generation: u64,
+        stream_seq: u64,
+        items: Vec<Item>,
+    ) -> anyhow::Result<()> {
+        let mut per_lane: Vec<Vec<Item>> = (0..self.senders.len()).map(|_| Vec::new()).collect();
+        for item in items {
+            per_lane[self.lane(item.partition)].push(item);
+        }
+        for (sender, items) in self.senders.iter().zip(per_lane) {
+            sender
+                .send(Event::Message {
+                    generation,
+                    stream_seq,
+                    items,
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("applier stopped"))?;
+        }
+        Ok(())
+    }
+}
 /// Runs a worker until `shutdown` resolves, then finishes in-flight batches and leaves.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let names = Names::new(&config.common.namespace);
-    let pool =
-        tally_common::db::connect(&config.common.database_url, config.common.db_pool_size, tally_common::db::Planning::Batches).await?;
+    let pool = tally_common::db::connect(
+        &config.common.database_url,
+        config.common.db_pool_size,
+        tally_common::db::Planning::Batches,
+    )
+    .await?;
+    let lanes = config.apply_lanes.max(1);
+    let pools = Pools {
+        full: pool.clone(),
+        fast: tally_common::db::connect(
+            &config.common.database_url,
+            lanes as u32,
+            tally_common::db::Planning::Lookups,
+        )
+        .await?,
+    };
     tally_common::db::migrate(&pool).await?;
     let client = tally_common::broker::connect(&config.common.nats_url, "tally-worker").await?;
     let js = jetstream::new(client.clone());
@@ -156,17 +249,24 @@ pub async fn run(
     let stream_name = names.command_stream();
     tracing::info!(worker.id = %worker_id, stream = %stream_name, "worker started");
 
-    let (events_tx, events_rx) = mpsc::channel::<Event>(config.batch_max * 4);
     let (resync_tx, resync_rx) = mpsc::unbounded_channel::<Resync>();
-    let applier = tokio::spawn(applier(
-        pool.clone(),
-        client.clone(),
-        names.clone(),
-        stream_name.clone(),
-        config.batch_max,
-        events_rx,
-        resync_tx,
-    ));
+    let mut senders = Vec::new();
+    let mut appliers = Vec::new();
+    for lane in 0..lanes {
+        let (events_tx, events_rx) = mpsc::channel::<Event>(LANE_QUEUE_MESSAGES_MAX);
+        senders.push(events_tx);
+        appliers.push(tokio::spawn(applier(
+            pools.clone(),
+            client.clone(),
+            names.clone(),
+            stream_name.clone(),
+            config.batch_max,
+            events_rx,
+            resync_tx.clone(),
+        )));
+        tracing::debug!(lane, "applier started");
+    }
+    drop(resync_tx);
     let manager = Manager {
         membership: Membership::new(worker_id, &stream_name, &config.common.database_url),
         pool: pool.clone(),
@@ -174,7 +274,7 @@ pub async fn run(
         names,
         stream_name,
         partitions: config.common.partitions,
-        events: events_tx,
+        lanes: Lanes { senders },
         owned: BTreeSet::new(),
         reader: None,
         generation: 0,
@@ -183,8 +283,10 @@ pub async fn run(
     let mut membership = manager.run(resync_rx, shutdown).await;
     // A sweep interrupted here rolls back; another worker (or the next start) redoes it.
     sweeper.abort();
-    // The manager dropped every sender: the applier finishes what is queued, then returns.
-    applier.await.context("applier task failed")?;
+    // The manager dropped every sender: the appliers finish what is queued, then return.
+    for applier in appliers {
+        applier.await.context("applier task failed")?;
+    }
     membership.leave(&pool).await;
     // Replies are best effort (results are durable in Postgres): never wait long for a broker
     // that may already be gone.
@@ -200,7 +302,7 @@ struct Manager {
     names: Names,
     stream_name: String,
     partitions: u32,
-    events: mpsc::Sender<Event>,
+    lanes: Lanes,
     owned: BTreeSet<u32>,
     reader: Option<JoinHandle<()>>,
     generation: u64,
@@ -242,7 +344,7 @@ impl Manager {
             tracing::warn!("lost the lock connection; giving up every partition");
             self.stop_reader().await;
             for partition in std::mem::take(&mut self.owned) {
-                let _ = self.events.send(Event::Released { partition }).await;
+                self.lanes.released(partition).await;
             }
         }
         let wanted = ownership::assigned(self.membership.worker_id, &live, self.partitions);
@@ -256,7 +358,10 @@ impl Manager {
                 acquired.push(partition);
             }
         }
-        let reader_stopped = self.reader.as_ref().is_none_or(|reader| reader.is_finished());
+        let reader_stopped = self
+            .reader
+            .as_ref()
+            .is_none_or(|reader| reader.is_finished());
         if !acquired.is_empty() || (reader_stopped && !self.owned.is_empty()) {
             if reader_stopped && self.reader.is_some() {
                 tracing::warn!("reader stopped; reading the stream again");
@@ -283,13 +388,7 @@ impl Manager {
         self.generation += 1;
         let generation = self.generation;
         let acquired: Vec<(u32, u64)> = acquired.iter().map(|p| (*p, offsets[p])).collect();
-        self.events
-            .send(Event::Restarted {
-                generation,
-                acquired: acquired.clone(),
-            })
-            .await
-            .context("applier stopped")?;
+        self.lanes.restarted(generation, &acquired).await?;
         self.owned.extend(acquired.iter().map(|(p, _)| *p));
         let start_sequence = offsets.values().min().copied().unwrap_or(0) + 1;
         let consumer = self
@@ -301,13 +400,21 @@ impl Manager {
             })
             .await
             .context("cannot create ordered consumer")?;
-        let messages = consumer.messages().await.context("cannot read the stream")?;
+        let messages = consumer
+            .messages()
+            .await
+            .context("cannot read the stream")?;
         self.reader = Some(tokio::spawn(read_stream(
             generation,
             messages,
-            self.events.clone(),
+            self.lanes.clone(),
         )));
-        tracing::debug!(generation, start_sequence, partitions = self.owned.len(), "reading the stream");
+        tracing::debug!(
+            generation,
+            start_sequence,
+            partitions = self.owned.len(),
+            "reading the stream"
+        );
         Ok(())
     }
 
@@ -320,7 +427,7 @@ impl Manager {
 
     async fn release(&mut self, partition: u32) {
         if self.owned.remove(&partition) {
-            let _ = self.events.send(Event::Released { partition }).await;
+            self.lanes.released(partition).await;
         }
         if let Err(error) = self.membership.unlock(partition).await {
             tracing::warn!(partition, %error, "could not unlock partition");
@@ -333,7 +440,7 @@ impl Manager {
 async fn read_stream(
     generation: u64,
     mut messages: jetstream::consumer::pull::Ordered,
-    events: mpsc::Sender<Event>,
+    lanes: Lanes,
 ) {
     while let Some(message) = messages.next().await {
         let message = match message {
@@ -351,15 +458,7 @@ async fn read_stream(
             }
         };
         let items = decode(&message, stream_seq);
-        if events
-            .send(Event::Message {
-                generation,
-                stream_seq,
-                items,
-            })
-            .await
-            .is_err()
-        {
+        if lanes.message(generation, stream_seq, items).await.is_err() {
             return;
         }
     }
@@ -426,7 +525,7 @@ struct Partition {
 }
 
 struct Applier {
-    pool: PgPool,
+    pools: Pools,
     client: async_nats::Client,
     names: Names,
     stream: String,
@@ -441,7 +540,7 @@ struct Applier {
 }
 
 async fn applier(
-    pool: PgPool,
+    pools: Pools,
     client: async_nats::Client,
     names: Names,
     stream: String,
@@ -450,7 +549,7 @@ async fn applier(
     resync: mpsc::UnboundedSender<Resync>,
 ) {
     let mut applier = Applier {
-        pool,
+        pools,
         client,
         names,
         stream,
@@ -575,7 +674,7 @@ impl Applier {
             let expected = self.expected(&offsets);
             let started = Instant::now();
             match store::apply_batch(
-                &self.pool,
+                &self.pools,
                 &self.stream,
                 &items,
                 &expected,
@@ -651,7 +750,7 @@ impl Applier {
             .client
             .publish(self.names.dead_letter_subject(), payload.to_string().into())
             .await;
-        match store::record_failure(&self.pool, &self.stream, &item, state.last_seq).await {
+        match store::record_failure(&self.pools.full, &self.stream, &item, state.last_seq).await {
             Ok(Some(answer)) => reply(&self.client, vec![(item.reply_to.clone(), answer)]).await,
             Ok(None) => {}
             Err(error) => tracing::error!(%error, "could not record dead-lettered command"),

@@ -137,7 +137,8 @@ pub const ACCOUNT_CACHE_USERS_MAX: usize = 1_000_000;
 impl AccountCache {
     /// Forgets the users of `partition` (its ownership changed hands).
     pub fn forget_partition(&mut self, partition: u32) {
-        self.accounts.retain(|_, cached| cached.partition != partition);
+        self.accounts
+            .retain(|_, cached| cached.partition != partition);
     }
 
     fn forget_users<'a>(&mut self, users: impl IntoIterator<Item = &'a (Uuid, String)>) {
@@ -177,10 +178,21 @@ impl AccountCache {
     }
 }
 
+/// The worker's two pools: each plans its statements its own way
+/// ([`tally_common::db::Planning`]).
+#[derive(Clone, Debug)]
+pub struct Pools {
+    /// The full path and the sweeper, whose statements join arrays to tables: planned per
+    /// execution.
+    pub full: PgPool,
+    /// The fast path, whose one call reaches rows by key only: cached plans.
+    pub fast: PgPool,
+}
+
 /// Applies `items` (in stream order per partition) in one transaction and moves each partition
 /// of `offsets` from its `expected` last applied sequence to the one given.
 pub async fn apply_batch(
-    pool: &PgPool,
+    pools: &Pools,
     stream: &str,
     items: &[Item],
     expected: &BTreeMap<u32, u64>,
@@ -214,12 +226,19 @@ pub async fn apply_batch(
         })
         .collect();
 
-    let effects = match fast_path(pool, stream, &owned, expected, offsets, &positions, cache)
-        .await
-    {
+    let fast = fast_path(
+        &pools.fast,
+        stream,
+        &owned,
+        expected,
+        offsets,
+        &positions,
+        cache,
+    );
+    let effects = match fast.await {
         Some(effects) => effects,
         None => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pools.full.begin().await?;
             fence(&mut tx, stream, expected, offsets).await?;
             let (state, effects) =
                 load_and_fold(&mut tx, &owned, BTreeSet::new(), Utc::now()).await?;
@@ -291,11 +310,20 @@ async fn fast_path(
         && effects.lots.is_empty()
         && effects.holds.is_empty()
         && effects.allocations.is_empty()
-        && effects.system_commands.is_empty();
+        && effects.system_commands.is_empty()
+        && effects.entries.iter().all(|entry| {
+            entry.refunded_ledger_id.is_none()
+                && entry.expires_at.is_none()
+                && entry.lot_id.is_none()
+                && entry.hold_id.is_none()
+        });
     if !only_entries {
         return None;
     }
-    match write_fast(pool, stream, &before, &state, &effects, expected, offsets, positions).await
+    match write_fast(
+        pool, stream, &before, &state, &effects, expected, offsets, positions,
+    )
+    .await
     {
         Ok(true) => {
             for (key, account) in &state.accounts {
@@ -318,8 +346,8 @@ async fn fast_path(
     }
 }
 
-/// The fast path's one statement and commit. `Ok(false)`: something was not as remembered,
-/// nothing was written.
+/// The fast path's one call (`tally_apply_plain_batch`, migration 0004_fast_batches), committed
+/// on its own. `Ok(false)`: something was not as remembered, and nothing was written.
 #[allow(clippy::too_many_arguments)]
 async fn write_fast(
     pool: &PgPool,
@@ -339,11 +367,12 @@ async fn write_fast(
     let new_seqs: Vec<i64> = offsets.values().map(|s| *s as i64).collect();
 
     // Every user the batch read, changed or not: a rejection decided on a stale balance must
-    // not commit either.
-    let users: Vec<(&(Uuid, String), &Account, &Account)> = before
+    // not commit either. Sorted, so concurrent batches lock rows in one order.
+    let mut users: Vec<(&(Uuid, String), &Account, &Account)> = before
         .iter()
         .map(|(key, old)| (key, old, &state.accounts[key]))
         .collect();
+    users.sort_by(|a, b| a.0.cmp(b.0));
     let account_apps: Vec<Uuid> = users.iter().map(|(k, _, _)| k.0).collect();
     let account_users: Vec<&str> = users.iter().map(|(k, _, _)| k.1.as_str()).collect();
     let old_balances: Vec<i64> = users.iter().map(|(_, old, _)| old.balance).collect();
@@ -354,41 +383,10 @@ async fn write_fast(
     let entries = EntryColumns::new(&effects.entries);
     let processed = ProcessedColumns::new(&effects.finished, positions);
 
-    let mut tx = pool.begin().await?;
-    let (offsets_moved, accounts_written, processed_written): (i64, i64, i64) = sqlx::query_as(
-        "WITH o AS (
-             UPDATE partition_offsets o SET last_seq = u.new_seq, updated_at = now()
-             FROM UNNEST($2::int4[], $3::int8[], $4::int8[]) AS u(partition, expected, new_seq)
-             WHERE o.stream = $1 AND o.partition = u.partition AND o.last_seq = u.expected
-             RETURNING 1),
-         a AS (
-             UPDATE accounts a SET balance = u.balance, entry_count = u.entry_count,
-                                   updated_at = now()
-             FROM UNNEST($5::uuid[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
-               AS u(app_id, user_id, old_balance, old_count, balance, entry_count)
-             WHERE a.app_id = u.app_id AND a.user_id = u.user_id AND a.held = 0
-               AND a.balance = u.old_balance AND a.entry_count = u.old_count
-             RETURNING 1),
-         e AS (
-             INSERT INTO ledger_entries (id, app_id, user_id, seq, type, amount, balance_after,
-                                         source, description, metadata, refunded_ledger_id,
-                                         expires_at, command_id, lot_id, hold_id)
-             SELECT id, app_id, user_id, seq, type, amount, balance_after, source, description,
-                    metadata::jsonb, refunded_ledger_id, expires_at, command_id, lot_id, hold_id
-             FROM UNNEST($11::uuid[], $12::uuid[], $13::text[], $14::int8[], $15::text[],
-                         $16::int8[], $17::int8[], $18::text[], $19::text[], $20::text[],
-                         $21::uuid[], $22::timestamptz[], $23::uuid[], $24::uuid[], $25::uuid[])
-               AS t(id, app_id, user_id, seq, type, amount, balance_after, source, description,
-                    metadata, refunded_ledger_id, expires_at, command_id, lot_id, hold_id)),
-         p AS (
-             INSERT INTO processed_commands (command_id, app_id, status, http_status, response,
-                                             request_hash, partition, stream_seq)
-             SELECT id, app, st, hs, body::jsonb, rh, p, s
-             FROM UNNEST($26::uuid[], $27::uuid[], $28::text[], $29::int2[], $30::text[],
-                         $31::text[], $32::int4[], $33::int8[]) AS t(id, app, st, hs, body, rh, p, s)
-             ON CONFLICT (command_id) DO NOTHING
-             RETURNING 1)
-         SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM a), (SELECT count(*) FROM p)",
+    let written = sqlx::query(
+        "SELECT tally_apply_plain_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                        $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
+                                        $25, $26, $27, $28, $29)",
     )
     .bind(stream)
     .bind(&partitions)
@@ -410,11 +408,7 @@ async fn write_fast(
     .bind(&entries.sources)
     .bind(&entries.descriptions)
     .bind(&entries.metadata)
-    .bind(&entries.refunded)
-    .bind(&entries.expires)
     .bind(&entries.commands)
-    .bind(&entries.lots)
-    .bind(&entries.holds)
     .bind(&processed.ids)
     .bind(&processed.apps)
     .bind(&processed.statuses)
@@ -423,18 +417,19 @@ async fn write_fast(
     .bind(&processed.hashes)
     .bind(&processed.partitions)
     .bind(&processed.seqs)
-    .fetch_one(&mut *tx)
-    .await?;
-    let complete = offsets_moved as usize == partitions.len()
-        && accounts_written as usize == users.len()
-        && processed_written as usize == effects.finished.len();
-    if !complete {
-        tx.rollback().await?;
-        return Ok(false);
+    .execute(pool)
+    .await;
+    match written {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(BATCH_MISMATCH) => {
+            Ok(false)
+        }
+        Err(error) => Err(error),
     }
-    tx.commit().await?;
-    Ok(true)
 }
+
+/// SQLSTATE of a fast batch that no longer matches the database (migration 0004_fast_batches).
+const BATCH_MISMATCH: &str = "TA001";
 
 /// Loads, under lock, what `envelopes` and the expiries due for `extra_users` read, and folds.
 async fn load_and_fold(
