@@ -56,6 +56,10 @@ pub async fn connect(
     }
     PgPoolOptions::new()
         .max_connections(pool_size)
+        // No ping before every checkout: it doubled the round trips of every query. A
+        // connection that broke while idle fails its next query, which the caller's error
+        // handling already covers (sqlx then discards it).
+        .test_before_acquire(false)
         .acquire_timeout(STARTUP_CONNECT_TIMEOUT)
         .connect_with(options)
         .await
