@@ -347,31 +347,52 @@ pub async fn balance(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<BalanceResponse>, ApiError> {
     let user_id = query_user_id(&query)?;
-    // Credits of a lot past its expiry leave the balance through the worker's expire entry
-    // within a second or so; until then reads already leave them out.
-    let row: Option<BalanceRow> = sqlx::query_as(
+    // Most users have no expiring credits: one lookup of the account (and a probe of the lots
+    // index) answers them; only a user with open lots costs the second query.
+    let account: Option<(i64, i64, bool)> = sqlx::query_as(
         "SELECT a.balance, a.held,
-                COALESCE((SELECT sum(remaining) FROM lots l WHERE l.app_id = a.app_id AND l.user_id = a.user_id
-                            AND l.expired_at IS NULL AND l.expires_at <= now()), 0)::bigint AS expired,
-                n.remaining AS next_amount, n.expires_at AS next_at
-         FROM accounts a
-         LEFT JOIN LATERAL (SELECT remaining, expires_at FROM lots l
-                            WHERE l.app_id = a.app_id AND l.user_id = a.user_id AND l.expired_at IS NULL
-                              AND l.expires_at > now() AND l.remaining > 0
-                            ORDER BY expires_at, id LIMIT 1) n ON true
-         WHERE a.app_id = $1 AND a.user_id = $2",
+                EXISTS (SELECT 1 FROM lots l WHERE l.app_id = a.app_id AND l.user_id = a.user_id
+                          AND l.expired_at IS NULL)
+         FROM accounts a WHERE a.app_id = $1 AND a.user_id = $2",
     )
     .bind(auth.app_id)
     .bind(&user_id)
     .fetch_optional(&state.pool)
     .await?;
+    let row = match account {
+        None => BalanceRow::default(),
+        Some((balance, held, false)) => BalanceRow {
+            balance,
+            held,
+            ..BalanceRow::default()
+        },
+        // Credits of a lot past its expiry leave the balance through the worker's expire entry
+        // within a second or so; until then reads already leave them out.
+        Some(_) => sqlx::query_as(
+            "SELECT a.balance, a.held,
+                    COALESCE((SELECT sum(remaining) FROM lots l WHERE l.app_id = a.app_id AND l.user_id = a.user_id
+                                AND l.expired_at IS NULL AND l.expires_at <= now()), 0)::bigint AS expired,
+                    n.remaining AS next_amount, n.expires_at AS next_at
+             FROM accounts a
+             LEFT JOIN LATERAL (SELECT remaining, expires_at FROM lots l
+                                WHERE l.app_id = a.app_id AND l.user_id = a.user_id AND l.expired_at IS NULL
+                                  AND l.expires_at > now() AND l.remaining > 0
+                                ORDER BY expires_at, id LIMIT 1) n ON true
+             WHERE a.app_id = $1 AND a.user_id = $2",
+        )
+        .bind(auth.app_id)
+        .bind(&user_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .unwrap_or_default(),
+    };
     let BalanceRow {
         balance,
         held,
         expired,
         next_amount,
         next_at,
-    } = row.unwrap_or_default();
+    } = row;
     let balance = balance - expired;
     let next_expiry = next_amount.zip(next_at).map(|(amount, at)| NextExpiry {
         amount,

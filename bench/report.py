@@ -1,0 +1,56 @@
+"""Summarises a bench/run results file: one row per scenario with the medians of Tally and the
+baseline, their ratio (median and range over rounds), and the CPU per command of each process."""
+import re
+import statistics
+import sys
+
+path, clk_tck, quick = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+PROCS = ["nats", "ingress", "worker", "postgres", "peer", "wrk"]
+runs = {}  # (scenario, system) -> list of dicts
+failures = []
+for line in open(path):
+    if line.startswith("#") or "RESULT" not in line:
+        continue
+    scenario, system = line.split()[:2]
+    kv = dict(re.findall(r"(\w+)=([\d.]+)", line.split("before[")[0]))
+    before = dict(re.findall(r"(\w+)=(\d+)", line.split("before[")[1].split("]")[0]))
+    after = dict(re.findall(r"(\w+)=(\d+)", line.split("after[")[1].split("]")[0]))
+    tail = dict(re.findall(r"(\w+)=([\d.]+)", line.split("after[")[1].split("]", 1)[1]))
+    run = {k: float(v) for k, v in {**kv, **tail}.items()}
+    commands = run["requests"]
+    if scenario == "async" and system == "tally":
+        commands = max(run.get("applied", 0), 1)
+        run["rate"] = run["applied"] / max(run["applied_ms"], 1) * 1000
+        if run["applied"] < run["requests"]:
+            failures.append(f"async: {run['requests']:.0f} accepted, {run['applied']:.0f} applied")
+    else:
+        run["rate"] = run["rps"]
+    for proc in PROCS:
+        run["us_" + proc] = (int(after.get(proc, 0)) - int(before.get(proc, 0))) * 1e6 / clk_tck / max(commands, 1)
+    if run.get("non2xx", 0) or run.get("sock_errors", 0):
+        failures.append(f"{scenario} {system}: {run.get('non2xx', 0):.0f} non-2xx, {run.get('sock_errors', 0):.0f} socket errors")
+    runs.setdefault((scenario, system), []).append(run)
+
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+print()
+print("| scenario | peer-direct /s (p99 ms) | Tally /s (p99 ms) | ratio (range) | Tally µs CPU per command: nats / ingress / worker / postgres | peer µs: service / postgres |")
+print("| --- | --- | --- | --- | --- | --- |")
+for scenario in ["sync-10k", "sync-hot", "async", "balance"]:
+    t, p = runs.get((scenario, "tally"), []), runs.get((scenario, "peer"), [])
+    if not t or not p:
+        continue
+    ratios = [a["rate"] / b["rate"] for a, b in zip(t, p) if b["rate"]]
+    extra = f", accepted {med([r['rps'] for r in t]):,.0f}/s, apply lag p99 {med([r['lag_p99_ms'] for r in t]):,.0f} ms" if scenario == "async" else ""
+    print(f"| {scenario} | {med([r['rate'] for r in p]):,.0f} ({med([r['p99_ms'] for r in p]):.1f}) "
+          f"| {med([r['rate'] for r in t]):,.0f} ({med([r['p99_ms'] for r in t]):.1f}){extra} "
+          f"| {med([r['rate'] for r in t]) / med([r['rate'] for r in p]):.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) "
+          f"| {' / '.join(f'{med([r[chr(117) + chr(115) + chr(95) + q] for r in t]):.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} "
+          f"| {med([r['us_peer'] for r in p]):.0f} / {med([r['us_postgres'] for r in p]):.0f} |")
+before, after = runs.get(("growth-before", "tally")), runs.get(("growth-after", "tally"))
+if before and after:
+    print(f"| growth | | {before[0]['rate']:,.0f} -> {after[0]['rate']:,.0f} /s "
+          f"| {after[0]['rate'] / before[0]['rate']:.2f} (after / before) "
+          f"| {' / '.join(f'{before[0][chr(117) + chr(115) + chr(95) + q]:.0f}->{after[0][chr(117) + chr(115) + chr(95) + q]:.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} | |")
+if failures:
+    print("\nFAILED:\n  " + "\n  ".join(failures))
+    sys.exit(1)
