@@ -517,6 +517,7 @@ fn decode(message: &async_nats::jetstream::Message, stream_seq: u64) -> Vec<Item
 }
 
 /// A partition as the applier sees it.
+#[derive(Debug, PartialEq)]
 struct Partition {
     /// Last stream sequence committed for it (as far as this worker knows: the fence checks).
     last_seq: u64,
@@ -524,63 +525,22 @@ struct Partition {
     queued_seq: u64,
 }
 
-struct Applier {
-    pools: Pools,
-    client: async_nats::Client,
-    names: Names,
-    stream: String,
-    resync: mpsc::UnboundedSender<Resync>,
+/// What an applier knows of its partitions and of the stream it reads: pure bookkeeping,
+/// separate from the IO so its rules can be tested on their own.
+#[derive(Debug, Default)]
+struct Positions {
     partitions: HashMap<u32, Partition>,
     /// The reader generation whose messages count.
     generation: u64,
     /// Highest stream sequence read under `generation`: every message up to it has been seen
     /// (the ordered consumer has no gaps), so every owned partition is covered up to it.
     seen_seq: u64,
-    cache: AccountCache,
 }
 
-async fn applier(
-    pools: Pools,
-    client: async_nats::Client,
-    names: Names,
-    stream: String,
-    batch_max: usize,
-    mut events: mpsc::Receiver<Event>,
-    resync: mpsc::UnboundedSender<Resync>,
-) {
-    let mut applier = Applier {
-        pools,
-        client,
-        names,
-        stream,
-        resync,
-        partitions: HashMap::new(),
-        generation: 0,
-        seen_seq: 0,
-        cache: AccountCache::default(),
-    };
-    let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
-    while let Some(first) = events.recv().await {
-        let mut next = Some(first);
-        // Take what is already queued, without waiting: under load batches grow by themselves
-        // while the previous transaction commits; when idle a command waits for nobody.
-        while let Some(event) = next.take() {
-            applier.take(event, &mut batch);
-            if batch.len() < batch_max {
-                next = events.try_recv().ok();
-            }
-        }
-        let offsets = applier.planned_offsets(&batch);
-        if batch.is_empty() && offsets.is_empty() {
-            continue;
-        }
-        let items = std::mem::take(&mut batch);
-        applier.apply_with_retries(items, offsets).await;
-    }
-}
-
-impl Applier {
-    fn take(&mut self, event: Event, batch: &mut Vec<Item>) {
+impl Positions {
+    /// Takes one event into `batch`. Returns the partitions whose ownership changed, whose
+    /// remembered users must be forgotten.
+    fn take(&mut self, event: Event, batch: &mut Vec<Item>) -> Vec<u32> {
         match event {
             Event::Restarted {
                 generation,
@@ -588,8 +548,8 @@ impl Applier {
             } => {
                 self.generation = generation;
                 self.seen_seq = 0;
+                let mut changed = Vec::new();
                 for (partition, last_seq) in acquired {
-                    self.cache.forget_partition(partition);
                     batch.retain(|item| item.partition != partition);
                     self.partitions.insert(
                         partition,
@@ -598,12 +558,14 @@ impl Applier {
                             queued_seq: last_seq,
                         },
                     );
+                    changed.push(partition);
                 }
+                changed
             }
             Event::Released { partition } => {
                 self.partitions.remove(&partition);
-                self.cache.forget_partition(partition);
                 batch.retain(|item| item.partition != partition);
+                vec![partition]
             }
             Event::Message {
                 generation,
@@ -611,7 +573,7 @@ impl Applier {
                 items,
             } => {
                 if generation != self.generation {
-                    return;
+                    return Vec::new();
                 }
                 self.seen_seq = self.seen_seq.max(stream_seq);
                 let mut taken = BTreeSet::new();
@@ -630,6 +592,7 @@ impl Applier {
                         p.queued_seq = stream_seq;
                     }
                 }
+                Vec::new()
             }
         }
     }
@@ -660,18 +623,81 @@ impl Applier {
             .collect()
     }
 
+    /// Records a committed batch's offsets.
+    fn committed(&mut self, offsets: &BTreeMap<u32, u64>) {
+        for (partition, last_seq) in offsets {
+            if let Some(state) = self.partitions.get_mut(partition) {
+                state.last_seq = *last_seq;
+                state.queued_seq = state.queued_seq.max(*last_seq);
+            }
+        }
+    }
+}
+
+struct Applier {
+    pools: Pools,
+    client: async_nats::Client,
+    names: Names,
+    stream: String,
+    resync: mpsc::UnboundedSender<Resync>,
+    positions: Positions,
+    cache: AccountCache,
+}
+
+async fn applier(
+    pools: Pools,
+    client: async_nats::Client,
+    names: Names,
+    stream: String,
+    batch_max: usize,
+    mut events: mpsc::Receiver<Event>,
+    resync: mpsc::UnboundedSender<Resync>,
+) {
+    let mut applier = Applier {
+        pools,
+        client,
+        names,
+        stream,
+        resync,
+        positions: Positions::default(),
+        cache: AccountCache::default(),
+    };
+    let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
+    while let Some(first) = events.recv().await {
+        let mut next = Some(first);
+        // Take what is already queued, without waiting: under load batches grow by themselves
+        // while the previous transaction commits; when idle a command waits for nobody.
+        while let Some(event) = next.take() {
+            for partition in applier.positions.take(event, &mut batch) {
+                applier.cache.forget_partition(partition);
+            }
+            if batch.len() < batch_max {
+                next = events.try_recv().ok();
+            }
+        }
+        let offsets = applier.positions.planned_offsets(&batch);
+        if batch.is_empty() && offsets.is_empty() {
+            continue;
+        }
+        let items = std::mem::take(&mut batch);
+        applier.apply_with_retries(items, offsets).await;
+    }
+}
+
+impl Applier {
     /// Applies `items` and moves the partitions to `offsets`, until committed, fenced, or
     /// dead-lettered.
     async fn apply_with_retries(&mut self, mut items: Vec<Item>, mut offsets: BTreeMap<u32, u64>) {
         let mut delay = Duration::from_millis(20);
         let mut failures = 0;
         loop {
-            offsets.retain(|p, _| self.partitions.contains_key(p));
-            items.retain(|item| self.partitions.contains_key(&item.partition));
+            let owned = &self.positions.partitions;
+            offsets.retain(|p, _| owned.contains_key(p));
+            items.retain(|item| owned.contains_key(&item.partition));
             if items.is_empty() && offsets.is_empty() {
                 return;
             }
-            let expected = self.expected(&offsets);
+            let expected = self.positions.expected(&offsets);
             let started = Instant::now();
             match store::apply_batch(
                 &self.pools,
@@ -685,19 +711,14 @@ impl Applier {
             {
                 Ok(committed) => {
                     record_batch(&committed, items.len(), started);
-                    for (partition, last_seq) in &committed.offsets {
-                        if let Some(state) = self.partitions.get_mut(partition) {
-                            state.last_seq = *last_seq;
-                            state.queued_seq = state.queued_seq.max(*last_seq);
-                        }
-                    }
+                    self.positions.committed(&committed.offsets);
                     reply(&self.client, committed.answers).await;
                     return;
                 }
                 Err(StoreError::Fenced(stale)) => {
                     metrics::counter!("tally_worker_fenced_total").increment(1);
                     for partition in &stale {
-                        self.partitions.remove(partition);
+                        self.positions.partitions.remove(partition);
                         self.cache.forget_partition(*partition);
                     }
                     let _ = self.resync.send(stale);
@@ -718,7 +739,7 @@ impl Applier {
                         // offsets where they are (a crash in between redoes the ones applied,
                         // which their dedupe records make harmless), then move the offsets.
                         for item in std::mem::take(&mut items) {
-                            let Some(state) = self.partitions.get(&item.partition) else {
+                            let Some(state) = self.positions.partitions.get(&item.partition) else {
                                 continue;
                             };
                             let unmoved = BTreeMap::from([(item.partition, state.last_seq)]);
@@ -741,7 +762,7 @@ impl Applier {
     async fn dead_letter(&mut self, item: Item, error: &StoreError) {
         metrics::counter!("tally_worker_dead_letters_total").increment(1);
         tracing::error!(partition = item.partition, stream.seq = item.stream_seq, %error, "command dead-lettered");
-        let Some(state) = self.partitions.get(&item.partition) else {
+        let Some(state) = self.positions.partitions.get(&item.partition) else {
             return;
         };
         let payload = serde_json::json!({ "partition": item.partition, "stream_seq": item.stream_seq,
@@ -790,5 +811,102 @@ async fn reply(
         if let Err(error) = client.publish(inbox, payload.into()).await {
             tracing::warn!(%error, "could not publish replies; the results stay readable");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(partition: u32, stream_seq: u64) -> Item {
+        Item {
+            partition,
+            stream_seq,
+            envelope: None,
+            reply_to: None,
+        }
+    }
+
+    fn message(generation: u64, stream_seq: u64, partitions: &[u32]) -> Event {
+        Event::Message {
+            generation,
+            stream_seq,
+            items: partitions.iter().map(|p| item(*p, stream_seq)).collect(),
+        }
+    }
+
+    fn owning(acquired: &[(u32, u64)]) -> Positions {
+        let mut positions = Positions::default();
+        positions.take(
+            Event::Restarted {
+                generation: 1,
+                acquired: acquired.to_vec(),
+            },
+            &mut Vec::new(),
+        );
+        positions
+    }
+
+    #[test]
+    fn only_owned_partitions_past_their_offset_are_taken() {
+        let mut positions = owning(&[(1, 10), (2, 0)]);
+        let mut batch = Vec::new();
+        positions.take(message(1, 10, &[1, 2, 3]), &mut batch);
+        positions.take(message(1, 11, &[1, 1]), &mut batch);
+        let taken: Vec<(u32, u64)> = batch.iter().map(|i| (i.partition, i.stream_seq)).collect();
+        assert_eq!(taken, vec![(2, 10), (1, 11), (1, 11)]);
+    }
+
+    #[test]
+    fn a_message_read_again_after_a_restart_is_not_taken_twice() {
+        let mut positions = owning(&[(1, 0)]);
+        let mut batch = Vec::new();
+        positions.take(message(1, 5, &[1]), &mut batch);
+        // Another partition is acquired: the reader restarts lower, and reads 5 again.
+        positions.take(
+            Event::Restarted {
+                generation: 2,
+                acquired: vec![(2, 3)],
+            },
+            &mut batch,
+        );
+        positions.take(message(1, 6, &[1]), &mut batch); // the old reader: stale
+        positions.take(message(2, 4, &[2]), &mut batch);
+        positions.take(message(2, 5, &[1, 2]), &mut batch);
+        positions.take(message(2, 6, &[1]), &mut batch);
+        let taken: Vec<(u32, u64)> = batch.iter().map(|i| (i.partition, i.stream_seq)).collect();
+        assert_eq!(taken, vec![(1, 5), (2, 4), (2, 5), (1, 6)]);
+    }
+
+    #[test]
+    fn offsets_cover_what_was_read_and_idle_partitions_catch_up() {
+        let mut positions = owning(&[(1, 0), (2, 0)]);
+        let mut batch = Vec::new();
+        positions.take(message(1, 7, &[1]), &mut batch);
+        positions.take(message(1, 9, &[3]), &mut batch);
+        // Partition 1 moves to what was read; idle partition 2 is near enough to stay.
+        assert_eq!(positions.planned_offsets(&batch), BTreeMap::from([(1, 9)]));
+        positions.committed(&BTreeMap::from([(1, 9)]));
+        let far = IDLE_OFFSET_LAG_MAX + 1;
+        positions.take(message(1, far, &[3]), &mut Vec::new());
+        assert_eq!(
+            positions.planned_offsets(&[]),
+            BTreeMap::from([(2, far)]),
+            "only the partition trailing by more than the limit moves"
+        );
+    }
+
+    #[test]
+    fn a_released_partition_leaves_the_batch() {
+        let mut positions = owning(&[(1, 0), (2, 0)]);
+        let mut batch = Vec::new();
+        positions.take(message(1, 1, &[1, 2]), &mut batch);
+        let forget = positions.take(Event::Released { partition: 2 }, &mut batch);
+        assert_eq!(forget, vec![2]);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            positions.expected(&BTreeMap::from([(1, 1), (2, 1)])),
+            BTreeMap::from([(1, 0)])
+        );
     }
 }
