@@ -387,6 +387,9 @@ impl Manager {
         let offsets = store::partition_offsets(&self.pool, &self.stream_name, &all).await?;
         self.generation += 1;
         let generation = self.generation;
+        if let Some(missing) = all.iter().find(|p| !offsets.contains_key(p)) {
+            anyhow::bail!("no offset row for partition {missing}");
+        }
         let acquired: Vec<(u32, u64)> = acquired.iter().map(|p| (*p, offsets[p])).collect();
         self.lanes.restarted(generation, &acquired).await?;
         self.owned.extend(acquired.iter().map(|(p, _)| *p));
