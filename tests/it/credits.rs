@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::harness::spawn_app;
+use crate::harness::{spawn_app, spawn_app_with, Options};
 
 #[tokio::test]
 async fn add_answers_the_new_balance_and_ledger_id() {
@@ -180,6 +180,49 @@ async fn a_deduct_decided_on_a_remembered_balance_that_changed_is_decided_again(
     assert_eq!(status, 402, "{body}");
     assert_eq!(body["balance"], 5);
     assert_eq!(app.balance("u1").await, 5);
+}
+
+#[tokio::test]
+async fn plain_commands_of_a_known_user_take_the_fast_path() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let metrics_addr = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let _worker = app.spawn_worker_process_with(&[("TALLY_WORKER_METRICS_ADDR", &metrics_addr)]);
+    app.add("u1", 100).await;
+    for expected in [90, 80, 70] {
+        let (status, body) = app.deduct("u1", 10).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["balance_after"], expected);
+    }
+    let metrics = app
+        .http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fast: u64 = metrics
+        .lines()
+        .find(|line| line.starts_with("tally_worker_batch_paths_total{path=\"fast\"}"))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        fast, 3,
+        "the deducts after the first touch skip every read:\n{metrics}"
+    );
+    app.assert_verified().await;
 }
 
 #[tokio::test]

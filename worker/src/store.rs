@@ -236,8 +236,12 @@ pub async fn apply_batch(
         cache,
     );
     let effects = match fast.await {
-        Some(effects) => effects,
+        Some(effects) => {
+            metrics::counter!("tally_worker_batch_paths_total", "path" => "fast").increment(1);
+            effects
+        }
         None => {
+            metrics::counter!("tally_worker_batch_paths_total", "path" => "full").increment(1);
             let mut tx = pools.full.begin().await?;
             fence(&mut tx, stream, expected, offsets).await?;
             let (state, effects) =
@@ -339,6 +343,7 @@ async fn fast_path(
             None
         }
         Err(error) => {
+            metrics::counter!("tally_worker_fast_path_errors_total").increment(1);
             tracing::debug!(%error, "fast batch failed; taking the full path");
             cache.forget_users(before.keys());
             None
