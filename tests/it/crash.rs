@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{spawn_app_with, Options};
+use crate::harness::{free_local_addr, spawn_app_with, Options};
 
 #[tokio::test]
 async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
@@ -53,25 +53,12 @@ async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
         .await
         .unwrap();
 
-    let metrics_addr = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let metrics_addr = free_local_addr();
     let _survivor = app.spawn_worker_process_with(&[("TALLY_WORKER_METRICS_ADDR", &metrics_addr)]);
     app.wait_processed(total, Duration::from_secs(60)).await;
     let metrics = app
-        .http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("http://{metrics_addr}/metrics"))
+        .await;
     assert!(metrics.contains("tally_worker_commands_total"), "{metrics}");
     let sum: i64 = sqlx::query_scalar("SELECT sum(balance)::bigint FROM accounts")
         .fetch_one(&app.pool)

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::harness::{spawn_app, spawn_app_with, Options};
+use crate::harness::{free_local_addr, spawn_app, spawn_app_with, Options};
 
 #[tokio::test]
 async fn add_answers_the_new_balance_and_ledger_id() {
@@ -189,14 +189,7 @@ async fn plain_commands_of_a_known_user_take_the_fast_path() {
         ..Options::default()
     })
     .await;
-    let metrics_addr = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let metrics_addr = free_local_addr();
     let _worker = app.spawn_worker_process_with(&[("TALLY_WORKER_METRICS_ADDR", &metrics_addr)]);
     app.add("u1", 100).await;
     for expected in [90, 80, 70] {
@@ -205,14 +198,8 @@ async fn plain_commands_of_a_known_user_take_the_fast_path() {
         assert_eq!(body["balance_after"], expected);
     }
     let metrics = app
-        .http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("http://{metrics_addr}/metrics"))
+        .await;
     let fast: u64 = metrics
         .lines()
         .find(|line| line.starts_with("tally_worker_batch_paths_total{path=\"fast\"}"))

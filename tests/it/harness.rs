@@ -344,7 +344,28 @@ pub async fn create_key(pool: &PgPool, app_id: Uuid) -> String {
     key
 }
 
+/// A free `127.0.0.1:<port>` address, e.g. for a worker process's metrics endpoint.
+pub fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    format!(
+        "127.0.0.1:{}",
+        listener.local_addr().expect("local addr").port()
+    )
+}
+
 impl TestApp {
+    /// The body of a `GET` of `url` (an absolute URL), as text.
+    pub async fn get_text(&self, url: &str) -> String {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body")
+    }
+
     pub fn common_config(&self) -> CommonConfig {
         common_config(&self.db.url, &self.nats.url(), &self.namespace)
     }

@@ -8,15 +8,7 @@ async fn health_readiness_metrics_and_openapi_need_no_key() {
         let response = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text(&app.url("/metrics")).await;
     assert!(metrics.contains("tally_http_requests_total"), "{metrics}");
 
     let openapi: serde_json::Value = app

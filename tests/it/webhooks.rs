@@ -204,15 +204,7 @@ async fn forged_stale_and_unsigned_stripe_events_are_refused_and_credit_nothing(
         .await
         .unwrap();
     assert_eq!(received, 0, "nothing was published");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text(&app.url("/metrics")).await;
     assert!(
         metrics.contains("tally_webhooks_rejected_total"),
         "{metrics}"
