@@ -51,6 +51,7 @@ pub fn command_stream_config(names: &Names, partitions: u32) -> stream::Config {
         storage: stream::StorageType::File,
         num_replicas: 1,
         duplicate_window: DUPLICATE_WINDOW,
+        // Earlier ingresses published atomic batches; kept so they work during an upgrade.
         allow_atomic_publish: true,
         metadata: HashMap::from([(METADATA_PARTITIONS.to_string(), partitions.to_string())]),
         ..Default::default()
