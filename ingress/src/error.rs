@@ -23,8 +23,6 @@ pub enum ApiError {
     NotFound(String),
     #[error("Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
-    #[error("a request with this Idempotency-Key is still being processed; retry later")]
-    IdempotencyInProgress,
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("request body must be application/json")]
@@ -59,7 +57,6 @@ impl ApiError {
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::IdempotencyConflict => ErrorCode::IdempotencyConflict,
-            Self::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Self::Unavailable(_) => ErrorCode::Unavailable,

@@ -30,12 +30,6 @@ pub struct Submission {
     pub respond_async: bool,
 }
 
-/// A command's record in Postgres.
-enum Stored {
-    Finished(Outcome),
-    Cancelled,
-}
-
 pub async fn submit(state: &AppState, submission: Submission) -> Result<Response, ApiError> {
     let Submission {
         app_id,
@@ -48,7 +42,7 @@ pub async fn submit(state: &AppState, submission: Submission) -> Result<Response
         match claim_key(state, app_id, key, hash, command_id).await? {
             Claim::New => {}
             Claim::Existing { command_id: first } => {
-                if let Some(Stored::Finished(outcome)) = stored(state, app_id, first).await? {
+                if let Some(outcome) = finished(state, app_id, first).await? {
                     return Ok(answer(outcome));
                 }
                 command_id = first;
@@ -121,11 +115,13 @@ async fn claim_key(
     }
 }
 
-async fn stored(
+/// The stored answer of a finished command; `None` while it is unfinished, or if it was
+/// cancelled.
+async fn finished(
     state: &AppState,
     app_id: Uuid,
     command_id: Uuid,
-) -> Result<Option<Stored>, ApiError> {
+) -> Result<Option<Outcome>, ApiError> {
     let row: Option<(String, Option<i16>, Option<serde_json::Value>)> = sqlx::query_as(
         "SELECT status, http_status, response FROM processed_commands WHERE command_id = $1 AND app_id = $2",
     )
@@ -133,21 +129,18 @@ async fn stored(
     .bind(app_id)
     .fetch_optional(&state.pool)
     .await?;
-    Ok(
-        row.map(|(status, http_status, body)| match status.as_str() {
-            "cancelled" => Stored::Cancelled,
-            _ => Stored::Finished(Outcome {
-                command_id,
-                status: if status == "applied" {
-                    Status::Applied
-                } else {
-                    Status::Rejected
-                },
-                http_status: http_status.unwrap_or(200) as u16,
-                body: body.unwrap_or_default(),
-            }),
-        }),
-    )
+    Ok(row
+        .filter(|(status, _, _)| status != "cancelled")
+        .map(|(status, http_status, body)| Outcome {
+            command_id,
+            status: if status == "applied" {
+                Status::Applied
+            } else {
+                Status::Rejected
+            },
+            http_status: http_status.unwrap_or(200) as u16,
+            body: body.unwrap_or_default(),
+        }))
 }
 
 /// The broker did not acknowledge: make sure the command can never take effect, then 503.
@@ -182,9 +175,9 @@ async fn refuse(
             ))
         }
         // A worker applied it after all: its result is the answer.
-        Ok(_) => match stored(state, envelope.app_id, envelope.command_id).await? {
-            Some(Stored::Finished(outcome)) => Ok(answer(outcome)),
-            _ => Err(ApiError::Unavailable(
+        Ok(_) => match finished(state, envelope.app_id, envelope.command_id).await? {
+            Some(outcome) => Ok(answer(outcome)),
+            None => Err(ApiError::Unavailable(
                 "the broker is unreachable; the command was not accepted".into(),
             )),
         },
