@@ -103,7 +103,14 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
             let client = tally_common::broker::connect(&cli.common.nats_url, "tally-cli").await?;
             let names = Names::new(&cli.common.namespace);
             let js = async_nats_context(client);
-            tally_common::broker::provision(&js, &names, cli.common.partitions).await?;
+            tally_common::broker::provision(
+                &js,
+                &names,
+                cli.common.partitions,
+                cli.common.stream_replicas,
+                tally_common::broker::Replicas::Apply,
+            )
+            .await?;
             Ok((json!({ "ok": true }), true))
         }
         Top::App(AppCommand::Create { name }) => {

@@ -20,12 +20,24 @@ pub const COMMAND_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const COMMAND_STREAM_BYTES_MAX: i64 = 8 * 1024 * 1024 * 1024;
 /// Stream metadata key recording the partition count the stream was created with.
 const METADATA_PARTITIONS: &str = "tally_partitions";
+/// Longest pause between two reconnection attempts. The client's default backs off to 4 s,
+/// which would add up to 4 s of downtime after the broker is back; a few processes probing a
+/// down server every quarter second cost it nothing.
+pub const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(250);
+
+/// Delay before reconnection attempt `attempts` (1-based): at once, then 50 ms more per attempt
+/// up to [`RECONNECT_DELAY_MAX`].
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    let steps = attempts.saturating_sub(1).min(1_000) as u32;
+    (Duration::from_millis(50) * steps).min(RECONNECT_DELAY_MAX)
+}
 
 /// Connects to NATS; fails with one clear line when no server answers.
 pub async fn connect(nats_url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(STARTUP_CONNECT_TIMEOUT)
+        .reconnect_delay_callback(reconnect_delay)
         .request_timeout(Some(Duration::from_secs(5)));
     let servers: Vec<async_nats::ServerAddr> = nats_url
         .split(',')
@@ -39,7 +51,7 @@ pub async fn connect(nats_url: &str, name: &str) -> anyhow::Result<async_nats::C
 }
 
 /// The command stream's configuration.
-pub fn command_stream_config(names: &Names, partitions: u32) -> stream::Config {
+pub fn command_stream_config(names: &Names, partitions: u32, replicas: u16) -> stream::Config {
     stream::Config {
         name: names.command_stream(),
         description: Some("Tally credit commands, one subject per partition".to_string()),
@@ -49,7 +61,7 @@ pub fn command_stream_config(names: &Names, partitions: u32) -> stream::Config {
         max_age: COMMAND_MAX_AGE,
         max_bytes: COMMAND_STREAM_BYTES_MAX,
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas.into(),
         duplicate_window: DUPLICATE_WINDOW,
         // Earlier ingresses published atomic batches; kept so they work during an upgrade.
         allow_atomic_publish: true,
@@ -58,16 +70,31 @@ pub fn command_stream_config(names: &Names, partitions: u32) -> stream::Config {
     }
 }
 
+/// What [`provision`] does with an existing stream whose replica count differs from the
+/// configured one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    /// Leave it and warn (services starting during a rolling change must not fight over it).
+    Warn,
+    /// Change it (`tally migrate`): NATS copies the stream to the new replicas online.
+    Apply,
+}
+
 /// Creates the command stream, or checks the existing one. Safe when many processes start at
 /// once. Refuses to run with a partition count other than the stream's.
 pub async fn provision(
     js: &jetstream::Context,
     names: &Names,
     partitions: u32,
+    replicas: u16,
+    on_mismatch: Replicas,
 ) -> anyhow::Result<stream::Stream> {
-    let config = command_stream_config(names, partitions);
+    let config = command_stream_config(names, partitions, replicas);
     let mut last_error = None;
-    for _ in 0..5 {
+    // A cluster that just started (or lost its meta leader) answers JetStream requests only
+    // once it has elected one: keep asking for the start-up timeout.
+    let started = std::time::Instant::now();
+    while started.elapsed() < STARTUP_CONNECT_TIMEOUT {
         match js.get_or_create_stream(config.clone()).await {
             Ok(mut stream) => {
                 let info = stream
@@ -83,11 +110,33 @@ pub async fn provision(
                         );
                     }
                 }
+                let current = info.config.num_replicas;
+                if current != usize::from(replicas) {
+                    match on_mismatch {
+                        Replicas::Warn => tracing::warn!(
+                            stream = %config.name,
+                            stream.replicas = current,
+                            configured = replicas,
+                            "the command stream's replica count differs from TALLY_STREAM_REPLICAS; `tally migrate` changes it"
+                        ),
+                        Replicas::Apply => {
+                            let mut wanted = info.config.clone();
+                            wanted.num_replicas = replicas.into();
+                            js.update_stream(wanted).await.with_context(|| {
+                                format!(
+                                    "cannot change stream {} from {current} to {replicas} replicas",
+                                    config.name
+                                )
+                            })?;
+                            tracing::info!(stream = %config.name, from = current, to = replicas, "changed the command stream's replicas");
+                        }
+                    }
+                }
                 return Ok(stream);
             }
             Err(error) => {
                 last_error = Some(error);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }

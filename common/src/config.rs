@@ -58,6 +58,17 @@ pub struct CommonConfig {
         default_value_t = 16
     )]
     pub db_pool_size: u32,
+
+    /// Replicas of the command stream (1, or 3 on a NATS cluster so that losing a node costs a
+    /// leader election, not the service). `tally migrate` moves an existing stream to it.
+    #[arg(
+        long,
+        visible_alias = "tally-stream-replicas",
+        env = "TALLY_STREAM_REPLICAS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=5)
+    )]
+    pub stream_replicas: u16,
 }
 
 impl CommonConfig {
@@ -70,6 +81,7 @@ impl CommonConfig {
             partitions: crate::limits::PARTITIONS_DEFAULT,
             log_format: crate::telemetry::LogFormat::Text,
             db_pool_size: 16,
+            stream_replicas: 1,
         }
     }
 }

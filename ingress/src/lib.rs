@@ -180,6 +180,8 @@ pub async fn run(
         &async_nats::jetstream::new(client.clone()),
         &names,
         config.common.partitions,
+        config.common.stream_replicas,
+        tally_common::broker::Replicas::Warn,
     )
     .await?;
     let bus = bus::Bus::start(client, names, config.common.partitions).await?;
