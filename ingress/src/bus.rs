@@ -80,6 +80,12 @@ pub struct Bus {
 #[error("the broker did not acknowledge the command: {0}")]
 pub struct PublishError(String);
 
+impl PublishError {
+    fn disconnected() -> Self {
+        Self("not connected to the broker".into())
+    }
+}
+
 /// A command waiting for the publisher, and where its caller waits for the result.
 struct Pending {
     /// One element of the batch's `commands` array, already serialized by the caller's task.
@@ -136,9 +142,10 @@ impl Bus {
                 }
             }
         });
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let (queue, pending) = mpsc::channel(PUBLISH_QUEUE_MAX);
         tokio::spawn(run_publisher(
+            client,
             js.clone(),
             names.command_batch_subject(),
             pending,
@@ -217,6 +224,7 @@ impl Bus {
 /// Forms batches from the queue and publishes them, [`BATCHES_IN_FLIGHT`] at most at a time.
 /// Ends when every [`Bus`] is gone.
 async fn run_publisher(
+    client: async_nats::Client,
     js: jetstream::Context,
     subject: String,
     mut queue: mpsc::Receiver<Pending>,
@@ -259,12 +267,18 @@ async fn run_publisher(
             continue;
         }
         let js = js.clone();
+        let client = client.clone();
         let subject = subject.clone();
         tokio::spawn(async move {
             metrics::histogram!("tally_publish_batch_size").record(batch.len() as f64);
             let payload = batch_payload(&batch);
             let batch_id = Uuid::now_v7().simple().to_string();
-            let result = with_retries(batch.len(), || {
+            // While the connection is down nothing is sent (a publish would sit in the client's
+            // buffer and might reach the broker after its caller was refused): the callers are
+            // refused at once instead of after every attempt's timeout.
+            let connected =
+                || client.connection_state() == async_nats::connection::State::Connected;
+            let result = with_retries(batch.len(), connected, || {
                 publish_batch(&js, &subject, &batch_id, payload.clone())
             })
             .await;
@@ -294,13 +308,22 @@ fn batch_payload(batch: &[Pending]) -> Bytes {
 }
 
 /// Runs `attempt`, each try bounded by [`PUBLISH_ACK_TIMEOUT`], until it is acknowledged or
-/// [`PUBLISH_ATTEMPTS`] have failed.
-async fn with_retries<F, Fut>(commands: usize, attempt: F) -> Result<(), PublishError>
+/// [`PUBLISH_ATTEMPTS`] have failed. No attempt starts while `connected` says the connection
+/// is down: the result is then an error at once.
+async fn with_retries<C, F, Fut>(
+    commands: usize,
+    connected: C,
+    attempt: F,
+) -> Result<(), PublishError>
 where
+    C: Fn() -> bool,
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), PublishError>>,
 {
     let bounded = || async {
+        if !connected() {
+            return Err(PublishError::disconnected());
+        }
         tokio::time::timeout(PUBLISH_ACK_TIMEOUT, attempt())
             .await
             .map_err(|_| PublishError("timed out".into()))?
@@ -311,6 +334,7 @@ where
                 .with_min_delay(Duration::from_millis(50))
                 .with_max_times(PUBLISH_ATTEMPTS - 1),
         )
+        .when(|_| connected())
         .notify(|error, after| {
             tracing::warn!(
                 %error,

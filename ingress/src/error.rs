@@ -108,9 +108,20 @@ impl IntoResponse for ApiError {
         {
             object.insert("field".into(), Value::String(field.clone()));
         }
-        json_response(code.status(), body)
+        let mut response = json_response(code.status(), body);
+        if matches!(self, Self::Unavailable(_)) {
+            // Outages this refuses during (a broker or database restart) last seconds.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE_SECONDS),
+            );
+        }
+        response
     }
 }
+
+/// `Retry-After` of a `503`, in seconds.
+pub const RETRY_AFTER_UNAVAILABLE_SECONDS: &str = "1";
 
 /// A JSON response with the given status.
 pub fn json_response(status: u16, body: Value) -> Response {
