@@ -8,6 +8,11 @@ use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::STARTUP_CONNECT_TIMEOUT;
 
+/// How long a service's query waits for a connection before it fails (and its request is
+/// refused with `503`): shorter than the sync timeout, so an unreachable database is reported
+/// while the client still waits. The pool keeps trying to reconnect meanwhile.
+pub const SERVICE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The schema, embedded at build time. Migrations are append-only: never edit an applied one.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -54,16 +59,30 @@ pub async fn connect(
             ])
         }
     }
-    PgPoolOptions::new()
+    let acquire_timeout = match planning {
+        Planning::Default => STARTUP_CONNECT_TIMEOUT,
+        Planning::Lookups | Planning::Batches => SERVICE_ACQUIRE_TIMEOUT,
+    };
+    let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         // No ping before every checkout: it doubled the round trips of every query. A
         // connection that broke while idle fails its next query, which the caller's error
         // handling already covers (sqlx then discards it).
         .test_before_acquire(false)
-        .acquire_timeout(STARTUP_CONNECT_TIMEOUT)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot reach Postgres at {}", redact(database_url)))
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(options);
+    // At start the database gets the whole start-up timeout to answer.
+    let started = std::time::Instant::now();
+    loop {
+        match pool.acquire().await {
+            Ok(_) => return Ok(pool),
+            Err(error) if started.elapsed() >= STARTUP_CONNECT_TIMEOUT => {
+                return Err(error)
+                    .with_context(|| format!("cannot reach Postgres at {}", redact(database_url)))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Applies pending migrations. Safe when many processes start at once (sqlx takes an advisory

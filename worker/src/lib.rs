@@ -28,10 +28,12 @@ use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::Deliv
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tally_common::command::{CommandBatch, Envelope, Reply, ReplyTo, HEADER_REPLY_TO};
 use tally_common::config::CommonConfig;
 use tally_common::partition::Names;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -91,7 +93,7 @@ impl WorkerConfig {
 }
 
 /// Longest wait between two retries of a batch that failed for a passing reason.
-const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
 /// How often a batch that keeps failing for a non-passing reason is tried before its commands
 /// are tried one by one, and a single command before it is dead-lettered.
 const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
@@ -243,7 +245,14 @@ pub async fn run(
     tally_common::db::migrate(&pool).await?;
     let client = tally_common::broker::connect(&config.common.nats_url, "tally-worker").await?;
     let js = jetstream::new(client.clone());
-    let stream = tally_common::broker::provision(&js, &names, config.common.partitions).await?;
+    let stream = tally_common::broker::provision(
+        &js,
+        &names,
+        config.common.partitions,
+        config.common.stream_replicas,
+        tally_common::broker::Replicas::Warn,
+    )
+    .await?;
 
     let worker_id = Uuid::now_v7();
     let stream_name = names.command_stream();
@@ -277,6 +286,8 @@ pub async fn run(
         lanes: Lanes { senders },
         owned: BTreeSet::new(),
         reader: None,
+        reader_stopped: Arc::new(Notify::new()),
+        client: client.clone(),
         generation: 0,
     };
     let sweeper = tokio::spawn(sweep_forever(pool.clone()));
@@ -305,6 +316,9 @@ struct Manager {
     lanes: Lanes,
     owned: BTreeSet<u32>,
     reader: Option<JoinHandle<()>>,
+    /// Signalled by a reader that stopped, so the manager reads again at once.
+    reader_stopped: Arc<Notify>,
+    client: async_nats::Client,
     generation: u64,
 }
 
@@ -327,6 +341,12 @@ impl Manager {
                     }
                 }
                 _ = tick.tick() => {
+                    if let Err(error) = self.rebalance().await {
+                        tracing::warn!(%error, "could not refresh partition ownership; retrying");
+                    }
+                }
+                _ = self.reader_stopped.notified() => {
+                    self.stop_reader().await;
                     if let Err(error) = self.rebalance().await {
                         tracing::warn!(%error, "could not refresh partition ownership; retrying");
                     }
@@ -411,6 +431,12 @@ impl Manager {
             generation,
             messages,
             self.lanes.clone(),
+            Watch {
+                client: self.client.clone(),
+                stream: self.stream.clone(),
+                last_read: start_sequence - 1,
+                stopped: self.reader_stopped.clone(),
+            },
         )));
         tracing::debug!(
             generation,
@@ -439,32 +465,90 @@ impl Manager {
     }
 }
 
-/// Reads the command stream in order and hands each message's commands to the applier.
+/// How long the reader waits for a message before it checks that it is still being fed.
+const READER_IDLE_CHECK: Duration = Duration::from_millis(500);
+/// How long that check may wait for the broker.
+const READER_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a reader needs to notice that its consumer is gone: a broker restart loses the ordered
+/// consumer (it lives in the server's memory), and a cluster loses it with its node. The
+/// client's own detection waits for two missed 15 s heartbeats; this notices within a second.
+struct Watch {
+    client: async_nats::Client,
+    stream: jetstream::stream::Stream,
+    /// Stream sequence of the last message read.
+    last_read: u64,
+    /// Told when the reader stops, whatever the reason.
+    stopped: Arc<Notify>,
+}
+
+impl Watch {
+    /// Whether the reader should start over: the connection was re-established since it began
+    /// (the server may have lost its consumer), or the stream holds messages past the last one
+    /// read and none arrived since the previous check either.
+    async fn stalled(&self, connects_at_start: u64, behind_before: &mut bool) -> bool {
+        if self.client.statistics().connects.load(Ordering::Relaxed) != connects_at_start {
+            tracing::warn!("reconnected to the broker; reading the stream again");
+            return true;
+        }
+        let behind = match tokio::time::timeout(READER_CHECK_TIMEOUT, self.stream.get_info()).await
+        {
+            Ok(Ok(info)) => info.state.last_sequence > self.last_read,
+            // No answer (the broker or the stream's leader is away): nothing to conclude yet.
+            _ => false,
+        };
+        if behind && *behind_before {
+            tracing::warn!(
+                stream.seq = self.last_read,
+                "the stream is ahead of its reader, which gets nothing; reading it again"
+            );
+            return true;
+        }
+        *behind_before = behind;
+        false
+    }
+}
+
+/// Reads the command stream in order and hands each message's commands to the applier, until
+/// the stream fails or stalls (see [`Watch`]); then tells the manager, which starts over.
 async fn read_stream(
     generation: u64,
     mut messages: jetstream::consumer::pull::Ordered,
     lanes: Lanes,
+    mut watch: Watch,
 ) {
-    while let Some(message) = messages.next().await {
-        let message = match message {
-            Ok(message) => message,
-            Err(error) => {
+    let connects_at_start = watch.client.statistics().connects.load(Ordering::Relaxed);
+    let mut behind_before = false;
+    loop {
+        let message = match tokio::time::timeout(READER_IDLE_CHECK, messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(error))) => {
                 tracing::warn!(%error, "stream read failed");
-                return;
+                break;
+            }
+            Ok(None) => break,
+            Err(_idle) => {
+                if watch.stalled(connects_at_start, &mut behind_before).await {
+                    break;
+                }
+                continue;
             }
         };
+        behind_before = false;
         let stream_seq = match message.info() {
             Ok(info) => info.stream_sequence,
             Err(error) => {
                 tracing::warn!(%error, "message without stream sequence");
-                return;
+                break;
             }
         };
+        watch.last_read = stream_seq;
         let items = decode(&message, stream_seq);
         if lanes.message(generation, stream_seq, items).await.is_err() {
-            return;
+            break;
         }
     }
+    watch.stopped.notify_one();
 }
 
 /// The commands of one stream message: a batch (the batch subject), or a single command on a
