@@ -84,7 +84,7 @@ async fn unknown_command_is_404_and_malformed_id_is_400() {
 
 #[tokio::test]
 async fn a_command_the_broker_did_not_accept_is_503_and_changes_nothing() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     app.add("u1", 10).await;
     app.nats.stop();
     let (status, body) = app

@@ -42,36 +42,78 @@ fn free_port() -> u16 {
 pub struct NatsServer {
     pub port: u16,
     store: PathBuf,
-    child: Option<Child>,
+    /// Extra configuration (a cluster block), appended to the basic one.
+    extra_config: String,
+    child: std::sync::Mutex<Option<Child>>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
-        let store = std::env::temp_dir().join(format!("tally-it-nats-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&store).expect("create nats store dir");
-        let mut server = Self {
-            port: free_port(),
-            store,
-            child: None,
-        };
+        let server = Self::new(String::new(), free_port());
         server.spawn();
         server
+    }
+
+    fn new(extra_config: String, port: u16) -> Self {
+        let store = std::env::temp_dir().join(format!("tally-it-nats-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&store).expect("create nats store dir");
+        Self {
+            port,
+            store,
+            extra_config,
+            child: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A JetStream cluster of `nodes` servers on loopback, all started (they elect a meta
+    /// leader by themselves; [`spawn_app_with`] waits until JetStream answers).
+    pub fn cluster(nodes: usize) -> Vec<Self> {
+        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+        let cluster = format!("tally-it-{}", &Uuid::now_v7().simple().to_string()[20..]);
+        let servers: Vec<Self> = ports
+            .iter()
+            .enumerate()
+            .map(|(index, (port, route_port))| {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .filter(|(_, other)| other != route_port)
+                    .map(|(_, other)| format!("\"nats-route://127.0.0.1:{other}\""))
+                    .collect();
+                let extra = format!(
+                    "server_name: n{index}\ncluster {{ name: {cluster}, listen: \"127.0.0.1:{route_port}\", routes: [{}] }}\n",
+                    routes.join(", ")
+                );
+                Self::new(extra, *port)
+            })
+            .collect();
+        for server in &servers {
+            server.spawn();
+        }
+        servers
+    }
+
+    /// The server's name in its cluster (`n0`, `n1`, …), if it is in one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.extra_config
+            .strip_prefix("server_name: ")
+            .and_then(|rest| rest.split('\n').next())
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&self) {
         let binary =
             std::env::var("TALLY_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
         let config = self.store.join("nats.conf");
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\n",
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\n{}",
                 self.port,
-                self.store.join("js").display()
+                self.store.join("js").display(),
+                self.extra_config
             ),
         )
         .expect("write nats config");
@@ -83,7 +125,7 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {binary} (set TALLY_NATS_SERVER_BIN to a nats-server >= 2.11; ./scripts/test does): {e}"));
-        self.child = Some(child);
+        *self.child.lock().expect("nats child") = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
@@ -96,15 +138,15 @@ impl NatsServer {
     }
 
     /// Stops the server (SIGKILL), keeping its store.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().expect("nats child").take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     /// Starts it again on the same port and store.
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.stop();
         self.spawn();
     }
@@ -128,6 +170,12 @@ impl TestDatabase {
     pub async fn create() -> Self {
         let server_url = std::env::var("TALLY_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        Self::create_on(&server_url).await
+    }
+
+    /// A database on the Postgres server at `server_url` (`postgres://user@host:port`).
+    pub async fn create_on(server_url: &str) -> Self {
+        let server_url = server_url.to_string();
         let name = format!("tally_it_{}", Uuid::now_v7().simple());
         let admin = PgPool::connect(&format!("{server_url}/postgres"))
             .await
@@ -229,6 +277,10 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 
 pub struct TestApp {
     pub nats: NatsServer,
+    /// The other nodes of a NATS cluster ([`Options::nats_nodes`] > 1).
+    pub nats_peers: Vec<NatsServer>,
+    /// Every NATS node's URL, comma-separated, as `TALLY_NATS_URL` takes them.
+    pub nats_url: String,
     pub db: TestDatabase,
     pub pool: PgPool,
     pub namespace: String,
@@ -239,6 +291,7 @@ pub struct TestApp {
     pub workers: Vec<WorkerHandle>,
     /// `TALLY_APPLY_LANES` of the in-process workers.
     pub apply_lanes: usize,
+    pub stream_replicas: u16,
     /// Dropping it shuts the ingress down.
     _ingress_stop: oneshot::Sender<()>,
     ingress: Option<JoinHandle<anyhow::Result<()>>>,
@@ -248,6 +301,12 @@ pub struct Options {
     pub workers: usize,
     pub sync_timeout_ms: u64,
     pub apply_lanes: usize,
+    /// NATS servers: 1, or a JetStream cluster of that many nodes.
+    pub nats_nodes: usize,
+    /// `TALLY_STREAM_REPLICAS`.
+    pub stream_replicas: u16,
+    /// Postgres server to create the test database on (default: `TALLY_TEST_DATABASE_URL`).
+    pub database_server: Option<String>,
 }
 
 impl Default for Options {
@@ -256,6 +315,9 @@ impl Default for Options {
             workers: 1,
             sync_timeout_ms: 5000,
             apply_lanes: 1,
+            nats_nodes: 1,
+            stream_replicas: 1,
+            database_server: None,
         }
     }
 }
@@ -266,8 +328,21 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     init_logs();
-    let nats = NatsServer::start();
-    let db = TestDatabase::create().await;
+    let mut nats_nodes = if options.nats_nodes > 1 {
+        NatsServer::cluster(options.nats_nodes)
+    } else {
+        vec![NatsServer::start()]
+    };
+    let nats_url = nats_nodes
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let nats = nats_nodes.remove(0);
+    let db = match &options.database_server {
+        Some(server) => TestDatabase::create_on(server).await,
+        None => TestDatabase::create().await,
+    };
     let namespace = format!("t{}", &Uuid::now_v7().simple().to_string()[20..]);
     let pool = PgPool::connect(&db.url)
         .await
@@ -275,8 +350,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     tally_common::db::migrate(&pool).await.expect("migrate");
     let (app_id, api_key) = create_app(&pool, "test").await;
 
-    let mut ingress_config =
-        tally_ingress::IngressConfig::new(common_config(&db.url, &nats.url(), &namespace));
+    let mut common = common_config(&db.url, &nats_url, &namespace);
+    common.stream_replicas = options.stream_replicas;
+    let mut ingress_config = tally_ingress::IngressConfig::new(common);
     ingress_config.sync_timeout_ms = options.sync_timeout_ms;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -289,6 +365,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
     let mut app = TestApp {
         nats,
+        nats_peers: nats_nodes,
+        nats_url,
+        stream_replicas: options.stream_replicas,
         db,
         pool,
         namespace,
@@ -354,6 +433,14 @@ pub fn free_local_addr() -> String {
 }
 
 impl TestApp {
+    /// The NATS node named `name` (see [`NatsServer::server_name`]).
+    pub fn nats_node(&self, name: &str) -> &NatsServer {
+        std::iter::once(&self.nats)
+            .chain(&self.nats_peers)
+            .find(|node| node.server_name() == Some(name))
+            .unwrap_or_else(|| panic!("no NATS node named {name}"))
+    }
+
     /// The body of a `GET` of `url` (an absolute URL), as text.
     pub async fn get_text(&self, url: &str) -> String {
         self.http
@@ -367,7 +454,9 @@ impl TestApp {
     }
 
     pub fn common_config(&self) -> CommonConfig {
-        common_config(&self.db.url, &self.nats.url(), &self.namespace)
+        let mut common = common_config(&self.db.url, &self.nats_url, &self.namespace);
+        common.stream_replicas = self.stream_replicas;
+        common
     }
 
     pub fn start_worker(&mut self) {
@@ -399,9 +488,10 @@ impl TestApp {
         let child = Command::new(workspace_binary("tally-worker"))
             .envs(env.iter().copied())
             .env("TALLY_DATABASE_URL", &self.db.url)
-            .env("TALLY_NATS_URL", self.nats.url())
+            .env("TALLY_NATS_URL", &self.nats_url)
             .env("TALLY_NAMESPACE", &self.namespace)
             .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
+            .env("TALLY_STREAM_REPLICAS", self.stream_replicas.to_string())
             .env(
                 "RUST_LOG",
                 if std::env::var_os("TEST_LOG").is_some() {
@@ -428,9 +518,10 @@ impl TestApp {
         let output = tokio::process::Command::new(workspace_binary("tally"))
             .args(args)
             .env("TALLY_DATABASE_URL", &self.db.url)
-            .env("TALLY_NATS_URL", self.nats.url())
+            .env("TALLY_NATS_URL", &self.nats_url)
             .env("TALLY_NAMESPACE", &self.namespace)
             .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
+            .env("TALLY_STREAM_REPLICAS", self.stream_replicas.to_string())
             .output()
             .await
             .expect("run tally");

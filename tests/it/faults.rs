@@ -1,0 +1,636 @@
+//! The fault suite: real processes on loopback, clients writing (adds and deducts) while a
+//! dependency fails, every answer recorded and then checked against the ledger. Each scenario
+//! prints one line:
+//!
+//! ```text
+//! fault broker_restart: accepted=… applied=… refused=… lost=0 doubled=0 refused_applied=0 verify=ok recovered_in=…ms …
+//! ```
+//!
+//! - `accepted` answers were `200`, `402` or `202`; each must be applied exactly once (`lost`,
+//!   `doubled`: found zero or several times in the ledger once the queue has drained);
+//! - `refused` answers were `503`: each must have changed nothing (`refused_applied`), must carry
+//!   `Retry-After`, and must come within the sync timeout;
+//! - `recovered_in`: from the end of the fault (or, where the fault is never undone, its start)
+//!   to the first `200` of a request sent after it.
+//!
+//! Short runs by default; `TALLY_TEST_SOAK=1` makes the load phases longer.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::harness::{spawn_app_with, Options, TestApp};
+
+const SYNC_TIMEOUT_MS: u64 = 5_000;
+const CLIENTS: usize = 16;
+const USERS: u64 = 32;
+
+fn long() -> bool {
+    std::env::var_os("TALLY_TEST_SOAK").is_some()
+}
+
+/// One request and its answer.
+#[derive(Clone, Debug)]
+struct Record {
+    key: String,
+    sent: Instant,
+    done: Instant,
+    /// HTTP status, 0 when no answer came at all.
+    status: u16,
+    retry_after: bool,
+    command_id: Option<String>,
+}
+
+/// Writes from [`CLIENTS`] concurrent clients until `stop` is set.
+async fn load(app: &TestApp, scenario: &str, stop: &AtomicBool) -> Vec<Record> {
+    let records = Mutex::new(Vec::new());
+    let clients = (0..CLIENTS).map(|client| {
+        let records = &records;
+        async move {
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("{scenario}-{client}-{n}");
+                let user = format!("{scenario}-u{}", (client as u64 * 7 + n) % USERS);
+                let (path, amount) = if n % 5 < 3 {
+                    ("/credits/add", 5)
+                } else {
+                    ("/credits/deduct", 3)
+                };
+                let sent = Instant::now();
+                let response = app
+                    .http
+                    .post(app.url(path))
+                    .bearer_auth(&app.api_key)
+                    .timeout(Duration::from_millis(SYNC_TIMEOUT_MS + 15_000))
+                    .json(&json!({ "user_id": user, "amount": amount, "description": key }))
+                    .send()
+                    .await;
+                let (status, retry_after, body) = match response {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let retry_after = response.headers().contains_key("retry-after");
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        (status, retry_after, body)
+                    }
+                    Err(_) => (0, false, Value::Null),
+                };
+                let record = Record {
+                    key,
+                    sent,
+                    done: Instant::now(),
+                    status,
+                    retry_after,
+                    command_id: body["command_id"].as_str().map(str::to_string),
+                };
+                records.lock().unwrap().push(record);
+                if status == 503 || status == 0 {
+                    // A client backs off when refused.
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }
+    });
+    futures::future::join_all(clients).await;
+    records.into_inner().unwrap()
+}
+
+/// What the ledger says about the recorded answers.
+#[derive(Debug, Default)]
+struct Summary {
+    accepted: usize,
+    applied: usize,
+    refused: usize,
+    lost: usize,
+    doubled: usize,
+    refused_applied: usize,
+    refused_without_retry_after: usize,
+    no_answer: usize,
+    unexpected: Vec<u16>,
+    slowest_refusal_ms: u128,
+    slowest_answer_ms: u128,
+    recovered_in_ms: Option<u128>,
+    refused_after_recovery: usize,
+}
+
+impl Summary {
+    fn line(&self, scenario: &str, verified: bool) -> String {
+        format!(
+            "fault {scenario}: accepted={} applied={} refused={} lost={} doubled={} refused_applied={} verify={} recovered_in={} slowest_refusal={}ms slowest_answer={}ms",
+            self.accepted,
+            self.applied,
+            self.refused,
+            self.lost,
+            self.doubled,
+            self.refused_applied,
+            if verified { "ok" } else { "FAILED" },
+            self.recovered_in_ms
+                .map(|ms| format!("{ms}ms"))
+                .unwrap_or_else(|| "never".into()),
+            self.slowest_refusal_ms,
+            self.slowest_answer_ms,
+        )
+    }
+
+    /// The checks every scenario shares.
+    fn assert_sound(&self, scenario: &str, answer_budget: Duration) {
+        assert_eq!(self.lost, 0, "{scenario}: accepted commands lost: {self:?}");
+        assert_eq!(
+            self.doubled, 0,
+            "{scenario}: commands applied twice: {self:?}"
+        );
+        assert_eq!(
+            self.refused_applied, 0,
+            "{scenario}: refused commands applied: {self:?}"
+        );
+        assert_eq!(
+            self.refused_without_retry_after, 0,
+            "{scenario}: 503 without Retry-After: {self:?}"
+        );
+        assert_eq!(
+            self.no_answer, 0,
+            "{scenario}: requests without answer: {self:?}"
+        );
+        assert!(
+            self.unexpected.is_empty(),
+            "{scenario}: unexpected statuses {:?}",
+            self.unexpected
+        );
+        assert!(
+            self.slowest_refusal_ms <= SYNC_TIMEOUT_MS as u128,
+            "{scenario}: a 503 came after the sync timeout: {self:?}"
+        );
+        assert!(
+            self.slowest_answer_ms <= answer_budget.as_millis(),
+            "{scenario}: an answer took longer than {answer_budget:?}: {self:?}"
+        );
+        assert!(
+            self.applied > 0 && self.recovered_in_ms.is_some(),
+            "{scenario}: never recovered: {self:?}"
+        );
+    }
+}
+
+/// Waits until every accepted command is settled, then compares each answer with the ledger.
+/// `recovered_from`: when the fault ended (or began, if it is never undone).
+async fn check(app: &TestApp, records: &[Record], recovered_from: Instant) -> Summary {
+    // Every 202 must become applied or rejected.
+    for record in records.iter().filter(|r| r.status == 202) {
+        let id = record
+            .command_id
+            .as_deref()
+            .expect("a 202 names its command");
+        app.wait_applied(id).await;
+    }
+    let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT description, count(*) FROM ledger_entries WHERE description = ANY($1) GROUP BY description",
+    )
+    .bind(&keys)
+    .fetch_all(&app.pool)
+    .await
+    .expect("count entries");
+    let counts: std::collections::HashMap<String, i64> = counts.into_iter().collect();
+    let statuses: Vec<(String, String)> = sqlx::query_as(
+        "SELECT command_id::text, status FROM processed_commands WHERE command_id::text = ANY($1)",
+    )
+    .bind(
+        records
+            .iter()
+            .filter_map(|r| r.command_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("command statuses");
+    let statuses: std::collections::HashMap<String, String> = statuses.into_iter().collect();
+
+    let mut summary = Summary::default();
+    for record in records {
+        let entries = counts.get(&record.key).copied().unwrap_or(0);
+        let took = record.done.duration_since(record.sent).as_millis();
+        summary.slowest_answer_ms = summary.slowest_answer_ms.max(took);
+        match record.status {
+            200 => {
+                summary.accepted += 1;
+                match entries {
+                    0 => summary.lost += 1,
+                    1 => summary.applied += 1,
+                    _ => summary.doubled += 1,
+                }
+            }
+            402 => {
+                summary.accepted += 1;
+                if entries == 0 {
+                    summary.applied += 1;
+                } else {
+                    summary.doubled += 1;
+                }
+            }
+            202 => {
+                summary.accepted += 1;
+                let id = record.command_id.as_deref().unwrap_or_default();
+                match (statuses.get(id).map(String::as_str), entries) {
+                    (Some("applied"), 1) | (Some("rejected"), 0) => summary.applied += 1,
+                    (Some("applied") | Some("rejected"), _) => summary.doubled += 1,
+                    _ => summary.lost += 1,
+                }
+            }
+            503 => {
+                summary.refused += 1;
+                summary.slowest_refusal_ms = summary.slowest_refusal_ms.max(took);
+                if entries > 0 {
+                    summary.refused_applied += 1;
+                }
+                if !record.retry_after {
+                    summary.refused_without_retry_after += 1;
+                }
+            }
+            0 => summary.no_answer += 1,
+            other => summary.unexpected.push(other),
+        }
+    }
+    let recovered = records
+        .iter()
+        .filter(|r| r.status == 200 && r.sent >= recovered_from)
+        .map(|r| r.done)
+        .min();
+    summary.recovered_in_ms = recovered.map(|at| at.duration_since(recovered_from).as_millis());
+    if let Some(at) = recovered {
+        // Once writes flow again, they keep flowing.
+        summary.refused_after_recovery = records
+            .iter()
+            .filter(|r| r.status == 503 && r.sent > at + Duration::from_millis(500))
+            .count();
+    }
+    summary
+}
+
+async fn verified(app: &TestApp) -> bool {
+    let (code, report) = app.cli(&["verify"]).await;
+    code == 0 && report["ok"] == true
+}
+
+fn phase(short_ms: u64) -> Duration {
+    Duration::from_millis(if long() { short_ms * 5 } else { short_ms })
+}
+
+/// Target: the broker down for 5 s mid-load. Every write meanwhile is refused within the sync
+/// timeout; the first `200` comes within seconds of the broker's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_restart_mid_load() {
+    let app = spawn_app_with(Options {
+        workers: 2,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        ..Options::default()
+    })
+    .await;
+    let stop = AtomicBool::new(false);
+    let (records, back) = {
+        let run = load(&app, "broker", &stop);
+        let fault = async {
+            tokio::time::sleep(phase(1_500)).await;
+            app.nats.stop();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::task::block_in_place(|| app.nats.restart());
+            let back = Instant::now();
+            tokio::time::sleep(phase(4_000)).await;
+            stop.store(true, Ordering::Relaxed);
+            back
+        };
+        tokio::join!(run, fault)
+    };
+    let summary = check(&app, &records, back).await;
+    let verified = verified(&app).await;
+    eprintln!("{}", summary.line("broker_restart", verified));
+    summary.assert_sound(
+        "broker_restart",
+        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
+    );
+    assert!(verified, "tally verify failed");
+    assert!(
+        summary.refused > 0,
+        "the outage refused nothing: {summary:?}"
+    );
+    assert_eq!(summary.refused_after_recovery, 0, "{summary:?}");
+    // The target is 2 s; the bound leaves room for a loaded CI machine.
+    assert!(
+        summary.recovered_in_ms.unwrap() < 5_000,
+        "recovery took too long: {summary:?}"
+    );
+}
+
+/// Target: on a 3-node cluster at R3, the stream leader killed mid-load and kept down: writes
+/// are refused only until a new leader is elected, then accepted while the node is still down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_loses_the_stream_leader() {
+    let app = spawn_app_with(Options {
+        workers: 2,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        nats_nodes: 3,
+        stream_replicas: 3,
+        ..Options::default()
+    })
+    .await;
+    let leader = stream_leader(&app).await;
+    let stop = AtomicBool::new(false);
+    let killed = Mutex::new(None::<Instant>);
+    let elected = Mutex::new(None::<Instant>);
+    {
+        let app_ref = &app;
+        let run = load(app_ref, "cluster", &stop);
+        let fault = async {
+            tokio::time::sleep(phase(1_500)).await;
+            *killed.lock().unwrap() = Some(Instant::now());
+            app_ref.nats_node(&leader).stop();
+            let until = Instant::now() + phase(8_000);
+            // NATS's own election, timed, to tell it apart from Tally's recovery.
+            if let Ok(new) =
+                tokio::time::timeout(phase(8_000), wait_for_new_leader(app_ref, &leader)).await
+            {
+                *elected.lock().unwrap() = Some(Instant::now());
+                let _ = new;
+            }
+            tokio::time::sleep_until(until.into()).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        let (records, ()) = tokio::join!(run, fault);
+        let killed_at = killed.lock().unwrap().expect("killed");
+        let summary = check(app_ref, &records, killed_at).await;
+        let new_leader = stream_leader(app_ref).await;
+        let verified = verified(app_ref).await;
+        let elected_in = elected
+            .lock()
+            .unwrap()
+            .map(|at| format!("{}ms", at.duration_since(killed_at).as_millis()))
+            .unwrap_or_else(|| "never".into());
+        eprintln!(
+            "{} leader={leader} new_leader={new_leader} elected_in={elected_in}",
+            summary.line("cluster_leader_loss", verified)
+        );
+        summary.assert_sound(
+            "cluster_leader_loss",
+            Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
+        );
+        assert!(verified, "tally verify failed");
+        assert_ne!(new_leader, leader, "no new leader was elected");
+        assert_eq!(summary.refused_after_recovery, 0, "{summary:?}");
+        assert!(
+            summary.recovered_in_ms.unwrap() < 10_000,
+            "writes were not accepted again while the node was down: {summary:?}"
+        );
+    }
+    // Back with the others, it catches up; the stream stays whole.
+    tokio::task::block_in_place(|| app.nats_node(&leader).restart());
+    let _ = stream_leader(&app).await;
+    assert!(
+        verified(&app).await,
+        "tally verify failed after the node returned"
+    );
+}
+
+/// Waits until the stream reports a leader other than `old`.
+async fn wait_for_new_leader(app: &TestApp, old: &str) -> String {
+    let js = jetstream(app).await;
+    loop {
+        if let Some(leader) = current_leader(app, &js).await {
+            if leader != old {
+                return leader;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn jetstream(app: &TestApp) -> async_nats::jetstream::Context {
+    let servers: Vec<async_nats::ServerAddr> = app
+        .nats_url
+        .split(',')
+        .map(|url| url.parse().expect("NATS URL"))
+        .collect();
+    let client = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(tally_common::broker::reconnect_delay)
+        .connect(servers)
+        .await
+        .expect("connect to the cluster");
+    async_nats::jetstream::new(client)
+}
+
+/// The stream's leader as the cluster reports it now, if it answers within half a second.
+async fn current_leader(app: &TestApp, js: &async_nats::jetstream::Context) -> Option<String> {
+    let name = tally_common::partition::Names::new(&app.namespace).command_stream();
+    let info = tokio::time::timeout(Duration::from_millis(500), async {
+        js.get_stream(&name).await.ok()?.get_info().await.ok()
+    })
+    .await
+    .ok()??;
+    info.cluster.and_then(|cluster| cluster.leader)
+}
+
+/// The name of the command stream's current leader, waiting for one to be elected.
+async fn stream_leader(app: &TestApp) -> String {
+    let js = jetstream(app).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(leader) = current_leader(app, &js).await {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "the stream has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Postgres cluster of its own (`initdb`, `pg_ctl`) on a free port, removed on drop.
+struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let bin = postgres_bin_dir();
+        let dir = std::env::temp_dir().join(format!("tally-it-pg-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("create the cluster's directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let this = Self { dir, port, bin };
+        if is_root() {
+            // Postgres refuses to run as root; its files belong to the postgres user.
+            let status = Command::new("chown")
+                .args(["-R", "postgres:", &this.dir.display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success(), "cannot chown the cluster's directory");
+        }
+        let data = this.data().display().to_string();
+        this.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        this.start_server();
+        this
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    fn start_server(&self) {
+        let data = self.data().display().to_string();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
+        );
+    }
+
+    /// Stops it at once (`immediate`: like a crash; the restart replays the WAL).
+    fn stop_server(&self) {
+        let data = self.data().display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let output = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&path).args(args).output()
+        }
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+        assert!(
+            output.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.data().display().to_string();
+        let path = self.bin.join("pg_ctl");
+        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
+        let _ = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&path).args(args).output()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Where `initdb` and `pg_ctl` live: `TALLY_PG_BIN_DIR`, `pg_config --bindir`, or the newest
+/// `/usr/lib/postgresql/*/bin`.
+fn postgres_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TALLY_PG_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let has_initdb = |dir: &PathBuf| dir.join("initdb").exists();
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if has_initdb(&dir) {
+            return dir;
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(has_initdb)
+        .collect();
+    candidates.sort();
+    candidates.pop().expect(
+        "the Postgres restart test needs initdb and pg_ctl (Debian: postgresql); set TALLY_PG_BIN_DIR to their directory",
+    )
+}
+
+/// Target: Postgres stopped mid-load for 5 s and started again: ingress and workers recover by
+/// themselves, writes meanwhile are refused or wait within the sync timeout, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_mid_load() {
+    let postgres = PrivatePostgres::start();
+    let app = spawn_app_with(Options {
+        workers: 2,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        database_server: Some(postgres.url()),
+        ..Options::default()
+    })
+    .await;
+    let stop = AtomicBool::new(false);
+    let back = Mutex::new(None::<Instant>);
+    let records = {
+        let run = load(&app, "postgres", &stop);
+        let fault = async {
+            tokio::time::sleep(phase(1_500)).await;
+            let postgres = &postgres;
+            tokio::task::block_in_place(|| postgres.stop_server());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::task::block_in_place(|| postgres.start_server());
+            *back.lock().unwrap() = Some(Instant::now());
+            tokio::time::sleep(phase(6_000)).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        tokio::join!(run, fault).0
+    };
+    let back = back.lock().unwrap().expect("restarted");
+    let summary = check(&app, &records, back).await;
+    let verified = verified(&app).await;
+    eprintln!("{}", summary.line("postgres_restart", verified));
+    // A write waiting out the sync timeout then records its receipt (bounded by 2 s).
+    summary.assert_sound(
+        "postgres_restart",
+        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
+    );
+    assert!(verified, "tally verify failed");
+    assert!(
+        summary.recovered_in_ms.unwrap() < 5_000,
+        "recovery took too long: {summary:?}"
+    );
+    drop(app);
+}
