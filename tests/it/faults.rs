@@ -634,3 +634,138 @@ async fn postgres_restart_mid_load() {
     );
     drop(app);
 }
+
+/// Worker processes SIGKILLed one after another mid-load, each replaced by a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_kills_mid_load() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        ..Options::default()
+    })
+    .await;
+    let stop = AtomicBool::new(false);
+    let kills = if long() { 10 } else { 3 };
+    let last_kill = Mutex::new(None::<Instant>);
+    let records = {
+        let run = load(&app, "workers", &stop);
+        let fault = async {
+            let mut workers = vec![app.spawn_worker_process(), app.spawn_worker_process()];
+            for round in 0..kills {
+                tokio::time::sleep(phase(1_200)).await;
+                workers[round % 2].kill();
+                workers[round % 2] = app.spawn_worker_process();
+                *last_kill.lock().unwrap() = Some(Instant::now());
+            }
+            tokio::time::sleep(phase(3_000)).await;
+            stop.store(true, Ordering::Relaxed);
+            workers
+        };
+        let (records, _workers) = tokio::join!(run, fault);
+        records
+    };
+    let last_kill = last_kill.lock().unwrap().expect("killed");
+    let summary = check(&app, &records, last_kill).await;
+    let verified = verified(&app).await;
+    eprintln!("{} kills={kills}", summary.line("worker_kills", verified));
+    summary.assert_sound(
+        "worker_kills",
+        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
+    );
+    assert!(verified, "tally verify failed");
+}
+
+/// Workers scaled 1 → 4 → 1 mid-load: partitions move twice, nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_scale_up_and_down_mid_load() {
+    let app = spawn_app_with(Options {
+        workers: 1,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        ..Options::default()
+    })
+    .await;
+    let stop = AtomicBool::new(false);
+    let scaled_down = Mutex::new(None::<Instant>);
+    let records = {
+        let run = load(&app, "scale", &stop);
+        let fault = async {
+            tokio::time::sleep(phase(1_000)).await;
+            let extra: Vec<_> = (0..3).map(|_| app.new_worker()).collect();
+            tokio::time::sleep(phase(2_000)).await;
+            for worker in extra {
+                worker.stop().await;
+            }
+            *scaled_down.lock().unwrap() = Some(Instant::now());
+            tokio::time::sleep(phase(2_000)).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        tokio::join!(run, fault).0
+    };
+    let scaled_down = scaled_down.lock().unwrap().expect("scaled down");
+    let summary = check(&app, &records, scaled_down).await;
+    let verified = verified(&app).await;
+    eprintln!("{}", summary.line("scale_1_4_1", verified));
+    summary.assert_sound(
+        "scale_1_4_1",
+        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
+    );
+    assert!(verified, "tally verify failed");
+}
+
+/// Every Postgres backend of the deployment terminated, repeatedly, mid-load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_backends_terminated_mid_load() {
+    let app = spawn_app_with(Options {
+        workers: 2,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        ..Options::default()
+    })
+    .await;
+    let admin = sqlx::PgPool::connect(&format!(
+        "{}/postgres",
+        std::env::var("TALLY_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    ))
+    .await
+    .expect("connect as admin");
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&app.pool)
+        .await
+        .expect("database name");
+    let stop = AtomicBool::new(false);
+    let last = Mutex::new((None::<Instant>, 0_i64));
+    let records = {
+        let run = load(&app, "backends", &stop);
+        let fault = async {
+            for _ in 0..if long() { 20 } else { 4 } {
+                tokio::time::sleep(phase(800)).await;
+                let terminated: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = $1 AND pid <> pg_backend_pid()) AS t",
+                )
+                .bind(&database)
+                .fetch_one(&admin)
+                .await
+                .expect("terminate backends");
+                let mut last = last.lock().unwrap();
+                *last = (Some(Instant::now()), last.1 + terminated);
+            }
+            tokio::time::sleep(phase(3_000)).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        tokio::join!(run, fault).0
+    };
+    let (at, terminated) = *last.lock().unwrap();
+    let summary = check(&app, &records, at.expect("terminated")).await;
+    let verified = verified(&app).await;
+    eprintln!(
+        "{} backends_terminated={terminated}",
+        summary.line("postgres_backends_terminated", verified)
+    );
+    // A terminated connection fails the request using it: an ingress read of it answers 503.
+    summary.assert_sound(
+        "postgres_backends_terminated",
+        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
+    );
+    assert!(verified, "tally verify failed");
+}
