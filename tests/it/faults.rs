@@ -44,10 +44,25 @@ struct Record {
     status: u16,
     retry_after: bool,
     command_id: Option<String>,
+    /// Sends of the request (more than one when a connection died and it was sent again).
+    attempts: u32,
 }
 
-/// Writes from [`CLIENTS`] concurrent clients until `stop` is set.
+/// Writes from [`CLIENTS`] concurrent clients to the app's ingress until `stop` is set.
 async fn load(app: &TestApp, scenario: &str, stop: &AtomicBool) -> Vec<Record> {
+    load_on(app, &app.base_url, false, scenario, stop).await
+}
+
+/// Writes to the ingress at `base`. With `keyed`, every request carries an `Idempotency-Key`
+/// and a request that got no answer at all (the connection died) is sent again with it, as a
+/// client would, until it gets one.
+async fn load_on(
+    app: &TestApp,
+    base: &str,
+    keyed: bool,
+    scenario: &str,
+    stop: &AtomicBool,
+) -> Vec<Record> {
     let records = Mutex::new(Vec::new());
     let clients = (0..CLIENTS).map(|client| {
         let records = &records;
@@ -62,23 +77,39 @@ async fn load(app: &TestApp, scenario: &str, stop: &AtomicBool) -> Vec<Record> {
                 } else {
                     ("/credits/deduct", 3)
                 };
-                let sent = Instant::now();
-                let response = app
-                    .http
-                    .post(app.url(path))
-                    .bearer_auth(&app.api_key)
-                    .timeout(Duration::from_millis(SYNC_TIMEOUT_MS + 15_000))
-                    .json(&json!({ "user_id": user, "amount": amount, "description": key }))
-                    .send()
-                    .await;
-                let (status, retry_after, body) = match response {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let retry_after = response.headers().contains_key("retry-after");
-                        let body: Value = response.json().await.unwrap_or(Value::Null);
-                        (status, retry_after, body)
+                let mut sent = Instant::now();
+                let mut attempts = 0;
+                let (status, retry_after, body) = loop {
+                    attempts += 1;
+                    let mut request = app
+                        .http
+                        .post(format!("{base}{path}"))
+                        .bearer_auth(&app.api_key)
+                        .timeout(Duration::from_millis(SYNC_TIMEOUT_MS + 15_000))
+                        .json(&json!({ "user_id": user, "amount": amount, "description": key }));
+                    if keyed {
+                        request = request.header("idempotency-key", &key);
                     }
-                    Err(_) => (0, false, Value::Null),
+                    let answer = match request.send().await {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let retry_after = response.headers().contains_key("retry-after");
+                            match response.json::<Value>().await {
+                                Ok(body) => Some((status, retry_after, body)),
+                                Err(_) => None,
+                            }
+                        }
+                        Err(_) => None,
+                    };
+                    match answer {
+                        Some(answer) => break answer,
+                        None if keyed && attempts < 200 => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            // The retry's wait is what the client sees from now on.
+                            sent = Instant::now();
+                        }
+                        None => break (0, false, Value::Null),
+                    }
                 };
                 let record = Record {
                     key,
@@ -87,6 +118,7 @@ async fn load(app: &TestApp, scenario: &str, stop: &AtomicBool) -> Vec<Record> {
                     status,
                     retry_after,
                     command_id: body["command_id"].as_str().map(str::to_string),
+                    attempts,
                 };
                 records.lock().unwrap().push(record);
                 if status == 503 || status == 0 {
@@ -768,4 +800,96 @@ async fn postgres_backends_terminated_mid_load() {
         Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
     );
     assert!(verified, "tally verify failed");
+}
+
+/// A `tally-ingress` process on a fixed port, for killing.
+struct IngressProcess {
+    child: std::process::Child,
+}
+
+impl IngressProcess {
+    fn start(app: &TestApp, addr: &str) -> Self {
+        let child = Command::new(crate::harness::workspace_binary("tally-ingress"))
+            .env("TALLY_HTTP_ADDR", addr)
+            .env("TALLY_DATABASE_URL", &app.db.url)
+            .env("TALLY_NATS_URL", &app.nats_url)
+            .env("TALLY_NAMESPACE", &app.namespace)
+            .env(
+                "TALLY_PARTITIONS",
+                crate::harness::TEST_PARTITIONS.to_string(),
+            )
+            .env("TALLY_SYNC_TIMEOUT_MS", SYNC_TIMEOUT_MS.to_string())
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tally-ingress");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "tally-ingress did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for IngressProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The ingress process SIGKILLed mid-load and started again: requests cut off are retried by
+/// their clients with the same `Idempotency-Key`, and each takes effect once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingress_kills_mid_load() {
+    let app = spawn_app_with(Options {
+        workers: 2,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        ..Options::default()
+    })
+    .await;
+    let addr = crate::harness::free_local_addr();
+    let base = format!("http://{addr}");
+    let ingress = Mutex::new(IngressProcess::start(&app, &addr));
+    let stop = AtomicBool::new(false);
+    let kills = if long() { 8 } else { 2 };
+    let back = Mutex::new(None::<Instant>);
+    let records = {
+        let run = load_on(&app, &base, true, "ingress", &stop);
+
+        let fault = async {
+            for _ in 0..kills {
+                tokio::time::sleep(phase(1_200)).await;
+                tokio::task::block_in_place(|| {
+                    let mut ingress = ingress.lock().unwrap();
+                    ingress.kill();
+                    *ingress = IngressProcess::start(&app, &addr);
+                });
+                *back.lock().unwrap() = Some(Instant::now());
+            }
+            tokio::time::sleep(phase(2_000)).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        tokio::join!(run, fault).0
+    };
+    let back = back.lock().unwrap().expect("restarted");
+    let summary = check(&app, &records, back).await;
+    let verified = verified(&app).await;
+    let resent = records.iter().filter(|r| r.attempts > 1).count();
+    eprintln!(
+        "{} kills={kills} resent={resent}",
+        summary.line("ingress_kills", verified)
+    );
+    summary.assert_sound(
+        "ingress_kills",
+        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
+    );
+    assert!(verified, "tally verify failed");
+    assert!(resent > 0, "no request was cut off by the kills");
 }
