@@ -426,6 +426,55 @@ async fn cluster_loses_the_stream_leader() {
     );
 }
 
+/// An existing single-replica stream on a cluster moved to 3 replicas by `tally migrate`, online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tally_migrate_moves_the_stream_to_three_replicas() {
+    let app = spawn_app_with(Options {
+        nats_nodes: 3,
+        stream_replicas: 1,
+        ..Options::default()
+    })
+    .await;
+    app.add("r-1", 10).await;
+    let (code, report) = app
+        .cli_with(&["migrate"], &[("TALLY_STREAM_REPLICAS", "3")])
+        .await;
+    assert_eq!(code, 0, "tally migrate failed: {report}");
+    let js = jetstream(&app).await;
+    let name = tally_common::partition::Names::new(&app.namespace).command_stream();
+    let info = js
+        .get_stream(&name)
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info");
+    assert_eq!(info.config.num_replicas, 3);
+    // Writes go on while (and after) NATS copies the stream to its new replicas.
+    app.add("r-1", 5).await;
+    assert_eq!(app.balance("r-1").await, 15);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = js
+            .get_stream(&name)
+            .await
+            .expect("stream")
+            .get_info()
+            .await
+            .expect("info");
+        let replicas = info.cluster.map(|c| c.replicas).unwrap_or_default();
+        if replicas.len() == 2 && replicas.iter().all(|r| r.current) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never caught up: {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.assert_verified().await;
+}
+
 /// Waits until the stream reports a leader other than `old`.
 async fn wait_for_new_leader(app: &TestApp, old: &str) -> String {
     let js = jetstream(app).await;

@@ -515,6 +515,11 @@ impl TestApp {
     /// driving the in-process services meanwhile (a starting worker may hold the migration lock
     /// the CLI waits for).
     pub async fn cli(&self, args: &[&str]) -> (i32, Value) {
+        self.cli_with(args, &[]).await
+    }
+
+    /// [`TestApp::cli`] with extra (or overriding) environment variables.
+    pub async fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, Value) {
         let output = tokio::process::Command::new(workspace_binary("tally"))
             .args(args)
             .env("TALLY_DATABASE_URL", &self.db.url)
@@ -522,6 +527,7 @@ impl TestApp {
             .env("TALLY_NAMESPACE", &self.namespace)
             .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
             .env("TALLY_STREAM_REPLICAS", self.stream_replicas.to_string())
+            .envs(env.iter().copied())
             .output()
             .await
             .expect("run tally");
