@@ -7,6 +7,7 @@ mod commands;
 mod concurrency;
 mod crash;
 mod credits;
+mod dead_letters;
 mod holds;
 mod idempotency;
 mod isolation;
