@@ -11,6 +11,7 @@ mod dead_letters;
 mod holds;
 mod idempotency;
 mod isolation;
+mod lot_conservation;
 mod ops;
 mod soak;
 mod validation;
