@@ -115,6 +115,15 @@ async fn a_poison_command_is_dead_lettered_and_a_retry_applies_it_exactly_once()
     assert_eq!(status["dead_letter"]["state"], "parked");
     assert_eq!(status["dead_letter"]["attempts"], 3);
     assert_eq!(status["dead_letter"]["retried_at"], Value::Null);
+    let openapi: Value =
+        serde_json::from_str(&app.get_text(&app.url("/openapi.json")).await).unwrap();
+    let schemas = &openapi["components"]["schemas"];
+    assert!(
+        schemas["CommandStatus"]["properties"]["dead_letter"].is_object()
+            && schemas["DeadLetter"]["properties"]["state"].is_object(),
+        "the OpenAPI document describes dead_letter: {}",
+        schemas["CommandStatus"]
+    );
     let applied_one = accepted[0].1["command_id"].as_str().unwrap();
     let (_, normal) = app.get(&format!("/commands/{applied_one}")).await;
     assert_eq!(normal["dead_letter"], Value::Null, "{normal}");
