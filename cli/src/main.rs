@@ -1,5 +1,6 @@
 //! `tally`: the admin CLI. Every command prints one JSON object on stdout.
 
+mod dead_letters;
 mod verify;
 
 use anyhow::{bail, Context};
@@ -32,6 +33,39 @@ enum Top {
     Key(KeyCommand),
     /// Check every ledger invariant; exit 1 with a report if any is violated.
     Verify,
+    /// See and replay commands that workers set aside after their bounded retries.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLettersCommand {
+    /// List dead letters, oldest first (a table; JSON with --json).
+    List {
+        /// Only this app's.
+        #[arg(long)]
+        app: Option<Uuid>,
+        /// Only those in this state: parked, retrying or resolved.
+        #[arg(long)]
+        state: Option<String>,
+        /// Most rows printed.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay dead-lettered commands (each applies once); prints {"count", "retried"}.
+    Retry {
+        /// Command ids to replay.
+        command_ids: Vec<Uuid>,
+        /// Replay every parked dead letter (of --app, if given).
+        #[arg(long)]
+        all: bool,
+        /// Only this app's.
+        #[arg(long)]
+        app: Option<Uuid>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,7 +107,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok((output, ok)) => {
-            println!("{output}");
+            match output {
+                // Text meant for a terminal (`dead-letters list` without --json).
+                serde_json::Value::String(text) => println!("{text}"),
+                output => println!("{output}"),
+            }
             if ok {
                 std::process::ExitCode::SUCCESS
             } else {
@@ -187,6 +225,34 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
                 bail!("no active key matches --key");
             }
             Ok((json!({ "ok": true }), true))
+        }
+        Top::DeadLetters(DeadLettersCommand::List {
+            app,
+            state,
+            limit,
+            json,
+        }) => {
+            let report = dead_letters::list(&pool, app, state.as_deref(), limit).await?;
+            if json {
+                Ok((report, true))
+            } else {
+                Ok((
+                    serde_json::Value::String(dead_letters::table(&report)),
+                    true,
+                ))
+            }
+        }
+        Top::DeadLetters(DeadLettersCommand::Retry {
+            command_ids,
+            all,
+            app,
+        }) => {
+            let client = tally_common::broker::connect(&cli.common.nats_url, "tally-cli").await?;
+            let names = Names::new(&cli.common.namespace);
+            let js = async_nats_context(client.clone());
+            let report = dead_letters::retry(&pool, &js, &names, command_ids, all, app).await?;
+            client.flush().await?;
+            Ok((report, true))
         }
         Top::Verify => {
             let report = verify::verify(&pool).await?;

@@ -118,6 +118,34 @@ const CHECKS: &[(&str, &str)] = &[
          FROM holds h LEFT JOIN ledger_entries e ON e.id = h.ledger_id
          WHERE h.status = 'captured' AND (e.id IS NULL OR -e.amount <> h.captured OR e.hold_id <> h.id)",
     ),
+    (
+        "lots_match_their_grant",
+        "SELECT json_build_object('lot_id', l.id, 'amount', l.amount, 'entry_type', e.type,
+                                  'entry_amount', e.amount)
+         FROM lots l LEFT JOIN ledger_entries e ON e.id = l.id
+         WHERE e.id IS NULL OR e.type NOT IN ('add', 'payment') OR e.amount <> l.amount
+            OR e.app_id <> l.app_id OR e.user_id <> l.user_id",
+    ),
+    // Every credit of a lot is still in it, drawn by a deduct, hold, refund or clawback (net of
+    // what came back), or expired. Draws from the never-expiring pool alone are not recorded
+    // (lot_id nil, or no row at all): they touch no lot, so they cannot hide one's credits.
+    (
+        "lot_conservation",
+        "SELECT json_build_object(
+                    'lot_id', l.id, 'app_id', l.app_id, 'user_id', l.user_id, 'amount', l.amount,
+                    'remaining', l.remaining, 'drawn', COALESCE(a.drawn, 0),
+                    'returned', COALESCE(a.returned, 0), 'expired', COALESCE(x.expired, 0),
+                    'message', format('lot %s: amount %s <> remaining %s + drawn %s - returned %s + expired %s',
+                                      l.id, l.amount, l.remaining, COALESCE(a.drawn, 0),
+                                      COALESCE(a.returned, 0), COALESCE(x.expired, 0)))
+         FROM lots l
+         LEFT JOIN (SELECT lot_id, sum(amount) AS drawn, sum(returned) AS returned
+                    FROM lot_allocations GROUP BY lot_id) a ON a.lot_id = l.id
+         LEFT JOIN (SELECT lot_id, -sum(amount) AS expired
+                    FROM ledger_entries WHERE type = 'expire' GROUP BY lot_id) x ON x.lot_id = l.id
+         WHERE l.amount <> l.remaining + COALESCE(a.drawn, 0) - COALESCE(a.returned, 0)
+                           + COALESCE(x.expired, 0)",
+    ),
 ];
 
 pub async fn verify(pool: &PgPool) -> anyhow::Result<Report> {

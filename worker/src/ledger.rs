@@ -851,23 +851,26 @@ impl<'a> Step<'a> {
             );
         }
         let account = self.account(user_id);
-        let (signed, expired) = if target.entry_type == EntryType::Deduct {
+        let (signed, expired, drawn) = if target.entry_type == EntryType::Deduct {
             if account.balance.checked_add(amount).is_none() {
                 return self.overflow(user_id, account, amount);
             }
-            (amount, self.give_back(ledger_id, amount))
+            (amount, self.give_back(ledger_id, amount), Vec::new())
         } else {
             if account.available() < amount {
                 return self.insufficient(user_id, account, amount);
             }
-            self.burn(user_id, amount, Some(ledger_id));
-            (-amount, Vec::new())
+            let drawn = self.burn(user_id, amount, Some(ledger_id));
+            (-amount, Vec::new(), drawn)
         };
         let mut draft = Draft::new(EntryType::Refund, signed, "api");
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
         draft.refunded_ledger_id = Some(ledger_id);
         let entry = self.write(user_id, draft);
+        // Never given back (a refund is not refundable), but kept so every lot's credits are
+        // accounted for (`tally verify`: lot conservation).
+        self.record_allocations(entry.id, drawn);
         if let Some(target) = self.state.entries.get_mut(&ledger_id) {
             target.reversed += amount;
         }
@@ -1192,9 +1195,11 @@ impl<'a> Step<'a> {
         let account = self.account(&owner);
         let taken = due.min(account.available().max(0));
         let unrecovered = due - taken;
-        if taken > 0 {
-            self.burn(&owner, taken, Some(payment.ledger_id));
-        }
+        let drawn = if taken > 0 {
+            self.burn(&owner, taken, Some(payment.ledger_id))
+        } else {
+            Vec::new()
+        };
         let mut draft = Draft::new(EntryType::Clawback, -taken, event.provider.as_str());
         draft.description = Some(format!(
             "{} {} of payment {payment_ref}",
@@ -1205,6 +1210,8 @@ impl<'a> Step<'a> {
                                  "event_id": event.event_id, "unrecovered": unrecovered.to_string() });
         draft.refunded_ledger_id = Some(payment.ledger_id);
         let entry = self.write(&owner, draft);
+        // Kept, like a refund's, so every lot's credits are accounted for.
+        self.record_allocations(entry.id, drawn);
         if let Some(target_entry) = self.state.entries.get_mut(&payment.ledger_id) {
             target_entry.reversed += due;
         }
@@ -1626,6 +1633,33 @@ mod tests {
         assert_eq!(balance(&state, "u"), 10, "the never-expiring credits stay");
         let effects = fold(&mut state, &[]);
         assert!(effects.entries.is_empty(), "a lot expires once");
+    }
+
+    #[test]
+    fn a_refund_of_a_lot_records_what_it_drew_from_each_lot() {
+        let mut state = State {
+            now: at(0),
+            ..State::default()
+        };
+        let effects = fold(
+            &mut state,
+            &[
+                add_expiring("u", 10, at(100)),
+                add_expiring("u", 10, at(200)),
+            ],
+        );
+        let (sooner, later) = (effects.entries[0].id, effects.entries[1].id);
+        fold(&mut state, &[deduct("u", 5)]);
+        let effects = fold(&mut state, &[refund("u", sooner, None)]);
+        let refund_id = effects.entries[0].id;
+        assert!(effects.allocations.contains(&refund_id));
+        let drawn: Vec<(Uuid, i64)> = state.allocations[&refund_id]
+            .iter()
+            .map(|a| (a.lot_id, a.amount))
+            .collect();
+        assert_eq!(drawn, vec![(sooner, 5), (later, 5)]);
+        assert_eq!(state.lots[&sooner].remaining, 0);
+        assert_eq!(state.lots[&later].remaining, 5);
     }
 
     #[test]

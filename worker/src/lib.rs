@@ -95,8 +95,12 @@ impl WorkerConfig {
 /// Longest wait between two retries of a batch that failed for a passing reason.
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
 /// How often a batch that keeps failing for a non-passing reason is tried before its commands
-/// are tried one by one, and a single command before it is dead-lettered.
+/// are tried one by one, and a single command before it is dead-lettered (parked in
+/// `dead_letters` for `tally dead-letters`). Between attempts the wait doubles from
+/// [`RETRY_DELAY_MIN`], so a poison command holds its partition up for well under a second.
 const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
+/// First wait before a failed batch is tried again; it doubles up to [`RETRY_DELAY_MAX`].
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(20);
 
 /// How often due lots and holds are looked for. Expiries land within about this long (plus
 /// one transaction) of their time.
@@ -775,7 +779,7 @@ impl Applier {
     /// Applies `items` and moves the partitions to `offsets`, until committed, fenced, or
     /// dead-lettered.
     async fn apply_with_retries(&mut self, mut items: Vec<Item>, mut offsets: BTreeMap<u32, u64>) {
-        let mut delay = Duration::from_millis(20);
+        let mut delay = RETRY_DELAY_MIN;
         let mut failures = 0;
         loop {
             let owned = &self.positions.partitions;
@@ -833,7 +837,7 @@ impl Applier {
                             Box::pin(self.apply_with_retries(vec![item], unmoved)).await;
                         }
                     } else if let Some(item) = items.pop() {
-                        self.dead_letter(item, &error).await;
+                        self.dead_letter(item, &error, failures).await;
                     } else {
                         // Only offsets, and they keep failing: leave them; a later batch moves
                         // them along with its own.
@@ -844,24 +848,63 @@ impl Applier {
         }
     }
 
-    /// Parks a command that cannot be applied: records it as failed (so its requester and
-    /// `GET /commands/{id}` learn so) and copies it to the dead-letter subject for an operator.
-    async fn dead_letter(&mut self, item: Item, error: &StoreError) {
-        metrics::counter!("tally_worker_dead_letters_total").increment(1);
-        tracing::error!(partition = item.partition, stream.seq = item.stream_seq, %error, "command dead-lettered");
-        let Some(state) = self.positions.partitions.get(&item.partition) else {
-            return;
-        };
-        let payload = serde_json::json!({ "partition": item.partition, "stream_seq": item.stream_seq,
-                                          "error": error.to_string(), "envelope": item.envelope });
-        let _ = self
-            .client
-            .publish(self.names.dead_letter_subject(), payload.to_string().into())
-            .await;
-        match store::record_failure(&self.pools.full, &self.stream, &item, state.last_seq).await {
-            Ok(Some(answer)) => reply(&self.client, vec![(item.reply_to.clone(), answer)]).await,
-            Ok(None) => {}
-            Err(error) => tracing::error!(%error, "could not record dead-lettered command"),
+    /// Parks a command that cannot be applied: records it as failed and lists it in
+    /// `dead_letters` (so its requester, `GET /commands/{id}` and `tally dead-letters` learn so),
+    /// then copies it to the dead-letter subject as a notice for whoever listens. Recording is
+    /// retried until it commits or the partition is lost: the command is never skipped
+    /// unrecorded.
+    async fn dead_letter(&mut self, item: Item, error: &StoreError, attempts: u32) {
+        let reason = error.to_string();
+        let mut delay = RETRY_DELAY_MIN;
+        loop {
+            let Some(state) = self.positions.partitions.get(&item.partition) else {
+                return;
+            };
+            let recorded = store::record_failure(
+                &self.pools.full,
+                &self.stream,
+                &item,
+                state.last_seq,
+                &reason,
+                attempts,
+            );
+            match recorded.await {
+                Ok(answer) => {
+                    metrics::counter!("tally_worker_dead_letters_total").increment(1);
+                    tracing::error!(
+                        command.id = ?item.envelope.as_ref().map(|e| e.command_id),
+                        partition = item.partition,
+                        stream.seq = item.stream_seq,
+                        attempts,
+                        error = %reason,
+                        "command dead-lettered"
+                    );
+                    let notice = serde_json::json!({ "partition": item.partition, "stream_seq": item.stream_seq,
+                                                     "error": reason, "envelope": item.envelope });
+                    let _ = self
+                        .client
+                        .publish(self.names.dead_letter_subject(), notice.to_string().into())
+                        .await;
+                    if let Some(answer) = answer {
+                        reply(&self.client, vec![(item.reply_to.clone(), answer)]).await;
+                    }
+                    return;
+                }
+                Err(StoreError::Fenced(stale)) => {
+                    metrics::counter!("tally_worker_fenced_total").increment(1);
+                    for partition in &stale {
+                        self.positions.partitions.remove(partition);
+                        self.cache.forget_partition(*partition);
+                    }
+                    let _ = self.resync.send(stale);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not record a dead-lettered command; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
         }
     }
 }

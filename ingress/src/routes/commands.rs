@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -23,6 +24,47 @@ pub struct CommandStatus {
     /// The body the synchronous call would have answered; null while pending.
     #[schema(value_type = Option<Object>)]
     result: Option<Value>,
+    /// Set when a worker could not apply the command and set it aside for an operator (its
+    /// answer is then a 500); null otherwise.
+    dead_letter: Option<DeadLetter>,
+}
+
+/// A command set aside after its bounded retries (`tally dead-letters`).
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetter {
+    /// `parked` (awaiting an operator) or `retried` (replayed: `status` tells what became of it).
+    state: String,
+    /// How often it was tried before it was set aside.
+    attempts: i32,
+    dead_lettered_at: String,
+    /// When an operator last replayed it; null if never.
+    retried_at: Option<String>,
+}
+
+type DeadLetterRow = (String, i32, DateTime<Utc>, Option<DateTime<Utc>>);
+
+async fn dead_letter(
+    state: &AppState,
+    app_id: Uuid,
+    command_id: Uuid,
+) -> Result<Option<DeadLetter>, ApiError> {
+    let row: Option<DeadLetterRow> = sqlx::query_as(
+        "SELECT state, attempts, dead_lettered_at, retried_at FROM dead_letters
+         WHERE command_id = $1 AND app_id = $2",
+    )
+    .bind(command_id)
+    .bind(app_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    Ok(row.map(
+        |(state, attempts, dead_lettered_at, retried_at)| DeadLetter {
+            state,
+            attempts,
+            dead_lettered_at: time(dead_lettered_at),
+            retried_at: retried_at.map(time),
+        },
+    ))
 }
 
 #[utoipa::path(get, path = "/commands/{command_id}",
@@ -53,6 +95,7 @@ pub async fn command_status(
             status,
             http_status: http_status.map(|s| s as u16),
             result,
+            dead_letter: dead_letter(&state, auth.app_id, command_id).await?,
         }));
     }
     let pending: Option<Uuid> = sqlx::query_scalar(
@@ -68,6 +111,7 @@ pub async fn command_status(
             status: "pending".into(),
             http_status: None,
             result: None,
+            dead_letter: dead_letter(&state, auth.app_id, command_id).await?,
         })),
         None => Err(not_found()),
     }
