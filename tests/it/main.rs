@@ -11,6 +11,7 @@ mod holds;
 mod idempotency;
 mod isolation;
 mod ops;
+mod rate_limits;
 mod soak;
 mod validation;
 mod webhooks;
