@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod bus;
 pub mod error;
+#[cfg(test)]
+mod hostile_input;
 pub mod openapi;
 mod openapi_rate_limit;
 pub mod ratelimit;
