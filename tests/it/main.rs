@@ -8,6 +8,7 @@ mod concurrency;
 mod crash;
 mod credits;
 mod holds;
+mod hostile_input;
 mod idempotency;
 mod isolation;
 mod ops;
