@@ -13,6 +13,7 @@ mod idempotency;
 mod isolation;
 mod ops;
 mod rate_limits;
+mod secrets;
 mod soak;
 mod validation;
 mod webhooks;
