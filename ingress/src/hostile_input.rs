@@ -324,3 +324,44 @@ proptest! {
         let _ = events::polar(&event);
     }
 }
+
+#[test]
+fn a_nul_character_is_refused_naming_its_field_before_it_reaches_postgres() {
+    let object = |value: Value| value.as_object().cloned().unwrap();
+    let error = validate::check_user_id("user_id", "a\0b".into()).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "user_id: must not contain the NUL character"
+    );
+    let mut fields = Fields::new(
+        object(serde_json::json!({ "description": "x\u{0}" })),
+        &["description"],
+    )
+    .unwrap();
+    assert!(fields
+        .description()
+        .unwrap_err()
+        .to_string()
+        .starts_with("description:"));
+    let mut fields = Fields::new(
+        object(serde_json::json!({ "metadata": { "k\u{0}": "v" } })),
+        &["metadata"],
+    )
+    .unwrap();
+    assert!(fields
+        .metadata()
+        .unwrap_err()
+        .to_string()
+        .starts_with("metadata:"));
+    let mut fields = Fields::new(
+        object(serde_json::json!({ "metadata": { "k": "\u{0}" } })),
+        &["metadata"],
+    )
+    .unwrap();
+    assert!(fields
+        .metadata()
+        .unwrap_err()
+        .to_string()
+        .starts_with("metadata:"));
+    assert!(decode_cursor("w1", &encode_cursor("w1", "1|\0|\0")).is_err());
+}

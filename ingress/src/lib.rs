@@ -9,7 +9,7 @@ pub mod error;
 #[cfg(test)]
 mod hostile_input;
 pub mod openapi;
-mod openapi_rate_limit;
+mod openapi_errors;
 pub mod ratelimit;
 pub mod receipts;
 pub mod routes;

@@ -42,6 +42,7 @@ fn value() -> impl Strategy<Value = Value> {
         "[a-z_]{1,12}".prop_map(Value::String),
         Just(Value::String(uuid::Uuid::now_v7().to_string())),
         Just(Value::String("2999-01-01T00:00:00Z".into())),
+        Just(Value::String("nul\u{0}byte".into())),
     ];
     leaf.prop_recursive(3, 32, 6, |inner| {
         prop_oneof![
@@ -65,6 +66,7 @@ fn object() -> impl Strategy<Value = Map<String, Value>> {
     ];
     let field_value = prop_oneof![
         3 => "hostile_[a-c]".prop_map(Value::String),
+        1 => "hostile_[a-c]\x00?".prop_map(Value::String),
         3 => (1i64..50).prop_map(Value::from),
         4 => value(),
     ];
@@ -86,6 +88,8 @@ fn query_value() -> impl Strategy<Value = String> {
         any::<String>(),
         any::<i64>().prop_map(|n| n.to_string()),
         Just("aDE6OTk".to_string()),
+        Just("hostile_a\u{0}".to_string()),
+        Just("dzE6MXwAfAA".to_string()),
         Just(String::new()),
     ]
 }
