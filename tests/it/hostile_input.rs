@@ -343,3 +343,59 @@ fn hostile_requests_never_get_a_5xx_and_refused_ones_write_nothing() {
         drop(app);
     });
 }
+
+/// A correctly signed event can still carry text Postgres cannot store: it is recorded as
+/// rejected, credits nothing, and the partition keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_payment_naming_a_user_with_a_nul_character_is_rejected_not_stuck() {
+    use hmac::{Hmac, Mac};
+    let app = spawn_app().await;
+    let secret = "whsec_nul_test";
+    let (code, out) = app
+        .cli(&[
+            "app",
+            "set-webhook-secret",
+            "--app",
+            &app.app_id.to_string(),
+            "--provider",
+            "stripe",
+            "--secret",
+            secret,
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let body = json!({ "id": "evt_nul", "object": "event", "type": "payment_intent.succeeded",
+        "data": { "object": { "id": "pi_nul", "object": "payment_intent", "amount": 100,
+                              "metadata": { "tally_user_id": "payer\u{0}", "tally_credits": "10" } } } })
+    .to_string();
+    let t = chrono::Utc::now().timestamp();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    let signature = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+
+    let (status, answer) = app
+        .post_raw(
+            &format!("/webhooks/stripe/{}", app.app_id),
+            &body,
+            &[
+                ("content-type", "application/json"),
+                ("stripe-signature", &signature),
+            ],
+        )
+        .await;
+
+    assert_eq!(status, 200, "{answer}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let event = loop {
+        let (_, page) = app.get("/webhooks/events").await;
+        if let Some(event) = page["events"].as_array().and_then(|events| events.first()) {
+            break event.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "event never recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(event["outcome"], "rejected", "{event}");
+    assert_eq!(app.ledger_rows().await, 0);
+    app.add("after_nul", 5).await;
+    app.assert_verified().await;
+}
