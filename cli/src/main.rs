@@ -1,6 +1,7 @@
 //! `tally`: the admin CLI. Every command prints one JSON object on stdout.
 
 mod dead_letters;
+mod rate_limit;
 mod verify;
 
 use anyhow::{bail, Context};
@@ -86,6 +87,9 @@ enum AppCommand {
         #[arg(long)]
         secret: String,
     },
+    /// Set one app's API rate limit (requests/s and burst), or make it unlimited, or go back to
+    /// the ingresses' default; effective within 2 s.
+    SetRateLimit(rate_limit::SetRateLimit),
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
                 .await?;
             Ok((json!({ "ok": true }), true))
         }
+        Top::App(AppCommand::SetRateLimit(args)) => Ok((rate_limit::set(&pool, args).await?, true)),
         Top::Key(KeyCommand::Create { app }) => {
             ensure_app(&pool, app).await?;
             let mut tx = pool.begin().await?;

@@ -18,6 +18,7 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     BalanceOverflow,
     NotRefundable,
+    RateLimited,
     Unavailable,
     Internal,
 }
@@ -36,6 +37,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::BalanceOverflow | Self::NotRefundable => 422,
+            Self::RateLimited => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -56,6 +58,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BalanceOverflow => "balance_overflow",
             Self::NotRefundable => "not_refundable",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

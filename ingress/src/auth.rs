@@ -69,7 +69,7 @@ impl FromRequestParts<AppState> for Auth {
             .ok_or(ApiError::Unauthorized)?;
         let hash = tally_common::apikey::hash(key);
         if let Some(app_id) = state.keys.get(&hash) {
-            return Ok(Auth { app_id });
+            return admit(state, app_id);
         }
         let row: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
             "SELECT app_id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -80,9 +80,18 @@ impl FromRequestParts<AppState> for Auth {
         match row {
             Some((app_id, stored)) if bool::from(stored.as_slice().ct_eq(&hash[..])) => {
                 state.keys.put(hash, app_id);
-                Ok(Auth { app_id })
+                admit(state, app_id)
             }
             _ => Err(ApiError::Unauthorized),
         }
     }
+}
+
+/// An authenticated request still has to fit in its app's API budget.
+fn admit(state: &AppState, app_id: Uuid) -> Result<Auth, ApiError> {
+    state
+        .limits
+        .check(app_id, crate::ratelimit::Budget::Api)
+        .map_err(ApiError::RateLimited)?;
+    Ok(Auth { app_id })
 }

@@ -27,6 +27,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("request body must be application/json")]
     UnsupportedMediaType,
+    /// The app's request budget is spent; nothing was done.
+    #[error("rate limit of {} {} requests/s (burst {}) exceeded; retry in {} s", .0.rate.per_second, .0.budget.as_str(), .0.rate.burst, .0.retry_after_secs())]
+    RateLimited(crate::ratelimit::Limited),
     /// The broker or the database could not be reached; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -59,6 +62,7 @@ impl ApiError {
             Self::IdempotencyConflict => ErrorCode::IdempotencyConflict,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -114,6 +118,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE_SECONDS),
+            );
+        }
+        if let Self::RateLimited(limited) = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(limited.retry_after_secs()),
             );
         }
         response

@@ -6,7 +6,11 @@
 pub mod auth;
 pub mod bus;
 pub mod error;
+#[cfg(test)]
+mod hostile_input;
 pub mod openapi;
+mod openapi_errors;
+pub mod ratelimit;
 pub mod receipts;
 pub mod routes;
 pub mod submit;
@@ -67,6 +71,59 @@ pub struct IngressConfig {
         default_value_t = 300
     )]
     pub webhook_tolerance_secs: u64,
+
+    /// Rate limits of every app (unset: unlimited); see [`ratelimit`].
+    #[command(flatten)]
+    pub rate_limits: RateLimitConfig,
+}
+
+/// Default rate limits, per app and per ingress. `tally app set-rate-limit` overrides the API
+/// budget of one app.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RateLimitConfig {
+    /// Sustained API requests per second each app may make (unset: unlimited).
+    #[arg(
+        long,
+        visible_alias = "tally-rate-limit-rps",
+        env = "TALLY_RATE_LIMIT_RPS"
+    )]
+    pub rate_limit_rps: Option<u32>,
+
+    /// API requests an app may make at once above its rate (default: one second's worth).
+    #[arg(
+        long,
+        visible_alias = "tally-rate-limit-burst",
+        env = "TALLY_RATE_LIMIT_BURST"
+    )]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Payment webhooks per second each app may receive, a budget of their own (unset: unlimited).
+    #[arg(
+        long,
+        visible_alias = "tally-webhook-rate-limit-rps",
+        env = "TALLY_WEBHOOK_RATE_LIMIT_RPS"
+    )]
+    pub webhook_rate_limit_rps: Option<u32>,
+
+    /// Payment webhooks an app may receive at once above its rate (default: one second's worth).
+    #[arg(
+        long,
+        visible_alias = "tally-webhook-rate-limit-burst",
+        env = "TALLY_WEBHOOK_RATE_LIMIT_BURST"
+    )]
+    pub webhook_rate_limit_burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    pub fn limits(&self) -> ratelimit::RateLimits {
+        ratelimit::RateLimits::new(
+            ratelimit::Rate::from_config(self.rate_limit_rps, self.rate_limit_burst),
+            ratelimit::Rate::from_config(
+                self.webhook_rate_limit_rps,
+                self.webhook_rate_limit_burst,
+            ),
+        )
+    }
 }
 
 impl IngressConfig {
@@ -77,6 +134,7 @@ impl IngressConfig {
             sync_timeout_ms: 5000,
             admin_token: None,
             webhook_tolerance_secs: 300,
+            rate_limits: RateLimitConfig::default(),
         }
     }
 
@@ -94,6 +152,7 @@ pub struct AppState {
     pub config: Arc<IngressConfig>,
     pub keys: Arc<auth::KeyCache>,
     pub metrics: PrometheusHandle,
+    pub limits: Arc<ratelimit::RateLimits>,
 }
 
 /// The process-wide metrics recorder (installed once, shared by every ingress in the process).
@@ -185,7 +244,11 @@ pub async fn run(
     )
     .await?;
     let bus = bus::Bus::start(client, names, config.common.partitions).await?;
+    let limits = Arc::new(config.rate_limits.limits());
+    limits.set_overrides(ratelimit::RateLimits::load_overrides(&pool).await?);
+    limits.start_refresh(pool.clone());
     let state = AppState {
+        limits,
         receipts: receipts::Receipts::start(pool.clone()),
         pool,
         bus: Arc::new(bus),

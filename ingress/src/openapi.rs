@@ -3,6 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::openapi_errors::CommonErrors;
 use crate::routes::{commands, credits, holds};
 use crate::webhooks;
 
@@ -13,7 +14,7 @@ use crate::webhooks;
           holds::hold, holds::capture, holds::release, holds::list,
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
           webhooks::list_events),
-    modifiers(&BearerKey)
+    modifiers(&BearerKey, &CommonErrors)
 )]
 pub struct ApiDoc;
 

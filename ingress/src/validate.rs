@@ -145,6 +145,7 @@ impl Fields {
         match self.take("description") {
             None => Ok(None),
             Some(Value::String(text)) if text.chars().count() <= DESCRIPTION_CHARS_MAX => {
+                reject_nul("description", &text)?;
                 Ok(Some(text))
             }
             Some(Value::String(_)) => Err(ApiError::field(
@@ -168,6 +169,10 @@ impl Fields {
             ));
         }
         for (key, value) in &object {
+            reject_nul("metadata", key)?;
+            if let Value::String(text) = value {
+                reject_nul("metadata", text)?;
+            }
             if key.is_empty() || key.chars().count() > METADATA_KEY_CHARS_MAX {
                 return Err(ApiError::field(
                     "metadata",
@@ -217,7 +222,18 @@ impl Fields {
     }
 }
 
+/// Postgres text cannot hold a NUL character: a string with one is refused here, naming its
+/// field, rather than failing in the database.
+pub fn reject_nul(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        Err(ApiError::field(field, "must not contain the NUL character"))
+    } else {
+        Ok(())
+    }
+}
+
 pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {
+    reject_nul(field, &text)?;
     if text.is_empty() || text.len() > USER_ID_BYTES_MAX {
         Err(ApiError::field(
             field,

@@ -135,6 +135,11 @@ async fn receive(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Webhooks draw on a budget of their own: a flood of API calls never refuses a payment.
+    state
+        .limits
+        .check(app_id, crate::ratelimit::Budget::Webhook)
+        .map_err(ApiError::RateLimited)?;
     let secrets: Vec<String> = sqlx::query_scalar(
         "SELECT secret FROM webhook_secrets WHERE app_id = $1 AND provider = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
     )

@@ -448,6 +448,9 @@ pub fn decode_cursor(kind: &str, cursor: &str) -> Result<String, ApiError> {
         .decode(cursor)
         .map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    if text.contains('\0') {
+        return Err(bad());
+    }
     text.strip_prefix(kind)
         .and_then(|rest| rest.strip_prefix(':'))
         .map(str::to_string)

@@ -35,8 +35,12 @@ fn ignore(reason: impl Into<String>) -> Parsed {
     })
 }
 
+/// A string field; one holding a NUL character (which Postgres cannot store) counts as absent.
 fn text<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
-    object.get(field).and_then(Value::as_str)
+    object
+        .get(field)
+        .and_then(Value::as_str)
+        .filter(|text| !text.contains('\0'))
 }
 
 /// Credits for `metadata`, or the reason it cannot be credited, or `None` when the payment
@@ -53,6 +57,12 @@ fn credit_from_metadata(
         return None;
     }
     let user_id = match user {
+        Some(Value::String(user_id)) if user_id.contains('\0') => {
+            return Some(reject(
+                "tally_user_id must not contain the NUL character",
+                None,
+            ))
+        }
         Some(Value::String(user_id))
             if !user_id.is_empty() && user_id.len() <= USER_ID_BYTES_MAX =>
         {
@@ -250,6 +260,20 @@ mod tests {
                 expires_in_days: None
             })
         );
+    }
+
+    #[test]
+    fn a_nul_character_never_reaches_the_database() {
+        let event = json!({ "id": "evt_1", "type": "payment_intent.succeeded",
+            "data": { "object": { "id": "pi_1", "amount": 100,
+                                  "metadata": { "tally_user_id": "u\u{0}", "tally_credits": "5" } } } });
+        let (_, _, parsed) = stripe(&event).expect("an event");
+        assert!(matches!(
+            parsed,
+            Parsed::Action(WebhookAction::Reject { user_id: None, .. })
+        ));
+        let event = json!({ "id": "evt_\u{0}", "type": "payment_intent.succeeded", "data": { "object": {} } });
+        assert!(stripe(&event).is_none());
     }
 
     #[test]

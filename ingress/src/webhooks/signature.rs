@@ -43,7 +43,8 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 }
 
 fn check_time(timestamp: i64, now: i64, tolerance_secs: i64) -> Result<(), SignatureError> {
-    if (now - timestamp).abs() > tolerance_secs {
+    // `abs_diff`: a hostile timestamp (say i64::MIN) must not overflow.
+    if now.abs_diff(timestamp) > u64::try_from(tolerance_secs).unwrap_or(0) {
         Err(SignatureError::Stale(tolerance_secs))
     } else {
         Ok(())
