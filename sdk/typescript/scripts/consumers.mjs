@@ -112,7 +112,8 @@ void checks;
 );
 run(process.execPath, [tsc, ...strict, ...nodeTypes, "--noEmit", "index.mts", "types.mts"], esm);
 console.log("esm: tsc --strict --module nodenext: ok (README example and type precision)");
-process.stdout.write(run(process.execPath, ["example.mjs"], esm).replace(/^/gm, "esm example | "));
+const indent = (prefix, text) => text.trimEnd().replace(/^/gm, prefix) + "\n";
+process.stdout.write(indent("esm example | ", run(process.execPath, ["example.mjs"], esm)));
 
 // CommonJS, without Node's types: only the SDK's own declarations and the default lib.
 const cjs = project("cjs");
@@ -143,4 +144,4 @@ main().catch((error: unknown) => {
 );
 run(process.execPath, [tsc, ...strict, "--outDir", "out", "index.cts"], cjs);
 console.log("cjs: tsc --strict --module nodenext (no @types/node): ok");
-process.stdout.write(run(process.execPath, [join("out", "index.cjs")], cjs).replace(/^/gm, "cjs | "));
+process.stdout.write(indent("cjs | ", run(process.execPath, [join("out", "index.cjs")], cjs)));
