@@ -26,6 +26,7 @@ export function uniqueUser(prefix = "user") {
  *   { drop: "before" }           close the connection without forwarding (the server never sees it)
  *   { drop: "after" }            forward, let the server answer, then close the connection unanswered
  *   { hang: true }               never answer and never forward
+ *   { respondAsync: true }       forward with `Prefer: respond-async`, as if the sync call timed out
  *   { status, body, headers }    answer this instead of forwarding
  * `requests` records every request the proxy saw: { method, url, idempotencyKey, at }.
  */
@@ -52,13 +53,15 @@ export async function startProxy({ plan = [], matches = () => true } = {}) {
                 res.writeHead(action.status, { "content-type": "application/json", ...(action.headers ?? {}) });
                 return res.end(JSON.stringify(action.body ?? {}));
             }
+            const headers = { ...req.headers, host: target.host };
+            if (action?.respondAsync) headers.prefer = "respond-async";
             const upstream = http.request(
                 {
                     host: target.hostname,
                     port: target.port,
                     method: req.method,
                     path: req.url,
-                    headers: { ...req.headers, host: target.host },
+                    headers,
                 },
                 (up) => {
                     const upChunks = [];

@@ -12,6 +12,7 @@ import {
     RateLimitError,
     TallyError,
     UnavailableError,
+    WaitTimeoutError,
 } from "../dist/esm/index.js";
 import { client, historyOf, startProxy, uniqueUser } from "./helpers.mjs";
 
@@ -67,7 +68,8 @@ test("a deduct whose connection drops before the server sees it is retried and a
 test("a timed-out attempt is retried with the same key and the write counts once", async () => {
     const proxy = await startProxy({ plan: [{ hang: true }], matches: isWrite });
     try {
-        const tally = client({ baseUrl: proxy.url, timeoutMs: 300 });
+        // Generous: the retry must be answered within it, on a loaded machine too.
+        const tally = client({ baseUrl: proxy.url, timeoutMs: 2000 });
         const user = uniqueUser();
 
         const result = await tally.credits.add({ user_id: user, amount: 5 });
@@ -190,4 +192,45 @@ test("an async write retried after a lost answer gives one command", async () =>
         assert.equal(result.balance_after, 8);
         assert.equal((await historyOf(user)).length, 1);
     });
+});
+
+test("a synchronous call answered 202 waits for the command and resolves to its result", async () => {
+    await withProxy([{ respondAsync: true }], async (proxy, tally) => {
+        const user = uniqueUser();
+        const result = await tally.credits.add({ user_id: user, amount: 12 });
+
+        assert.equal(proxy.writes().length, 1);
+        assert.ok(proxy.requests.some((r) => r.method === "GET" && r.url.startsWith("/commands/")), "polled the command");
+        assert.equal(result.success, true);
+        assert.equal(result.balance_after, 12);
+    });
+});
+
+test("a synchronous call answered 202 whose command is rejected throws the typed error", async () => {
+    await withProxy([{ respondAsync: true }], async (_proxy, tally) => {
+        const error = await tally.credits.deduct({ user_id: uniqueUser(), amount: 12 }).then(assert.fail, (e) => e);
+        assert.ok(error instanceof InsufficientCreditsError);
+        assert.equal(error.balance, 0);
+    });
+});
+
+test("wait() on a command that stays pending gives up with WaitTimeoutError", async () => {
+    const pending = (id) => ({ status: 200, body: { command_id: id, status: "pending", http_status: null, result: null } });
+    const id = "0193a000-0000-7000-8000-000000000001";
+    const proxy = await startProxy({
+        plan: Array.from({ length: 50 }, () => pending(id)),
+        matches: (req) => req.method === "GET" && req.url.startsWith("/commands/"),
+    });
+    try {
+        const tally = client({ baseUrl: proxy.url });
+        const handle = await tally.credits.add({ user_id: uniqueUser(), amount: 1 }, { respondAsync: true });
+        const error = await handle.wait({ timeoutMs: 150, pollIntervalMs: 10 }).then(assert.fail, (e) => e);
+
+        assert.ok(error instanceof WaitTimeoutError);
+        assert.ok(error instanceof TallyError);
+        assert.equal(error.code, "wait_timeout");
+        assert.equal(error.commandId, handle.command_id);
+    } finally {
+        await proxy.close();
+    }
 });
