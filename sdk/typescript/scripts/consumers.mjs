@@ -1,0 +1,147 @@
+#!/usr/bin/env node
+// The packed tarball as a newcomer gets it: `npm pack`, then in empty folders
+// `npm install --offline <tarball>`, then
+//   - ESM: the README's quick-start example as index.mts, type-checked with
+//     `tsc --strict --module nodenext` (and Node's types) and run with node;
+//   - CommonJS: a require()-style consumer as index.cts, type-checked the same way without
+//     Node's types, compiled and run;
+//   - types.mts: what must NOT type-check (a string amount, a missing user_id, ...), each under
+//     @ts-expect-error, so precise types are checked (tsc fails on an unused @ts-expect-error).
+// No skipLibCheck anywhere: the SDK's own .d.ts are checked too. Needs TALLY_BASE_URL and
+// TALLY_API_KEY of a running stack.
+//
+//   node scripts/consumers.mjs WORK_DIR
+
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const sdk = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const work = resolve(process.argv[2] ?? join(sdk, "build", "consumers"));
+const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
+const npm = process.platform === "win32" ? "npm.cmd" : "npm";
+
+function run(cmd, args, cwd) {
+    try {
+        return execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    } catch (error) {
+        console.error(`consumers: ${cmd} ${args.join(" ")} failed in ${cwd}:\n${error.stdout ?? ""}${error.stderr ?? ""}`);
+        process.exit(1);
+    }
+}
+
+/** The README's quick-start example: the js block between the example markers. */
+function readmeExample() {
+    const readme = readFileSync(join(sdk, "README.md"), "utf8");
+    const match = readme.match(/<!-- example:start -->\s*```(?:js|ts)\n([\s\S]*?)```\s*<!-- example:end -->/);
+    if (!match) {
+        console.error("consumers: README.md has no ```js block between <!-- example:start --> and <!-- example:end -->");
+        process.exit(1);
+    }
+    return match[1];
+}
+
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+const packed = JSON.parse(run(npm, ["pack", "--json", "--pack-destination", work], sdk));
+const tarball = join(work, packed[0].filename);
+const files = packed[0].files.map((f) => f.path);
+for (const required of ["dist/esm/index.js", "dist/esm/index.d.ts", "dist/cjs/index.js", "dist/cjs/index.d.ts", "dist/cjs/package.json", "README.md", "package.json"]) {
+    if (!files.includes(required)) {
+        console.error(`consumers: the tarball lacks ${required} (has: ${files.join(", ")})`);
+        process.exit(1);
+    }
+}
+console.log(`packed ${packed[0].filename}: ${files.length} files, ${packed[0].size} bytes`);
+
+function project(name) {
+    const dir = join(work, name);
+    mkdirSync(dir);
+    run(npm, ["install", "--offline", "--no-audit", "--no-fund", "--loglevel=error", tarball], dir);
+    const installed = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
+    const deps = Object.keys(installed.dependencies ?? {});
+    if (deps.length !== 1 || deps[0] !== "tally-credits-sdk") {
+        console.error(`consumers: ${name}: unexpected dependencies ${deps.join(", ")}`);
+        process.exit(1);
+    }
+    return dir;
+}
+
+const strict = ["--strict", "--module", "nodenext", "--moduleResolution", "nodenext", "--target", "es2022"];
+const nodeTypes = ["--types", "node", "--typeRoots", join(sdk, "node_modules", "@types")];
+
+// ESM: the README example, as a newcomer pastes it.
+const esm = project("esm");
+const example = readmeExample();
+writeFileSync(join(esm, "index.mts"), example);
+writeFileSync(join(esm, "example.mjs"), example);
+writeFileSync(
+    join(esm, "types.mts"),
+    `import { Tally, type AddParams, type BalanceResult, type HistoryEntry } from "tally-credits-sdk";
+const tally = new Tally({ apiKey: "tk_x", baseUrl: "http://127.0.0.1:1" });
+// @ts-expect-error a string amount
+void tally.credits.add({ user_id: "u", amount: "500" });
+// @ts-expect-error no user_id
+void tally.credits.deduct({ amount: 5 });
+// @ts-expect-error refund takes ledger_id, not user_id
+void tally.credits.refund({ user_id: "u", amount: 5 });
+// @ts-expect-error balance takes the user id itself
+void tally.credits.balance({ user_id: "u" });
+// @ts-expect-error an unknown option
+void tally.credits.add({ user_id: "u", amount: 1 }, { idempotency_key: "k" });
+async function checks(): Promise<void> {
+    const sync = await tally.credits.add({ user_id: "u", amount: 1 });
+    const after: number = sync.balance_after;
+    const handle = await tally.credits.deduct({ user_id: "u", amount: 1 }, { respondAsync: true });
+    const id: string | null = handle.command_id;
+    const waited: number = (await handle.wait({ timeoutMs: 10 })).balance_after;
+    // @ts-expect-error a handle is not the result
+    void handle.balance_after;
+    const balance: BalanceResult = await tally.credits.balance("u");
+    for await (const entry of tally.credits.historyAll("u")) {
+        const e: HistoryEntry = entry;
+        void e.amount;
+    }
+    const params: AddParams = { user_id: "u", amount: 1, metadata: { order: "42" } };
+    void [after, id, waited, balance, params];
+}
+void checks;
+`,
+);
+run(process.execPath, [tsc, ...strict, ...nodeTypes, "--noEmit", "index.mts", "types.mts"], esm);
+console.log("esm: tsc --strict --module nodenext: ok (README example and type precision)");
+const indent = (prefix, text) => text.trimEnd().replace(/^/gm, prefix) + "\n";
+process.stdout.write(indent("esm example | ", run(process.execPath, ["example.mjs"], esm)));
+
+// CommonJS, without Node's types: only the SDK's own declarations and the default lib.
+const cjs = project("cjs");
+writeFileSync(
+    join(cjs, "index.cts"),
+    `import { Tally, TallyError, InsufficientCreditsError } from "tally-credits-sdk";
+declare const process: { env: Record<string, string | undefined>; exitCode?: number };
+
+async function main(): Promise<void> {
+    const tally = new Tally({ apiKey: process.env["TALLY_API_KEY"], baseUrl: process.env["TALLY_BASE_URL"], maxRetries: 1 });
+    const user = "cjs_" + Date.now() + "_" + Math.random().toString(36).slice(2);
+    const added = await tally.credits.add({ user_id: user, amount: 3 });
+    try {
+        await tally.credits.deduct({ user_id: user, amount: 4 });
+        throw new Error("expected InsufficientCreditsError");
+    } catch (error) {
+        if (!(error instanceof InsufficientCreditsError) || !(error instanceof TallyError) || error.balance !== 3) throw error;
+    }
+    const { balance } = await tally.credits.balance(user);
+    if (balance !== added.balance_after) throw new Error("balance " + balance);
+    console.log("cjs consumer: balance " + balance + ", 402 typed");
+}
+main().catch((error: unknown) => {
+    console.error(error);
+    process.exitCode = 1;
+});
+`,
+);
+run(process.execPath, [tsc, ...strict, "--outDir", "out", "index.cts"], cjs);
+console.log("cjs: tsc --strict --module nodenext (no @types/node): ok");
+process.stdout.write(indent("cjs | ", run(process.execPath, [join("out", "index.cjs")], cjs)));

@@ -1,0 +1,506 @@
+// tally-credits-sdk: a client for Tally's HTTP API. No dependencies: the platform's `fetch`.
+
+import {
+    ConnectionError,
+    errorFromResponse,
+    TallyError,
+    WaitTimeoutError,
+} from "./errors.js";
+import type { paths } from "./schema.js";
+
+export * from "./errors.js";
+export type { components, paths } from "./schema.js";
+
+// ---------------------------------------------------------------------------------------------
+// Types, taken from the generated OpenAPI types so they follow the server's document.
+
+type JsonBody<T> = T extends { content: { "application/json": infer B } } ? B : never;
+type RequestBodyOf<P extends keyof paths> = paths[P] extends {
+    post: { requestBody?: infer R };
+}
+    ? JsonBody<NonNullable<R>>
+    : never;
+type PostOk<P extends keyof paths> = paths[P] extends { post: { responses: { 200: infer R } } }
+    ? JsonBody<R>
+    : never;
+type GetOk<P extends keyof paths> = paths[P] extends { get: { responses: { 200: infer R } } }
+    ? JsonBody<R>
+    : never;
+type QueryOf<P extends keyof paths> = paths[P] extends { get: { parameters: { query?: infer Q } } }
+    ? NonNullable<Q>
+    : never;
+
+export type AddParams = RequestBodyOf<"/credits/add">;
+export type AddResult = PostOk<"/credits/add">;
+export type DeductParams = RequestBodyOf<"/credits/deduct">;
+export type DeductResult = PostOk<"/credits/deduct">;
+export type RefundParams = RequestBodyOf<"/credits/refund">;
+export type RefundResult = PostOk<"/credits/refund">;
+export type HoldParams = RequestBodyOf<"/credits/hold">;
+export type HoldResult = PostOk<"/credits/hold">;
+export type CaptureParams = RequestBodyOf<"/credits/capture">;
+export type CaptureResult = PostOk<"/credits/capture">;
+export type ReleaseParams = RequestBodyOf<"/credits/release">;
+export type ReleaseResult = PostOk<"/credits/release">;
+export type BalanceResult = GetOk<"/credits/balance">;
+export type HistoryParams = QueryOf<"/credits/history">;
+export type HistoryResult = GetOk<"/credits/history">;
+export type HistoryEntry = HistoryResult["entries"][number];
+export type HoldsParams = QueryOf<"/credits/holds">;
+export type HoldsResult = GetOk<"/credits/holds">;
+export type CommandStatus = GetOk<"/commands/{command_id}">;
+export type WebhookEventsParams = QueryOf<"/webhooks/events">;
+export type WebhookEventsResult = GetOk<"/webhooks/events">;
+/** The 202 answer to a write sent with `respondAsync: true`. */
+export type AcceptedResult = {
+    success: boolean;
+    status: string;
+    command_id: string;
+    status_url: string;
+};
+
+/** The subset of `fetch` the SDK uses; the platform's `fetch` fits. */
+export type FetchLike = (
+    url: string,
+    init: {
+        method: string;
+        headers: Record<string, string>;
+        body?: string;
+        signal: AbortSignal;
+    },
+) => Promise<FetchResponseLike>;
+
+export interface FetchResponseLike {
+    readonly status: number;
+    readonly headers: { get(name: string): string | null };
+    text(): Promise<string>;
+}
+
+export interface TallyOptions {
+    /** The app's API key (`tk_...`). Default: the `TALLY_API_KEY` environment variable. */
+    apiKey?: string | undefined;
+    /** Where the ingress listens, e.g. `http://127.0.0.1:8080`. Default: `TALLY_BASE_URL`. */
+    baseUrl?: string | undefined;
+    /** Per attempt: how long to wait for an answer before giving up on it. Default 30,000. */
+    timeoutMs?: number | undefined;
+    /** Retries after the first attempt (network errors, timeouts, 429, 503,
+     * 409 idempotency_in_progress). Default 2, so at most 3 attempts. */
+    maxRetries?: number | undefined;
+    /** A `fetch` to use instead of the global one. */
+    fetch?: FetchLike | undefined;
+}
+
+export interface RequestOptions {
+    /** Sent as `Idempotency-Key`; default a fresh UUID per call, kept across its retries. */
+    idempotencyKey?: string | undefined;
+    /** `true`: answer as soon as the command is durable, with a handle to wait on. */
+    respondAsync?: boolean | undefined;
+}
+
+export interface WaitOptions {
+    /** Give up (WaitTimeoutError) after this long. Default 60,000. */
+    timeoutMs?: number | undefined;
+    /** First pause between polls; doubles up to 1,000 ms. Default 50. */
+    pollIntervalMs?: number | undefined;
+}
+
+/**
+ * A write accepted with `respondAsync: true`: the command is durable; `wait()` for its result.
+ * `command_id` and `status_url` are null when the server answered with the command's final
+ * result at once (a retry, or a repeated idempotency key, after the command had finished);
+ * `wait()` then resolves with that result.
+ */
+export interface CommandHandle<T> {
+    readonly command_id: string | null;
+    readonly status_url: string | null;
+    /** Polls `/commands/{id}` until the command is applied (resolves with the result the
+     * synchronous call would have returned) or rejected (throws its typed error). */
+    wait(options?: WaitOptions): Promise<T>;
+}
+
+type AsyncOptions = RequestOptions & { respondAsync: true };
+type SyncOptions = RequestOptions & { respondAsync?: false | undefined };
+
+// ---------------------------------------------------------------------------------------------
+// Limits (each one named, so nothing waits or retries forever).
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_RETRIES = 2;
+/** First retry pause; doubled per retry, capped, then jittered down by up to half. */
+const RETRY_BASE_DELAY_MS = 250;
+const RETRY_MAX_DELAY_MS = 8_000;
+/** A Retry-After longer than this is not waited out: the error is thrown instead. */
+const RETRY_AFTER_MAX_MS = 60_000;
+const WAIT_DEFAULT_TIMEOUT_MS = 60_000;
+const WAIT_DEFAULT_POLL_MS = 50;
+const WAIT_MAX_POLL_MS = 1_000;
+/** Page size `historyAll` asks for (the API's maximum). */
+const HISTORY_ALL_PAGE_SIZE = 200;
+
+// ---------------------------------------------------------------------------------------------
+
+/** The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`. */
+export class Tally {
+    readonly credits: Credits;
+    readonly commands: Commands;
+    readonly webhooks: Webhooks;
+    /** @internal */
+    readonly transport: Transport;
+
+    constructor(options: TallyOptions = {}) {
+        const env = readEnv();
+        const baseUrl = options.baseUrl ?? env["TALLY_BASE_URL"];
+        if (baseUrl === undefined || baseUrl === "") {
+            throw new TypeError(
+                "tally-credits-sdk: no baseUrl; pass { baseUrl } or set TALLY_BASE_URL",
+            );
+        }
+        const fetchImpl = options.fetch ?? (globalThis.fetch as FetchLike | undefined);
+        if (fetchImpl === undefined) {
+            throw new TypeError(
+                "tally-credits-sdk: this platform has no global fetch (Node >= 18 has); pass { fetch }",
+            );
+        }
+        this.transport = new Transport({
+            baseUrl: baseUrl.replace(/\/+$/, ""),
+            apiKey: options.apiKey ?? env["TALLY_API_KEY"],
+            timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+            maxRetries: options.maxRetries ?? DEFAULT_MAX_RETRIES,
+            fetch: fetchImpl,
+        });
+        this.credits = new Credits(this.transport);
+        this.commands = new Commands(this.transport);
+        this.webhooks = new Webhooks(this.transport);
+    }
+}
+
+export default Tally;
+
+export class Credits {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    add(params: AddParams, options: AsyncOptions): Promise<CommandHandle<AddResult>>;
+    add(params: AddParams, options?: SyncOptions): Promise<AddResult>;
+    add(params: AddParams, options?: RequestOptions): Promise<AddResult | CommandHandle<AddResult>> {
+        return this.transport.write<AddResult>("/credits/add", params, options);
+    }
+
+    deduct(params: DeductParams, options: AsyncOptions): Promise<CommandHandle<DeductResult>>;
+    deduct(params: DeductParams, options?: SyncOptions): Promise<DeductResult>;
+    deduct(
+        params: DeductParams,
+        options?: RequestOptions,
+    ): Promise<DeductResult | CommandHandle<DeductResult>> {
+        return this.transport.write<DeductResult>("/credits/deduct", params, options);
+    }
+
+    refund(params: RefundParams, options: AsyncOptions): Promise<CommandHandle<RefundResult>>;
+    refund(params: RefundParams, options?: SyncOptions): Promise<RefundResult>;
+    refund(
+        params: RefundParams,
+        options?: RequestOptions,
+    ): Promise<RefundResult | CommandHandle<RefundResult>> {
+        return this.transport.write<RefundResult>("/credits/refund", params, options);
+    }
+
+    hold(params: HoldParams, options: AsyncOptions): Promise<CommandHandle<HoldResult>>;
+    hold(params: HoldParams, options?: SyncOptions): Promise<HoldResult>;
+    hold(params: HoldParams, options?: RequestOptions): Promise<HoldResult | CommandHandle<HoldResult>> {
+        return this.transport.write<HoldResult>("/credits/hold", params, options);
+    }
+
+    capture(params: CaptureParams, options: AsyncOptions): Promise<CommandHandle<CaptureResult>>;
+    capture(params: CaptureParams, options?: SyncOptions): Promise<CaptureResult>;
+    capture(
+        params: CaptureParams,
+        options?: RequestOptions,
+    ): Promise<CaptureResult | CommandHandle<CaptureResult>> {
+        return this.transport.write<CaptureResult>("/credits/capture", params, options);
+    }
+
+    release(params: ReleaseParams, options: AsyncOptions): Promise<CommandHandle<ReleaseResult>>;
+    release(params: ReleaseParams, options?: SyncOptions): Promise<ReleaseResult>;
+    release(
+        params: ReleaseParams,
+        options?: RequestOptions,
+    ): Promise<ReleaseResult | CommandHandle<ReleaseResult>> {
+        return this.transport.write<ReleaseResult>("/credits/release", params, options);
+    }
+
+    /** `GET /credits/balance`: `{ user_id, balance, held, available, next_expiry }`. */
+    balance(user_id: string): Promise<BalanceResult> {
+        return this.transport.get<BalanceResult>("/credits/balance", { user_id });
+    }
+
+    /** One page of `GET /credits/history`, newest first; pass `next_cursor` on for the next. */
+    history(params: HistoryParams): Promise<HistoryResult> {
+        return this.transport.get<HistoryResult>("/credits/history", params);
+    }
+
+    /** Every history entry of a user, newest first, following `next_cursor` page by page
+     * (`limit` per page, default 200). */
+    async *historyAll(
+        user_id: string,
+        options?: { limit?: number | undefined },
+    ): AsyncGenerator<HistoryEntry, void, undefined> {
+        let cursor: string | undefined;
+        for (;;) {
+            const params: HistoryParams = { user_id, limit: options?.limit ?? HISTORY_ALL_PAGE_SIZE };
+            if (cursor !== undefined) params.cursor = cursor;
+            const page = await this.history(params);
+            yield* page.entries;
+            if (page.next_cursor === null || page.next_cursor === undefined) return;
+            cursor = page.next_cursor;
+        }
+    }
+
+    /** `GET /credits/holds`: a user's holds, optionally by status. */
+    holds(params: HoldsParams): Promise<HoldsResult> {
+        return this.transport.get<HoldsResult>("/credits/holds", params);
+    }
+}
+
+export class Commands {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `GET /commands/{command_id}`: pending, applied or rejected, with the sync call's answer. */
+    get(command_id: string): Promise<CommandStatus> {
+        return this.transport.get<CommandStatus>(`/commands/${encodeURIComponent(command_id)}`, {});
+    }
+}
+
+export class Webhooks {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `GET /webhooks/events`: received payment webhooks, newest first, with their outcome. */
+    events(params: WebhookEventsParams = {}): Promise<WebhookEventsResult> {
+        return this.transport.get<WebhookEventsResult>("/webhooks/events", params);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport: one request with retries.
+
+interface TransportConfig {
+    baseUrl: string;
+    apiKey: string | undefined;
+    timeoutMs: number;
+    maxRetries: number;
+    fetch: FetchLike;
+}
+
+interface Answer {
+    status: number;
+    body: unknown;
+}
+
+/** @internal */
+export class Transport {
+    constructor(private readonly config: TransportConfig) {}
+
+    async get<T>(path: string, query: object): Promise<T> {
+        const search = new URLSearchParams();
+        for (const [name, value] of Object.entries(query)) {
+            if (value !== undefined && value !== null) search.append(name, String(value));
+        }
+        const qs = search.toString();
+        const answer = await this.send("GET", qs === "" ? path : `${path}?${qs}`, undefined, {});
+        return answer.body as T;
+    }
+
+    async write<T>(
+        path: string,
+        params: unknown,
+        options: RequestOptions | undefined,
+    ): Promise<T | CommandHandle<T>> {
+        const idempotencyKey = options?.idempotencyKey ?? newIdempotencyKey();
+        const headers: Record<string, string> = { "Idempotency-Key": idempotencyKey };
+        if (options?.respondAsync === true) headers["Prefer"] = "respond-async";
+        const answer = await this.send("POST", path, JSON.stringify(params), headers);
+        if (answer.status === 202) {
+            const handle = this.handle<T>(answer.body as AcceptedResult, idempotencyKey);
+            // A synchronous call the server answered 202 (its result took longer than the sync
+            // timeout): the command is durable, so wait for what it became.
+            return options?.respondAsync === true ? handle : handle.wait();
+        }
+        if (options?.respondAsync === true) {
+            const result = answer.body as T;
+            return { command_id: null, status_url: null, wait: () => Promise.resolve(result) };
+        }
+        return answer.body as T;
+    }
+
+    private handle<T>(accepted: AcceptedResult, idempotencyKey: string): CommandHandle<T> {
+        const commandPath = `/commands/${encodeURIComponent(accepted.command_id)}`;
+        return {
+            command_id: accepted.command_id,
+            status_url: accepted.status_url,
+            wait: async (options?: WaitOptions): Promise<T> => {
+                const timeoutMs = options?.timeoutMs ?? WAIT_DEFAULT_TIMEOUT_MS;
+                let pollMs = options?.pollIntervalMs ?? WAIT_DEFAULT_POLL_MS;
+                const deadline = Date.now() + timeoutMs;
+                for (;;) {
+                    const status = (await this.get<CommandStatus>(commandPath, {})) as CommandStatus;
+                    if (status.status === "applied") return status.result as T;
+                    if (status.status === "rejected") {
+                        throw errorFromResponse(
+                            status.http_status ?? 0,
+                            status.result,
+                            idempotencyKey,
+                            undefined,
+                        );
+                    }
+                    const left = deadline - Date.now();
+                    if (left <= 0) {
+                        throw new WaitTimeoutError(
+                            `command ${accepted.command_id} is still ${status.status} after ${timeoutMs} ms; it will still be applied`,
+                            accepted.command_id,
+                        );
+                    }
+                    await sleep(Math.min(pollMs, left));
+                    pollMs = Math.min(pollMs * 2, WAIT_MAX_POLL_MS);
+                }
+            },
+        };
+    }
+
+    /** Sends one request, retrying what is safe to retry; resolves with a 2xx answer or throws. */
+    private async send(
+        method: string,
+        path: string,
+        body: string | undefined,
+        extraHeaders: Record<string, string>,
+    ): Promise<Answer> {
+        const headers: Record<string, string> = { Accept: "application/json", ...extraHeaders };
+        if (this.config.apiKey !== undefined && this.config.apiKey !== "") {
+            headers["Authorization"] = `Bearer ${this.config.apiKey}`;
+        }
+        if (body !== undefined) headers["Content-Type"] = "application/json";
+        const idempotencyKey = extraHeaders["Idempotency-Key"];
+        const url = this.config.baseUrl + path;
+
+        for (let attempt = 0; ; attempt++) {
+            const retriesLeft = attempt < this.config.maxRetries;
+            let failure: TallyError;
+            let retryAfterMs: number | undefined;
+            try {
+                const answer = await this.attempt(method, url, body, headers);
+                if (answer.status >= 200 && answer.status < 300) {
+                    return { status: answer.status, body: answer.body };
+                }
+                const retryAfterSeconds = parseRetryAfter(answer.retryAfter);
+                failure = errorFromResponse(answer.status, answer.body, idempotencyKey, retryAfterSeconds);
+                if (!isRetryable(failure)) throw failure;
+                retryAfterMs = retryAfterSeconds === undefined ? undefined : retryAfterSeconds * 1000;
+            } catch (error) {
+                if (error instanceof TallyError && !(error instanceof ConnectionError)) throw error;
+                failure = error instanceof ConnectionError ? error : connectionError(error, idempotencyKey);
+            }
+            if (!retriesLeft) throw failure;
+            if (retryAfterMs !== undefined && retryAfterMs > RETRY_AFTER_MAX_MS) throw failure;
+            await sleep(Math.max(backoffMs(attempt), retryAfterMs ?? 0));
+        }
+    }
+
+    private async attempt(
+        method: string,
+        url: string,
+        body: string | undefined,
+        headers: Record<string, string>,
+    ): Promise<{ status: number; body: unknown; retryAfter: string | null }> {
+        const controller = new AbortController();
+        const timer = setTimeout(() => controller.abort(), this.config.timeoutMs);
+        try {
+            const init: Parameters<FetchLike>[1] = { method, headers, signal: controller.signal };
+            if (body !== undefined) init.body = body;
+            let response: FetchResponseLike;
+            let text: string;
+            try {
+                response = await this.config.fetch(url, init);
+                text = await response.text();
+            } catch (error) {
+                if (controller.signal.aborted) {
+                    throw new ConnectionError(
+                        `${method} ${url}: no answer within ${this.config.timeoutMs} ms`,
+                        { status: 0, code: "timeout", body: null, cause: error },
+                    );
+                }
+                throw error;
+            }
+            let parsed: unknown = null;
+            if (text !== "") {
+                try {
+                    parsed = JSON.parse(text);
+                } catch {
+                    parsed = null;
+                }
+            }
+            return { status: response.status, body: parsed, retryAfter: response.headers.get("retry-after") };
+        } finally {
+            clearTimeout(timer);
+        }
+    }
+}
+
+function isRetryable(error: TallyError): boolean {
+    return (
+        error.status === 429 ||
+        error.status === 503 ||
+        (error.status === 409 && error.code === "idempotency_in_progress")
+    );
+}
+
+function connectionError(error: unknown, idempotencyKey: string | undefined): ConnectionError {
+    const reason = error instanceof Error ? error.message : String(error);
+    return new ConnectionError(`connection failed: ${reason}`, {
+        status: 0,
+        code: "connection_error",
+        body: null,
+        idempotencyKey,
+        cause: error,
+    });
+}
+
+/** Exponential backoff with jitter: base * 2^attempt, capped, then a random 50-100% of it. */
+function backoffMs(attempt: number): number {
+    const ceiling = Math.min(RETRY_MAX_DELAY_MS, RETRY_BASE_DELAY_MS * 2 ** attempt);
+    return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+/** `Retry-After` in seconds: delta-seconds or an HTTP date. */
+function parseRetryAfter(value: string | null): number | undefined {
+    if (value === null || value.trim() === "") return undefined;
+    const seconds = Number(value);
+    if (Number.isFinite(seconds)) return Math.max(0, seconds);
+    const date = Date.parse(value);
+    if (Number.isNaN(date)) return undefined;
+    return Math.max(0, (date - Date.now()) / 1000);
+}
+
+function sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A v4 UUID from the platform's `crypto` (every runtime this SDK supports has one). */
+function newIdempotencyKey(): string {
+    const webCrypto = (globalThis as { crypto?: { randomUUID?: () => string; getRandomValues?: (a: Uint8Array) => Uint8Array } }).crypto;
+    if (webCrypto?.randomUUID !== undefined) return webCrypto.randomUUID();
+    const bytes = new Uint8Array(16);
+    if (webCrypto?.getRandomValues !== undefined) {
+        webCrypto.getRandomValues(bytes);
+    } else {
+        for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+    }
+    bytes[6] = (bytes[6]! & 0x0f) | 0x40;
+    bytes[8] = (bytes[8]! & 0x3f) | 0x80;
+    const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function readEnv(): Record<string, string | undefined> {
+    const process = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
+    return process?.env ?? {};
+}
