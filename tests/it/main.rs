@@ -11,6 +11,7 @@ mod holds;
 mod idempotency;
 mod isolation;
 mod ops;
+mod sdk;
 mod soak;
 mod validation;
 mod webhooks;

@@ -108,10 +108,12 @@ impl ClientBuilder {
         let from_env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let api_key = self
             .api_key
+            .filter(|key| !key.is_empty())
             .or_else(|| from_env(API_KEY_ENV))
             .ok_or_else(|| Error::Config(format!("no API key: pass one or set {API_KEY_ENV}")))?;
         let base_url = self
             .base_url
+            .filter(|url| !url.is_empty())
             .or_else(|| from_env(BASE_URL_ENV))
             .ok_or_else(|| Error::Config(format!("no base URL: pass one or set {BASE_URL_ENV}")))?;
         let base_url = base_url.trim_end_matches('/').to_string();
