@@ -487,13 +487,84 @@ async fn sdk_waits_out_retry_after_and_never_retries_other_4xx() {
     assert_eq!(app.balance("limited").await, 5);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_retries_a_timed_out_write_with_the_same_key_and_it_takes_effect_once() {
+    let app = spawn_app().await;
+    let proxy = FaultyProxy::start(&app.base_url, vec![Fault::StallAnswer]).await;
+    let tally = Client::builder()
+        .api_key(&app.api_key)
+        .base_url(proxy.url())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+
+    tally.credits().add(&add("slow", 30)).await.expect("add");
+    let deducted = tally
+        .credits()
+        .deduct(&deduct("slow", 10))
+        .await
+        .expect("deduct");
+
+    assert_eq!(deducted.balance_after, 20);
+    assert_eq!(app.balance("slow").await, 20);
+    assert_eq!(app.ledger_rows().await, 2);
+    let keys = proxy.idempotency_keys();
+    assert_eq!(
+        keys.len(),
+        3,
+        "add timed out once, then retried; deduct once"
+    );
+    assert_eq!(keys[0], keys[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_retries_503_and_idempotency_in_progress_at_most_max_retries_times() {
+    let app = spawn_app().await;
+    let unavailable = Fault::Refuse {
+        status: 503,
+        code: "unavailable",
+    };
+    let in_progress = Fault::Refuse {
+        status: 409,
+        code: "idempotency_in_progress",
+    };
+    let proxy = FaultyProxy::start(&app.base_url, vec![unavailable, in_progress]).await;
+    let tally = Client::new(&app.api_key, proxy.url()).expect("client");
+    let added = tally
+        .credits()
+        .add(&add("busy", 9))
+        .await
+        .expect("third attempt");
+    assert_eq!(added.balance_after, 9);
+    assert_eq!(proxy.idempotency_keys().len(), 3);
+
+    let always = FaultyProxy::start(&app.base_url, vec![unavailable; 4]).await;
+    let tally = Client::new(&app.api_key, always.url()).expect("client");
+    let refused = tally
+        .credits()
+        .add(&add("busy", 9))
+        .await
+        .expect_err("503 thrice");
+    assert!(matches!(refused, Error::Unavailable { .. }), "{refused:?}");
+    assert_eq!(
+        always.idempotency_keys().len(),
+        3,
+        "two retries after the first attempt"
+    );
+    assert_eq!(app.balance("busy").await, 9);
+}
+
 /// What the proxy does to the n-th request it receives; requests past the list pass through.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     /// Forwards the request, lets the stack apply it, then closes the connection unanswered.
     DropAnswer,
+    /// Forwards the request, lets the stack apply it, then holds the connection unanswered.
+    StallAnswer,
     /// Answers 429 without forwarding.
     RateLimited { retry_after_secs: u64 },
+    /// Answers this status and `error` code without forwarding.
+    Refuse { status: u16, code: &'static str },
 }
 
 /// A one-request-per-connection HTTP/1.1 proxy in front of the ingress that injects faults.
@@ -570,14 +641,28 @@ async fn relay(
         client.write_all(answer.as_bytes()).await?;
         return client.shutdown().await;
     }
+    if let Some(Fault::Refuse { status, code }) = fault {
+        let body = format!(r#"{{"success":false,"error":"{code}","message":"injected"}}"#);
+        let answer = format!(
+            "HTTP/1.1 {status} Injected\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(answer.as_bytes()).await?;
+        return client.shutdown().await;
+    }
     let mut server = TcpStream::connect(upstream).await?;
     server
         .write_all(&with_header_after_first_line(&request, "connection: close"))
         .await?;
     let mut answer = Vec::new();
     server.read_to_end(&mut answer).await?;
-    if let Some(Fault::DropAnswer) = fault {
-        return Ok(());
+    match fault {
+        Some(Fault::DropAnswer) => return Ok(()),
+        Some(Fault::StallAnswer) => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return Ok(());
+        }
+        _ => {}
     }
     client
         .write_all(&with_header_after_first_line(&answer, "connection: close"))
