@@ -17,6 +17,7 @@ mod lot_conservation;
 mod ops;
 mod rate_limits;
 mod secrets;
+mod sdk;
 mod soak;
 mod validation;
 mod webhooks;

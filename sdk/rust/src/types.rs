@@ -1,0 +1,275 @@
+//! Request parameters and response bodies, mirroring the API's JSON field for field
+//! (snake_case). Optional request fields left `None` are not sent; response fields the server
+//! may add later are ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// `POST /credits/add`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AddParams {
+    pub user_id: String,
+    pub amount: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// RFC 3339, in the future: these credits form a lot that expires then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+}
+
+/// `POST /credits/deduct`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DeductParams {
+    pub user_id: String,
+    pub amount: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /credits/refund`: `amount` defaults to all that is left of the entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RefundParams {
+    pub ledger_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /credits/hold`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HoldParams {
+    pub user_id: String,
+    pub amount: i64,
+    /// 1..=86400, default 900.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /credits/capture`: `amount` defaults to all that is held.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CaptureParams {
+    pub hold_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+}
+
+/// `POST /credits/release`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReleaseParams {
+    pub hold_id: Uuid,
+}
+
+/// `GET /credits/history`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HistoryParams {
+    pub user_id: String,
+    /// 1..=200, default 50.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `GET /credits/holds`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HoldsParams {
+    pub user_id: String,
+    /// `active`, `captured`, `released` or `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `GET /webhooks/events`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct WebhookEventsParams {
+    /// `stripe` or `polar`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// The answer to an add or a deduct.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct WriteResponse {
+    pub success: bool,
+    pub user_id: String,
+    pub balance_after: i64,
+    pub ledger_id: Uuid,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct RefundResponse {
+    pub success: bool,
+    pub user_id: String,
+    pub balance_after: i64,
+    /// The refund entry.
+    pub ledger_id: Uuid,
+    pub refunded_ledger_id: Uuid,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HoldResponse {
+    pub success: bool,
+    pub user_id: String,
+    pub hold_id: Uuid,
+    pub amount: i64,
+    pub balance: i64,
+    pub available: i64,
+    pub expires_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CaptureResponse {
+    pub success: bool,
+    pub user_id: String,
+    pub hold_id: Uuid,
+    pub ledger_id: Uuid,
+    pub captured: i64,
+    pub released: i64,
+    pub balance_after: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ReleaseResponse {
+    pub success: bool,
+    pub user_id: String,
+    pub hold_id: Uuid,
+    pub released: i64,
+    pub balance: i64,
+    pub available: i64,
+}
+
+/// `202`: the command is durable and will be applied; its outcome is at `status_url`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Accepted {
+    pub success: bool,
+    pub status: String,
+    pub command_id: Uuid,
+    pub status_url: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct BalanceResponse {
+    pub user_id: String,
+    /// What the user owns.
+    pub balance: i64,
+    #[serde(default)]
+    pub held: i64,
+    /// `balance - held`: what deducts and new holds may use.
+    #[serde(default)]
+    pub available: i64,
+    #[serde(default)]
+    pub next_expiry: Option<NextExpiry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct NextExpiry {
+    pub amount: i64,
+    pub expires_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HistoryResponse {
+    pub user_id: String,
+    pub entries: Vec<HistoryEntry>,
+    /// `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HistoryEntry {
+    pub ledger_id: Uuid,
+    /// `add`, `deduct`, `refund`, `payment`, `expire` or `clawback`.
+    #[serde(rename = "type")]
+    pub entry_type: String,
+    /// Signed: negative for what left the balance.
+    pub amount: i64,
+    pub balance_after: i64,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// `api`, `stripe`, `polar`, `system` or `dashboard`.
+    pub source: String,
+    #[serde(default)]
+    pub refunded_ledger_id: Option<Uuid>,
+    #[serde(default)]
+    pub hold_id: Option<Uuid>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub lot_id: Option<Uuid>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HoldsResponse {
+    pub user_id: String,
+    pub holds: Vec<HoldRecord>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HoldRecord {
+    pub hold_id: Uuid,
+    pub amount: i64,
+    pub captured: i64,
+    /// `active`, `captured`, `released` or `expired`.
+    pub status: String,
+    pub expires_at: String,
+    pub created_at: String,
+}
+
+/// `GET /commands/{command_id}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CommandStatus {
+    pub command_id: Uuid,
+    /// `pending`, `applied` or `rejected`.
+    pub status: String,
+    /// The status the synchronous call would have answered; `None` while pending.
+    pub http_status: Option<u16>,
+    /// The body the synchronous call would have answered; `None` while pending.
+    pub result: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct WebhookEventsResponse {
+    pub events: Vec<WebhookEvent>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct WebhookEvent {
+    pub event_id: String,
+    pub provider: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `credited`, `clawed_back`, `duplicate`, `ignored` or `rejected`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub user_id: Option<String>,
+    pub ledger_id: Option<Uuid>,
+    pub received_at: String,
+}

@@ -1,0 +1,708 @@
+//! The Rust client (`tally-client`) against the real stack: every call, every error the stack
+//! answers, paging, 202 handles, and retries that take effect once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use tally_client::{
+    AddParams, CaptureParams, Client, DeductParams, Error, HistoryParams, HoldParams, HoldsParams,
+    RefundParams, ReleaseParams, WebhookEventsParams,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+use crate::harness::{spawn_app, TestApp};
+
+fn client(app: &TestApp) -> Client {
+    Client::new(&app.api_key, &app.base_url).expect("client")
+}
+
+fn add(user: &str, amount: i64) -> AddParams {
+    AddParams {
+        user_id: user.into(),
+        amount,
+        ..Default::default()
+    }
+}
+
+fn deduct(user: &str, amount: i64) -> DeductParams {
+    DeductParams {
+        user_id: user.into(),
+        amount,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_adds_deducts_refunds_and_reads() {
+    let app = spawn_app().await;
+    let tally = client(&app);
+    let credits = tally.credits();
+
+    let added = credits
+        .add(&AddParams {
+            description: Some("Starter pack".into()),
+            metadata: Some([("order".to_string(), "42".to_string())].into()),
+            ..add("user_abc123", 500)
+        })
+        .await
+        .expect("add");
+    assert_eq!(
+        (added.user_id.as_str(), added.balance_after),
+        ("user_abc123", 500)
+    );
+    let deducted = credits
+        .deduct(&deduct("user_abc123", 50))
+        .await
+        .expect("deduct");
+    assert_eq!(deducted.balance_after, 450);
+    let refunded = credits
+        .refund(&RefundParams {
+            ledger_id: deducted.ledger_id,
+            amount: Some(20),
+            ..Default::default()
+        })
+        .await
+        .expect("refund");
+    assert_eq!(refunded.balance_after, 470);
+    assert_eq!(refunded.refunded_ledger_id, deducted.ledger_id);
+
+    let balance = credits.balance("user_abc123").await.expect("balance");
+    assert_eq!(
+        (balance.balance, balance.held, balance.available),
+        (470, 0, 470)
+    );
+    assert_eq!(balance.next_expiry, None);
+
+    let history = credits
+        .history(&HistoryParams {
+            user_id: "user_abc123".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    let kinds: Vec<(&str, i64)> = history
+        .entries
+        .iter()
+        .map(|entry| (entry.entry_type.as_str(), entry.amount))
+        .collect();
+    assert_eq!(kinds, [("refund", 20), ("deduct", -50), ("add", 500)]);
+    assert_eq!(history.entries[2].metadata["order"], "42");
+    assert_eq!(
+        history.entries[2].description.as_deref(),
+        Some("Starter pack")
+    );
+    assert_eq!(history.next_cursor, None);
+
+    let events = tally
+        .webhooks()
+        .events(&WebhookEventsParams {
+            provider: Some("stripe".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("webhook events");
+    assert!(events.events.is_empty());
+    assert_eq!(app.ledger_rows().await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_holds_capture_and_release() {
+    let app = spawn_app().await;
+    let tally = client(&app);
+    let credits = tally.credits();
+    credits.add(&add("u", 300)).await.expect("add");
+
+    let hold = credits
+        .hold(&HoldParams {
+            user_id: "u".into(),
+            amount: 100,
+            expires_in_seconds: Some(600),
+            ..Default::default()
+        })
+        .await
+        .expect("hold");
+    assert_eq!((hold.balance, hold.available), (300, 200));
+    let captured = credits
+        .capture(&CaptureParams {
+            hold_id: hold.hold_id,
+            amount: Some(37),
+        })
+        .await
+        .expect("capture");
+    assert_eq!(
+        (captured.captured, captured.released, captured.balance_after),
+        (37, 63, 263)
+    );
+
+    let second = credits
+        .hold(&HoldParams {
+            user_id: "u".into(),
+            amount: 50,
+            ..Default::default()
+        })
+        .await
+        .expect("hold");
+    let released = credits
+        .release(&ReleaseParams {
+            hold_id: second.hold_id,
+        })
+        .await
+        .expect("release");
+    assert_eq!((released.released, released.available), (50, 263));
+
+    let holds = credits
+        .holds(&HoldsParams {
+            user_id: "u".into(),
+            status: Some("captured".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("holds");
+    assert_eq!(holds.holds.len(), 1);
+    assert_eq!(holds.holds[0].hold_id, hold.hold_id);
+    assert_eq!(holds.holds[0].captured, 37);
+
+    let again = credits
+        .release(&ReleaseParams {
+            hold_id: second.hold_id,
+        })
+        .await
+        .expect_err("a released hold is not active");
+    assert!(matches!(again, Error::Conflict(_)), "{again:?}");
+    assert_eq!(again.code(), Some("hold_not_active"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_maps_every_error_the_stack_answers() {
+    let mut app = spawn_app().await;
+    let tally = Client::builder()
+        .api_key(&app.api_key)
+        .base_url(&app.base_url)
+        .max_retries(0)
+        .build()
+        .expect("client");
+    let credits = tally.credits();
+    credits.add(&add("u", 40)).await.expect("add");
+
+    match credits.deduct(&deduct("u", 50)).await {
+        Err(Error::InsufficientCredits {
+            balance,
+            available,
+            error,
+        }) => {
+            assert_eq!((balance, available), (40, Some(40)));
+            assert_eq!(
+                (error.status, error.code.as_str()),
+                (402, "insufficient_credits")
+            );
+        }
+        other => panic!("expected insufficient credits: {other:?}"),
+    }
+
+    let zero = credits.add(&add("u", 0)).await.expect_err("amount 0");
+    assert!(matches!(zero, Error::BadRequest(_)), "{zero:?}");
+    assert_eq!(
+        (zero.status(), zero.code()),
+        (Some(400), Some("invalid_request"))
+    );
+    assert_eq!(zero.body().expect("body")["field"], "amount");
+
+    let huge = credits
+        .add(&AddParams {
+            description: Some("x".repeat(70 * 1024)),
+            ..add("u", 1)
+        })
+        .await
+        .expect_err("a body over 64 KiB");
+    assert!(matches!(huge, Error::BadRequest(_)), "{huge:?}");
+    assert_eq!(
+        (huge.status(), huge.code()),
+        (Some(413), Some("payload_too_large"))
+    );
+
+    let unknown = tally
+        .commands()
+        .get(Uuid::now_v7())
+        .await
+        .expect_err("unknown");
+    assert!(matches!(unknown, Error::NotFound(_)), "{unknown:?}");
+    assert_eq!(unknown.code(), Some("not_found"));
+    let malformed = tally
+        .commands()
+        .get("not-a-uuid")
+        .await
+        .expect_err("malformed");
+    assert!(matches!(malformed, Error::BadRequest(_)), "{malformed:?}");
+
+    let stranger = Client::new("tk_not_a_key", &app.base_url).expect("client");
+    let denied = stranger.credits().balance("u").await.expect_err("bad key");
+    assert!(matches!(denied, Error::Authentication(_)), "{denied:?}");
+    assert_eq!(
+        (denied.status(), denied.code()),
+        (Some(401), Some("unauthorized"))
+    );
+
+    let granted = credits
+        .add(&add("u", 10))
+        .idempotency_key("k-1")
+        .await
+        .expect("add");
+    let conflict = credits
+        .add(&add("u", 11))
+        .idempotency_key("k-1")
+        .await
+        .expect_err("same key, other body");
+    assert!(
+        matches!(conflict, Error::IdempotencyConflict(_)),
+        "{conflict:?}"
+    );
+    assert_eq!(conflict.code(), Some("idempotency_conflict"));
+
+    let refund = credits
+        .refund(&RefundParams {
+            ledger_id: granted.ledger_id,
+            ..Default::default()
+        })
+        .await
+        .expect("refund");
+    let twice = credits
+        .refund(&RefundParams {
+            ledger_id: granted.ledger_id,
+            ..Default::default()
+        })
+        .await
+        .expect_err("nothing left");
+    assert!(matches!(twice, Error::Conflict(_)), "{twice:?}");
+    assert_eq!(twice.code(), Some("already_refunded"));
+    let of_refund = credits
+        .refund(&RefundParams {
+            ledger_id: refund.ledger_id,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a refund is not refundable");
+    assert!(matches!(of_refund, Error::BadRequest(_)), "{of_refund:?}");
+    assert_eq!(
+        (of_refund.status(), of_refund.code()),
+        (Some(422), Some("not_refundable"))
+    );
+
+    app.nats.stop();
+    let unavailable = credits.add(&add("u", 5)).await.expect_err("no broker");
+    assert!(
+        matches!(unavailable, Error::Unavailable { .. }),
+        "{unavailable:?}"
+    );
+    assert_eq!(unavailable.code(), Some("unavailable"));
+    app.nats.restart();
+
+    let closed = Client::new(
+        &app.api_key,
+        format!("http://{}", crate::harness::free_local_addr()),
+    )
+    .expect("client");
+    let refused = closed
+        .credits()
+        .balance("u")
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(refused, Error::Connection(_)), "{refused:?}");
+    assert_eq!(refused.status(), None);
+
+    let missing = Client::builder()
+        .base_url(&app.base_url)
+        .api_key("")
+        .build();
+    assert!(
+        std::env::var_os(tally_client::API_KEY_ENV).is_some()
+            || matches!(missing, Err(Error::Config(_)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_pages_through_the_whole_history() {
+    let app = spawn_app().await;
+    let tally = client(&app);
+    let credits = tally.credits();
+    for amount in 1..=7 {
+        credits.add(&add("pager", amount)).await.expect("add");
+    }
+
+    let all: Vec<i64> = credits
+        .history_all_with(HistoryParams {
+            user_id: "pager".into(),
+            limit: Some(2),
+            cursor: None,
+        })
+        .map_ok(|entry| entry.amount)
+        .try_collect()
+        .await
+        .expect("history pages");
+    assert_eq!(all, [7, 6, 5, 4, 3, 2, 1]);
+    let default_pages: Vec<_> = credits
+        .history_all("pager")
+        .try_collect()
+        .await
+        .expect("all");
+    assert_eq!(default_pages.len(), 7);
+
+    let first = credits
+        .history(&HistoryParams {
+            user_id: "pager".into(),
+            limit: Some(3),
+            cursor: None,
+        })
+        .await
+        .expect("page");
+    assert_eq!(first.entries.len(), 3);
+    let second = credits
+        .history(&HistoryParams {
+            user_id: "pager".into(),
+            limit: Some(3),
+            cursor: first.next_cursor,
+        })
+        .await
+        .expect("page");
+    assert_eq!(second.entries[0].amount, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_respond_async_handles_wait_for_the_outcome() {
+    let app = spawn_app().await;
+    let tally = client(&app);
+    let credits = tally.credits();
+
+    let handle = credits
+        .add(&add("later", 100))
+        .respond_async()
+        .await
+        .expect("202");
+    let command_id = handle.command_id().expect("a command id");
+    assert_eq!(
+        handle.status_url(),
+        Some(format!("/commands/{command_id}").as_str())
+    );
+    let added = handle.wait().await.expect("applied");
+    assert_eq!(added.balance_after, 100);
+    let status = tally.commands().get(command_id).await.expect("status");
+    assert_eq!(
+        (status.status.as_str(), status.http_status),
+        ("applied", Some(200))
+    );
+
+    let rejected = credits
+        .deduct(&deduct("later", 500))
+        .respond_async()
+        .await
+        .expect("202")
+        .wait()
+        .await
+        .expect_err("more than the balance");
+    match rejected {
+        Error::InsufficientCredits { balance, .. } => assert_eq!(balance, 100),
+        other => panic!("expected insufficient credits: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_retries_a_write_whose_answer_was_lost_and_it_takes_effect_once() {
+    let app = spawn_app().await;
+    let proxy = FaultyProxy::start(&app.base_url, vec![Fault::DropAnswer]).await;
+    let tally = Client::new(&app.api_key, proxy.url()).expect("client");
+
+    let added = tally
+        .credits()
+        .add(&add("once", 70))
+        .await
+        .expect("retried add");
+
+    assert_eq!(added.balance_after, 70);
+    assert_eq!(app.balance("once").await, 70);
+    assert_eq!(app.ledger_rows().await, 1);
+    let keys = proxy.idempotency_keys();
+    assert_eq!(keys.len(), 2, "one attempt lost, one retried");
+    assert!(keys[0].is_some() && keys[0] == keys[1], "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_waits_out_retry_after_and_never_retries_other_4xx() {
+    let app = spawn_app().await;
+    let proxy = FaultyProxy::start(
+        &app.base_url,
+        vec![Fault::RateLimited {
+            retry_after_secs: 1,
+        }],
+    )
+    .await;
+    let tally = Client::new(&app.api_key, proxy.url()).expect("client");
+
+    let started = Instant::now();
+    let added = tally
+        .credits()
+        .add(&add("limited", 5))
+        .await
+        .expect("add after 429");
+    assert_eq!(added.balance_after, 5);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried before Retry-After"
+    );
+    assert_eq!(proxy.idempotency_keys().len(), 2);
+
+    let rejected = tally.credits().deduct(&deduct("limited", 50)).await;
+    assert!(
+        matches!(rejected, Err(Error::InsufficientCredits { .. })),
+        "{rejected:?}"
+    );
+    assert_eq!(proxy.idempotency_keys().len(), 3, "a 402 is not retried");
+
+    let no_retries = FaultyProxy::start(
+        &app.base_url,
+        vec![Fault::RateLimited {
+            retry_after_secs: 1,
+        }],
+    )
+    .await;
+    let impatient = Client::builder()
+        .api_key(&app.api_key)
+        .base_url(no_retries.url())
+        .max_retries(0)
+        .build()
+        .expect("client");
+    let limited = impatient
+        .credits()
+        .add(&add("limited", 5))
+        .await
+        .expect_err("429");
+    assert!(matches!(limited, Error::RateLimited { .. }), "{limited:?}");
+    assert_eq!(
+        (limited.status(), limited.code()),
+        (Some(429), Some("rate_limited"))
+    );
+    assert_eq!(limited.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(app.balance("limited").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_retries_a_timed_out_write_with_the_same_key_and_it_takes_effect_once() {
+    let app = spawn_app().await;
+    let proxy = FaultyProxy::start(&app.base_url, vec![Fault::StallAnswer]).await;
+    let tally = Client::builder()
+        .api_key(&app.api_key)
+        .base_url(proxy.url())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+
+    tally.credits().add(&add("slow", 30)).await.expect("add");
+    let deducted = tally
+        .credits()
+        .deduct(&deduct("slow", 10))
+        .await
+        .expect("deduct");
+
+    assert_eq!(deducted.balance_after, 20);
+    assert_eq!(app.balance("slow").await, 20);
+    assert_eq!(app.ledger_rows().await, 2);
+    let keys = proxy.idempotency_keys();
+    assert_eq!(
+        keys.len(),
+        3,
+        "add timed out once, then retried; deduct once"
+    );
+    assert_eq!(keys[0], keys[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_retries_503_and_idempotency_in_progress_at_most_max_retries_times() {
+    let app = spawn_app().await;
+    let unavailable = Fault::Refuse {
+        status: 503,
+        code: "unavailable",
+    };
+    let in_progress = Fault::Refuse {
+        status: 409,
+        code: "idempotency_in_progress",
+    };
+    let proxy = FaultyProxy::start(&app.base_url, vec![unavailable, in_progress]).await;
+    let tally = Client::new(&app.api_key, proxy.url()).expect("client");
+    let added = tally
+        .credits()
+        .add(&add("busy", 9))
+        .await
+        .expect("third attempt");
+    assert_eq!(added.balance_after, 9);
+    assert_eq!(proxy.idempotency_keys().len(), 3);
+
+    let always = FaultyProxy::start(&app.base_url, vec![unavailable; 4]).await;
+    let tally = Client::new(&app.api_key, always.url()).expect("client");
+    let refused = tally
+        .credits()
+        .add(&add("busy", 9))
+        .await
+        .expect_err("503 thrice");
+    assert!(matches!(refused, Error::Unavailable { .. }), "{refused:?}");
+    assert_eq!(
+        always.idempotency_keys().len(),
+        3,
+        "two retries after the first attempt"
+    );
+    assert_eq!(app.balance("busy").await, 9);
+}
+
+/// What the proxy does to the n-th request it receives; requests past the list pass through.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Forwards the request, lets the stack apply it, then closes the connection unanswered.
+    DropAnswer,
+    /// Forwards the request, lets the stack apply it, then holds the connection unanswered.
+    StallAnswer,
+    /// Answers 429 without forwarding.
+    RateLimited { retry_after_secs: u64 },
+    /// Answers this status and `error` code without forwarding.
+    Refuse { status: u16, code: &'static str },
+}
+
+/// A one-request-per-connection HTTP/1.1 proxy in front of the ingress that injects faults.
+struct FaultyProxy {
+    addr: std::net::SocketAddr,
+    /// The `Idempotency-Key` of each request received, in order.
+    keys: Arc<Mutex<Vec<Option<String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultyProxy {
+    async fn start(upstream: &str, faults: Vec<Fault>) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let faults = Arc::new(faults);
+        let task = {
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let (keys, seen, faults, upstream) =
+                        (keys.clone(), seen.clone(), faults.clone(), upstream.clone());
+                    tokio::spawn(async move {
+                        let _ = relay(client, &upstream, &keys, &seen, &faults).await;
+                    });
+                }
+            })
+        };
+        Self { addr, keys, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn idempotency_keys(&self) -> Vec<Option<String>> {
+        self.keys.lock().expect("keys").clone()
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(
+    mut client: TcpStream,
+    upstream: &str,
+    keys: &Mutex<Vec<Option<String>>>,
+    seen: &AtomicUsize,
+    faults: &[Fault],
+) -> std::io::Result<()> {
+    let request = read_request(&mut client).await?;
+    let head = String::from_utf8_lossy(&request).to_string();
+    let key = head
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("idempotency-key")
+                .then(|| value.trim().to_string())
+        });
+    keys.lock().expect("keys").push(key);
+    let fault = faults.get(seen.fetch_add(1, Ordering::SeqCst)).copied();
+    if let Some(Fault::RateLimited { retry_after_secs }) = fault {
+        let body = r#"{"success":false,"error":"rate_limited","message":"slow down"}"#;
+        let answer = format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {retry_after_secs}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(answer.as_bytes()).await?;
+        return client.shutdown().await;
+    }
+    if let Some(Fault::Refuse { status, code }) = fault {
+        let body = format!(r#"{{"success":false,"error":"{code}","message":"injected"}}"#);
+        let answer = format!(
+            "HTTP/1.1 {status} Injected\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(answer.as_bytes()).await?;
+        return client.shutdown().await;
+    }
+    let mut server = TcpStream::connect(upstream).await?;
+    server
+        .write_all(&with_header_after_first_line(&request, "connection: close"))
+        .await?;
+    let mut answer = Vec::new();
+    server.read_to_end(&mut answer).await?;
+    match fault {
+        Some(Fault::DropAnswer) => return Ok(()),
+        Some(Fault::StallAnswer) => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return Ok(());
+        }
+        _ => {}
+    }
+    client
+        .write_all(&with_header_after_first_line(&answer, "connection: close"))
+        .await?;
+    client.shutdown().await
+}
+
+/// One HTTP/1.1 request: its head, then `content-length` bytes of body.
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                return Ok(buffer);
+            }
+        }
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+fn with_header_after_first_line(message: &[u8], header: &str) -> Vec<u8> {
+    let line_end = message
+        .windows(2)
+        .position(|window| window == b"\r\n")
+        .expect("an HTTP message")
+        + 2;
+    let mut out = message[..line_end].to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&message[line_end..]);
+    out
+}
