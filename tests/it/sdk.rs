@@ -178,7 +178,7 @@ async fn sdk_holds_capture_and_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_maps_every_error_the_stack_answers() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let tally = Client::builder()
         .api_key(&app.api_key)
         .base_url(&app.base_url)
