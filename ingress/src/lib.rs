@@ -3,8 +3,10 @@
 //!
 //! Only this crate knows HTTP; only workers write the ledger.
 
+pub mod admin;
 pub mod auth;
 pub mod bus;
+pub mod dashboard;
 pub mod error;
 pub mod openapi;
 pub mod receipts;
@@ -132,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
+        .merge(admin::routes())
+        .merge(dashboard::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(state)

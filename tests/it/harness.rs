@@ -244,6 +244,9 @@ pub struct TestApp {
     ingress: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// `TALLY_ADMIN_TOKEN` of every test ingress.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 pub struct Options {
     pub workers: usize,
     pub sync_timeout_ms: u64,
@@ -278,6 +281,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let mut ingress_config =
         tally_ingress::IngressConfig::new(common_config(&db.url, &nats.url(), &namespace));
     ingress_config.sync_timeout_ms = options.sync_timeout_ms;
+    ingress_config.admin_token = Some(ADMIN_TOKEN.into());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind ingress");
