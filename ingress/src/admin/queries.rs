@@ -190,7 +190,8 @@ pub async fn user(pool: &PgPool, app_id: Uuid, user_id: &str) -> Result<Value, A
         .iter()
         .find(|lot| lot.3 > now && lot.2 > 0)
         .map(|lot| json!({ "amount": lot.2, "expires_at": rfc3339(lot.3) }));
-    let holds: Vec<(Uuid, i64, DateTime<Utc>, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+    type HoldRow = (Uuid, i64, DateTime<Utc>, DateTime<Utc>, Option<String>);
+    let holds: Vec<HoldRow> = sqlx::query_as(
         "SELECT id, amount, expires_at, created_at, description FROM holds
          WHERE app_id = $1 AND user_id = $2 AND status = 'active' ORDER BY created_at DESC, id DESC LIMIT 200",
     )
