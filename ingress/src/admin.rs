@@ -24,6 +24,7 @@ use crate::submit::{submit, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;
 
+pub mod manage;
 pub mod queries;
 
 /// A request that presented the admin token.
@@ -69,7 +70,19 @@ impl FromRequestParts<AppState> for Admin {
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/admin/apps", get(apps))
+        .route("/admin/apps", get(apps).post(manage::create))
+        .route(
+            "/admin/apps/{app_id}/keys",
+            get(manage::list_keys).post(manage::create_key),
+        )
+        .route(
+            "/admin/apps/{app_id}/keys/{key_id}/revoke",
+            post(manage::revoke),
+        )
+        .route(
+            "/admin/apps/{app_id}/webhook-secrets",
+            post(manage::create_secret),
+        )
         .route("/admin/apps/{app_id}/users", get(users))
         .route("/admin/apps/{app_id}/users/{user_id}", get(user))
         .route("/admin/apps/{app_id}/entries", get(entries))

@@ -43,7 +43,14 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/logout", post(logout))
         .route("/dashboard/app.css", get(css))
         .route("/dashboard/app.js", get(js))
+        .route("/dashboard/apps", post(create_app))
         .route("/dashboard/apps/{app_id}", get(app_page))
+        .route("/dashboard/apps/{app_id}/keys", post(issue_key))
+        .route(
+            "/dashboard/apps/{app_id}/keys/{key_id}/revoke",
+            post(revoke_key),
+        )
+        .route("/dashboard/apps/{app_id}/webhook-secrets", post(add_secret))
         .route("/dashboard/apps/{app_id}/events", get(events_page))
         .route("/dashboard/apps/{app_id}/users/{user_id}", get(user_page))
         .route(
@@ -353,7 +360,11 @@ async fn logout(
     response
 }
 
-async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn home(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     guarded(&state.clone(), &headers, |session| async move {
         let apps = queries::apps(&state.pool).await?;
         let mut rows = String::new();
@@ -379,7 +390,13 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
             "Apps",
             &nav(&state, &session),
             &format!(
-                r#"<h1>Apps</h1><div data-live id="apps"><table class="stack"><thead><tr><th>App</th><th class="num">Users</th><th class="num">Outstanding</th><th class="num">Added 24 h</th><th class="num">Spent 24 h</th><th class="num">Active holds</th><th class="num">Webhooks rejected 24 h</th></tr></thead><tbody>{rows}</tbody></table></div>"#
+                r#"<h1>Apps</h1>{notice}<div data-live id="apps"><table class="stack"><thead><tr><th>App</th><th class="num">Users</th><th class="num">Outstanding</th><th class="num">Added 24 h</th><th class="num">Spent 24 h</th><th class="num">Active holds</th><th class="num">Webhooks rejected 24 h</th></tr></thead><tbody>{rows}</tbody></table></div>
+<details class="card"><summary>Create an app</summary>
+<form method="post" action="/dashboard/apps" class="stacked"><input type="hidden" name="csrf" value="{csrf}">
+<label for="app-name">Name</label><input id="app-name" name="name" maxlength="200" required>
+<button type="submit">Create app</button></form></details>"#,
+                notice = notice(&query),
+                csrf = csrf_token(&state, &session),
             ),
         ))
     })
@@ -472,7 +489,7 @@ async fn app_page(
             &app.name,
             &nav(&state, &session),
             &format!(
-                r#"<p class="crumbs"><a href="/dashboard">Apps</a> /</p><h1>{name}</h1>
+                r#"<p class="crumbs"><a href="/dashboard">Apps</a> /</p><h1>{name}</h1>{notice}
 <p class="muted">App id <code>{id}</code> · <a href="/dashboard/apps/{id}/events">Webhook events</a></p>
 <div data-live id="chart">{chart}</div>
 <h2>Users</h2>
@@ -481,9 +498,12 @@ async fn app_page(
 <label for="sort">Sort by</label><select id="sort" name="sort"><option value="activity"{a}>Last activity</option><option value="balance"{b}>Balance</option></select>
 <button type="submit">Search</button></form>
 <div data-live id="users"><table class="stack"><thead><tr><th>User</th><th class="num">Balance</th><th class="num">Held</th><th>Last activity (UTC)</th></tr></thead><tbody>{rows}</tbody></table></div>
-<nav class="pager" aria-label="Pages">{pager}</nav>"#,
+<nav class="pager" aria-label="Pages">{pager}</nav>
+<h2>API keys and webhook secrets</h2>{credentials}"#,
                 name = esc(&app.name),
                 id = app.id,
+                notice = notice(&query),
+                credentials = credentials_html(&state, &session, app.id, &admin::manage::credentials(&state.pool, app.id).await?),
                 chart = chart(&days),
                 prefix = esc(&request.prefix),
                 a = sorted("activity"),
@@ -954,6 +974,166 @@ async fn events_page(
                 o = select("outcome", "Outcome", &["credited", "clawed_back", "duplicate", "ignored", "rejected"], query.get("outcome")),
             ),
         ))
+    })
+    .await
+}
+
+fn credentials_html(state: &AppState, session: &str, app_id: Uuid, credentials: &Value) -> String {
+    let csrf = csrf_token(state, session);
+    let mut rows = String::new();
+    for key in credentials["keys"].as_array().into_iter().flatten() {
+        let action = if key["revoked_at"].is_null() {
+            format!(
+                r#"<form method="post" action="/dashboard/apps/{app_id}/keys/{id}/revoke" data-confirm="Revoke this key? Requests with it stop working within 5 seconds."><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="danger" aria-label="Revoke key {prefix}">Revoke</button></form>"#,
+                id = s(key, "key_id"),
+                prefix = esc(&s(key, "prefix")),
+            )
+        } else {
+            format!(
+                r#"<span class="muted">revoked {}</span>"#,
+                esc(&s(key, "revoked_at")[..10.min(s(key, "revoked_at").len())])
+            )
+        };
+        let _ = write!(
+            rows,
+            r#"<tr><td data-label="Key"><code>{}…</code></td><td data-label="Created">{}</td><td data-label="">{action}</td></tr>"#,
+            esc(&s(key, "prefix")),
+            esc(&s(key, "created_at")[..10.min(s(key, "created_at").len())]),
+        );
+    }
+    let secrets: Vec<String> = credentials["webhook_secrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|secret| format!("{}: {}", esc(&s(secret, "provider")), n(secret, "count")))
+        .collect();
+    let secrets = if secrets.is_empty() {
+        "none".to_string()
+    } else {
+        secrets.join(", ")
+    };
+    format!(
+        r#"<table class="stack"><thead><tr><th>Key</th><th>Created</th><th></th></tr></thead><tbody>{rows}</tbody></table>
+<form method="post" action="/dashboard/apps/{app_id}/keys"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Issue a new key</button></form>
+<details class="card"><summary>Add a webhook secret (secrets so far: {secrets})</summary>
+<form method="post" action="/dashboard/apps/{app_id}/webhook-secrets" class="stacked"><input type="hidden" name="csrf" value="{csrf}">
+<label for="provider">Provider</label><select id="provider" name="provider"><option>stripe</option><option>polar</option></select>
+<label for="secret">Signing secret</label><input id="secret" name="secret" type="password" autocomplete="off" required>
+<button type="submit">Add secret</button></form></details>"#
+    )
+}
+
+/// The page that shows a new key, once.
+fn key_page(state: &AppState, session: &str, app_id: Uuid, app_name: &str, key: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "New API key",
+        &nav(state, session),
+        &format!(
+            r#"<p class="crumbs"><a href="/dashboard">Apps</a> / <a href="/dashboard/apps/{app_id}">{name}</a> /</p><h1>New API key</h1>
+<p class="notice ok" role="status">Copy this key now: it is shown only once.</p>
+<p class="card"><code id="new-key">{key}</code></p><p><a href="/dashboard/apps/{app_id}">Back to {name}</a></p>"#,
+            name = esc(app_name),
+            key = esc(key),
+        ),
+    )
+}
+
+async fn create_app(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    guarded(&state.clone(), &headers, |session| async move {
+        if !csrf_ok(&state, &session, form.get("csrf")) {
+            return Err(ApiError::invalid(
+                "the form has expired; reload the page and try again",
+            ));
+        }
+        let name = match admin::manage::check_name(
+            form.get("name").map(String::as_str).unwrap_or_default(),
+        ) {
+            Ok(name) => name,
+            Err(error) => {
+                return Ok(redirect(&with_message(
+                    "/dashboard",
+                    Err(error.to_string()),
+                )))
+            }
+        };
+        let (app_id, key) = admin::manage::create_app(&state.pool, &name).await?;
+        Ok(key_page(&state, &session, app_id, &name, &key))
+    })
+    .await
+}
+
+async fn issue_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app_id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    guarded(&state.clone(), &headers, |session| async move {
+        if !csrf_ok(&state, &session, form.get("csrf")) {
+            return Err(ApiError::invalid(
+                "the form has expired; reload the page and try again",
+            ));
+        }
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let key = admin::manage::issue_key(&state.pool, app.id).await?;
+        Ok(key_page(&state, &session, app.id, &app.name, &key))
+    })
+    .await
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app_id, key_id)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    guarded(&state.clone(), &headers, |session| async move {
+        if !csrf_ok(&state, &session, form.get("csrf")) {
+            return Err(ApiError::invalid(
+                "the form has expired; reload the page and try again",
+            ));
+        }
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let key_id = validate::parse_uuid("key_id", &key_id)?;
+        admin::manage::revoke_key(&state.pool, app.id, key_id).await?;
+        Ok(redirect(&with_message(
+            &format!("/dashboard/apps/{}", app.id),
+            Ok("Key revoked: it stops working within 5 seconds.".into()),
+        )))
+    })
+    .await
+}
+
+async fn add_secret(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app_id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    guarded(&state.clone(), &headers, |session| async move {
+        if !csrf_ok(&state, &session, form.get("csrf")) {
+            return Err(ApiError::invalid(
+                "the form has expired; reload the page and try again",
+            ));
+        }
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let back = format!("/dashboard/apps/{}", app.id);
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+        let result = match admin::manage::check_secret(field("provider"), field("secret")) {
+            Ok((provider, secret)) => {
+                admin::manage::add_secret(&state.pool, app.id, &provider, &secret).await?;
+                Ok(format!(
+                    "The {provider} secret was added; it is accepted within 5 seconds."
+                ))
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        Ok(redirect(&with_message(&back, result)))
     })
     .await
 }

@@ -15,7 +15,9 @@ use crate::webhooks;
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
           webhooks::list_events,
           admin::apps, admin::users, admin::user, admin::entries, admin::entry,
-          admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund),
+          admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
+          admin::manage::create, admin::manage::list_keys, admin::manage::create_key,
+          admin::manage::revoke, admin::manage::create_secret),
     modifiers(&BearerKey)
 )]
 pub struct ApiDoc;

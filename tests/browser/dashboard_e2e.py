@@ -218,6 +218,17 @@ def run(base, token, api_key, shots):
 
         # Other views.
         app_url = browser.js("return document.querySelector('.crumbs a:last-child').href")
+        # Issue an API key: shown once, and it works.
+        browser.go(app_url)
+        browser.click("form[action$='/keys'] button")
+        new_key = wait_for("the new key", lambda: browser.js(
+            "return (document.querySelector('#new-key') || {}).textContent"), 10)
+        check(new_key.startswith("tk_") and new_key not in browser.url(), f"new key: {new_key}")
+        status, _ = http("GET", f"{base}/credits/balance?user_id=alice", None,
+                         {"Authorization": f"Bearer {new_key}"})
+        check(status == 200, f"the new key works ({status})")
+        browser.screenshot(shots, "new-key")
+
         browser.go(app_url + "/events")
         wait_for("the events view", lambda: "Webhook events" in browser.text("h1"), 10)
         browser.screenshot(shots, "events")

@@ -26,8 +26,14 @@ impl TestApp {
 #[tokio::test]
 async fn admin_api_requires_the_admin_token() {
     let app = spawn_app().await;
-    let (status, body) = app.post_raw("/admin/apps", "", &[]).await;
-    assert_eq!(status, 405, "{body}");
+    let (status, body) = app
+        .post_raw(
+            "/admin/apps",
+            r#"{"name":"sneaky"}"#,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
     let anonymous = app.http.get(app.url("/admin/apps")).send().await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
     let (status, body) = app.get("/admin/apps").await;
@@ -305,4 +311,55 @@ async fn dashboard_login_sets_a_strict_http_only_cookie_and_rejects_a_wrong_toke
         .await
         .unwrap();
     assert_eq!(tampered.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn admin_api_creates_apps_issues_and_revokes_keys() {
+    let app = spawn_app().await;
+    let (status, created) = app
+        .admin_post("/admin/apps", json!({ "name": "Second" }))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let (status, _) = app.get_as(&key, "/credits/balance?user_id=x").await;
+    assert_eq!(status, 200);
+    let (status, body) = app.admin_post("/admin/apps", json!({ "name": "" })).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "name");
+
+    let base = format!("/admin/apps/{}", created["app_id"].as_str().unwrap());
+    let (status, issued) = app.admin_post(&format!("{base}/keys"), json!({})).await;
+    assert_eq!(status, 200, "{issued}");
+    let (_, listed) = app.admin_get(&format!("{base}/keys")).await;
+    let keys = listed["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(
+        !listed.to_string().contains(&key),
+        "only prefixes are listed"
+    );
+    let first = keys
+        .iter()
+        .find(|k| key.starts_with(k["prefix"].as_str().unwrap()))
+        .unwrap();
+    let revoke = format!("{base}/keys/{}/revoke", first["key_id"].as_str().unwrap());
+    let (status, _) = app.admin_post(&revoke, json!({})).await;
+    assert_eq!(status, 200);
+    let (status, _) = app.admin_post(&revoke, json!({})).await;
+    assert_eq!(status, 404, "a revoked key is not active");
+
+    let secrets = format!("{base}/webhook-secrets");
+    let (status, body) = app
+        .admin_post(&secrets, json!({ "provider": "paypal", "secret": "x" }))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "provider");
+    let (status, _) = app
+        .admin_post(
+            &secrets,
+            json!({ "provider": "stripe", "secret": "whsec_abc" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, listed) = app.admin_get(&format!("{base}/keys")).await;
+    assert_eq!(listed["webhook_secrets"][0]["provider"], "stripe");
 }
