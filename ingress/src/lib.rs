@@ -57,7 +57,7 @@ pub struct IngressConfig {
     )]
     pub sync_timeout_ms: u64,
 
-    /// Bearer token for `/admin/*` (unset: admin API disabled).
+    /// Bearer token for `/admin/*` and the login of `/dashboard` (unset: both disabled).
     #[arg(long, visible_alias = "tally-admin-token", env = "TALLY_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 
