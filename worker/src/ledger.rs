@@ -1312,6 +1312,22 @@ mod tests {
     }
 
     #[test]
+    fn entries_carry_the_origin_of_their_command_as_source() {
+        let mut state = State::default();
+        let mut manual = add("u", 30);
+        manual.origin = tally_common::command::Origin::Dashboard;
+        let effects = fold(&mut state, &[add("u", 10), manual, deduct("u", 1)]);
+        let sources: Vec<_> = effects.entries.iter().map(|e| e.source).collect();
+        assert_eq!(sources, ["api", "dashboard", "api"]);
+        let added = effects.entries[1].id;
+        let mut manual_refund = refund("u", added, Some(5));
+        manual_refund.origin = tally_common::command::Origin::Dashboard;
+        let effects = fold(&mut state, &[manual_refund]);
+        assert_eq!(effects.entries[0].source, "dashboard");
+        assert_eq!(balance(&state, "u"), 34);
+    }
+
+    #[test]
     fn deduct_is_rejected_when_balance_is_insufficient_and_writes_nothing() {
         let mut state = State::default();
         let effects = fold(&mut state, &[add("u", 40), deduct("u", 50)]);
