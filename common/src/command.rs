@@ -26,6 +26,31 @@ pub struct Envelope {
     pub request_hash: Option<String>,
     pub accepted_at: DateTime<Utc>,
     pub command: Command,
+    /// Who asked: the API (absent on the wire) or the dashboard; the `source` of its entries.
+    #[serde(default, skip_serializing_if = "Origin::is_api")]
+    pub origin: Origin,
+}
+
+/// Where a command came from, recorded as the `source` of the entries it writes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    #[default]
+    Api,
+    Dashboard,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Dashboard => "dashboard",
+        }
+    }
+
+    pub fn is_api(&self) -> bool {
+        *self == Self::Api
+    }
 }
 
 /// What to do. Amounts are validated integers in `1..=10^12`.

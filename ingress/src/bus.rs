@@ -375,6 +375,7 @@ mod tests {
             app_id: Uuid::now_v7(),
             request_hash: None,
             accepted_at: chrono::Utc::now(),
+            origin: Default::default(),
             command: tally_common::command::Command::Deduct {
                 user_id: "u1".into(),
                 amount: 5,

@@ -3,8 +3,10 @@
 //!
 //! Only this crate knows HTTP; only workers write the ledger.
 
+pub mod admin;
 pub mod auth;
 pub mod bus;
+pub mod dashboard;
 pub mod error;
 #[cfg(test)]
 mod hostile_input;
@@ -59,7 +61,7 @@ pub struct IngressConfig {
     )]
     pub sync_timeout_ms: u64,
 
-    /// Bearer token for `/admin/*` (unset: admin API disabled).
+    /// Bearer token for `/admin/*` and the login of `/dashboard` (unset: both disabled).
     #[arg(long, visible_alias = "tally-admin-token", env = "TALLY_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 
@@ -191,6 +193,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
+        .merge(admin::routes())
+        .merge(dashboard::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(state)

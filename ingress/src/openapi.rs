@@ -3,6 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::admin;
 use crate::openapi_errors::CommonErrors;
 use crate::routes::{commands, credits, holds};
 use crate::webhooks;
@@ -13,7 +14,11 @@ use crate::webhooks;
     paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::history,
           holds::hold, holds::capture, holds::release, holds::list,
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
-          webhooks::list_events),
+          webhooks::list_events,
+          admin::apps, admin::users, admin::user, admin::entries, admin::entry,
+          admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
+          admin::manage::create, admin::manage::list_keys, admin::manage::create_key,
+          admin::manage::revoke, admin::manage::create_secret),
     modifiers(&BearerKey, &CommonErrors)
 )]
 pub struct ApiDoc;
@@ -31,6 +36,10 @@ impl Modify for BearerKey {
                     .bearer_format("tk_…")
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use axum::response::Response;
 use serde_json::json;
-use tally_common::command::{Command, Envelope, Outcome, Status};
+use tally_common::command::{Command, Envelope, Origin, Outcome, Status};
 use uuid::Uuid;
 
 use crate::error::{json_response, ApiError};
@@ -28,6 +28,8 @@ pub struct Submission {
     /// `(key, request hash)` when the request carried an `Idempotency-Key`.
     pub idempotency: Option<(String, String)>,
     pub respond_async: bool,
+    /// The `source` of the entries the command writes.
+    pub origin: Origin,
 }
 
 pub async fn submit(state: &AppState, submission: Submission) -> Result<Response, ApiError> {
@@ -36,6 +38,7 @@ pub async fn submit(state: &AppState, submission: Submission) -> Result<Response
         command,
         idempotency,
         respond_async,
+        origin,
     } = submission;
     let mut command_id = Uuid::now_v7();
     if let Some((key, hash)) = &idempotency {
@@ -55,6 +58,7 @@ pub async fn submit(state: &AppState, submission: Submission) -> Result<Response
         request_hash: idempotency.as_ref().map(|(_, hash)| hash.clone()),
         accepted_at: chrono::Utc::now(),
         command,
+        origin,
     };
     metrics::counter!("tally_commands_submitted_total", "kind" => envelope.command.kind())
         .increment(1);

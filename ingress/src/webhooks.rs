@@ -215,6 +215,7 @@ async fn receive(
         request_hash: None,
         accepted_at: Utc::now(),
         command: Command::Webhook(event),
+        origin: Default::default(),
     };
     metrics::counter!("tally_webhooks_received_total", "provider" => provider.as_str())
         .increment(1);

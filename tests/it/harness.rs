@@ -297,6 +297,9 @@ pub struct TestApp {
     ingress: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// `TALLY_ADMIN_TOKEN` of every test ingress.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 pub struct Options {
     pub workers: usize,
     pub sync_timeout_ms: u64,
@@ -354,6 +357,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     common.stream_replicas = options.stream_replicas;
     let mut ingress_config = tally_ingress::IngressConfig::new(common);
     ingress_config.sync_timeout_ms = options.sync_timeout_ms;
+    ingress_config.admin_token = Some(ADMIN_TOKEN.into());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind ingress");

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin;
 mod commands;
 mod concurrency;
 mod crash;

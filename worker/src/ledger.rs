@@ -292,6 +292,7 @@ pub fn fold(state: &mut State, commands: &[Envelope]) -> Effects {
             command_id: envelope.command_id,
             app_id: envelope.app_id,
             accepted_at: envelope.accepted_at,
+            source: envelope.origin.as_str(),
         };
         let outcome = step.apply(&envelope.command);
         state.processed.insert(
@@ -442,6 +443,8 @@ struct Step<'a> {
     command_id: Uuid,
     app_id: Uuid,
     accepted_at: DateTime<Utc>,
+    /// The `source` of the entries a command writes (`api` or `dashboard`).
+    source: &'static str,
 }
 
 impl<'a> Step<'a> {
@@ -458,6 +461,7 @@ impl<'a> Step<'a> {
             command_id,
             app_id,
             accepted_at,
+            source: "system",
         }
     }
 
@@ -732,7 +736,7 @@ impl<'a> Step<'a> {
         if account.balance.checked_add(amount).is_none() {
             return self.overflow(user_id, account, amount);
         }
-        let mut draft = Draft::new(EntryType::Add, amount, "api");
+        let mut draft = Draft::new(EntryType::Add, amount, self.source);
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
         let entry = self.grant(user_id, draft, expires_at);
@@ -789,7 +793,7 @@ impl<'a> Step<'a> {
             return self.insufficient(user_id, account, amount);
         }
         let allocations = self.burn(user_id, amount, None);
-        let mut draft = Draft::new(EntryType::Deduct, -amount, "api");
+        let mut draft = Draft::new(EntryType::Deduct, -amount, self.source);
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
         let entry = self.write(user_id, draft);
@@ -863,7 +867,7 @@ impl<'a> Step<'a> {
             let drawn = self.burn(user_id, amount, Some(ledger_id));
             (-amount, Vec::new(), drawn)
         };
-        let mut draft = Draft::new(EntryType::Refund, signed, "api");
+        let mut draft = Draft::new(EntryType::Refund, signed, self.source);
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
         draft.refunded_ledger_id = Some(ledger_id);
@@ -1024,7 +1028,7 @@ impl<'a> Step<'a> {
         }
         let expired = self.give_back(hold_id, hold.amount - captured);
         let ledger_id = (captured > 0).then(|| {
-            let mut draft = Draft::new(EntryType::Deduct, -captured, "api");
+            let mut draft = Draft::new(EntryType::Deduct, -captured, self.source);
             draft.description = hold.description.clone();
             draft.metadata = hold.metadata.clone();
             draft.hold_id = Some(hold_id);
@@ -1263,6 +1267,7 @@ mod tests {
             request_hash: None,
             accepted_at: Utc::now(),
             command,
+            origin: Default::default(),
         }
     }
 
@@ -1311,6 +1316,22 @@ mod tests {
         );
         assert_eq!(effects.entries[1].amount, -50);
         assert_eq!(balance(&state, "u"), 450);
+    }
+
+    #[test]
+    fn entries_carry_the_origin_of_their_command_as_source() {
+        let mut state = State::default();
+        let mut manual = add("u", 30);
+        manual.origin = tally_common::command::Origin::Dashboard;
+        let effects = fold(&mut state, &[add("u", 10), manual, deduct("u", 1)]);
+        let sources: Vec<_> = effects.entries.iter().map(|e| e.source).collect();
+        assert_eq!(sources, ["api", "dashboard", "api"]);
+        let added = effects.entries[1].id;
+        let mut manual_refund = refund("u", added, Some(5));
+        manual_refund.origin = tally_common::command::Origin::Dashboard;
+        let effects = fold(&mut state, &[manual_refund]);
+        assert_eq!(effects.entries[0].source, "dashboard");
+        assert_eq!(balance(&state, "u"), 34);
     }
 
     #[test]

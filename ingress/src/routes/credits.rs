@@ -146,6 +146,7 @@ impl Write {
                 command,
                 idempotency,
                 respond_async: validate::prefers_async(&self.headers),
+                origin: Default::default(),
             },
         )
         .await

@@ -1,0 +1,378 @@
+//! `/admin/*`: the operator's JSON API over every app, guarded by `TALLY_ADMIN_TOKEN` as a bearer
+//! token. Reads come straight from Postgres; writes go through the same command pipeline as the
+//! API ([`crate::submit`]) with `Origin::Dashboard`, so their entries say `source: "dashboard"`.
+//!
+//! The dashboard ([`crate::dashboard`]) renders the same queries ([`queries`]).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tally_common::command::{Command, Origin};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::routes::credits::page_limit;
+use crate::submit::{submit, Submission};
+use crate::validate::{self, Fields};
+use crate::AppState;
+
+pub mod manage;
+pub mod queries;
+
+/// A request that presented the admin token.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin;
+
+/// Whether `presented` is the configured admin token (constant time; never when unset).
+pub fn token_matches(state: &AppState, presented: &str) -> bool {
+    match &state.config.admin_token {
+        Some(token) if !token.is_empty() => {
+            presented.len() == token.len()
+                && bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|header| {
+                header
+                    .strip_prefix("Bearer ")
+                    .or_else(|| header.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        if token_matches(state, presented) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/apps", get(apps).post(manage::create))
+        .route(
+            "/admin/apps/{app_id}/keys",
+            get(manage::list_keys).post(manage::create_key),
+        )
+        .route(
+            "/admin/apps/{app_id}/keys/{key_id}/revoke",
+            post(manage::revoke),
+        )
+        .route(
+            "/admin/apps/{app_id}/webhook-secrets",
+            post(manage::create_secret),
+        )
+        .route("/admin/apps/{app_id}/users", get(users))
+        .route("/admin/apps/{app_id}/users/{user_id}", get(user))
+        .route("/admin/apps/{app_id}/entries", get(entries))
+        .route("/admin/apps/{app_id}/webhook-events", get(webhook_events))
+        .route("/admin/apps/{app_id}/stats", get(stats))
+        .route("/admin/apps/{app_id}/credits/add", post(add))
+        .route("/admin/apps/{app_id}/credits/deduct", post(deduct))
+        .route("/admin/apps/{app_id}/credits/refund", post(refund))
+        .route("/admin/entries/{ledger_id}", get(entry))
+}
+
+fn app_id(text: &str) -> Result<Uuid, ApiError> {
+    validate::parse_uuid("app_id", text)
+}
+
+/// Every app with its figures.
+#[utoipa::path(get, path = "/admin/apps", tag = "admin",
+    responses((status = 200, description = "{ apps: [ { app_id, name, created_at, users, outstanding, added_24h, spent_24h, active_holds, webhooks_rejected_24h } ] }"),
+              (status = 401, description = "missing or wrong admin token")),
+    security(("admin_token" = [])))]
+pub async fn apps(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let apps = queries::apps(&state.pool).await?;
+    Ok(Json(json!({ "apps": apps })))
+}
+
+/// Users of an app: `prefix` (of the user id), `sort=balance|activity`, `limit`, `page` (0-based).
+#[utoipa::path(get, path = "/admin/apps/{app_id}/users", tag = "admin",
+    params(("app_id" = Uuid, Path), ("prefix" = Option<String>, Query), ("sort" = Option<String>, Query, description = "balance | activity"),
+           ("limit" = Option<i64>, Query), ("page" = Option<i64>, Query)),
+    responses((status = 200, description = "{ users: [ { user_id, balance, held, last_activity } ], next_page }"),
+              (status = 400, description = "bad parameter"), (status = 401, description = "missing or wrong admin token"),
+              (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn users(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let request = queries::UsersRequest::parse(&query)?;
+    Ok(Json(queries::users(&state.pool, app.id, &request).await?))
+}
+
+/// A user: balance, held, available, next expiry, active holds, lots, and a page of history
+/// (`limit`, `cursor`, `type`, `source`).
+#[utoipa::path(get, path = "/admin/apps/{app_id}/users/{user_id}", tag = "admin",
+    params(("app_id" = Uuid, Path), ("user_id" = String, Path), ("limit" = Option<i64>, Query),
+           ("cursor" = Option<String>, Query), ("type" = Option<String>, Query), ("source" = Option<String>, Query)),
+    responses((status = 200, description = "{ user_id, balance, held, available, next_expiry, holds, lots, entries, next_cursor }"),
+              (status = 400, description = "bad parameter"), (status = 401, description = "missing or wrong admin token"),
+              (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn user(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((app, user_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let user_id = validate::check_user_id("user_id", user_id)?;
+    let history = queries::HistoryRequest::parse(&query)?;
+    let mut detail = queries::user(&state.pool, app.id, &user_id).await?;
+    let page = queries::history(&state.pool, app.id, Some(&user_id), &history).await?;
+    if let (Value::Object(detail), Value::Object(page)) = (&mut detail, page) {
+        detail.extend(page);
+    }
+    Ok(Json(detail))
+}
+
+/// An app's entries of every user, newest first (`limit`, `cursor`, `type`, `source`).
+#[utoipa::path(get, path = "/admin/apps/{app_id}/entries", tag = "admin",
+    params(("app_id" = Uuid, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query),
+           ("type" = Option<String>, Query), ("source" = Option<String>, Query)),
+    responses((status = 200, description = "{ entries, next_cursor }"), (status = 400, description = "bad parameter"),
+              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn entries(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let history = queries::HistoryRequest::parse(&query)?;
+    Ok(Json(
+        queries::history(&state.pool, app.id, None, &history).await?,
+    ))
+}
+
+/// One entry with every field, its app, and its refunds.
+#[utoipa::path(get, path = "/admin/entries/{ledger_id}", tag = "admin",
+    params(("ledger_id" = Uuid, Path)),
+    responses((status = 200, description = "{ entry, refunds, refundable }"), (status = 400, description = "malformed id"),
+              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown entry")),
+    security(("admin_token" = [])))]
+pub async fn entry(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(ledger_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
+    Ok(Json(queries::entry(&state.pool, ledger_id).await?))
+}
+
+/// An app's webhook events, newest first (`provider`, `outcome`, `limit`, `page`).
+#[utoipa::path(get, path = "/admin/apps/{app_id}/webhook-events", tag = "admin",
+    params(("app_id" = Uuid, Path), ("provider" = Option<String>, Query), ("outcome" = Option<String>, Query),
+           ("limit" = Option<i64>, Query), ("page" = Option<i64>, Query)),
+    responses((status = 200, description = "{ events, next_page }"), (status = 400, description = "bad parameter"),
+              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn webhook_events(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let request = queries::EventsRequest::parse(&query)?;
+    Ok(Json(
+        queries::webhook_events(&state.pool, app.id, &request).await?,
+    ))
+}
+
+/// Credits added and spent per day over the last `days` (1..=90, default 14).
+#[utoipa::path(get, path = "/admin/apps/{app_id}/stats", tag = "admin",
+    params(("app_id" = Uuid, Path), ("days" = Option<i64>, Query)),
+    responses((status = 200, description = "{ days: [ { day, added, spent } ] }"), (status = 400, description = "bad parameter"),
+              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn stats(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let days = queries::integer(&query, "days", 1, queries::STATS_DAYS_MAX)?
+        .unwrap_or(queries::STATS_DAYS_DEFAULT);
+    let days = queries::daily(&state.pool, app.id, days).await?;
+    Ok(Json(json!({ "days": days })))
+}
+
+/// Submits a command for `app_id` with the dashboard's origin, synchronously.
+pub async fn submit_for(
+    state: &AppState,
+    app_id: Uuid,
+    command: Command,
+) -> Result<Response, ApiError> {
+    submit(
+        state,
+        Submission {
+            app_id,
+            command,
+            idempotency: None,
+            respond_async: false,
+            origin: Origin::Dashboard,
+        },
+    )
+    .await
+}
+
+/// Adds credits to a user of the app (body as `POST /credits/add`, without expiry).
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/add", tag = "admin",
+    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::DeductRequest,
+    responses((status = 200, body = crate::routes::credits::WriteResponse), (status = 400, description = "bad input"),
+              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn add(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let (user_id, amount, description) = user_write(&headers, body).await?;
+    submit_for(
+        &state,
+        app.id,
+        Command::Add {
+            user_id,
+            amount,
+            description,
+            metadata: Default::default(),
+            expires_at: None,
+        },
+    )
+    .await
+}
+
+/// Deducts credits from a user of the app (body as `POST /credits/deduct`).
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/deduct", tag = "admin",
+    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::DeductRequest,
+    responses((status = 200, body = crate::routes::credits::WriteResponse), (status = 400, description = "bad input"),
+              (status = 401, description = "missing or wrong admin token"), (status = 402, description = "insufficient_credits"),
+              (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn deduct(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let (user_id, amount, description) = user_write(&headers, body).await?;
+    submit_for(
+        &state,
+        app.id,
+        Command::Deduct {
+            user_id,
+            amount,
+            description,
+            metadata: Default::default(),
+        },
+    )
+    .await
+}
+
+async fn user_write(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, i64, Option<String>), ApiError> {
+    let object = validate::json_object(headers, body).await?;
+    let mut fields = Fields::new(object, &["user_id", "amount", "description"])?;
+    let user_id = fields.user_id("user_id")?;
+    let amount = fields.amount("amount")?;
+    let description = fields.description()?;
+    fields.finish()?;
+    Ok((user_id, amount, description))
+}
+
+/// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`).
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/refund", tag = "admin",
+    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::RefundRequest,
+    responses((status = 200, body = crate::routes::credits::RefundResponse), (status = 400, description = "bad input"),
+              (status = 401, description = "missing or wrong admin token"), (status = 402, description = "insufficient_credits"),
+              (status = 404, description = "unknown app or entry"), (status = 409, description = "already_refunded"),
+              (status = 422, description = "not_refundable")),
+    security(("admin_token" = [])))]
+pub async fn refund(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let object = validate::json_object(&headers, body).await?;
+    let mut fields = Fields::new(object, &["ledger_id", "amount", "description"])?;
+    let ledger_id = fields.uuid("ledger_id")?;
+    let amount = fields.optional_amount("amount")?;
+    let description = fields.description()?;
+    fields.finish()?;
+    refund_entry(&state, app.id, ledger_id, amount, description).await
+}
+
+/// Submits the refund of `ledger_id` (an entry of `app_id`) through the pipeline.
+pub async fn refund_entry(
+    state: &AppState,
+    app_id: Uuid,
+    ledger_id: Uuid,
+    amount: Option<i64>,
+    description: Option<String>,
+) -> Result<Response, ApiError> {
+    let user_id: Option<String> =
+        sqlx::query_scalar("SELECT user_id FROM ledger_entries WHERE id = $1 AND app_id = $2")
+            .bind(ledger_id)
+            .bind(app_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let user_id =
+        user_id.ok_or_else(|| ApiError::NotFound(format!("no ledger entry {ledger_id}")))?;
+    submit_for(
+        state,
+        app_id,
+        Command::Refund {
+            user_id,
+            ledger_id,
+            amount,
+            description,
+            metadata: Default::default(),
+        },
+    )
+    .await
+}
+
+/// Page size from `limit`, shared with the public API's rule.
+pub(crate) fn limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    page_limit(query)
+}

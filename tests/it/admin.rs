@@ -1,0 +1,365 @@
+//! `/admin/*` and `/dashboard`: the admin token guards both; every app is visible; writes go
+//! through the command pipeline with `source: "dashboard"`.
+
+use serde_json::{json, Value};
+
+use crate::harness::{create_app, spawn_app, TestApp, ADMIN_TOKEN};
+
+impl TestApp {
+    async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.get_as(ADMIN_TOKEN, path).await
+    }
+
+    async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(
+            path,
+            &body.to_string(),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_admin_token() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post_raw(
+            "/admin/apps",
+            r#"{"name":"sneaky"}"#,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let anonymous = app.http.get(app.url("/admin/apps")).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let (status, body) = app.get("/admin/apps").await;
+    assert_eq!(status, 401, "an API key is not an admin token: {body}");
+    assert_eq!(body["error"], "unauthorized");
+    let (status, _) = app
+        .get_as("test-admin-token-wrong000000", "/admin/apps")
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = app
+        .post_raw(
+            &format!("/admin/apps/{}/credits/add", app.app_id),
+            &json!({ "user_id": "u", "amount": 5 }).to_string(),
+            &[
+                ("authorization", &format!("Bearer {}", app.api_key)),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(app.ledger_rows().await, 0);
+}
+
+#[tokio::test]
+async fn admin_api_lists_every_app_with_its_figures() {
+    let app = spawn_app().await;
+    let (other_id, other_key) = create_app(&app.pool, "other").await;
+    app.add("alice", 100).await;
+    app.deduct("alice", 30).await;
+    let (status, _) = app.get_as(&other_key, "/credits/balance?user_id=bob").await;
+    assert_eq!(status, 200);
+
+    let (status, body) = app.admin_get("/admin/apps").await;
+    assert_eq!(status, 200, "{body}");
+    let apps = body["apps"].as_array().unwrap();
+    assert_eq!(apps.len(), 2);
+    let test = apps
+        .iter()
+        .find(|a| a["app_id"] == app.app_id.to_string())
+        .unwrap();
+    assert_eq!(test["users"], 1);
+    assert_eq!(test["outstanding"], 70);
+    assert_eq!(test["added_24h"], 100);
+    assert_eq!(test["spent_24h"], 30);
+    assert!(apps
+        .iter()
+        .any(|a| a["app_id"] == other_id.to_string() && a["users"] == 0));
+
+    let (status, body) = app
+        .admin_get(&format!("/admin/apps/{}/stats", app.app_id))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let days = body["days"].as_array().unwrap();
+    assert_eq!(days.len(), 14);
+    assert_eq!(days.last().unwrap()["added"], 100);
+    assert_eq!(days.last().unwrap()["spent"], 30);
+}
+
+#[tokio::test]
+async fn admin_users_page_by_prefix_and_sort() {
+    let app = spawn_app().await;
+    for (user, amount) in [("team-a", 5), ("team-b", 50), ("team-c", 20), ("solo", 1)] {
+        app.add(user, amount).await;
+    }
+    let base = format!("/admin/apps/{}/users", app.app_id);
+    let (status, body) = app
+        .admin_get(&format!("{base}?prefix=team-&sort=balance&limit=2"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["team-b", "team-c"]);
+    assert_eq!(body["next_page"], 1);
+    let (_, body) = app
+        .admin_get(&format!("{base}?prefix=team-&sort=balance&limit=2&page=1"))
+        .await;
+    let ids: Vec<&str> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["team-a"]);
+    assert_eq!(body["next_page"], Value::Null);
+
+    let (status, body) = app.admin_get(&format!("{base}?sort=size")).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "sort");
+    let (status, _) = app.admin_get("/admin/apps/not-a-uuid/users").await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .admin_get(&format!("/admin/apps/{}/users", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn admin_user_history_pages_with_a_cursor_and_filters() {
+    let app = spawn_app().await;
+    for amount in 1..=5 {
+        app.add("pager", amount).await;
+    }
+    app.deduct("pager", 2).await;
+    let base = format!("/admin/apps/{}/users/pager", app.app_id);
+    let mut seen = Vec::new();
+    let mut url = format!("{base}?limit=2");
+    loop {
+        let (status, body) = app.admin_get(&url).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["balance"], 13);
+        assert_eq!(body["available"], 13);
+        for entry in body["entries"].as_array().unwrap() {
+            seen.push(entry["amount"].as_i64().unwrap());
+        }
+        match body["next_cursor"].as_str() {
+            Some(cursor) => url = format!("{base}?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [-2, 5, 4, 3, 2, 1]);
+
+    let (_, body) = app.admin_get(&format!("{base}?type=deduct")).await;
+    assert_eq!(body["entries"].as_array().unwrap().len(), 1);
+    let (status, body) = app.admin_get(&format!("{base}?cursor=bogus")).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "cursor");
+    let (status, body) = app.admin_get(&format!("{base}?source=web")).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "source");
+}
+
+#[tokio::test]
+async fn admin_writes_go_through_the_pipeline_as_the_dashboard() {
+    let app = spawn_app().await;
+    let base = format!("/admin/apps/{}/credits", app.app_id);
+    let (status, added) = app
+        .admin_post(
+            &format!("{base}/add"),
+            json!({ "user_id": "carol", "amount": 40, "description": "goodwill" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["balance_after"], 40);
+    let (status, body) = app
+        .admin_post(
+            &format!("{base}/deduct"),
+            json!({ "user_id": "carol", "amount": 50 }),
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"], "insufficient_credits");
+    let (status, refunded) = app
+        .admin_post(
+            &format!("{base}/refund"),
+            json!({ "ledger_id": added["ledger_id"], "amount": 15 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{refunded}");
+    assert_eq!(refunded["balance_after"], 25);
+    let (status, body) = app
+        .admin_post(
+            &format!("{base}/add"),
+            json!({ "user_id": "carol", "amount": 0 }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "amount");
+
+    // The app's own API sees the entries, marked as the dashboard's.
+    let (_, history) = app.get("/credits/history?user_id=carol").await;
+    let entries = history["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries.iter().all(|entry| entry["source"] == "dashboard"),
+        "{history}"
+    );
+
+    let (status, detail) = app
+        .admin_get(&format!(
+            "/admin/entries/{}",
+            added["ledger_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["refundable"], 25);
+    assert_eq!(detail["refunds"].as_array().unwrap().len(), 1);
+    let (_, body) = app
+        .admin_get(&format!(
+            "/admin/apps/{}/entries?source=dashboard",
+            app.app_id
+        ))
+        .await;
+    assert_eq!(body["entries"].as_array().unwrap().len(), 2);
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn dashboard_login_sets_a_strict_http_only_cookie_and_rejects_a_wrong_token() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(app.url("/dashboard")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 401);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"type="password""#), "{html}");
+
+    let wrong = client
+        .post(app.url("/dashboard/login"))
+        .form(&[("token", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let with_key = client
+        .post(app.url("/dashboard/login"))
+        .form(&[("token", app.api_key.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status().as_u16(), 401);
+
+    let login = client
+        .post(app.url("/dashboard/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains(ADMIN_TOKEN));
+    let session = cookie.split(';').next().unwrap().to_string();
+    let apps = client
+        .get(app.url("/dashboard"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(apps.status().as_u16(), 200);
+    let csp = apps.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'self'"));
+    assert!(apps.text().await.unwrap().contains(&app.app_id.to_string()));
+
+    // A form without its CSRF token changes nothing.
+    let forged = client
+        .post(app.url(&format!(
+            "/dashboard/apps/{}/users/mallory/adjust",
+            app.app_id
+        )))
+        .header("cookie", &session)
+        .form(&[("action", "add"), ("amount", "5"), ("description", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+    assert_eq!(app.ledger_rows().await, 0);
+    // A tampered session is no session.
+    let tampered = client
+        .get(app.url("/dashboard"))
+        .header("cookie", format!("{session}0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tampered.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn admin_api_creates_apps_issues_and_revokes_keys() {
+    let app = spawn_app().await;
+    let (status, created) = app
+        .admin_post("/admin/apps", json!({ "name": "Second" }))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let (status, _) = app.get_as(&key, "/credits/balance?user_id=x").await;
+    assert_eq!(status, 200);
+    let (status, body) = app.admin_post("/admin/apps", json!({ "name": "" })).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "name");
+
+    let base = format!("/admin/apps/{}", created["app_id"].as_str().unwrap());
+    let (status, issued) = app.admin_post(&format!("{base}/keys"), json!({})).await;
+    assert_eq!(status, 200, "{issued}");
+    let (_, listed) = app.admin_get(&format!("{base}/keys")).await;
+    let keys = listed["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(
+        !listed.to_string().contains(&key),
+        "only prefixes are listed"
+    );
+    let first = keys
+        .iter()
+        .find(|k| key.starts_with(k["prefix"].as_str().unwrap()))
+        .unwrap();
+    let revoke = format!("{base}/keys/{}/revoke", first["key_id"].as_str().unwrap());
+    let (status, _) = app.admin_post(&revoke, json!({})).await;
+    assert_eq!(status, 200);
+    let (status, _) = app.admin_post(&revoke, json!({})).await;
+    assert_eq!(status, 404, "a revoked key is not active");
+
+    let secrets = format!("{base}/webhook-secrets");
+    let (status, body) = app
+        .admin_post(&secrets, json!({ "provider": "paypal", "secret": "x" }))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "provider");
+    let (status, _) = app
+        .admin_post(
+            &secrets,
+            json!({ "provider": "stripe", "secret": "whsec_abc" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, listed) = app.admin_get(&format!("{base}/keys")).await;
+    assert_eq!(listed["webhook_secrets"][0]["provider"], "stripe");
+}
