@@ -232,13 +232,14 @@ pub async fn submit_for(
     state: &AppState,
     app_id: Uuid,
     command: Command,
+    idempotency: Option<(String, String)>,
 ) -> Result<Response, ApiError> {
     submit(
         state,
         Submission {
             app_id,
             command,
-            idempotency: None,
+            idempotency,
             respond_async: false,
             origin: Origin::Dashboard,
         },
@@ -260,7 +261,8 @@ pub async fn add(
     body: Body,
 ) -> Result<Response, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
-    let (user_id, amount, description) = user_write(&headers, body).await?;
+    let path = format!("/admin/apps/{}/credits/add", app.id);
+    let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
     submit_for(
         &state,
         app.id,
@@ -271,6 +273,7 @@ pub async fn add(
             metadata: Default::default(),
             expires_at: None,
         },
+        idempotency,
     )
     .await
 }
@@ -290,7 +293,8 @@ pub async fn deduct(
     body: Body,
 ) -> Result<Response, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
-    let (user_id, amount, description) = user_write(&headers, body).await?;
+    let path = format!("/admin/apps/{}/credits/deduct", app.id);
+    let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
     submit_for(
         &state,
         app.id,
@@ -300,21 +304,26 @@ pub async fn deduct(
             description,
             metadata: Default::default(),
         },
+        idempotency,
     )
     .await
 }
 
+/// The fields of an add or deduct, and its `Idempotency-Key` with the request's hash.
 async fn user_write(
     headers: &HeaderMap,
     body: Body,
-) -> Result<(String, i64, Option<String>), ApiError> {
+    path: &str,
+) -> Result<(String, i64, Option<String>, Option<(String, String)>), ApiError> {
+    let key = validate::idempotency_key(headers)?;
     let object = validate::json_object(headers, body).await?;
+    let idempotency = key.map(|key| (key, validate::request_hash("POST", path, &object)));
     let mut fields = Fields::new(object, &["user_id", "amount", "description"])?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
     let description = fields.description()?;
     fields.finish()?;
-    Ok((user_id, amount, description))
+    Ok((user_id, amount, description, idempotency))
 }
 
 /// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`).
@@ -333,13 +342,16 @@ pub async fn refund(
     body: Body,
 ) -> Result<Response, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
+    let key = validate::idempotency_key(&headers)?;
     let object = validate::json_object(&headers, body).await?;
+    let path = format!("/admin/apps/{}/credits/refund", app.id);
+    let idempotency = key.map(|key| (key, validate::request_hash("POST", &path, &object)));
     let mut fields = Fields::new(object, &["ledger_id", "amount", "description"])?;
     let ledger_id = fields.uuid("ledger_id")?;
     let amount = fields.optional_amount("amount")?;
     let description = fields.description()?;
     fields.finish()?;
-    refund_entry(&state, app.id, ledger_id, amount, description).await
+    refund_entry(&state, app.id, ledger_id, amount, description, idempotency).await
 }
 
 /// Submits the refund of `ledger_id` (an entry of `app_id`) through the pipeline.
@@ -349,6 +361,7 @@ pub async fn refund_entry(
     ledger_id: Uuid,
     amount: Option<i64>,
     description: Option<String>,
+    idempotency: Option<(String, String)>,
 ) -> Result<Response, ApiError> {
     let user_id: Option<String> =
         sqlx::query_scalar("SELECT user_id FROM ledger_entries WHERE id = $1 AND app_id = $2")
@@ -368,6 +381,7 @@ pub async fn refund_entry(
             description,
             metadata: Default::default(),
         },
+        idempotency,
     )
     .await
 }

@@ -643,6 +643,7 @@ async fn user_page(
             lots.push_str(r#"<li class="muted">No expiring credits.</li>"#);
         }
         let csrf = csrf_token(&state, &session);
+        let form_key = Uuid::new_v4();
         Ok(page(
             StatusCode::OK,
             &user_id,
@@ -657,7 +658,7 @@ async fn user_page(
 <div><dt>Next expiry</dt><dd>{next_expiry}</dd></div></dl></div>
 <details class="card"><summary>Add or deduct credits</summary>
 <form method="post" action="{self_url}/adjust" class="stacked">
-<input type="hidden" name="csrf" value="{csrf}">
+<input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="idempotency_key" value="{form_key}">
 <fieldset><legend>Action</legend>
 <label><input type="radio" name="action" value="add" checked> Add</label>
 <label><input type="radio" name="action" value="deduct"> Deduct</label></fieldset>
@@ -716,6 +717,21 @@ fn with_message(path: &str, result: Result<String, String>) -> String {
         Ok(message) => format!("{path}?ok={}", url(&message)),
         Err(message) => format!("{path}?error={}", url(&message)),
     }
+}
+
+/// The idempotency key a write form carries (a UUID drawn when the page was rendered), so a
+/// double click or a resent form applies once; with the hash of what the form says.
+fn form_idempotency(form: &HashMap<String, String>, path: &str) -> Option<(String, String)> {
+    let key = Uuid::parse_str(form.get("idempotency_key")?).ok()?;
+    let fields: serde_json::Map<String, Value> = form
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "csrf" | "idempotency_key"))
+        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+        .collect();
+    Some((
+        format!("dashboard:{key}"),
+        validate::request_hash("POST", path, &fields),
+    ))
 }
 
 fn form_amount(form: &HashMap<String, String>, required: bool) -> Result<Option<i64>, String> {
@@ -791,7 +807,15 @@ async fn adjust(
                 )))
             }
         };
-        let result = match admin::submit_for(&state, app.id, command).await {
+        let path = format!("{back}/adjust");
+        let result = match admin::submit_for(
+            &state,
+            app.id,
+            command,
+            form_idempotency(&form, &path),
+        )
+        .await
+        {
             Ok(response) => outcome_message(response).await,
             Err(error) => Err(error.to_string()),
         };
@@ -838,7 +862,7 @@ async fn entry_page(
             format!(
                 r#"<section class="card"><h2>Refund</h2>
 <form method="post" action="/dashboard/entries/{id}/refund" class="stacked" data-confirm="Refund this entry? This writes a refund entry to the ledger.">
-<input type="hidden" name="csrf" value="{csrf}">
+<input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="idempotency_key" value="{form_key}">
 <label for="refund-amount">Credits to refund (empty: all {left} left)</label>
 <input id="refund-amount" name="amount" type="number" min="1" max="{refundable}" step="1" inputmode="numeric">
 <label for="refund-description">Reason</label><input id="refund-description" name="description" maxlength="1000">
@@ -846,6 +870,7 @@ async fn entry_page(
 <button type="submit" class="danger">Refund</button></form></section>"#,
                 id = ledger_id,
                 csrf = csrf_token(&state, &session),
+                form_key = Uuid::new_v4(),
                 left = credits(refundable),
             )
         } else {
@@ -908,11 +933,14 @@ async fn refund(
             Ok(input) => input,
             Err(message) => return Ok(redirect(&with_message(&back, Err(message)))),
         };
-        let result = match admin::refund_entry(&state, app_id, ledger_id, amount, description).await
-        {
-            Ok(response) => outcome_message(response).await,
-            Err(error) => Err(error.to_string()),
-        };
+        let idempotency = form_idempotency(&form, &format!("{back}/refund"));
+        let result =
+            match admin::refund_entry(&state, app_id, ledger_id, amount, description, idempotency)
+                .await
+            {
+                Ok(response) => outcome_message(response).await,
+                Err(error) => Err(error.to_string()),
+            };
         Ok(redirect(&with_message(&back, result)))
     })
     .await

@@ -363,3 +363,74 @@ async fn admin_api_creates_apps_issues_and_revokes_keys() {
     let (_, listed) = app.admin_get(&format!("{base}/keys")).await;
     assert_eq!(listed["webhook_secrets"][0]["provider"], "stripe");
 }
+
+#[tokio::test]
+async fn a_resent_dashboard_form_or_admin_write_with_its_key_applies_once() {
+    let app = spawn_app().await;
+    // The admin API honours Idempotency-Key like the public API.
+    let path = format!("/admin/apps/{}/credits/add", app.app_id);
+    let body = json!({ "user_id": "dora", "amount": 7 }).to_string();
+    let headers = [
+        ("authorization", format!("Bearer {ADMIN_TOKEN}")),
+        ("content-type", "application/json".to_string()),
+        ("idempotency-key", "admin-add-1".to_string()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (first, one) = app.post_raw(&path, &body, &headers).await;
+    let (second, two) = app.post_raw(&path, &body, &headers).await;
+    assert_eq!((first, second), (200, 200), "{one} {two}");
+    assert_eq!(one["ledger_id"], two["ledger_id"]);
+    assert_eq!(app.balance("dora").await, 7);
+
+    // A dashboard form carries the key drawn when its page was rendered: sent twice (a double
+    // click), it applies once.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = client
+        .post(app.url("/dashboard/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let session = cookie.split(';').next().unwrap().to_string();
+    let user_page = format!("/dashboard/apps/{}/users/dora", app.app_id);
+    let html = client
+        .get(app.url(&user_page))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hidden = |name: &str| {
+        let marker = format!(r#"name="{name}" value=""#);
+        let start = html
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} in {html}"))
+            + marker.len();
+        html[start..start + html[start..].find('"').unwrap()].to_string()
+    };
+    let (csrf, key) = (hidden("csrf"), hidden("idempotency_key"));
+    for _ in 0..2 {
+        let posted = client
+            .post(app.url(&format!("{user_page}/adjust")))
+            .header("cookie", &session)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("idempotency_key", key.as_str()),
+                ("action", "add"),
+                ("amount", "5"),
+                ("description", "goodwill"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status().as_u16(), 303);
+    }
+    assert_eq!(app.balance("dora").await, 12);
+    assert_eq!(app.ledger_rows().await, 2);
+}
