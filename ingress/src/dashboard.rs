@@ -69,8 +69,9 @@ fn sign(token: &str, message: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// The session a request carries, if valid: its cookie value.
-fn session(state: &AppState, headers: &HeaderMap) -> Option<String> {
+/// The session a request carries, if its signature holds and it has not expired: its cookie
+/// value (`expiry.nonce.mac`) and its nonce.
+fn signed_session(state: &AppState, headers: &HeaderMap) -> Option<(String, String)> {
     let token = state
         .config
         .admin_token
@@ -83,12 +84,27 @@ fn session(state: &AppState, headers: &HeaderMap) -> Option<String> {
         .flat_map(|cookies| cookies.split(';'))
         .filter_map(|cookie| cookie.trim().strip_prefix("tally_session="))
         .next()?;
-    let (expiry, mac) = value.split_once('.')?;
+    let mut parts = value.splitn(3, '.');
+    let (expiry, nonce, mac) = (parts.next()?, parts.next()?, parts.next()?);
     let expiry: i64 = expiry.parse().ok()?;
-    let expected = sign(token, &format!("session:{expiry}"));
+    let expected = sign(token, &format!("session:{expiry}:{nonce}"));
     let valid =
         expected.len() == mac.len() && bool::from(expected.as_bytes().ct_eq(mac.as_bytes()));
-    (valid && expiry > chrono::Utc::now().timestamp()).then(|| value.to_string())
+    (valid && expiry > chrono::Utc::now().timestamp())
+        .then(|| (value.to_string(), nonce.to_string()))
+}
+
+/// The request's session if it is valid and was not logged out (checked in Postgres; when
+/// that cannot be read, no session: the dashboard fails closed).
+async fn session(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let (value, nonce) = signed_session(state, headers)?;
+    let logged_out: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dashboard_logouts WHERE nonce = $1)")
+            .bind(&nonce)
+            .fetch_one(&state.pool)
+            .await
+            .ok()?;
+    (!logged_out).then_some(value)
 }
 
 fn csrf_token(state: &AppState, session: &str) -> String {
@@ -276,7 +292,7 @@ where
     {
         return disabled();
     }
-    let Some(session) = session(state, headers) else {
+    let Some(session) = session(state, headers).await else {
         return login_page(StatusCode::UNAUTHORIZED, None);
     };
     match view(session.clone()).await {
@@ -326,7 +342,11 @@ async fn login(
         return login_page(StatusCode::UNAUTHORIZED, Some("That token is not right."));
     }
     let expiry = chrono::Utc::now().timestamp() + SESSION_SECONDS;
-    let value = format!("{expiry}.{}", sign(token, &format!("session:{expiry}")));
+    let nonce = Uuid::new_v4().simple().to_string();
+    let value = format!(
+        "{expiry}.{nonce}.{}",
+        sign(token, &format!("session:{expiry}:{nonce}"))
+    );
     let secure = if behind_tls(&headers) { "; Secure" } else { "" };
     let mut response = redirect("/dashboard");
     if let Ok(cookie) = HeaderValue::from_str(&format!(
@@ -342,12 +362,35 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(session) = session(&state, &headers) {
+    if let Some(session) = session(&state, &headers).await {
         if !csrf_ok(&state, &session, form.get("csrf")) {
             return login_page(
                 StatusCode::FORBIDDEN,
                 Some("That form has expired; try again."),
             );
+        }
+        // Ended for every copy of the cookie, not only this browser's.
+        if let Some((_, nonce)) = signed_session(&state, &headers) {
+            let expiry = session
+                .split('.')
+                .next()
+                .and_then(|e| e.parse::<i64>().ok())
+                .unwrap_or_default();
+            let recorded = sqlx::query(
+                "INSERT INTO dashboard_logouts (nonce, expires_at) VALUES ($1, to_timestamp($2))
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&nonce)
+            .bind(expiry as f64)
+            .execute(&state.pool)
+            .await;
+            if let Err(error) = recorded {
+                tracing::error!(%error, "could not record a dashboard logout");
+                return error_page(&state, &session, ApiError::from(error));
+            }
+            let _ = sqlx::query("DELETE FROM dashboard_logouts WHERE expires_at < now()")
+                .execute(&state.pool)
+                .await;
         }
     }
     let mut response = redirect("/dashboard");

@@ -434,3 +434,53 @@ async fn a_resent_dashboard_form_or_admin_write_with_its_key_applies_once() {
     assert_eq!(app.balance("dora").await, 12);
     assert_eq!(app.ledger_rows().await, 2);
 }
+
+#[tokio::test]
+async fn logging_out_ends_the_session_for_every_copy_of_its_cookie() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let login = client
+            .post(app.url("/dashboard/login"))
+            .form(&[("token", ADMIN_TOKEN)])
+            .send()
+            .await
+            .unwrap();
+        let cookie = login.headers()["set-cookie"].to_str().unwrap();
+        sessions.push(cookie.split(';').next().unwrap().to_string());
+    }
+    assert_ne!(sessions[0], sessions[1], "two logins share a session");
+    let page = |session: String| {
+        let client = client.clone();
+        let url = app.url("/dashboard");
+        async move {
+            let response = client
+                .get(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, html) = page(sessions[0].clone()).await;
+    assert_eq!(status, 200);
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("a csrf field") + marker.len();
+    let csrf = &html[start..start + html[start..].find('"').unwrap()];
+    let logout = client
+        .post(app.url("/dashboard/logout"))
+        .header("cookie", &sessions[0])
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status().as_u16(), 303);
+    // A copy of the logged-out cookie is refused; the other session lives on.
+    assert_eq!(page(sessions[0].clone()).await.0, 401);
+    assert_eq!(page(sessions[1].clone()).await.0, 200);
+}
