@@ -301,6 +301,28 @@ where
     }
 }
 
+/// [`guarded`] for a form post: the form's CSRF token must be the session's.
+async fn guarded_form<F, Fut>(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: Option<String>,
+    view: F,
+) -> Response
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    guarded(state, headers, |session| async move {
+        if !csrf_ok(state, &session, csrf.as_ref()) {
+            return Err(ApiError::invalid(
+                "the form has expired; reload the page and try again",
+            ));
+        }
+        view(session).await
+    })
+    .await
+}
+
 fn disabled() -> Response {
     page(
         StatusCode::NOT_FOUND,
@@ -370,28 +392,26 @@ async fn logout(
             );
         }
         // Ended for every copy of the cookie, not only this browser's.
-        if let Some((_, nonce)) = signed_session(&state, &headers) {
-            let expiry = session
-                .split('.')
-                .next()
-                .and_then(|e| e.parse::<i64>().ok())
-                .unwrap_or_default();
-            let recorded = sqlx::query(
-                "INSERT INTO dashboard_logouts (nonce, expires_at) VALUES ($1, to_timestamp($2))
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&nonce)
-            .bind(expiry as f64)
+        let mut parts = session.split('.');
+        let (expiry, nonce) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let recorded = sqlx::query(
+            "INSERT INTO dashboard_logouts (nonce, expires_at) VALUES ($1, to_timestamp($2::bigint))
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(expiry.parse::<i64>().unwrap_or_default())
+        .execute(&state.pool)
+        .await;
+        if let Err(error) = recorded {
+            // error_page logs it.
+            return error_page(&state, &session, ApiError::from(error));
+        }
+        let _ = sqlx::query("DELETE FROM dashboard_logouts WHERE expires_at < now()")
             .execute(&state.pool)
             .await;
-            if let Err(error) = recorded {
-                tracing::error!(%error, "could not record a dashboard logout");
-                return error_page(&state, &session, ApiError::from(error));
-            }
-            let _ = sqlx::query("DELETE FROM dashboard_logouts WHERE expires_at < now()")
-                .execute(&state.pool)
-                .await;
-        }
     }
     let mut response = redirect("/dashboard");
     response.headers_mut().insert(
@@ -814,12 +834,8 @@ async fn adjust(
     Path((app_id, user_id)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
-        if !csrf_ok(&state, &session, form.get("csrf")) {
-            return Err(ApiError::invalid(
-                "the form has expired; reload the page and try again",
-            ));
-        }
+    let csrf = form.get("csrf").cloned();
+    guarded_form(&state.clone(), &headers, csrf, |_session| async move {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let user_id = validate::check_user_id("user_id", user_id)?;
         let back = format!("/dashboard/apps/{}/users/{}", app.id, url(&user_id));
@@ -949,12 +965,8 @@ async fn refund(
     Path(ledger_id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
-        if !csrf_ok(&state, &session, form.get("csrf")) {
-            return Err(ApiError::invalid(
-                "the form has expired; reload the page and try again",
-            ));
-        }
+    let csrf = form.get("csrf").cloned();
+    guarded_form(&state.clone(), &headers, csrf, |_session| async move {
         let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
         let back = format!("/dashboard/entries/{ledger_id}");
         if form.get("confirm").map(String::as_str) != Some("yes") {
@@ -1115,12 +1127,8 @@ async fn create_app(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
-        if !csrf_ok(&state, &session, form.get("csrf")) {
-            return Err(ApiError::invalid(
-                "the form has expired; reload the page and try again",
-            ));
-        }
+    let csrf = form.get("csrf").cloned();
+    guarded_form(&state.clone(), &headers, csrf, |session| async move {
         let name = match admin::manage::check_name(
             form.get("name").map(String::as_str).unwrap_or_default(),
         ) {
@@ -1144,12 +1152,8 @@ async fn issue_key(
     Path(app_id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
-        if !csrf_ok(&state, &session, form.get("csrf")) {
-            return Err(ApiError::invalid(
-                "the form has expired; reload the page and try again",
-            ));
-        }
+    let csrf = form.get("csrf").cloned();
+    guarded_form(&state.clone(), &headers, csrf, |session| async move {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let key = admin::manage::issue_key(&state.pool, app.id).await?;
         Ok(key_page(&state, &session, app.id, &app.name, &key))
@@ -1163,12 +1167,8 @@ async fn revoke_key(
     Path((app_id, key_id)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
-        if !csrf_ok(&state, &session, form.get("csrf")) {
-            return Err(ApiError::invalid(
-                "the form has expired; reload the page and try again",
-            ));
-        }
+    let csrf = form.get("csrf").cloned();
+    guarded_form(&state.clone(), &headers, csrf, |_session| async move {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let key_id = validate::parse_uuid("key_id", &key_id)?;
         admin::manage::revoke_key(&state.pool, app.id, key_id).await?;
@@ -1186,12 +1186,8 @@ async fn add_secret(
     Path(app_id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
-        if !csrf_ok(&state, &session, form.get("csrf")) {
-            return Err(ApiError::invalid(
-                "the form has expired; reload the page and try again",
-            ));
-        }
+    let csrf = form.get("csrf").cloned();
+    guarded_form(&state.clone(), &headers, csrf, |_session| async move {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let back = format!("/dashboard/apps/{}", app.id);
         let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
