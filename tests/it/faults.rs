@@ -169,8 +169,10 @@ impl Summary {
         )
     }
 
-    /// The checks every scenario shares.
-    fn assert_sound(&self, scenario: &str, answer_budget: Duration) {
+    /// The checks every scenario shares. `answer_budget`: every answer comes within the sync
+    /// timeout, and a `202` then records its receipt (at most 2 s more).
+    fn assert_sound(&self, scenario: &str) {
+        let answer_budget = Duration::from_millis(SYNC_TIMEOUT_MS + 2_500);
         assert_eq!(self.lost, 0, "{scenario}: accepted commands lost: {self:?}");
         assert_eq!(
             self.doubled, 0,
@@ -303,6 +305,23 @@ async fn check(app: &TestApp, records: &[Record], recovered_from: Instant) -> Su
     summary
 }
 
+/// Checks the answers against the ledger, prints the scenario's line (with `extra` figures)
+/// and asserts what every scenario must hold, `tally verify` included.
+async fn settle(
+    app: &TestApp,
+    scenario: &str,
+    records: &[Record],
+    recovered_from: Instant,
+    extra: &str,
+) -> Summary {
+    let summary = check(app, records, recovered_from).await;
+    let verified = verified(app).await;
+    eprintln!("{} {extra}", summary.line(scenario, verified));
+    summary.assert_sound(scenario);
+    assert!(verified, "tally verify failed");
+    summary
+}
+
 async fn verified(app: &TestApp) -> bool {
     let (code, report) = app.cli(&["verify"]).await;
     code == 0 && report["ok"] == true
@@ -337,14 +356,7 @@ async fn broker_restart_mid_load() {
         };
         tokio::join!(run, fault)
     };
-    let summary = check(&app, &records, back).await;
-    let verified = verified(&app).await;
-    eprintln!("{}", summary.line("broker_restart", verified));
-    summary.assert_sound(
-        "broker_restart",
-        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
-    );
-    assert!(verified, "tally verify failed");
+    let summary = settle(&app, "broker_restart", &records, back, "").await;
     assert!(
         summary.refused > 0,
         "the outage refused nothing: {summary:?}"
@@ -380,41 +392,46 @@ async fn cluster_loses_the_stream_leader() {
             tokio::time::sleep(phase(1_500)).await;
             *killed.lock().unwrap() = Some(Instant::now());
             app_ref.nats_node(&leader).stop();
-            let until = Instant::now() + phase(8_000);
-            // NATS's own election, timed, to tell it apart from Tally's recovery.
-            if let Ok(new) =
-                tokio::time::timeout(phase(8_000), wait_for_new_leader(app_ref, &leader)).await
+            // NATS's own election (4–9 s, longer on a busy machine), timed to tell it apart from
+            // Tally's recovery; the load goes on for a while after it, the node still down.
+            if tokio::time::timeout(
+                Duration::from_secs(60),
+                wait_for_new_leader(app_ref, &leader),
+            )
+            .await
+            .is_ok()
             {
                 *elected.lock().unwrap() = Some(Instant::now());
-                let _ = new;
             }
-            tokio::time::sleep_until(until.into()).await;
+            tokio::time::sleep(phase(4_000)).await;
             stop.store(true, Ordering::Relaxed);
         };
         let (records, ()) = tokio::join!(run, fault);
         let killed_at = killed.lock().unwrap().expect("killed");
-        let summary = check(app_ref, &records, killed_at).await;
         let new_leader = stream_leader(app_ref).await;
-        let verified = verified(app_ref).await;
         let elected_in = elected
             .lock()
             .unwrap()
             .map(|at| format!("{}ms", at.duration_since(killed_at).as_millis()))
             .unwrap_or_else(|| "never".into());
-        eprintln!(
-            "{} leader={leader} new_leader={new_leader} elected_in={elected_in}",
-            summary.line("cluster_leader_loss", verified)
-        );
-        summary.assert_sound(
+        let summary = settle(
+            app_ref,
             "cluster_leader_loss",
-            Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
-        );
-        assert!(verified, "tally verify failed");
+            &records,
+            killed_at,
+            &format!("leader={leader} new_leader={new_leader} elected_in={elected_in}"),
+        )
+        .await;
         assert_ne!(new_leader, leader, "no new leader was elected");
         assert_eq!(summary.refused_after_recovery, 0, "{summary:?}");
+        let elected_at = elected.lock().unwrap().expect("a new leader within 60 s");
+        let after_election = summary
+            .recovered_in_ms
+            .unwrap()
+            .saturating_sub(elected_at.duration_since(killed_at).as_millis());
         assert!(
-            summary.recovered_in_ms.unwrap() < 10_000,
-            "writes were not accepted again while the node was down: {summary:?}"
+            after_election < 5_000,
+            "writes were not accepted again soon after the election, the node still down: {summary:?}"
         );
     }
     // Back with the others, it catches up; the stream stays whole.
@@ -435,7 +452,7 @@ async fn tally_migrate_moves_the_stream_to_three_replicas() {
         ..Options::default()
     })
     .await;
-    app.add("r-1", 10).await;
+    add_applied(&app, "r-1", 10).await;
     let (code, report) = app
         .cli_with(&["migrate"], &[("TALLY_STREAM_REPLICAS", "3")])
         .await;
@@ -451,7 +468,7 @@ async fn tally_migrate_moves_the_stream_to_three_replicas() {
         .expect("info");
     assert_eq!(info.config.num_replicas, 3);
     // Writes go on while (and after) NATS copies the stream to its new replicas.
-    app.add("r-1", 5).await;
+    add_applied(&app, "r-1", 5).await;
     assert_eq!(app.balance("r-1").await, 15);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -473,6 +490,22 @@ async fn tally_migrate_moves_the_stream_to_three_replicas() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.assert_verified().await;
+}
+
+/// Adds credits and waits until they are applied: on a busy machine a cluster that just formed
+/// or is copying its stream may outlast the sync timeout, so the answer may be a 202 first.
+async fn add_applied(app: &TestApp, user: &str, amount: i64) {
+    let (status, body) = app
+        .post("/credits/add", json!({ "user_id": user, "amount": amount }))
+        .await;
+    match status {
+        200 => {}
+        202 => {
+            let done = app.wait_applied(body["command_id"].as_str().unwrap()).await;
+            assert_eq!(done["status"], "applied", "{done}");
+        }
+        _ => panic!("add failed: {status} {body}"),
+    }
 }
 
 /// Waits until the stream reports a leader other than `old`.
@@ -598,18 +631,25 @@ impl PrivatePostgres {
         self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// `program` of the Postgres installation, run as the postgres user when this is root
+    /// (Postgres refuses to run as root).
+    fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let output = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
+        if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
         } else {
-            Command::new(&path).args(args).output()
+            Command::new(path)
         }
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         assert!(
             output.status.success(),
             "{program} failed: {}{}",
@@ -622,17 +662,10 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let data = self.data().display().to_string();
-        let path = self.bin.join("pg_ctl");
-        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&path).args(args).output()
-        };
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -700,15 +733,7 @@ async fn postgres_restart_mid_load() {
         tokio::join!(run, fault).0
     };
     let back = back.lock().unwrap().expect("restarted");
-    let summary = check(&app, &records, back).await;
-    let verified = verified(&app).await;
-    eprintln!("{}", summary.line("postgres_restart", verified));
-    // A write waiting out the sync timeout then records its receipt (bounded by 2 s).
-    summary.assert_sound(
-        "postgres_restart",
-        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
-    );
-    assert!(verified, "tally verify failed");
+    let summary = settle(&app, "postgres_restart", &records, back, "").await;
     assert!(
         summary.recovered_in_ms.unwrap() < 5_000,
         "recovery took too long: {summary:?}"
@@ -746,14 +771,14 @@ async fn worker_kills_mid_load() {
         records
     };
     let last_kill = last_kill.lock().unwrap().expect("killed");
-    let summary = check(&app, &records, last_kill).await;
-    let verified = verified(&app).await;
-    eprintln!("{} kills={kills}", summary.line("worker_kills", verified));
-    summary.assert_sound(
+    settle(
+        &app,
         "worker_kills",
-        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
-    );
-    assert!(verified, "tally verify failed");
+        &records,
+        last_kill,
+        &format!("kills={kills}"),
+    )
+    .await;
 }
 
 /// Workers scaled 1 → 4 → 1 mid-load: partitions move twice, nothing is applied twice.
@@ -783,14 +808,7 @@ async fn workers_scale_up_and_down_mid_load() {
         tokio::join!(run, fault).0
     };
     let scaled_down = scaled_down.lock().unwrap().expect("scaled down");
-    let summary = check(&app, &records, scaled_down).await;
-    let verified = verified(&app).await;
-    eprintln!("{}", summary.line("scale_1_4_1", verified));
-    summary.assert_sound(
-        "scale_1_4_1",
-        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
-    );
-    assert!(verified, "tally verify failed");
+    settle(&app, "scale_1_4_1", &records, scaled_down, "").await;
 }
 
 /// Every Postgres backend of the deployment terminated, repeatedly, mid-load.
@@ -837,18 +855,14 @@ async fn postgres_backends_terminated_mid_load() {
         tokio::join!(run, fault).0
     };
     let (at, terminated) = *last.lock().unwrap();
-    let summary = check(&app, &records, at.expect("terminated")).await;
-    let verified = verified(&app).await;
-    eprintln!(
-        "{} backends_terminated={terminated}",
-        summary.line("postgres_backends_terminated", verified)
-    );
-    // A terminated connection fails the request using it: an ingress read of it answers 503.
-    summary.assert_sound(
+    settle(
+        &app,
         "postgres_backends_terminated",
-        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
-    );
-    assert!(verified, "tally verify failed");
+        &records,
+        at.expect("terminated"),
+        &format!("backends_terminated={terminated}"),
+    )
+    .await;
 }
 
 /// A `tally-ingress` process on a fixed port, for killing.
@@ -928,17 +942,14 @@ async fn ingress_kills_mid_load() {
         tokio::join!(run, fault).0
     };
     let back = back.lock().unwrap().expect("restarted");
-    let summary = check(&app, &records, back).await;
-    let verified = verified(&app).await;
     let resent = records.iter().filter(|r| r.attempts > 1).count();
-    eprintln!(
-        "{} kills={kills} resent={resent}",
-        summary.line("ingress_kills", verified)
-    );
-    summary.assert_sound(
+    settle(
+        &app,
         "ingress_kills",
-        Duration::from_millis(SYNC_TIMEOUT_MS + 2_500),
-    );
-    assert!(verified, "tally verify failed");
+        &records,
+        back,
+        &format!("kills={kills} resent={resent}"),
+    )
+    .await;
     assert!(resent > 0, "no request was cut off by the kills");
 }

@@ -44,23 +44,26 @@ pub struct NatsServer {
     store: PathBuf,
     /// Extra configuration (a cluster block), appended to the basic one.
     extra_config: String,
+    /// Its name in its cluster (`n0`, `n1`, …), if it is in one.
+    name: Option<String>,
     child: std::sync::Mutex<Option<Child>>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
-        let server = Self::new(String::new(), free_port());
+        let server = Self::new(String::new(), None, free_port());
         server.spawn();
         server
     }
 
-    fn new(extra_config: String, port: u16) -> Self {
+    fn new(extra_config: String, name: Option<String>, port: u16) -> Self {
         let store = std::env::temp_dir().join(format!("tally-it-nats-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&store).expect("create nats store dir");
         Self {
             port,
             store,
             extra_config,
+            name,
             child: std::sync::Mutex::new(None),
         }
     }
@@ -83,7 +86,7 @@ impl NatsServer {
                     "server_name: n{index}\ncluster {{ name: {cluster}, listen: \"127.0.0.1:{route_port}\", routes: [{}] }}\n",
                     routes.join(", ")
                 );
-                Self::new(extra, *port)
+                Self::new(extra, Some(format!("n{index}")), *port)
             })
             .collect();
         for server in &servers {
@@ -94,9 +97,7 @@ impl NatsServer {
 
     /// The server's name in its cluster (`n0`, `n1`, …), if it is in one.
     pub fn server_name(&self) -> Option<&str> {
-        self.extra_config
-            .strip_prefix("server_name: ")
-            .and_then(|rest| rest.split('\n').next())
+        self.name.as_deref()
     }
 
     pub fn url(&self) -> String {
@@ -341,6 +342,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .map(NatsServer::url)
         .collect::<Vec<_>>()
         .join(",");
+    if nats_nodes.len() > 1 {
+        wait_for_jetstream(&nats_url).await;
+    }
     let nats = nats_nodes.remove(0);
     let db = match &options.database_server {
         Some(server) => TestDatabase::create_on(server).await,
@@ -392,6 +396,34 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     }
     app.wait_ready().await;
     app
+}
+
+/// Waits until a cluster has elected its JetStream meta leader (a busy machine may take longer
+/// than the services' start-up timeout).
+async fn wait_for_jetstream(nats_url: &str) {
+    let servers: Vec<async_nats::ServerAddr> = nats_url
+        .split(',')
+        .map(|url| url.parse().expect("NATS URL"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        match async_nats::connect(servers.clone()).await {
+            Ok(client) => break client,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "cannot reach the cluster: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let js = async_nats::jetstream::new(client);
+    while js.query_account().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never elected a JetStream leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub fn common_config(database_url: &str, nats_url: &str, namespace: &str) -> CommonConfig {
