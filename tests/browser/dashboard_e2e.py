@@ -88,7 +88,14 @@ class Browser:
         self.call("POST", f"/element/{self.find(css)}/click", {})
 
     def text(self, css):
-        return self.call("GET", f"/element/{self.find(css)}/text")
+        # The live refresh may replace the element between finding and reading it: find it again.
+        for attempt in range(5):
+            try:
+                return self.call("GET", f"/element/{self.find(css)}/text")
+            except Failure as failure:
+                if "stale element reference" not in str(failure) or attempt == 4:
+                    raise
+                time.sleep(0.1)
 
     def js(self, script, *args):
         return self.call("POST", "/execute/sync", {"script": script, "args": list(args)})
