@@ -72,9 +72,20 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if tally_common_is_unavailable(&error) {
-            Self::Unavailable("the database is unreachable; retry later".to_string())
+            Self::from_shared(&error)
         } else {
             Self::Internal(error.into())
+        }
+    }
+}
+
+impl ApiError {
+    /// The answer to each of several requests that one failed statement served.
+    pub fn from_shared(error: &sqlx::Error) -> Self {
+        if tally_common_is_unavailable(error) {
+            Self::Unavailable("the database is unreachable; retry later".to_string())
+        } else {
+            Self::Internal(anyhow::anyhow!("{error}"))
         }
     }
 }

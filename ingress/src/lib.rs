@@ -8,11 +8,13 @@ pub mod auth;
 pub mod bus;
 pub mod dashboard;
 pub mod error;
+pub mod group;
 #[cfg(test)]
 mod hostile_input;
 pub mod openapi;
 mod openapi_errors;
 pub mod ratelimit;
+pub mod reads;
 pub mod receipts;
 pub mod routes;
 pub mod submit;
@@ -151,6 +153,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub bus: Arc<bus::Bus>,
     pub receipts: receipts::Receipts,
+    pub balances: reads::BalanceReads,
     pub config: Arc<IngressConfig>,
     pub keys: Arc<auth::KeyCache>,
     pub metrics: PrometheusHandle,
@@ -254,6 +257,7 @@ pub async fn run(
     let state = AppState {
         limits,
         receipts: receipts::Receipts::start(pool.clone()),
+        balances: reads::BalanceReads::start(pool.clone()),
         pool,
         bus: Arc::new(bus),
         config: Arc::new(config),

@@ -12,6 +12,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::group;
+
 /// Most receipts in one insert.
 pub const RECEIPTS_PER_INSERT_MAX: usize = 1024;
 /// Receipts waiting for the writer, at most.
@@ -35,8 +37,12 @@ pub struct Receipts {
 
 impl Receipts {
     pub fn start(pool: PgPool) -> Self {
-        let (queue, receiver) = mpsc::channel(RECEIPTS_QUEUE_MAX);
-        tokio::spawn(run_writer(pool, receiver));
+        let limits = group::Limits {
+            max: RECEIPTS_PER_INSERT_MAX,
+            queue: RECEIPTS_QUEUE_MAX,
+            in_flight: INSERTS_IN_FLIGHT,
+        };
+        let queue = group::start(limits, move |group| insert(pool.clone(), group));
         Self { queue }
     }
 
@@ -59,41 +65,21 @@ impl Receipts {
     }
 }
 
-async fn run_writer(pool: PgPool, mut queue: mpsc::Receiver<Receipt>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(INSERTS_IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        let mut group = vec![first];
-        while group.len() < RECEIPTS_PER_INSERT_MAX {
-            match queue.try_recv() {
-                Ok(receipt) => group.push(receipt),
-                Err(_) => break,
-            }
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let ids: Vec<Uuid> = group.iter().map(|r| r.command_id).collect();
-            let apps: Vec<Uuid> = group.iter().map(|r| r.app_id).collect();
-            let result = sqlx::query(
-                "INSERT INTO command_receipts (command_id, app_id)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(&ids)
-            .bind(&apps)
-            .execute(&pool)
-            .await;
-            if let Err(error) = &result {
-                tracing::warn!(%error, receipts = group.len(), "could not record command receipts");
-            }
-            for receipt in group {
-                let _ = receipt.done.send(result.is_ok());
-            }
-            drop(slot);
-        });
+async fn insert(pool: PgPool, group: Vec<Receipt>) {
+    let ids: Vec<Uuid> = group.iter().map(|r| r.command_id).collect();
+    let apps: Vec<Uuid> = group.iter().map(|r| r.app_id).collect();
+    let result = sqlx::query(
+        "INSERT INTO command_receipts (command_id, app_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&apps)
+    .execute(&pool)
+    .await;
+    if let Err(error) = &result {
+        tracing::warn!(%error, receipts = group.len(), "could not record command receipts");
+    }
+    for receipt in group {
+        let _ = receipt.done.send(result.is_ok());
     }
 }

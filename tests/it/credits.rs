@@ -229,6 +229,46 @@ async fn balance_of_an_unknown_user_is_zero_and_creates_nothing() {
     assert_eq!(body["field"], "user_id");
 }
 
+/// Concurrent reads are looked up together; each must get its own account's figures, apps kept
+/// apart, unknown users zero.
+#[tokio::test]
+async fn concurrent_balance_reads_each_answer_their_own_account() {
+    let app = spawn_app().await;
+    let (_, other_key) = crate::harness::create_app(&app.pool, "other").await;
+    for i in 1..=20 {
+        app.add(&format!("u{i}"), i).await;
+        let (status, body) = app
+            .post_as(
+                &other_key,
+                "/credits/add",
+                json!({ "user_id": format!("u{i}"), "amount": 1000 + i }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let reads = (0..400).map(|n| {
+        let (key, offset) = if n % 2 == 0 {
+            (app.api_key.clone(), 0)
+        } else {
+            (other_key.clone(), 1000)
+        };
+        let app = &app;
+        async move {
+            // Users u1..u20 exist; u21..u25 do not.
+            let i = n % 25 + 1;
+            let (status, body) = app
+                .get_as(&key, &format!("/credits/balance?user_id=u{i}"))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let expected = if i <= 20 { offset + i } else { 0 };
+            assert_eq!(body["user_id"], format!("u{i}"));
+            assert_eq!(body["balance"], expected, "read {n}: {body}");
+            assert_eq!(body["available"], expected, "read {n}: {body}");
+        }
+    });
+    futures::future::join_all(reads).await;
+}
+
 #[tokio::test]
 async fn history_lists_entries_newest_first_with_exact_fields() {
     let app = spawn_app().await;

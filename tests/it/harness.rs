@@ -612,6 +612,20 @@ impl TestApp {
         self.post_with(path, body, &[]).await
     }
 
+    pub async fn post_as(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
+        into_json(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
     pub async fn post_with(
         &self,
         path: &str,

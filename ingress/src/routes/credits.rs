@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::reads;
 use crate::submit::{submit, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;
@@ -349,20 +350,16 @@ pub async fn balance(
 ) -> Result<Json<BalanceResponse>, ApiError> {
     let user_id = query_user_id(&query)?;
     // Most users have no expiring credits: one lookup of the account (and a probe of the lots
-    // index) answers them; only a user with open lots costs the second query.
-    let account: Option<(i64, i64, bool)> = sqlx::query_as(
-        "SELECT a.balance, a.held,
-                EXISTS (SELECT 1 FROM lots l WHERE l.app_id = a.app_id AND l.user_id = a.user_id
-                          AND l.expired_at IS NULL)
-         FROM accounts a WHERE a.app_id = $1 AND a.user_id = $2",
-    )
-    .bind(auth.app_id)
-    .bind(&user_id)
-    .fetch_optional(&state.pool)
-    .await?;
+    // index), grouped with concurrent reads, answers them; only a user with open lots costs the
+    // second query.
+    let account = state.balances.account(auth.app_id, user_id.clone()).await?;
     let row = match account {
         None => BalanceRow::default(),
-        Some((balance, held, false)) => BalanceRow {
+        Some(reads::Account {
+            balance,
+            held,
+            open_lots: false,
+        }) => BalanceRow {
             balance,
             held,
             ..BalanceRow::default()
