@@ -12,11 +12,16 @@ for line in open(path):
     if line.startswith("#") or "RESULT" not in line:
         continue
     scenario, system = line.split()[:2]
-    kv = dict(re.findall(r"(\w+)=([\d.]+)", line.split("before[")[0]))
-    before = dict(re.findall(r"(\w+)=(\d+)", line.split("before[")[1].split("]")[0]))
-    after = dict(re.findall(r"(\w+)=(\d+)", line.split("after[")[1].split("]")[0]))
-    tail = dict(re.findall(r"(\w+)=([\d.]+)", line.split("after[")[1].split("]", 1)[1]))
-    run = {k: float(v) for k, v in {**kv, **tail}.items()}
+    groups = dict(re.findall(r"(\w+)\[([^\]]*)\]", line))
+    counts = lambda name: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", groups.get(name, ""))}
+    before, after = counts("before"), counts("after")
+    shape_before, shape_after = counts("batching_before"), counts("batching_after")
+    plain = re.sub(r"\w+\[[^\]]*\]", " ", line)
+    kv = dict(re.findall(r"(\w+)=([\d.]+)", plain))
+    run = {k: float(v) for k, v in kv.items()}
+    delta = {k: shape_after.get(k, 0) - shape_before.get(k, 0) for k in shape_after}
+    run["per_publish"] = delta.get("published", 0) / max(delta.get("publishes", 0), 1)
+    run["per_batch"] = delta.get("applied", 0) / max(delta.get("batches", 0), 1)
     commands = run["requests"]
     if scenario == "async" and system == "tally":
         commands = max(run.get("applied", 0), 1)
@@ -26,15 +31,15 @@ for line in open(path):
     else:
         run["rate"] = run["rps"]
     for proc in PROCS:
-        run["us_" + proc] = (int(after.get(proc, 0)) - int(before.get(proc, 0))) * 1e6 / clk_tck / max(commands, 1)
+        run["us_" + proc] = (after.get(proc, 0) - before.get(proc, 0)) * 1e6 / clk_tck / max(commands, 1)
     if run.get("non2xx", 0) or run.get("sock_errors", 0):
         failures.append(f"{scenario} {system}: {run.get('non2xx', 0):.0f} non-2xx, {run.get('sock_errors', 0):.0f} socket errors")
     runs.setdefault((scenario, system), []).append(run)
 
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 print()
-print("| scenario | peer-direct /s (p99 ms) | Tally /s (p99 ms) | ratio (range) | Tally µs CPU per command: nats / ingress / worker / postgres | peer µs: service / postgres |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| scenario | peer-direct /s (p99 ms) | Tally /s (p99 ms) | ratio (range) | Tally µs CPU per command: nats / ingress / worker / postgres | peer µs: service / postgres | Tally commands per publish / per apply batch |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for scenario in ["sync-10k", "sync-hot", "async", "balance"]:
     t, p = runs.get((scenario, "tally"), []), runs.get((scenario, "peer"), [])
     if not t or not p:
@@ -45,12 +50,13 @@ for scenario in ["sync-10k", "sync-hot", "async", "balance"]:
           f"| {med([r['rate'] for r in t]):,.0f} ({med([r['p99_ms'] for r in t]):.1f}){extra} "
           f"| {med([r['rate'] for r in t]) / med([r['rate'] for r in p]):.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) "
           f"| {' / '.join(f'{med([r[chr(117) + chr(115) + chr(95) + q] for r in t]):.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} "
-          f"| {med([r['us_peer'] for r in p]):.0f} / {med([r['us_postgres'] for r in p]):.0f} |")
+          f"| {med([r['us_peer'] for r in p]):.0f} / {med([r['us_postgres'] for r in p]):.0f} "
+          f"| {med([r['per_publish'] for r in t]):.1f} / {med([r['per_batch'] for r in t]):.1f} |")
 before, after = runs.get(("growth-before", "tally")), runs.get(("growth-after", "tally"))
 if before and after:
     print(f"| growth | | {before[0]['rate']:,.0f} -> {after[0]['rate']:,.0f} /s "
           f"| {after[0]['rate'] / before[0]['rate']:.2f} (after / before) "
-          f"| {' / '.join(f'{before[0][chr(117) + chr(115) + chr(95) + q]:.0f}->{after[0][chr(117) + chr(115) + chr(95) + q]:.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} | |")
+          f"| {' / '.join(f'{before[0][chr(117) + chr(115) + chr(95) + q]:.0f}->{after[0][chr(117) + chr(115) + chr(95) + q]:.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} | | |")
 if failures:
     print("\nFAILED:\n  " + "\n  ".join(failures))
     sys.exit(1)
