@@ -5,7 +5,7 @@ import statistics
 import sys
 
 path, clk_tck, quick = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-PROCS = ["nats", "ingress", "worker", "postgres", "peer", "wrk"]
+PROCS = ["nats", "ingress", "worker", "postgres", "peer"]
 runs = {}  # (scenario, system) -> list of dicts
 failures = []
 for line in open(path):
@@ -32,14 +32,15 @@ for line in open(path):
         run["rate"] = run["rps"]
     for proc in PROCS:
         run["us_" + proc] = (after.get(proc, 0) - before.get(proc, 0)) * 1e6 / clk_tck / max(commands, 1)
+    run["us_wrk"] = run.get("wrk_ticks", 0) * 1e6 / clk_tck / max(run["requests"], 1)
     if run.get("non2xx", 0) or run.get("sock_errors", 0):
         failures.append(f"{scenario} {system}: {run.get('non2xx', 0):.0f} non-2xx, {run.get('sock_errors', 0):.0f} socket errors")
     runs.setdefault((scenario, system), []).append(run)
 
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 print()
-print("| scenario | peer-direct /s (p99 ms) | Tally /s (p99 ms) | ratio (range) | Tally µs CPU per command: nats / ingress / worker / postgres | peer µs: service / postgres | Tally commands per publish / per apply batch |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| scenario | peer-direct /s (p99 ms) | Tally /s (p99 ms) | ratio (range) | Tally µs CPU per command: nats / ingress / worker / postgres | peer µs: service / postgres | wrk µs per request: Tally / peer | Tally commands per publish / per apply batch |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for scenario in ["sync-10k", "sync-hot", "async", "balance"]:
     t, p = runs.get((scenario, "tally"), []), runs.get((scenario, "peer"), [])
     if not t or not p:
@@ -51,12 +52,13 @@ for scenario in ["sync-10k", "sync-hot", "async", "balance"]:
           f"| {med([r['rate'] for r in t]) / med([r['rate'] for r in p]):.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) "
           f"| {' / '.join(f'{med([r[chr(117) + chr(115) + chr(95) + q] for r in t]):.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} "
           f"| {med([r['us_peer'] for r in p]):.0f} / {med([r['us_postgres'] for r in p]):.0f} "
+          f"| {med([r['us_wrk'] for r in t]):.0f} / {med([r['us_wrk'] for r in p]):.0f} "
           f"| {med([r['per_publish'] for r in t]):.1f} / {med([r['per_batch'] for r in t]):.1f} |")
 before, after = runs.get(("growth-before", "tally")), runs.get(("growth-after", "tally"))
 if before and after:
     print(f"| growth | | {before[0]['rate']:,.0f} -> {after[0]['rate']:,.0f} /s "
           f"| {after[0]['rate'] / before[0]['rate']:.2f} (after / before) "
-          f"| {' / '.join(f'{before[0][chr(117) + chr(115) + chr(95) + q]:.0f}->{after[0][chr(117) + chr(115) + chr(95) + q]:.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} | | |")
+          f"| {' / '.join(f'{before[0][chr(117) + chr(115) + chr(95) + q]:.0f}->{after[0][chr(117) + chr(115) + chr(95) + q]:.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} | | | |")
 if failures:
     print("\nFAILED:\n  " + "\n  ".join(failures))
     sys.exit(1)
