@@ -62,13 +62,24 @@ pub async fn submit(state: &AppState, submission: Submission) -> Result<Response
     };
     metrics::counter!("tally_commands_submitted_total", "kind" => envelope.command.kind())
         .increment(1);
-    let waiter = (!respond_async).then(|| state.bus.waiter());
-    if let Err(error) = state.bus.publish(&envelope, waiter.as_ref()).await {
+    if respond_async {
+        // The receipt is written while the publish is in flight (both are group commits, so
+        // one after the other would double a 202's latency). A receipt of a command the
+        // broker then refuses is harmless: the cancellation's `processed_commands` row is
+        // read first, and the caller never learns the id of a refused command.
+        let (published, recorded) = tokio::join!(
+            state.bus.publish(&envelope, None),
+            state.receipts.record(app_id, command_id)
+        );
+        if let Err(error) = published {
+            return refuse(state, &envelope, idempotency.as_ref(), error).await;
+        }
+        return Ok(accepted(command_id, recorded));
+    }
+    let waiter = state.bus.waiter();
+    if let Err(error) = state.bus.publish(&envelope, Some(&waiter)).await {
         return refuse(state, &envelope, idempotency.as_ref(), error).await;
     }
-    let Some(waiter) = waiter else {
-        return Ok(accepted_response(state, app_id, command_id).await);
-    };
     // A worker answers every command it reads, a republished one with its stored answer.
     let started = Instant::now();
     if let Some(outcome) = waiter.wait(state.config.sync_timeout()).await {
@@ -166,6 +177,12 @@ async fn refuse(
     .await;
     match cancelled {
         Ok(done) if done.rows_affected() == 1 => {
+            // A `202`'s receipt is written while its publish is in flight: take it back, so a
+            // receipt keeps meaning "accepted".
+            let _ = sqlx::query("DELETE FROM command_receipts WHERE command_id = $1")
+                .bind(envelope.command_id)
+                .execute(&state.pool)
+                .await;
             if let Some((key, _)) = idempotency {
                 let _ = sqlx::query("DELETE FROM idempotency_keys WHERE app_id = $1 AND key = $2 AND command_id = $3")
                     .bind(envelope.app_id)
@@ -201,7 +218,12 @@ fn answer(outcome: Outcome) -> Response {
 /// 202 with the status URL; records the receipt (in a group commit with other requests'
 /// receipts) so the URL answers "pending" at once.
 async fn accepted_response(state: &AppState, app_id: Uuid, command_id: Uuid) -> Response {
-    if !state.receipts.record(app_id, command_id).await {
+    let recorded = state.receipts.record(app_id, command_id).await;
+    accepted(command_id, recorded)
+}
+
+fn accepted(command_id: Uuid, recorded: bool) -> Response {
+    if !recorded {
         tracing::warn!(command.id = %command_id, "answering 202 without a recorded receipt");
     }
     json_response(

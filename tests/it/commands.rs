@@ -92,6 +92,20 @@ async fn a_command_the_broker_did_not_accept_is_503_and_changes_nothing() {
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "unavailable");
+    // Fire-and-forget too: refused, and no receipt is left saying it was accepted.
+    let (status, body) = app
+        .post_with(
+            "/credits/add",
+            json!({ "user_id": "u1", "amount": 7 }),
+            &[("prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let receipts: i64 = sqlx::query_scalar("SELECT count(*) FROM command_receipts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(receipts, 0, "a refused command left a receipt");
     app.nats.restart();
     // Once the broker is back, writes flow again and the refused one never appears.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
