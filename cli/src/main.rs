@@ -166,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
                 .bind(&name)
                 .execute(&mut *tx)
                 .await?;
-            let api_key = insert_key(&mut tx, app_id).await?;
+            let api_key = tally_common::apikey::insert(&mut *tx, app_id).await?;
             tx.commit().await?;
             Ok((
                 json!({ "app_id": app_id, "name": name, "api_key": api_key }),
@@ -210,9 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
         Top::App(AppCommand::SetRateLimit(args)) => Ok((rate_limit::set(&pool, args).await?, true)),
         Top::Key(KeyCommand::Create { app }) => {
             ensure_app(&pool, app).await?;
-            let mut tx = pool.begin().await?;
-            let api_key = insert_key(&mut tx, app).await?;
-            tx.commit().await?;
+            let api_key = tally_common::apikey::insert(&pool, app).await?;
             Ok((json!({ "app_id": app, "api_key": api_key }), true))
         }
         Top::Key(KeyCommand::Revoke { key }) => {
@@ -280,19 +278,4 @@ async fn ensure_app(pool: &PgPool, app: Uuid) -> anyhow::Result<()> {
         bail!("no app {app}");
     }
     Ok(())
-}
-
-async fn insert_key(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    app_id: Uuid,
-) -> anyhow::Result<String> {
-    let key = tally_common::apikey::generate();
-    sqlx::query("INSERT INTO api_keys (id, app_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)")
-        .bind(Uuid::now_v7())
-        .bind(app_id)
-        .bind(&tally_common::apikey::hash(&key)[..])
-        .bind(tally_common::apikey::display_prefix(&key))
-        .execute(&mut **tx)
-        .await?;
-    Ok(key)
 }

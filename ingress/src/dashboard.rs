@@ -754,7 +754,8 @@ async fn user_page(
 }
 
 /// The outcome of a write submitted for the dashboard: a message for the next page.
-async fn outcome_message(response: Response) -> Result<String, String> {
+async fn outcome_message(submitted: Result<Response, ApiError>) -> Result<String, String> {
+    let response = submitted.map_err(|error| error.to_string())?;
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
@@ -867,17 +868,10 @@ async fn adjust(
             }
         };
         let path = format!("{back}/adjust");
-        let result = match admin::submit_for(
-            &state,
-            app.id,
-            command,
-            form_idempotency(&form, &path),
+        let result = outcome_message(
+            admin::submit_for(&state, app.id, command, form_idempotency(&form, &path)).await,
         )
-        .await
-        {
-            Ok(response) => outcome_message(response).await,
-            Err(error) => Err(error.to_string()),
-        };
+        .await;
         Ok(redirect(&with_message(&back, result)))
     })
     .await
@@ -989,13 +983,10 @@ async fn refund(
             Err(message) => return Ok(redirect(&with_message(&back, Err(message)))),
         };
         let idempotency = form_idempotency(&form, &format!("{back}/refund"));
-        let result =
-            match admin::refund_entry(&state, app_id, ledger_id, amount, description, idempotency)
-                .await
-            {
-                Ok(response) => outcome_message(response).await,
-                Err(error) => Err(error.to_string()),
-            };
+        let result = outcome_message(
+            admin::refund_entry(&state, app_id, ledger_id, amount, description, idempotency).await,
+        )
+        .await;
         Ok(redirect(&with_message(&back, result)))
     })
     .await

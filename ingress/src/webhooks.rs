@@ -287,6 +287,19 @@ pub struct WebhookEventsResponse {
 
 const EVENTS_CURSOR: &str = "w1";
 
+/// A row of `webhook_events` as both event lists read it: event id, provider, type, outcome,
+/// reason, user, ledger entry, received at.
+pub(crate) type EventRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<Uuid>,
+    DateTime<Utc>,
+);
+
 #[utoipa::path(get, path = "/webhooks/events",
     params(("provider" = Option<String>, Query, description = "stripe or polar"),
            ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
@@ -323,19 +336,7 @@ pub async fn list_events(
             ))
         }
     };
-    let rows = sqlx::query_as::<
-        _,
-        (
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<Uuid>,
-            DateTime<Utc>,
-        ),
-    >(
+    let rows = sqlx::query_as::<_, EventRow>(
         "SELECT event_id, provider, event_type, outcome, reason, user_id, ledger_id, received_at
          FROM webhook_events
          WHERE app_id = $1 AND ($2::text IS NULL OR provider = $2)

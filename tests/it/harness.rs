@@ -447,16 +447,9 @@ pub async fn create_app(pool: &PgPool, name: &str) -> (Uuid, String) {
 }
 
 pub async fn create_key(pool: &PgPool, app_id: Uuid) -> String {
-    let key = tally_common::apikey::generate();
-    sqlx::query("INSERT INTO api_keys (id, app_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)")
-        .bind(Uuid::now_v7())
-        .bind(app_id)
-        .bind(&tally_common::apikey::hash(&key)[..])
-        .bind(tally_common::apikey::display_prefix(&key))
-        .execute(pool)
+    tally_common::apikey::insert(pool, app_id)
         .await
-        .expect("key");
-    key
+        .expect("key")
 }
 
 /// A free `127.0.0.1:<port>` address, e.g. for a worker process's metrics endpoint.

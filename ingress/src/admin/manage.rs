@@ -54,32 +54,14 @@ pub async fn create_app(pool: &PgPool, name: &str) -> Result<(Uuid, String), Api
         .bind(name)
         .execute(&mut *tx)
         .await?;
-    let key = insert_key(&mut tx, app_id).await?;
+    let key = tally_common::apikey::insert(&mut *tx, app_id).await?;
     tx.commit().await?;
     Ok((app_id, key))
 }
 
-async fn insert_key(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    app_id: Uuid,
-) -> Result<String, ApiError> {
-    let key = tally_common::apikey::generate();
-    sqlx::query("INSERT INTO api_keys (id, app_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)")
-        .bind(Uuid::now_v7())
-        .bind(app_id)
-        .bind(&tally_common::apikey::hash(&key)[..])
-        .bind(tally_common::apikey::display_prefix(&key))
-        .execute(&mut **tx)
-        .await?;
-    Ok(key)
-}
-
 /// Issues another key for the app.
 pub async fn issue_key(pool: &PgPool, app_id: Uuid) -> Result<String, ApiError> {
-    let mut tx = pool.begin().await?;
-    let key = insert_key(&mut tx, app_id).await?;
-    tx.commit().await?;
-    Ok(key)
+    Ok(tally_common::apikey::insert(pool, app_id).await?)
 }
 
 /// Revokes a key of the app (effective within the key cache's 4 s); 404 if no active key.

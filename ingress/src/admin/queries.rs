@@ -365,17 +365,7 @@ pub async fn webhook_events(
     app_id: Uuid,
     request: &EventsRequest,
 ) -> Result<Value, ApiError> {
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<Uuid>,
-        DateTime<Utc>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<crate::webhooks::EventRow> = sqlx::query_as(
         "SELECT event_id, provider, event_type, outcome, reason, user_id, ledger_id, received_at
          FROM webhook_events
          WHERE app_id = $1 AND ($2::text IS NULL OR provider = $2) AND ($3::text IS NULL OR outcome = $3)
