@@ -4,13 +4,13 @@ mod dead_letters;
 mod rate_limit;
 mod verify;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use sqlx::PgPool;
+use tally_common::apps::{self, KeyRef};
 use tally_common::config::CommonConfig;
 use tally_common::partition::Names;
-use tally_common::webhook::Provider;
 use uuid::Uuid;
 
 #[derive(Parser, Debug)]
@@ -156,18 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
             Ok((json!({ "ok": true }), true))
         }
         Top::App(AppCommand::Create { name }) => {
-            if name.is_empty() || name.len() > 200 {
-                bail!("--name must be 1 to 200 characters");
-            }
-            let app_id = Uuid::now_v7();
-            let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO apps (id, name) VALUES ($1, $2)")
-                .bind(app_id)
-                .bind(&name)
-                .execute(&mut *tx)
-                .await?;
-            let api_key = tally_common::apikey::insert(&mut *tx, app_id).await?;
-            tx.commit().await?;
+            let name = apps::check_name(&name).map_err(flag_error)?;
+            let (app_id, api_key) = apps::create(&pool, &name).await?;
             Ok((
                 json!({ "app_id": app_id, "name": name, "api_key": api_key }),
                 true,
@@ -192,39 +182,19 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
             provider,
             secret,
         }) => {
-            let provider =
-                Provider::parse(&provider).context("--provider must be stripe or polar")?;
-            if secret.trim().is_empty() {
-                bail!("--secret must not be empty");
-            }
+            let (provider, secret) = apps::check_secret(&provider, &secret).map_err(flag_error)?;
             ensure_app(&pool, app).await?;
-            sqlx::query("INSERT INTO webhook_secrets (id, app_id, provider, secret) VALUES ($1, $2, $3, $4)")
-                .bind(Uuid::now_v7())
-                .bind(app)
-                .bind(provider.as_str())
-                .bind(secret.trim())
-                .execute(&pool)
-                .await?;
+            apps::add_webhook_secret(&pool, app, provider, &secret).await?;
             Ok((json!({ "ok": true }), true))
         }
         Top::App(AppCommand::SetRateLimit(args)) => Ok((rate_limit::set(&pool, args).await?, true)),
         Top::Key(KeyCommand::Create { app }) => {
             ensure_app(&pool, app).await?;
-            let api_key = tally_common::apikey::insert(&pool, app).await?;
+            let api_key = apps::insert_key(&pool, app).await?;
             Ok((json!({ "app_id": app, "api_key": api_key }), true))
         }
         Top::Key(KeyCommand::Revoke { key }) => {
-            let revoked = match Uuid::parse_str(&key) {
-                Ok(id) => sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-                    .bind(id)
-                    .execute(&pool)
-                    .await?,
-                Err(_) => sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1 AND revoked_at IS NULL")
-                    .bind(&tally_common::apikey::hash(&key)[..])
-                    .execute(&pool)
-                    .await?,
-            };
-            if revoked.rows_affected() == 0 {
+            if !apps::revoke_key(&pool, None, KeyRef::parse(&key)).await? {
                 bail!("no active key matches --key");
             }
             Ok((json!({ "ok": true }), true))
@@ -270,12 +240,13 @@ fn async_nats_context(client: async_nats::Client) -> async_nats::jetstream::Cont
 }
 
 async fn ensure_app(pool: &PgPool, app: Uuid) -> anyhow::Result<()> {
-    let exists: Option<Uuid> = sqlx::query_scalar("SELECT id FROM apps WHERE id = $1")
-        .bind(app)
-        .fetch_optional(pool)
-        .await?;
-    if exists.is_none() {
+    if !apps::exists(pool, app).await? {
         bail!("no app {app}");
     }
     Ok(())
+}
+
+/// A refused value, named as the flag that carried it.
+fn flag_error(invalid: apps::Invalid) -> anyhow::Error {
+    anyhow::anyhow!("--{} {}", invalid.field, invalid.message)
 }

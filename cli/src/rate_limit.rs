@@ -4,6 +4,7 @@
 use anyhow::bail;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tally_common::apps::{self, RateLimitOverride, SetRateLimitError};
 use uuid::Uuid;
 
 /// What to set: exactly one of a rate, `--unlimited` or `--default`.
@@ -25,43 +26,31 @@ pub struct SetRateLimit {
     pub default: bool,
 }
 
-/// Largest rate or burst accepted (the column is a Postgres integer).
-const LIMIT_MAX: u32 = i32::MAX as u32;
-
 pub async fn set(pool: &PgPool, args: SetRateLimit) -> anyhow::Result<Value> {
     super::ensure_app(pool, args.app).await?;
-    if args.default {
-        sqlx::query("DELETE FROM app_rate_limits WHERE app_id = $1")
-            .bind(args.app)
-            .execute(pool)
-            .await?;
-        return Ok(json!({ "ok": true, "app_id": args.app, "rate_limit": "default" }));
-    }
-    let limit = match (args.unlimited, args.rps) {
-        (true, _) => None,
-        (false, Some(rps)) => {
-            let burst = args.burst.unwrap_or(rps);
-            if rps == 0 || rps > LIMIT_MAX || burst == 0 || burst > LIMIT_MAX {
-                bail!("--rps and --burst must be from 1 to {LIMIT_MAX}");
-            }
-            Some((rps as i32, burst as i32))
-        }
-        (false, None) => bail!("give --rps, --unlimited or --default"),
+    let limit = match (args.default, args.unlimited, args.rps) {
+        (true, _, _) => RateLimitOverride::Default,
+        (false, true, _) => RateLimitOverride::Unlimited,
+        (false, false, Some(rps)) => RateLimitOverride::Limited {
+            rps,
+            burst: args.burst.unwrap_or(rps),
+        },
+        (false, false, None) => bail!("give --rps, --unlimited or --default"),
     };
-    sqlx::query(
-        "INSERT INTO app_rate_limits (app_id, requests_per_second, burst) VALUES ($1, $2, $3)
-         ON CONFLICT (app_id) DO UPDATE
-           SET requests_per_second = EXCLUDED.requests_per_second, burst = EXCLUDED.burst,
-               updated_at = now()",
-    )
-    .bind(args.app)
-    .bind(limit.map(|(rps, _)| rps))
-    .bind(limit.map(|(_, burst)| burst))
-    .execute(pool)
-    .await?;
+    match apps::set_rate_limit(pool, args.app, limit).await {
+        Ok(()) => {}
+        Err(SetRateLimitError::Invalid(_)) => {
+            bail!(
+                "--rps and --burst must be from 1 to {}",
+                apps::RATE_LIMIT_MAX
+            )
+        }
+        Err(SetRateLimitError::Database(error)) => return Err(error.into()),
+    }
     let rate_limit = match limit {
-        None => json!("unlimited"),
-        Some((rps, burst)) => json!({ "rps": rps, "burst": burst }),
+        RateLimitOverride::Default => json!("default"),
+        RateLimitOverride::Unlimited => json!("unlimited"),
+        RateLimitOverride::Limited { rps, burst } => json!({ "rps": rps, "burst": burst }),
     };
     Ok(json!({ "ok": true, "app_id": args.app, "rate_limit": rate_limit }))
 }

@@ -3,6 +3,7 @@
 //! database migrations and broker provisioning.
 
 pub mod apikey;
+pub mod apps;
 pub mod broker;
 pub mod command;
 pub mod config;

@@ -26,6 +26,12 @@ impl Provider {
     }
 }
 
+impl std::fmt::Display for Provider {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// One received event: who sent it, its id and type, and what it asks of the ledger.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WebhookEvent {

@@ -1184,7 +1184,7 @@ async fn add_secret(
         let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
         let result = match admin::manage::check_secret(field("provider"), field("secret")) {
             Ok((provider, secret)) => {
-                admin::manage::add_secret(&state.pool, app.id, &provider, &secret).await?;
+                admin::manage::add_secret(&state.pool, app.id, provider, &secret).await?;
                 Ok(format!(
                     "The {provider} secret was added; it is accepted within 5 seconds."
                 ))

@@ -69,6 +69,12 @@ impl ApiError {
     }
 }
 
+impl From<tally_common::apps::Invalid> for ApiError {
+    fn from(invalid: tally_common::apps::Invalid) -> Self {
+        Self::field(invalid.field, invalid.message)
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if tally_common_is_unavailable(&error) {

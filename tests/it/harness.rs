@@ -435,19 +435,11 @@ pub fn common_config(database_url: &str, nats_url: &str, namespace: &str) -> Com
 
 /// Creates an app and a key directly in the database, as `tally app create` does.
 pub async fn create_app(pool: &PgPool, name: &str) -> (Uuid, String) {
-    let app_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO apps (id, name) VALUES ($1, $2)")
-        .bind(app_id)
-        .bind(name)
-        .execute(pool)
-        .await
-        .expect("app");
-    let key = create_key(pool, app_id).await;
-    (app_id, key)
+    tally_common::apps::create(pool, name).await.expect("app")
 }
 
 pub async fn create_key(pool: &PgPool, app_id: Uuid) -> String {
-    tally_common::apikey::insert(pool, app_id)
+    tally_common::apps::insert_key(pool, app_id)
         .await
         .expect("key")
 }

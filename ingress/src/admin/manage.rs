@@ -7,6 +7,8 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tally_common::apps::{self, KeyRef};
+use tally_common::webhook::Provider;
 use uuid::Uuid;
 
 use super::{queries, Admin};
@@ -15,65 +17,29 @@ use crate::routes::credits::rfc3339;
 use crate::validate::{self, Fields};
 use crate::AppState;
 
-/// Longest app name (the `apps` table's check).
-pub const APP_NAME_CHARS_MAX: usize = 200;
-/// Longest webhook secret accepted.
-pub const WEBHOOK_SECRET_CHARS_MAX: usize = 1_000;
-
+/// An app name as stored (trimmed; `400` naming `name` otherwise).
 pub fn check_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > APP_NAME_CHARS_MAX {
-        return Err(ApiError::field(
-            "name",
-            format!("must be 1 to {APP_NAME_CHARS_MAX} characters"),
-        ));
-    }
-    Ok(name.to_string())
+    Ok(apps::check_name(name)?)
 }
 
-pub fn check_secret(provider: &str, secret: &str) -> Result<(String, String), ApiError> {
-    if !["stripe", "polar"].contains(&provider) {
-        return Err(ApiError::field("provider", "must be stripe or polar"));
-    }
-    let secret = secret.trim();
-    if secret.is_empty() || secret.chars().count() > WEBHOOK_SECRET_CHARS_MAX {
-        return Err(ApiError::field(
-            "secret",
-            format!("must be 1 to {WEBHOOK_SECRET_CHARS_MAX} characters"),
-        ));
-    }
-    Ok((provider.to_string(), secret.to_string()))
+/// A webhook secret as stored (`400` naming `provider` or `secret` otherwise).
+pub fn check_secret(provider: &str, secret: &str) -> Result<(Provider, String), ApiError> {
+    Ok(apps::check_secret(provider, secret)?)
 }
 
 /// Creates an app and its first key.
 pub async fn create_app(pool: &PgPool, name: &str) -> Result<(Uuid, String), ApiError> {
-    let app_id = Uuid::now_v7();
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO apps (id, name) VALUES ($1, $2)")
-        .bind(app_id)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    let key = tally_common::apikey::insert(&mut *tx, app_id).await?;
-    tx.commit().await?;
-    Ok((app_id, key))
+    Ok(apps::create(pool, name).await?)
 }
 
 /// Issues another key for the app.
 pub async fn issue_key(pool: &PgPool, app_id: Uuid) -> Result<String, ApiError> {
-    Ok(tally_common::apikey::insert(pool, app_id).await?)
+    Ok(apps::insert_key(pool, app_id).await?)
 }
 
 /// Revokes a key of the app (effective within the key cache's 4 s); 404 if no active key.
 pub async fn revoke_key(pool: &PgPool, app_id: Uuid, key_id: Uuid) -> Result<(), ApiError> {
-    let revoked = sqlx::query(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND app_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(key_id)
-    .bind(app_id)
-    .execute(pool)
-    .await?;
-    if revoked.rows_affected() == 0 {
+    if !apps::revoke_key(pool, Some(app_id), KeyRef::Id(key_id)).await? {
         return Err(ApiError::NotFound(format!("no active key {key_id}")));
     }
     Ok(())
@@ -83,19 +49,10 @@ pub async fn revoke_key(pool: &PgPool, app_id: Uuid, key_id: Uuid) -> Result<(),
 pub async fn add_secret(
     pool: &PgPool,
     app_id: Uuid,
-    provider: &str,
+    provider: Provider,
     secret: &str,
 ) -> Result<(), ApiError> {
-    sqlx::query(
-        "INSERT INTO webhook_secrets (id, app_id, provider, secret) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(app_id)
-    .bind(provider)
-    .bind(secret)
-    .execute(pool)
-    .await?;
-    Ok(())
+    Ok(apps::add_webhook_secret(pool, app_id, provider, secret).await?)
 }
 
 /// The app's keys (prefix only) and how many webhook secrets it has per provider.
@@ -223,6 +180,6 @@ pub async fn create_secret(
             .ok_or_else(|| ApiError::field(field, "is required (a string)"))
     };
     let (provider, secret) = check_secret(&text("provider")?, &text("secret")?)?;
-    add_secret(&state.pool, app.id, &provider, &secret).await?;
+    add_secret(&state.pool, app.id, provider, &secret).await?;
     Ok(Json(json!({ "ok": true })))
 }
