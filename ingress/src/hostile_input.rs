@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::routes::credits::{decode_cursor, encode_cursor, page_limit, query_user_id};
+use crate::paging::{decode_cursor, encode_cursor, page_limit};
+use crate::routes::credits::query_user_id;
 use crate::validate::{self, Fields};
 use crate::webhooks::{events, signature};
 

@@ -13,6 +13,7 @@ pub mod group;
 mod hostile_input;
 pub mod openapi;
 mod openapi_errors;
+pub mod paging;
 pub mod ratelimit;
 pub mod reads;
 pub mod receipts;

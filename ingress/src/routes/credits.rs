@@ -5,18 +5,17 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
-use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use tally_common::command::Command;
-use tally_common::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::reads;
 use crate::submit::{submit, Submission};
 use crate::validate::{self, Fields};
@@ -411,48 +410,6 @@ pub(crate) fn query_user_id(query: &HashMap<String, String>) -> Result<String, A
         .cloned()
         .ok_or_else(|| ApiError::field("user_id", "is required"))?;
     validate::check_user_id("user_id", user_id)
-}
-
-/// Page size from `limit` (1..=200, default 50).
-pub fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
-    match query.get("limit") {
-        None => Ok(PAGE_LIMIT_DEFAULT),
-        Some(text) => match text.parse::<i64>() {
-            Ok(limit) if (1..=PAGE_LIMIT_MAX).contains(&limit) => Ok(limit),
-            _ => Err(ApiError::field(
-                "limit",
-                format!("must be an integer from 1 to {PAGE_LIMIT_MAX}"),
-            )),
-        },
-    }
-}
-
-/// Splits the `limit + 1` rows of a keyset query into the page and whether more follow.
-pub fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit.max(0) as usize);
-    (rows, more)
-}
-
-/// Opaque cursors: a versioned tag and a position, base64url-encoded.
-pub fn encode_cursor(kind: &str, position: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{position}"))
-}
-
-/// The position inside a cursor of `kind`; 400 naming `cursor` for anything this API did not issue.
-pub fn decode_cursor(kind: &str, cursor: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    if text.contains('\0') {
-        return Err(bad());
-    }
-    text.strip_prefix(kind)
-        .and_then(|rest| rest.strip_prefix(':'))
-        .map(str::to_string)
-        .ok_or_else(bad)
 }
 
 /// One ledger entry as history shows it.

@@ -15,10 +15,8 @@ use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::routes::credits::{
-    decode_cursor, encode_cursor, page_limit, query_user_id, rfc3339, split_page, AcceptedResponse,
-    ErrorResponse, Write,
-};
+use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
+use crate::routes::credits::{query_user_id, rfc3339, AcceptedResponse, ErrorResponse, Write};
 use crate::validate::Fields;
 use crate::AppState;
 
