@@ -17,6 +17,7 @@ pub mod paging;
 pub mod ratelimit;
 pub mod reads;
 pub mod receipts;
+pub mod responses;
 pub mod routes;
 pub mod submit;
 pub mod validate;

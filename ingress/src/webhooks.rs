@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::auth::Auth;
 use crate::error::{json_response, ApiError};
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
-use crate::routes::credits::{rfc3339, ErrorResponse};
+use crate::responses::{rfc3339, ErrorResponse};
 use crate::validate;
 use crate::AppState;
 

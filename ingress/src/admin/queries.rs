@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, split_page};
-use crate::routes::credits::rfc3339;
+use crate::responses::rfc3339;
 
 /// Most days the chart and `/admin/apps/{id}/stats` cover.
 pub const STATS_DAYS_MAX: i64 = 90;

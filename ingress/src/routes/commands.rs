@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::routes::credits::ErrorResponse;
+use crate::responses::ErrorResponse;
 use crate::validate;
 use crate::AppState;
 

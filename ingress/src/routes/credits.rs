@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::reads;
+use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
 use crate::submit::{submit, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;
@@ -81,30 +82,6 @@ pub struct RefundResponse {
     balance_after: i64,
     ledger_id: Uuid,
     refunded_ledger_id: Uuid,
-}
-
-/// A write accepted but not (yet) applied: follow `status_url`.
-#[derive(Serialize, ToSchema)]
-pub struct AcceptedResponse {
-    success: bool,
-    /// Always `accepted`.
-    status: String,
-    command_id: Uuid,
-    status_url: String,
-}
-
-/// Every error.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorResponse {
-    success: bool,
-    /// Stable machine-readable code, e.g. `insufficient_credits`.
-    error: String,
-    message: String,
-    /// For `invalid_request`: the field at fault.
-    field: Option<String>,
-    /// For `insufficient_credits` and `balance_overflow`.
-    balance: Option<i64>,
-    available: Option<i64>,
 }
 
 /// A write request read so far: who, its headers, and its JSON object.
@@ -462,10 +439,6 @@ type HistoryRow = (
     i64,
     Option<Uuid>,
 );
-
-pub fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
 
 #[utoipa::path(get, path = "/credits/history",
     params(("user_id" = String, Query), ("limit" = Option<i64>, Query, description = "1..=200, default 50"),

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
-use crate::routes::credits::{query_user_id, rfc3339, AcceptedResponse, ErrorResponse, Write};
+use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
+use crate::routes::credits::{query_user_id, Write};
 use crate::validate::Fields;
 use crate::AppState;
 

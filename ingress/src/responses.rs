@@ -1,0 +1,36 @@
+//! What the answers of many operations have in common: the error and `202 Accepted` bodies, as
+//! the OpenAPI document describes them, and the one way an answer writes a time.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A write accepted but not (yet) applied: follow `status_url`.
+#[derive(Serialize, ToSchema)]
+pub struct AcceptedResponse {
+    success: bool,
+    /// Always `accepted`.
+    status: String,
+    command_id: Uuid,
+    status_url: String,
+}
+
+/// Every error.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse {
+    success: bool,
+    /// Stable machine-readable code, e.g. `insufficient_credits`.
+    error: String,
+    message: String,
+    /// For `invalid_request`: the field at fault.
+    field: Option<String>,
+    /// For `insufficient_credits` and `balance_overflow`.
+    balance: Option<i64>,
+    available: Option<i64>,
+}
+
+/// A time as every answer writes it: RFC 3339, UTC, microseconds.
+pub fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
