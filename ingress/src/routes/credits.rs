@@ -324,7 +324,7 @@ pub async fn balance(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<BalanceResponse>, ApiError> {
-    let user_id = query_user_id(&query)?;
+    let user_id = validate::query_user_id(&query)?;
     // Most users have no expiring credits: one lookup of the account (and a probe of the lots
     // index), grouped with concurrent reads, answers them; only a user with open lots costs the
     // second query.
@@ -379,14 +379,6 @@ pub async fn balance(
         available: balance - held,
         next_expiry,
     }))
-}
-
-pub(crate) fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError> {
-    let user_id = query
-        .get("user_id")
-        .cloned()
-        .ok_or_else(|| ApiError::field("user_id", "is required"))?;
-    validate::check_user_id("user_id", user_id)
 }
 
 /// One ledger entry as history shows it.
@@ -451,7 +443,7 @@ pub async fn history(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
-    let user_id = query_user_id(&query)?;
+    let user_id = validate::query_user_id(&query)?;
     let limit = page_limit(&query)?;
     let before: Option<i64> = match query.get("cursor") {
         None => None,

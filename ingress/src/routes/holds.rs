@@ -17,8 +17,8 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::routes::credits::{query_user_id, Write};
-use crate::validate::Fields;
+use crate::routes::credits::Write;
+use crate::validate::{self, Fields};
 use crate::AppState;
 
 /// Default and longest lifetime of a hold, in seconds.
@@ -242,7 +242,7 @@ pub async fn list(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HoldsResponse>, ApiError> {
-    let user_id = query_user_id(&query)?;
+    let user_id = validate::query_user_id(&query)?;
     let status = match query.get("status").map(String::as_str) {
         None => None,
         Some(status @ ("active" | "captured" | "released" | "expired")) => Some(status.to_string()),
