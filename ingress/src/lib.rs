@@ -22,6 +22,7 @@ pub mod routes;
 pub mod submit;
 pub mod validate;
 pub mod webhooks;
+pub mod write_request;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,7 @@
 //! `/credits/*`: writes go through the broker, reads come straight from Postgres.
 
+use std::collections::HashMap;
+
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -7,8 +9,7 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
-use std::collections::HashMap;
+use serde_json::Value;
 use tally_common::command::Command;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -18,8 +19,8 @@ use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::reads;
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::submit::{submit, Submission};
 use crate::validate::{self, Fields};
+use crate::write_request::WriteRequest;
 use crate::AppState;
 
 /// Body of `POST /credits/add`.
@@ -84,52 +85,6 @@ pub struct RefundResponse {
     refunded_ledger_id: Uuid,
 }
 
-/// A write request read so far: who, its headers, and its JSON object.
-pub(crate) struct Write {
-    pub(crate) auth: Auth,
-    headers: HeaderMap,
-    path: &'static str,
-    pub(crate) object: Map<String, Value>,
-}
-
-impl Write {
-    pub(crate) async fn read(
-        auth: Auth,
-        headers: HeaderMap,
-        body: Body,
-        path: &'static str,
-    ) -> Result<Self, ApiError> {
-        let object = validate::json_object(&headers, body).await?;
-        Ok(Self {
-            auth,
-            headers,
-            path,
-            object,
-        })
-    }
-
-    pub(crate) async fn submit(
-        self,
-        state: &AppState,
-        command: Command,
-    ) -> Result<Response, ApiError> {
-        let key = validate::idempotency_key(&self.headers)?;
-        let idempotency =
-            key.map(|key| (key, validate::request_hash("POST", self.path, &self.object)));
-        submit(
-            state,
-            Submission {
-                app_id: self.auth.app_id,
-                command,
-                idempotency,
-                respond_async: validate::prefers_async(&self.headers),
-                origin: Default::default(),
-            },
-        )
-        .await
-    }
-}
-
 #[utoipa::path(post, path = "/credits/add", request_body = AddRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
            ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
@@ -144,7 +99,7 @@ pub async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/add").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/add").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &[
@@ -212,7 +167,7 @@ pub async fn deduct(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/deduct").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/deduct").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &["user_id", "amount", "description", "metadata"],
@@ -251,7 +206,7 @@ pub async fn refund(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/refund").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/refund").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &["ledger_id", "amount", "description", "metadata"],

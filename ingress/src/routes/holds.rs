@@ -17,8 +17,8 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::routes::credits::Write;
 use crate::validate::{self, Fields};
+use crate::write_request::WriteRequest;
 use crate::AppState;
 
 /// Default and longest lifetime of a hold, in seconds.
@@ -102,7 +102,7 @@ pub async fn hold(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/hold").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/hold").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &[
@@ -159,7 +159,7 @@ pub async fn capture(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/capture").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/capture").await?;
     let mut fields = Fields::new(write.object.clone(), &["hold_id", "amount"])?;
     let hold_id = fields.uuid("hold_id")?;
     let amount = fields.optional_amount("amount")?;
@@ -190,7 +190,7 @@ pub async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/release").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/release").await?;
     let mut fields = Fields::new(write.object.clone(), &["hold_id"])?;
     let hold_id = fields.uuid("hold_id")?;
     fields.finish()?;
