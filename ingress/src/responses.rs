@@ -1,10 +1,20 @@
-//! What the answers of many operations have in common: the error and `202 Accepted` bodies, as
-//! the OpenAPI document describes them, and the one way an answer writes a time.
+//! What the answers of many operations have in common: a JSON body with a status, the error and
+//! `202 Accepted` bodies as the OpenAPI document describes them, and the one way to write a time.
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+/// A JSON response with the given status.
+pub fn json_response(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(body)).into_response()
+}
 
 /// A write accepted but not (yet) applied: follow `status_url`.
 #[derive(Serialize, ToSchema)]
