@@ -1,5 +1,9 @@
 //! What the answers of many operations have in common: a JSON body with a status, the error and
 //! `202 Accepted` bodies as the OpenAPI document describes them, and the one way to write a time.
+//!
+//! [`ErrorResponse`] and [`AcceptedResponse`] are never built: they describe bodies written as
+//! JSON values elsewhere ([`crate::error::ApiError`], [`crate::submit`], and the worker's
+//! rejections), so that every operation can name them in its OpenAPI annotations.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
