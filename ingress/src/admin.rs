@@ -19,7 +19,7 @@ use tally_common::command::{Command, Origin};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::routes::credits::page_limit;
+use crate::paging::page_limit;
 use crate::submit::{submit, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;

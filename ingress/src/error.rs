@@ -1,11 +1,11 @@
 //! One error type for every HTTP answer that is not a success, mapped in one place to a
 //! status and a stable `error` code.
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{Map, Value};
 use tally_common::error_code::ErrorCode;
+
+use crate::responses::json_response;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -149,12 +149,6 @@ impl IntoResponse for ApiError {
 
 /// `Retry-After` of a `503`, in seconds.
 pub const RETRY_AFTER_UNAVAILABLE_SECONDS: &str = "1";
-
-/// A JSON response with the given status.
-pub fn json_response(status: u16, body: Value) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(body)).into_response()
-}
 
 /// Extra fields merged into an error body.
 pub fn with_fields(mut body: Value, fields: Map<String, Value>) -> Value {

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::routes::credits::{decode_cursor, encode_cursor, page_limit, query_user_id};
+use crate::paging::{decode_cursor, encode_cursor, page_limit};
 use crate::validate::{self, Fields};
 use crate::webhooks::{events, signature};
 
@@ -222,7 +222,7 @@ proptest! {
         ),
     ) {
         let query: HashMap<String, String> = query;
-        for result in [query_user_id(&query).map(drop), page_limit(&query).map(drop)] {
+        for result in [validate::query_user_id(&query).map(drop), page_limit(&query).map(drop)] {
             if let Err(error) = result {
                 prop_assert!(is_client_error(&error), "{error:?}");
             }

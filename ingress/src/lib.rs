@@ -13,13 +13,16 @@ pub mod group;
 mod hostile_input;
 pub mod openapi;
 mod openapi_errors;
+pub mod paging;
 pub mod ratelimit;
 pub mod reads;
 pub mod receipts;
+pub mod responses;
 pub mod routes;
 pub mod submit;
 pub mod validate;
 pub mod webhooks;
+pub mod write_request;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -8,14 +8,16 @@ use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::{ObjectBuilder, Ref, Type};
-use utoipa::Modify;
+use utoipa::{Modify, ToSchema};
+
+use crate::responses::ErrorResponse;
 
 pub struct CommonErrors;
 
 fn error(description: &str) -> ResponseBuilder {
     ResponseBuilder::new().description(description).content(
         "application/json",
-        Content::new(Some(Ref::from_schema_name("ErrorResponse"))),
+        Content::new(Some(Ref::from_schema_name(ErrorResponse::name()))),
     )
 }
 

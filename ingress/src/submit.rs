@@ -19,7 +19,8 @@ use serde_json::json;
 use tally_common::command::{Command, Envelope, Origin, Outcome, Status};
 use uuid::Uuid;
 
-use crate::error::{json_response, ApiError};
+use crate::error::ApiError;
+use crate::responses::json_response;
 use crate::AppState;
 
 pub struct Submission {

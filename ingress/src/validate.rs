@@ -1,7 +1,7 @@
-//! Reading request bodies: content type, size, JSON, and one typed getter per kind of field,
-//! each naming the field it rejects.
+//! Reading requests: the body's content type, size and JSON, one typed getter per kind of field,
+//! and the headers and query parameters many operations share, each naming the field it rejects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
@@ -230,6 +230,15 @@ pub fn reject_nul(field: &str, text: &str) -> Result<(), ApiError> {
     } else {
         Ok(())
     }
+}
+
+/// The `user_id` query parameter of a read: required, checked like a body's `user_id`.
+pub fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError> {
+    let user_id = query
+        .get("user_id")
+        .cloned()
+        .ok_or_else(|| ApiError::field("user_id", "is required"))?;
+    check_user_id("user_id", user_id)
 }
 
 pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {

@@ -25,10 +25,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
-use crate::error::{json_response, ApiError};
-use crate::routes::credits::{
-    decode_cursor, encode_cursor, page_limit, rfc3339, split_page, ErrorResponse,
-};
+use crate::error::ApiError;
+use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
+use crate::responses::{json_response, rfc3339, ErrorResponse};
 use crate::validate;
 use crate::AppState;
 

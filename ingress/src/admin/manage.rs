@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{queries, Admin};
 use crate::error::ApiError;
-use crate::routes::credits::rfc3339;
+use crate::responses::rfc3339;
 use crate::validate::{self, Fields};
 use crate::AppState;
 

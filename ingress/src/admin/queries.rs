@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::routes::credits::{decode_cursor, encode_cursor, rfc3339, split_page};
+use crate::paging::{decode_cursor, encode_cursor, split_page};
+use crate::responses::rfc3339;
 
 /// Most days the chart and `/admin/apps/{id}/stats` cover.
 pub const STATS_DAYS_MAX: i64 = 90;

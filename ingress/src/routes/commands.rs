@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::routes::credits::ErrorResponse;
+use crate::responses::{rfc3339, ErrorResponse};
 use crate::validate;
 use crate::AppState;
 
@@ -56,13 +56,12 @@ async fn dead_letter(
     .bind(app_id)
     .fetch_optional(&state.pool)
     .await?;
-    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
     Ok(row.map(
         |(state, attempts, dead_lettered_at, retried_at)| DeadLetter {
             state,
             attempts,
-            dead_lettered_at: time(dead_lettered_at),
-            retried_at: retried_at.map(time),
+            dead_lettered_at: rfc3339(dead_lettered_at),
+            retried_at: retried_at.map(rfc3339),
         },
     ))
 }

@@ -1,25 +1,26 @@
 //! `/credits/*`: writes go through the broker, reads come straight from Postgres.
 
+use std::collections::HashMap;
+
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
-use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
-use std::collections::HashMap;
+use serde_json::Value;
 use tally_common::command::Command;
-use tally_common::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::reads;
-use crate::submit::{submit, Submission};
+use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
 use crate::validate::{self, Fields};
+use crate::write_request::WriteRequest;
 use crate::AppState;
 
 /// Body of `POST /credits/add`.
@@ -84,76 +85,6 @@ pub struct RefundResponse {
     refunded_ledger_id: Uuid,
 }
 
-/// A write accepted but not (yet) applied: follow `status_url`.
-#[derive(Serialize, ToSchema)]
-pub struct AcceptedResponse {
-    success: bool,
-    /// Always `accepted`.
-    status: String,
-    command_id: Uuid,
-    status_url: String,
-}
-
-/// Every error.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorResponse {
-    success: bool,
-    /// Stable machine-readable code, e.g. `insufficient_credits`.
-    error: String,
-    message: String,
-    /// For `invalid_request`: the field at fault.
-    field: Option<String>,
-    /// For `insufficient_credits` and `balance_overflow`.
-    balance: Option<i64>,
-    available: Option<i64>,
-}
-
-/// A write request read so far: who, its headers, and its JSON object.
-pub(crate) struct Write {
-    pub(crate) auth: Auth,
-    headers: HeaderMap,
-    path: &'static str,
-    pub(crate) object: Map<String, Value>,
-}
-
-impl Write {
-    pub(crate) async fn read(
-        auth: Auth,
-        headers: HeaderMap,
-        body: Body,
-        path: &'static str,
-    ) -> Result<Self, ApiError> {
-        let object = validate::json_object(&headers, body).await?;
-        Ok(Self {
-            auth,
-            headers,
-            path,
-            object,
-        })
-    }
-
-    pub(crate) async fn submit(
-        self,
-        state: &AppState,
-        command: Command,
-    ) -> Result<Response, ApiError> {
-        let key = validate::idempotency_key(&self.headers)?;
-        let idempotency =
-            key.map(|key| (key, validate::request_hash("POST", self.path, &self.object)));
-        submit(
-            state,
-            Submission {
-                app_id: self.auth.app_id,
-                command,
-                idempotency,
-                respond_async: validate::prefers_async(&self.headers),
-                origin: Default::default(),
-            },
-        )
-        .await
-    }
-}
-
 #[utoipa::path(post, path = "/credits/add", request_body = AddRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
            ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
@@ -168,7 +99,7 @@ pub async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/add").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/add").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &[
@@ -236,7 +167,7 @@ pub async fn deduct(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/deduct").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/deduct").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &["user_id", "amount", "description", "metadata"],
@@ -275,7 +206,7 @@ pub async fn refund(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/refund").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/refund").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &["ledger_id", "amount", "description", "metadata"],
@@ -348,7 +279,7 @@ pub async fn balance(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<BalanceResponse>, ApiError> {
-    let user_id = query_user_id(&query)?;
+    let user_id = validate::query_user_id(&query)?;
     // Most users have no expiring credits: one lookup of the account (and a probe of the lots
     // index), grouped with concurrent reads, answers them; only a user with open lots costs the
     // second query.
@@ -405,56 +336,6 @@ pub async fn balance(
     }))
 }
 
-pub(crate) fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError> {
-    let user_id = query
-        .get("user_id")
-        .cloned()
-        .ok_or_else(|| ApiError::field("user_id", "is required"))?;
-    validate::check_user_id("user_id", user_id)
-}
-
-/// Page size from `limit` (1..=200, default 50).
-pub fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
-    match query.get("limit") {
-        None => Ok(PAGE_LIMIT_DEFAULT),
-        Some(text) => match text.parse::<i64>() {
-            Ok(limit) if (1..=PAGE_LIMIT_MAX).contains(&limit) => Ok(limit),
-            _ => Err(ApiError::field(
-                "limit",
-                format!("must be an integer from 1 to {PAGE_LIMIT_MAX}"),
-            )),
-        },
-    }
-}
-
-/// Splits the `limit + 1` rows of a keyset query into the page and whether more follow.
-pub fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit.max(0) as usize);
-    (rows, more)
-}
-
-/// Opaque cursors: a versioned tag and a position, base64url-encoded.
-pub fn encode_cursor(kind: &str, position: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{position}"))
-}
-
-/// The position inside a cursor of `kind`; 400 naming `cursor` for anything this API did not issue.
-pub fn decode_cursor(kind: &str, cursor: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    if text.contains('\0') {
-        return Err(bad());
-    }
-    text.strip_prefix(kind)
-        .and_then(|rest| rest.strip_prefix(':'))
-        .map(str::to_string)
-        .ok_or_else(bad)
-}
-
 /// One ledger entry as history shows it.
 #[derive(Serialize, ToSchema)]
 pub struct HistoryEntry {
@@ -506,10 +387,6 @@ type HistoryRow = (
     Option<Uuid>,
 );
 
-pub fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 #[utoipa::path(get, path = "/credits/history",
     params(("user_id" = String, Query), ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
@@ -521,7 +398,7 @@ pub async fn history(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
-    let user_id = query_user_id(&query)?;
+    let user_id = validate::query_user_id(&query)?;
     let limit = page_limit(&query)?;
     let before: Option<i64> = match query.get("cursor") {
         None => None,

@@ -15,11 +15,10 @@ use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::routes::credits::{
-    decode_cursor, encode_cursor, page_limit, query_user_id, rfc3339, split_page, AcceptedResponse,
-    ErrorResponse, Write,
-};
-use crate::validate::Fields;
+use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
+use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
+use crate::validate::{self, Fields};
+use crate::write_request::WriteRequest;
 use crate::AppState;
 
 /// Default and longest lifetime of a hold, in seconds.
@@ -103,7 +102,7 @@ pub async fn hold(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/hold").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/hold").await?;
     let mut fields = Fields::new(
         write.object.clone(),
         &[
@@ -160,7 +159,7 @@ pub async fn capture(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/capture").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/capture").await?;
     let mut fields = Fields::new(write.object.clone(), &["hold_id", "amount"])?;
     let hold_id = fields.uuid("hold_id")?;
     let amount = fields.optional_amount("amount")?;
@@ -191,7 +190,7 @@ pub async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = Write::read(auth, headers, body, "/credits/release").await?;
+    let write = WriteRequest::read(auth, headers, body, "/credits/release").await?;
     let mut fields = Fields::new(write.object.clone(), &["hold_id"])?;
     let hold_id = fields.uuid("hold_id")?;
     fields.finish()?;
@@ -243,7 +242,7 @@ pub async fn list(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HoldsResponse>, ApiError> {
-    let user_id = query_user_id(&query)?;
+    let user_id = validate::query_user_id(&query)?;
     let status = match query.get("status").map(String::as_str) {
         None => None,
         Some(status @ ("active" | "captured" | "released" | "expired")) => Some(status.to_string()),
