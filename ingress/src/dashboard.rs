@@ -163,6 +163,11 @@ fn s(value: &Value, key: &str) -> String {
     }
 }
 
+/// The JSON form of a typed admin read, as the pages below read it.
+fn json(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
 fn n(value: &Value, key: &str) -> i64 {
     value[key].as_i64().unwrap_or_default()
 }
@@ -429,7 +434,8 @@ async fn home(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     guarded(&state.clone(), &headers, |session| async move {
-        let apps = queries::apps(&state.pool).await?;
+        let apps = json(queries::apps(&state.pool).await?);
+        let apps = apps.as_array().cloned().unwrap_or_default();
         let mut rows = String::new();
         for app in &apps {
             let _ = write!(
@@ -514,8 +520,9 @@ async fn app_page(
     guarded(&state.clone(), &headers, |session| async move {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let request = queries::UsersRequest::parse(&query)?;
-        let users = queries::users(&state.pool, app.id, &request).await?;
-        let days = queries::daily(&state.pool, app.id, queries::STATS_DAYS_DEFAULT).await?;
+        let users = json(queries::users(&state.pool, app.id, &request).await?);
+        let days = json(queries::daily(&state.pool, app.id, queries::STATS_DAYS_DEFAULT).await?);
+        let days = days.as_array().cloned().unwrap_or_default();
         let mut rows = String::new();
         for user in users["users"].as_array().into_iter().flatten() {
             let id = s(user, "user_id");
@@ -651,8 +658,8 @@ async fn user_page(
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let user_id = validate::check_user_id("user_id", user_id)?;
         let request = queries::HistoryRequest::parse(&query)?;
-        let detail = queries::user(&state.pool, app.id, &user_id).await?;
-        let history = queries::history(&state.pool, app.id, Some(&user_id), &request).await?;
+        let detail = json(queries::user(&state.pool, app.id, &user_id).await?);
+        let history = json(queries::history(&state.pool, app.id, Some(&user_id), &request).await?);
         let entries = history["entries"].as_array().cloned().unwrap_or_default();
         let self_url = format!("/dashboard/apps/{}/users/{}", app.id, url(&user_id));
         let next = history["next_cursor"]
@@ -885,7 +892,7 @@ async fn entry_page(
 ) -> Response {
     guarded(&state.clone(), &headers, |session| async move {
         let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
-        let detail = queries::entry(&state.pool, ledger_id).await?;
+        let detail = json(queries::entry(&state.pool, ledger_id).await?);
         let entry = &detail["entry"];
         let app = queries::app(&state.pool, parse_app(&s(entry, "app_id"))?).await?;
         let user_id = s(entry, "user_id");
@@ -1001,7 +1008,7 @@ async fn events_page(
     guarded(&state.clone(), &headers, |session| async move {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let request = queries::EventsRequest::parse(&query)?;
-        let events = queries::webhook_events(&state.pool, app.id, &request).await?;
+        let events = json(queries::webhook_events(&state.pool, app.id, &request).await?);
         let mut rows = String::new();
         for event in events["events"].as_array().into_iter().flatten() {
             let _ = write!(
