@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -20,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::paging::page_limit;
-use crate::submit::{submit, Submission};
+use crate::submit::{answer, Answer, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;
 
@@ -246,14 +245,15 @@ pub struct StatsBody {
     days: Vec<queries::Day>,
 }
 
-/// Submits a command for `app_id` with the dashboard's origin, synchronously.
+/// Submits a command for `app_id` with the dashboard's origin, synchronously; what it came to
+/// is the `/admin/*` handler's response or the dashboard's notice.
 pub async fn submit_for(
     state: &AppState,
     app_id: Uuid,
     command: Command,
     idempotency: Option<(String, String)>,
-) -> Result<Response, ApiError> {
-    submit(
+) -> Result<Answer, ApiError> {
+    answer(
         state,
         Submission {
             app_id,
@@ -278,7 +278,7 @@ pub async fn add(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/add", app.id);
     let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
@@ -310,7 +310,7 @@ pub async fn deduct(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/deduct", app.id);
     let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
@@ -359,7 +359,7 @@ pub async fn refund(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let key = validate::idempotency_key(&headers)?;
     let object = validate::json_object(&headers, body).await?;
@@ -381,7 +381,7 @@ pub async fn refund_entry(
     amount: Option<i64>,
     description: Option<String>,
     idempotency: Option<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let user_id: Option<String> =
         sqlx::query_scalar("SELECT user_id FROM ledger_entries WHERE id = $1 AND app_id = $2")
             .bind(ledger_id)

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::admin::{self, queries};
 use crate::error::ApiError;
+use crate::submit::Answer;
 use crate::validate;
 use crate::AppState;
 
@@ -760,26 +761,18 @@ async fn user_page(
     .await
 }
 
-/// The outcome of a write submitted for the dashboard: a message for the next page.
-async fn outcome_message(submitted: Result<Response, ApiError>) -> Result<String, String> {
-    let response = submitted.map_err(|error| error.to_string())?;
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    if status == StatusCode::OK {
-        Ok(format!(
+/// The notice a write submitted for the dashboard leaves on the next page.
+fn outcome_message(submitted: Result<Answer, ApiError>) -> Result<String, String> {
+    match submitted.map_err(|error| error.to_string())? {
+        Answer::Finished(outcome) if outcome.http_status == 200 => Ok(format!(
             "Done: the balance is now {}.",
-            credits(n(&body, "balance_after"))
-        ))
-    } else if status == StatusCode::ACCEPTED {
-        Ok("Accepted: it will be applied in a moment.".to_string())
-    } else {
-        Err(body["message"]
+            credits(outcome.body["balance_after"].as_i64().unwrap_or_default())
+        )),
+        Answer::Finished(outcome) => Err(outcome.body["message"]
             .as_str()
             .unwrap_or("the write was not accepted")
-            .to_string())
+            .to_string()),
+        Answer::Accepted { .. } => Ok("Accepted: it will be applied in a moment.".to_string()),
     }
 }
 
@@ -877,8 +870,7 @@ async fn adjust(
         let path = format!("{back}/adjust");
         let result = outcome_message(
             admin::submit_for(&state, app.id, command, form_idempotency(&form, &path)).await,
-        )
-        .await;
+        );
         Ok(redirect(&with_message(&back, result)))
     })
     .await
@@ -992,8 +984,7 @@ async fn refund(
         let idempotency = form_idempotency(&form, &format!("{back}/refund"));
         let result = outcome_message(
             admin::refund_entry(&state, app_id, ledger_id, amount, description, idempotency).await,
-        )
-        .await;
+        );
         Ok(redirect(&with_message(&back, result)))
     })
     .await
