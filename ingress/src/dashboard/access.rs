@@ -1,14 +1,15 @@
-//! Who gets in: logging in and out, the login, "dashboard off" and error pages, and the guard
-//! every other page runs behind (a valid session, and for a form post the session's CSRF
-//! token).
+//! Who gets in: logging in and out, the login, "dashboard off" and error pages, and the
+//! extractors every other page runs behind ([`SignedIn`]: a valid session; [`SignedForm`]: and
+//! a form with the session's CSRF token).
 
 use std::collections::HashMap;
 use std::future::Future;
 
 use askama::Template;
-use axum::extract::{Form, State};
+use axum::extract::{Form, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::render::{html, redirect};
 use super::session::{self, Session};
@@ -66,45 +67,58 @@ fn enabled(state: &AppState) -> bool {
         .is_empty()
 }
 
-/// Runs `view` for a logged-in request; the login page otherwise.
-pub async fn guarded<F, Fut>(state: &AppState, headers: &HeaderMap, view: F) -> Response
-where
-    F: FnOnce(Session) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
-{
-    if !enabled(state) {
-        return disabled();
-    }
-    let Some(session) = session::current(state, headers).await else {
-        return login_page(StatusCode::UNAUTHORIZED, None);
-    };
-    match view(session.clone()).await {
-        Ok(response) => response,
-        Err(error) => error_page(&session, error),
+/// A request of a logged-in session. A handler that extracts it answers the login page
+/// instead when there is no valid session, and "dashboard off" while no admin token is set.
+pub struct SignedIn(pub Session);
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        signed_in(state, &parts.headers).await.map(SignedIn)
     }
 }
 
-/// [`guarded`] for a form post: the form's CSRF token must be the session's; `view` gets the
-/// form.
-pub async fn guarded_form<F, Fut>(
-    state: &AppState,
-    headers: &HeaderMap,
-    form: HashMap<String, String>,
-    view: F,
-) -> Response
-where
-    F: FnOnce(Session, HashMap<String, String>) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
-{
-    guarded(state, headers, |session| async move {
+/// A form posted by a logged-in session, carrying that session's CSRF token; otherwise the
+/// answer is what [`SignedIn`] answers, or the error page saying the form has expired.
+pub struct SignedForm {
+    pub session: Session,
+    pub form: HashMap<String, String>,
+}
+
+impl FromRequest<AppState> for SignedForm {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        let Form(form) = Form::<HashMap<String, String>>::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let session = signed_in(state, &headers).await?;
         if !session.csrf_matches(form.get("csrf")) {
-            return Err(ApiError::invalid(
-                "the form has expired; reload the page and try again",
-            ));
+            let expired = ApiError::invalid("the form has expired; reload the page and try again");
+            return Err(error_page(&session, expired));
         }
-        view(session, form).await
-    })
-    .await
+        Ok(Self { session, form })
+    }
+}
+
+async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Session, Response> {
+    if !enabled(state) {
+        return Err(disabled());
+    }
+    session::current(state, headers)
+        .await
+        .ok_or_else(|| login_page(StatusCode::UNAUTHORIZED, None))
+}
+
+/// The page `view` renders for the session, or the error page for what went wrong.
+pub async fn page(
+    session: &Session,
+    view: impl Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    view.await
+        .unwrap_or_else(|error| error_page(session, error))
 }
 
 pub async fn login(

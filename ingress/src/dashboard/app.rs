@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::access::{guarded, guarded_form};
+use super::access::{page, SignedForm, SignedIn};
 use super::render::{filters, html, redirect_with, Notice};
 use super::session::Session;
 use crate::admin::{self, queries};
@@ -127,11 +127,11 @@ pub fn parse_app(text: &str) -> Result<Uuid, ApiError> {
 
 pub async fn app_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    SignedIn(session): SignedIn,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
+    page(&session, async {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let request = queries::UsersRequest::parse(&query)?;
         let users = queries::users(&state.pool, app.id, &request).await?;
@@ -142,7 +142,7 @@ pub async fn app_page(
         Ok(html(
             StatusCode::OK,
             &AppPage {
-                csrf: session.csrf,
+                csrf: session.csrf.clone(),
                 notice: Notice::from_query(&query),
                 app,
                 chart: Chart::new(&days),
@@ -179,71 +179,53 @@ pub fn new_key_page(session: &Session, app_id: Uuid, app_name: &str, key: &str) 
 
 pub async fn issue_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app_id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    SignedForm { session, .. }: SignedForm,
 ) -> Response {
-    guarded_form(
-        &state.clone(),
-        &headers,
-        form,
-        |session, _form| async move {
-            let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
-            let key = admin::manage::issue_key(&state.pool, app.id).await?;
-            Ok(new_key_page(&session, app.id, &app.name, &key))
-        },
-    )
+    page(&session, async {
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let key = admin::manage::issue_key(&state.pool, app.id).await?;
+        Ok(new_key_page(&session, app.id, &app.name, &key))
+    })
     .await
 }
 
 pub async fn revoke_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app_id, key_id)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    SignedForm { session, .. }: SignedForm,
 ) -> Response {
-    guarded_form(
-        &state.clone(),
-        &headers,
-        form,
-        |_session, _form| async move {
-            let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
-            let key_id = validate::parse_uuid("key_id", &key_id)?;
-            admin::manage::revoke_key(&state.pool, app.id, key_id).await?;
-            Ok(redirect_with(
-                &format!("/dashboard/apps/{}", app.id),
-                Ok("Key revoked: it stops working within 5 seconds.".into()),
-            ))
-        },
-    )
+    page(&session, async {
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let key_id = validate::parse_uuid("key_id", &key_id)?;
+        admin::manage::revoke_key(&state.pool, app.id, key_id).await?;
+        Ok(redirect_with(
+            &format!("/dashboard/apps/{}", app.id),
+            Ok("Key revoked: it stops working within 5 seconds.".into()),
+        ))
+    })
     .await
 }
 
 pub async fn add_secret(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app_id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    SignedForm { session, form }: SignedForm,
 ) -> Response {
-    guarded_form(
-        &state.clone(),
-        &headers,
-        form,
-        |_session, form| async move {
-            let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
-            let back = format!("/dashboard/apps/{}", app.id);
-            let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
-            let result = match admin::manage::check_secret(field("provider"), field("secret")) {
-                Ok((provider, secret)) => {
-                    admin::manage::add_secret(&state.pool, app.id, provider, &secret).await?;
-                    Ok(format!(
-                        "The {provider} secret was added; it is accepted within 5 seconds."
-                    ))
-                }
-                Err(error) => Err(error.to_string()),
-            };
-            Ok(redirect_with(&back, result))
-        },
-    )
+    page(&session, async {
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let back = format!("/dashboard/apps/{}", app.id);
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+        let result = match admin::manage::check_secret(field("provider"), field("secret")) {
+            Ok((provider, secret)) => {
+                admin::manage::add_secret(&state.pool, app.id, provider, &secret).await?;
+                Ok(format!(
+                    "The {provider} secret was added; it is accepted within 5 seconds."
+                ))
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        Ok(redirect_with(&back, result))
+    })
     .await
 }

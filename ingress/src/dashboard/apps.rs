@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Form, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::access::{guarded, guarded_form};
+use super::access::{page, SignedForm, SignedIn};
 use super::app::new_key_page;
 use super::render::{filters, html, redirect_with, Notice};
 use crate::admin::{self, queries};
@@ -23,15 +23,15 @@ struct AppsPage {
 
 pub async fn home(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
+    SignedIn(session): SignedIn,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
+    page(&session, async {
         let apps = queries::apps(&state.pool).await?;
         Ok(html(
             StatusCode::OK,
             &AppsPage {
-                csrf: session.csrf,
+                csrf: session.csrf.clone(),
                 notice: Notice::from_query(&query),
                 apps,
             },
@@ -42,10 +42,9 @@ pub async fn home(
 
 pub async fn create_app(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    SignedForm { session, form }: SignedForm,
 ) -> Response {
-    guarded_form(&state.clone(), &headers, form, |session, form| async move {
+    page(&session, async {
         let name = form.get("name").map(String::as_str).unwrap_or_default();
         let name = match admin::manage::check_name(name) {
             Ok(name) => name,

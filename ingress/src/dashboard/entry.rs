@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use uuid::Uuid;
 
-use super::access::{guarded, guarded_form};
+use super::access::{page, SignedForm, SignedIn};
 use super::forms;
 use super::render::{filters, html, redirect_with, Notice};
 use crate::admin::{self, queries};
@@ -75,18 +75,18 @@ fn fields(entry: &Entry) -> Vec<Field> {
 
 pub async fn entry_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(ledger_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    SignedIn(session): SignedIn,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
+    page(&session, async {
         let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
         let detail = queries::entry(&state.pool, ledger_id).await?;
         let app = queries::app(&state.pool, detail.entry.app_id).await?;
         Ok(html(
             StatusCode::OK,
             &EntryPage {
-                csrf: session.csrf,
+                csrf: session.csrf.clone(),
                 notice: Notice::from_query(&query),
                 app,
                 fields: fields(&detail.entry),
@@ -102,42 +102,35 @@ pub async fn entry_page(
 
 pub async fn refund(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(ledger_id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    SignedForm { session, form }: SignedForm,
 ) -> Response {
-    guarded_form(
-        &state.clone(),
-        &headers,
-        form,
-        |_session, form| async move {
-            let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
-            let back = format!("/dashboard/entries/{ledger_id}");
-            if form.get("confirm").map(String::as_str) != Some("yes") {
-                return Ok(redirect_with(
-                    &back,
-                    Err("confirm: tick the box to refund".into()),
-                ));
-            }
-            let app_id: Option<Uuid> =
-                sqlx::query_scalar("SELECT app_id FROM ledger_entries WHERE id = $1")
-                    .bind(ledger_id)
-                    .fetch_optional(&state.pool)
-                    .await?;
-            let app_id =
-                app_id.ok_or_else(|| ApiError::NotFound(format!("no ledger entry {ledger_id}")))?;
-            let input = forms::amount(&form, false)
-                .and_then(|amount| Ok((amount, forms::description(&form)?)));
-            let (amount, description) = match input {
-                Ok(input) => input,
-                Err(message) => return Ok(redirect_with(&back, Err(message))),
-            };
-            let idempotency = forms::idempotency(&form, &format!("{back}/refund"));
-            let answer =
-                admin::refund_entry(&state, app_id, ledger_id, amount, description, idempotency)
-                    .await;
-            Ok(redirect_with(&back, forms::outcome_message(answer)))
-        },
-    )
+    page(&session, async {
+        let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
+        let back = format!("/dashboard/entries/{ledger_id}");
+        if form.get("confirm").map(String::as_str) != Some("yes") {
+            return Ok(redirect_with(
+                &back,
+                Err("confirm: tick the box to refund".into()),
+            ));
+        }
+        let app_id: Option<Uuid> =
+            sqlx::query_scalar("SELECT app_id FROM ledger_entries WHERE id = $1")
+                .bind(ledger_id)
+                .fetch_optional(&state.pool)
+                .await?;
+        let app_id =
+            app_id.ok_or_else(|| ApiError::NotFound(format!("no ledger entry {ledger_id}")))?;
+        let input =
+            forms::amount(&form, false).and_then(|amount| Ok((amount, forms::description(&form)?)));
+        let (amount, description) = match input {
+            Ok(input) => input,
+            Err(message) => return Ok(redirect_with(&back, Err(message))),
+        };
+        let idempotency = forms::idempotency(&form, &format!("{back}/refund"));
+        let answer =
+            admin::refund_entry(&state, app_id, ledger_id, amount, description, idempotency).await;
+        Ok(redirect_with(&back, forms::outcome_message(answer)))
+    })
     .await
 }

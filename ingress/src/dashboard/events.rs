@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::access::guarded;
+use super::access::{page, SignedIn};
 use super::app::parse_app;
 use super::render::{filters, html};
 use crate::admin::queries;
@@ -27,18 +27,18 @@ struct EventsPage {
 
 pub async fn events_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    SignedIn(session): SignedIn,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
+    page(&session, async {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let request = queries::EventsRequest::parse(&query)?;
         let events = queries::webhook_events(&state.pool, app.id, &request).await?;
         Ok(html(
             StatusCode::OK,
             &EventsPage {
-                csrf: session.csrf,
+                csrf: session.csrf.clone(),
                 app,
                 request,
                 events,

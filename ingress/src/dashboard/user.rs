@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use tally_common::command::Command;
 use uuid::Uuid;
 
-use super::access::{guarded, guarded_form};
+use super::access::{page, SignedForm, SignedIn};
 use super::app::parse_app;
 use super::forms;
 use super::render::{filters, html, redirect_with, url, Notice};
@@ -40,11 +40,11 @@ struct UserPage<'a> {
 
 pub async fn user_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app_id, user_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    SignedIn(session): SignedIn,
 ) -> Response {
-    guarded(&state.clone(), &headers, |session| async move {
+    page(&session, async {
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let user_id = validate::check_user_id("user_id", user_id)?;
         let request = queries::HistoryRequest::parse(&query)?;
@@ -53,7 +53,7 @@ pub async fn user_page(
         Ok(html(
             StatusCode::OK,
             &UserPage {
-                csrf: session.csrf,
+                csrf: session.csrf.clone(),
                 notice: Notice::from_query(&query),
                 app,
                 user_id,
@@ -73,49 +73,43 @@ pub async fn user_page(
 
 pub async fn adjust(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app_id, user_id)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    SignedForm { session, form }: SignedForm,
 ) -> Response {
-    guarded_form(
-        &state.clone(),
-        &headers,
-        form,
-        |_session, form| async move {
-            let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
-            let user_id = validate::check_user_id("user_id", user_id)?;
-            let back = format!("/dashboard/apps/{}/users/{}", app.id, url(&user_id));
-            let input = forms::amount(&form, true)
-                .and_then(|amount| Ok((amount.expect("required"), forms::description(&form)?)));
-            let (amount, description) = match input {
-                Ok(input) => input,
-                Err(message) => return Ok(redirect_with(&back, Err(message))),
-            };
-            let command = match form.get("action").map(String::as_str) {
-                Some("add") => Command::Add {
-                    user_id,
-                    amount,
-                    description,
-                    metadata: Default::default(),
-                    expires_at: None,
-                },
-                Some("deduct") => Command::Deduct {
-                    user_id,
-                    amount,
-                    description,
-                    metadata: Default::default(),
-                },
-                _ => {
-                    return Ok(redirect_with(
-                        &back,
-                        Err("action: choose add or deduct".into()),
-                    ))
-                }
-            };
-            let idempotency = forms::idempotency(&form, &format!("{back}/adjust"));
-            let answer = admin::submit_for(&state, app.id, command, idempotency).await;
-            Ok(redirect_with(&back, forms::outcome_message(answer)))
-        },
-    )
+    page(&session, async {
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let user_id = validate::check_user_id("user_id", user_id)?;
+        let back = format!("/dashboard/apps/{}/users/{}", app.id, url(&user_id));
+        let input = forms::amount(&form, true)
+            .and_then(|amount| Ok((amount.expect("required"), forms::description(&form)?)));
+        let (amount, description) = match input {
+            Ok(input) => input,
+            Err(message) => return Ok(redirect_with(&back, Err(message))),
+        };
+        let command = match form.get("action").map(String::as_str) {
+            Some("add") => Command::Add {
+                user_id,
+                amount,
+                description,
+                metadata: Default::default(),
+                expires_at: None,
+            },
+            Some("deduct") => Command::Deduct {
+                user_id,
+                amount,
+                description,
+                metadata: Default::default(),
+            },
+            _ => {
+                return Ok(redirect_with(
+                    &back,
+                    Err("action: choose add or deduct".into()),
+                ))
+            }
+        };
+        let idempotency = forms::idempotency(&form, &format!("{back}/adjust"));
+        let answer = admin::submit_for(&state, app.id, command, idempotency).await;
+        Ok(redirect_with(&back, forms::outcome_message(answer)))
+    })
     .await
 }
