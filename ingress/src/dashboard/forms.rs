@@ -74,3 +74,51 @@ pub fn outcome_message(submitted: Result<Answer, ApiError>) -> Result<String, St
         Answer::Accepted { .. } => Ok("Accepted: it will be applied in a moment.".to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(fields: &[(&str, &str)]) -> HashMap<String, String> {
+        fields
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn amount_is_a_whole_number_within_the_api_limits() {
+        assert_eq!(amount(&form(&[("amount", " 25 ")]), true), Ok(Some(25)));
+        assert_eq!(amount(&form(&[("amount", "")]), false), Ok(None));
+        assert!(amount(&form(&[]), true).is_err());
+        assert!(amount(&form(&[("amount", "0")]), true).is_err());
+        assert!(amount(&form(&[("amount", "1.5")]), true).is_err());
+    }
+
+    #[test]
+    fn description_is_trimmed_and_empty_means_none() {
+        assert_eq!(
+            description(&form(&[("description", "  why ")])),
+            Ok(Some("why".into()))
+        );
+        assert_eq!(description(&form(&[("description", "   ")])), Ok(None));
+        let long = "a".repeat(DESCRIPTION_CHARS_MAX + 1);
+        assert!(description(&form(&[("description", &long)])).is_err());
+    }
+
+    #[test]
+    fn the_idempotency_key_ignores_the_csrf_token_but_not_the_fields() {
+        let key = "11111111-1111-4111-8111-111111111111";
+        let first = form(&[("idempotency_key", key), ("csrf", "a"), ("amount", "5")]);
+        let second = form(&[("idempotency_key", key), ("csrf", "b"), ("amount", "5")]);
+        let other = form(&[("idempotency_key", key), ("csrf", "a"), ("amount", "6")]);
+        let path = "/dashboard/apps/x/users/y/adjust";
+        assert_eq!(idempotency(&first, path), idempotency(&second, path));
+        assert_ne!(idempotency(&first, path), idempotency(&other, path));
+        assert_eq!(
+            idempotency(&first, path).map(|(key, _)| key),
+            Some(format!("dashboard:{key}"))
+        );
+        assert_eq!(idempotency(&form(&[("amount", "5")]), path), None);
+    }
+}

@@ -164,3 +164,38 @@ pub mod filters {
         Ok(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credits_group_thousands_with_a_narrow_space_and_keep_the_sign() {
+        assert_eq!(credits(0), "0");
+        assert_eq!(credits(999), "999");
+        assert_eq!(credits(1_000), "1\u{202f}000");
+        assert_eq!(credits(-2_501_350), "−2\u{202f}501\u{202f}350");
+    }
+
+    #[test]
+    fn a_notice_prefers_ok_over_error() {
+        let query = HashMap::from([
+            ("ok".to_string(), "done".to_string()),
+            ("error".to_string(), "failed".to_string()),
+        ]);
+        let notice = Notice::from_query(&query).expect("a notice");
+        assert!(notice.ok);
+        assert_eq!(notice.message, "done");
+        assert!(Notice::from_query(&HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_redirect_carries_its_message_percent_encoded() {
+        let response = redirect_with("/dashboard/x", Err("amount: is <required>".into()));
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "/dashboard/x?error=amount%3A%20is%20%3Crequired%3E"
+        );
+    }
+}
