@@ -10,17 +10,16 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tally_common::command::{Command, Origin};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::paging::page_limit;
-use crate::submit::{submit, Submission};
+use crate::submit::{answer, Answer, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;
 
@@ -103,9 +102,15 @@ fn app_id(text: &str) -> Result<Uuid, ApiError> {
     responses((status = 200, description = "{ apps: [ { app_id, name, created_at, users, outstanding, added_24h, spent_24h, active_holds, webhooks_rejected_24h } ] }"),
               (status = 401, description = "missing or wrong admin token")),
     security(("admin_token" = [])))]
-pub async fn apps(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn apps(_: Admin, State(state): State<AppState>) -> Result<Json<AppsBody>, ApiError> {
     let apps = queries::apps(&state.pool).await?;
-    Ok(Json(json!({ "apps": apps })))
+    Ok(Json(AppsBody { apps }))
+}
+
+/// `GET /admin/apps`'s body.
+#[derive(Serialize)]
+pub struct AppsBody {
+    apps: Vec<queries::AppFigures>,
 }
 
 /// Users of an app: `prefix` (of the user id), `sort=balance|activity`, `limit`, `page` (0-based).
@@ -121,7 +126,7 @@ pub async fn users(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<queries::UsersPage>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let request = queries::UsersRequest::parse(&query)?;
     Ok(Json(queries::users(&state.pool, app.id, &request).await?))
@@ -141,16 +146,23 @@ pub async fn user(
     State(state): State<AppState>,
     Path((app, user_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserBody>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let user_id = validate::check_user_id("user_id", user_id)?;
     let history = queries::HistoryRequest::parse(&query)?;
-    let mut detail = queries::user(&state.pool, app.id, &user_id).await?;
-    let page = queries::history(&state.pool, app.id, Some(&user_id), &history).await?;
-    if let (Value::Object(detail), Value::Object(page)) = (&mut detail, page) {
-        detail.extend(page);
-    }
-    Ok(Json(detail))
+    let detail = queries::user(&state.pool, app.id, &user_id).await?;
+    let history = queries::history(&state.pool, app.id, Some(&user_id), &history).await?;
+    Ok(Json(UserBody { detail, history }))
+}
+
+/// `GET /admin/apps/{app_id}/users/{user_id}`'s body: the user's figures and a page of history
+/// in one object.
+#[derive(Serialize)]
+pub struct UserBody {
+    #[serde(flatten)]
+    detail: queries::UserDetail,
+    #[serde(flatten)]
+    history: queries::EntriesPage,
 }
 
 /// An app's entries of every user, newest first (`limit`, `cursor`, `type`, `source`).
@@ -165,7 +177,7 @@ pub async fn entries(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<queries::EntriesPage>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let history = queries::HistoryRequest::parse(&query)?;
     Ok(Json(
@@ -183,7 +195,7 @@ pub async fn entry(
     _: Admin,
     State(state): State<AppState>,
     Path(ledger_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<queries::EntryDetail>, ApiError> {
     let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
     Ok(Json(queries::entry(&state.pool, ledger_id).await?))
 }
@@ -200,7 +212,7 @@ pub async fn webhook_events(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<queries::EventsPage>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let request = queries::EventsRequest::parse(&query)?;
     Ok(Json(
@@ -219,22 +231,29 @@ pub async fn stats(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsBody>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let days = queries::integer(&query, "days", 1, queries::STATS_DAYS_MAX)?
         .unwrap_or(queries::STATS_DAYS_DEFAULT);
     let days = queries::daily(&state.pool, app.id, days).await?;
-    Ok(Json(json!({ "days": days })))
+    Ok(Json(StatsBody { days }))
 }
 
-/// Submits a command for `app_id` with the dashboard's origin, synchronously.
+/// `GET /admin/apps/{app_id}/stats`'s body.
+#[derive(Serialize)]
+pub struct StatsBody {
+    days: Vec<queries::Day>,
+}
+
+/// Submits a command for `app_id` with the dashboard's origin, synchronously; what it came to
+/// is the `/admin/*` handler's response or the dashboard's notice.
 pub async fn submit_for(
     state: &AppState,
     app_id: Uuid,
     command: Command,
     idempotency: Option<(String, String)>,
-) -> Result<Response, ApiError> {
-    submit(
+) -> Result<Answer, ApiError> {
+    answer(
         state,
         Submission {
             app_id,
@@ -259,7 +278,7 @@ pub async fn add(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/add", app.id);
     let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
@@ -291,7 +310,7 @@ pub async fn deduct(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/deduct", app.id);
     let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
@@ -340,7 +359,7 @@ pub async fn refund(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let key = validate::idempotency_key(&headers)?;
     let object = validate::json_object(&headers, body).await?;
@@ -362,7 +381,7 @@ pub async fn refund_entry(
     amount: Option<i64>,
     description: Option<String>,
     idempotency: Option<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let user_id: Option<String> =
         sqlx::query_scalar("SELECT user_id FROM ledger_entries WHERE id = $1 AND app_id = $2")
             .bind(ledger_id)

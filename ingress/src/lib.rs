@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod dashboard;
+pub mod entries;
 pub mod error;
 pub mod group;
 #[cfg(test)]

@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tally_common::command::{Command, Envelope, Origin, Outcome, Status};
 use uuid::Uuid;
@@ -33,7 +33,37 @@ pub struct Submission {
     pub origin: Origin,
 }
 
+/// What a submitted command came to, before it becomes an HTTP response.
+#[derive(Debug)]
+pub enum Answer {
+    /// The command finished (now, or before: a replay): the worker's result.
+    Finished(Outcome),
+    /// Accepted and not finished yet: its result will be at `/commands/{command_id}`.
+    Accepted { command_id: Uuid },
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Finished(outcome) => json_response(outcome.http_status, outcome.body),
+            Answer::Accepted { command_id } => json_response(
+                202,
+                json!({ "success": true, "status": "accepted", "command_id": command_id,
+                        "status_url": format!("/commands/{command_id}") }),
+            ),
+        }
+    }
+}
+
+/// [`answer`] as the HTTP response.
 pub async fn submit(state: &AppState, submission: Submission) -> Result<Response, ApiError> {
+    answer(state, submission)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// Submits a command and returns what it came to.
+pub async fn answer(state: &AppState, submission: Submission) -> Result<Answer, ApiError> {
     let Submission {
         app_id,
         command,
@@ -47,7 +77,7 @@ pub async fn submit(state: &AppState, submission: Submission) -> Result<Response
             Claim::New => {}
             Claim::Existing { command_id: first } => {
                 if let Some(outcome) = finished(state, app_id, first).await? {
-                    return Ok(answer(outcome));
+                    return Ok(Answer::Finished(outcome));
                 }
                 command_id = first;
             }
@@ -85,9 +115,9 @@ pub async fn submit(state: &AppState, submission: Submission) -> Result<Response
     let started = Instant::now();
     if let Some(outcome) = waiter.wait(state.config.sync_timeout()).await {
         metrics::histogram!("tally_sync_wait_seconds").record(started.elapsed().as_secs_f64());
-        return Ok(answer(outcome));
+        return Ok(Answer::Finished(outcome));
     }
-    Ok(accepted_response(state, app_id, command_id).await)
+    Ok(accepted_recorded(state, app_id, command_id).await)
 }
 
 enum Claim {
@@ -165,7 +195,7 @@ async fn refuse(
     envelope: &Envelope,
     idempotency: Option<&(String, String)>,
     error: crate::bus::PublishError,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     metrics::counter!("tally_publish_failures_total").increment(1);
     tracing::warn!(%error, command.id = %envelope.command_id, "command not accepted");
     let cancelled = sqlx::query(
@@ -198,7 +228,7 @@ async fn refuse(
         }
         // A worker applied it after all: its result is the answer.
         Ok(_) => match finished(state, envelope.app_id, envelope.command_id).await? {
-            Some(outcome) => Ok(answer(outcome)),
+            Some(outcome) => Ok(Answer::Finished(outcome)),
             None => Err(ApiError::Unavailable(
                 "the broker is unreachable; the command was not accepted".into(),
             )),
@@ -212,24 +242,16 @@ async fn refuse(
     }
 }
 
-fn answer(outcome: Outcome) -> Response {
-    json_response(outcome.http_status, outcome.body)
-}
-
-/// 202 with the status URL; records the receipt (in a group commit with other requests'
-/// receipts) so the URL answers "pending" at once.
-async fn accepted_response(state: &AppState, app_id: Uuid, command_id: Uuid) -> Response {
+/// Accepted (202 with the status URL); records the receipt (in a group commit with other
+/// requests' receipts) so the URL answers "pending" at once.
+async fn accepted_recorded(state: &AppState, app_id: Uuid, command_id: Uuid) -> Answer {
     let recorded = state.receipts.record(app_id, command_id).await;
     accepted(command_id, recorded)
 }
 
-fn accepted(command_id: Uuid, recorded: bool) -> Response {
+fn accepted(command_id: Uuid, recorded: bool) -> Answer {
     if !recorded {
         tracing::warn!(command.id = %command_id, "answering 202 without a recorded receipt");
     }
-    json_response(
-        202,
-        json!({ "success": true, "status": "accepted", "command_id": command_id,
-                "status_url": format!("/commands/{command_id}") }),
-    )
+    Answer::Accepted { command_id }
 }

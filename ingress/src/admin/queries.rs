@@ -1,15 +1,16 @@
-//! The reads behind `/admin/*` and the dashboard, across every app.
+//! The reads behind `/admin/*` and the dashboard, across every app, as typed rows whose JSON
+//! form is the `/admin/*` body.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::{json, Value};
+use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::entries::{self, time_json, Entry};
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, split_page};
-use crate::responses::rfc3339;
 
 /// Most days the chart and `/admin/apps/{id}/stats` cover.
 pub const STATS_DAYS_MAX: i64 = 90;
@@ -17,10 +18,14 @@ pub const STATS_DAYS_DEFAULT: i64 = 14;
 /// Most pages `page=` may skip (offset paging of users and events stays cheap).
 pub const PAGE_INDEX_MAX: i64 = 10_000;
 
-const ENTRY_TYPES: &[&str] = &["add", "deduct", "refund", "payment", "expire", "clawback"];
-const SOURCES: &[&str] = &["api", "stripe", "polar", "system", "dashboard"];
-const PROVIDERS: &[&str] = &["stripe", "polar"];
-const OUTCOMES: &[&str] = &[
+/// The entry types `type=` filters by.
+pub const ENTRY_TYPES: &[&str] = &["add", "deduct", "refund", "payment", "expire", "clawback"];
+/// The entry sources `source=` filters by.
+pub const SOURCES: &[&str] = &["api", "stripe", "polar", "system", "dashboard"];
+/// The webhook providers `provider=` filters by.
+pub const PROVIDERS: &[&str] = &["stripe", "polar"];
+/// The webhook outcomes `outcome=` filters by.
+pub const OUTCOMES: &[&str] = &[
     "credited",
     "clawed_back",
     "duplicate",
@@ -79,33 +84,43 @@ fn one_of(
     }
 }
 
+/// An app with its figures.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct AppFigures {
+    pub app_id: Uuid,
+    pub name: String,
+    #[serde(serialize_with = "time_json")]
+    pub created_at: DateTime<Utc>,
+    /// Accounts the app has.
+    pub users: i64,
+    /// Credits on every balance of the app.
+    pub outstanding: i64,
+    /// Credits added in the last 24 hours.
+    pub added_24h: i64,
+    /// Credits deducted or expired in the last 24 hours.
+    pub spent_24h: i64,
+    pub active_holds: i64,
+    pub webhooks_rejected_24h: i64,
+}
+
 /// Every app with its users, credits outstanding, the last 24 hours' adds and spends, active
 /// holds and rejected webhook events.
-pub async fn apps(pool: &PgPool) -> Result<Vec<Value>, ApiError> {
-    type Row = (Uuid, String, DateTime<Utc>, i64, i64, i64, i64, i64, i64);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT a.id, a.name, a.created_at,
-                (SELECT count(*) FROM accounts c WHERE c.app_id = a.id),
-                (SELECT COALESCE(sum(balance), 0)::bigint FROM accounts c WHERE c.app_id = a.id),
+pub async fn apps(pool: &PgPool) -> Result<Vec<AppFigures>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT a.id AS app_id, a.name, a.created_at,
+                (SELECT count(*) FROM accounts c WHERE c.app_id = a.id) AS users,
+                (SELECT COALESCE(sum(balance), 0)::bigint FROM accounts c WHERE c.app_id = a.id) AS outstanding,
                 (SELECT COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)::bigint FROM ledger_entries e
-                  WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours'),
+                  WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours') AS added_24h,
                 (SELECT COALESCE(-sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')), 0)::bigint
-                   FROM ledger_entries e WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours'),
-                (SELECT count(*) FROM holds h WHERE h.app_id = a.id AND h.status = 'active'),
+                   FROM ledger_entries e WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours') AS spent_24h,
+                (SELECT count(*) FROM holds h WHERE h.app_id = a.id AND h.status = 'active') AS active_holds,
                 (SELECT count(*) FROM webhook_events w WHERE w.app_id = a.id AND w.outcome = 'rejected'
-                   AND w.received_at > now() - interval '24 hours')
+                   AND w.received_at > now() - interval '24 hours') AS webhooks_rejected_24h
          FROM apps a ORDER BY a.created_at, a.id",
     )
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            json!({ "app_id": row.0, "name": row.1, "created_at": rfc3339(row.2), "users": row.3,
-                    "outstanding": row.4, "added_24h": row.5, "spent_24h": row.6,
-                    "active_holds": row.7, "webhooks_rejected_24h": row.8 })
-        })
-        .collect())
+    .await?)
 }
 
 pub struct UsersRequest {
@@ -132,15 +147,38 @@ impl UsersRequest {
     }
 }
 
+/// A page of an app's users.
+#[derive(Debug, Serialize)]
+pub struct UsersPage {
+    pub users: Vec<UserSummary>,
+    /// The next page's `page`; null on the last page.
+    pub next_page: Option<i64>,
+}
+
+/// A user as the users list shows it.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct UserSummary {
+    pub user_id: String,
+    pub balance: i64,
+    pub held: i64,
+    /// When the account last changed.
+    #[serde(serialize_with = "time_json")]
+    pub last_activity: DateTime<Utc>,
+}
+
 /// A page of an app's users whose id starts with the prefix.
-pub async fn users(pool: &PgPool, app_id: Uuid, request: &UsersRequest) -> Result<Value, ApiError> {
+pub async fn users(
+    pool: &PgPool,
+    app_id: Uuid,
+    request: &UsersRequest,
+) -> Result<UsersPage, ApiError> {
     let order = if request.sort == "balance" {
         "balance DESC, user_id"
     } else {
         "updated_at DESC, user_id"
     };
-    let rows: Vec<(String, i64, i64, DateTime<Utc>)> = sqlx::query_as(&format!(
-        "SELECT user_id, balance, held, updated_at FROM accounts
+    let rows: Vec<UserSummary> = sqlx::query_as(&format!(
+        "SELECT user_id, balance, held, updated_at AS last_activity FROM accounts
          WHERE app_id = $1 AND starts_with(user_id, $2)
          ORDER BY {order} LIMIT $3 OFFSET $4"
     ))
@@ -150,19 +188,60 @@ pub async fn users(pool: &PgPool, app_id: Uuid, request: &UsersRequest) -> Resul
     .bind(request.page * request.limit)
     .fetch_all(pool)
     .await?;
-    let (rows, more) = split_page(rows, request.limit);
-    let users: Vec<Value> = rows
-        .into_iter()
-        .map(|(user_id, balance, held, updated_at)| {
-            json!({ "user_id": user_id, "balance": balance, "held": held,
-                    "last_activity": rfc3339(updated_at) })
-        })
-        .collect();
-    Ok(json!({ "users": users, "next_page": more.then_some(request.page + 1) }))
+    let (users, more) = split_page(rows, request.limit);
+    Ok(UsersPage {
+        users,
+        next_page: more.then_some(request.page + 1),
+    })
+}
+
+/// A user's figures, active holds and open lots.
+#[derive(Debug, Serialize)]
+pub struct UserDetail {
+    pub app_id: Uuid,
+    pub user_id: String,
+    /// Without the credits of lots past their expiry.
+    pub balance: i64,
+    pub held: i64,
+    pub available: i64,
+    /// The next lot to expire with credits left; null when none will.
+    pub next_expiry: Option<Expiry>,
+    pub lots: Vec<Lot>,
+    pub holds: Vec<Hold>,
+}
+
+/// Credits that expire at one time.
+#[derive(Debug, Serialize)]
+pub struct Expiry {
+    pub amount: i64,
+    #[serde(serialize_with = "time_json")]
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An open lot: credits an add granted with an expiry.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct Lot {
+    pub lot_id: Uuid,
+    pub amount: i64,
+    pub remaining: i64,
+    #[serde(serialize_with = "time_json")]
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An active hold.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct Hold {
+    pub hold_id: Uuid,
+    pub amount: i64,
+    #[serde(serialize_with = "time_json")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(serialize_with = "time_json")]
+    pub created_at: DateTime<Utc>,
+    pub description: Option<String>,
 }
 
 /// A user's balance, held, available, next expiry, active holds and open lots.
-pub async fn user(pool: &PgPool, app_id: Uuid, user_id: &str) -> Result<Value, ApiError> {
+pub async fn user(pool: &PgPool, app_id: Uuid, user_id: &str) -> Result<UserDetail, ApiError> {
     let account: Option<(i64, i64)> =
         sqlx::query_as("SELECT balance, held FROM accounts WHERE app_id = $1 AND user_id = $2")
             .bind(app_id)
@@ -170,8 +249,8 @@ pub async fn user(pool: &PgPool, app_id: Uuid, user_id: &str) -> Result<Value, A
             .fetch_optional(pool)
             .await?;
     let (balance, held) = account.unwrap_or_default();
-    let lots: Vec<(Uuid, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, amount, remaining, expires_at FROM lots
+    let lots: Vec<Lot> = sqlx::query_as(
+        "SELECT id AS lot_id, amount, remaining, expires_at FROM lots
          WHERE app_id = $1 AND user_id = $2 AND expired_at IS NULL ORDER BY expires_at, id LIMIT 200",
     )
     .bind(app_id)
@@ -183,32 +262,35 @@ pub async fn user(pool: &PgPool, app_id: Uuid, user_id: &str) -> Result<Value, A
     // leave them out already (as `GET /credits/balance` does).
     let expired: i64 = lots
         .iter()
-        .filter(|lot| lot.3 <= now)
-        .map(|lot| lot.2)
+        .filter(|lot| lot.expires_at <= now)
+        .map(|lot| lot.remaining)
         .sum();
     let balance = balance - expired;
     let next_expiry = lots
         .iter()
-        .find(|lot| lot.3 > now && lot.2 > 0)
-        .map(|lot| json!({ "amount": lot.2, "expires_at": rfc3339(lot.3) }));
-    type HoldRow = (Uuid, i64, DateTime<Utc>, DateTime<Utc>, Option<String>);
-    let holds: Vec<HoldRow> = sqlx::query_as(
-        "SELECT id, amount, expires_at, created_at, description FROM holds
+        .find(|lot| lot.expires_at > now && lot.remaining > 0)
+        .map(|lot| Expiry {
+            amount: lot.remaining,
+            expires_at: lot.expires_at,
+        });
+    let holds: Vec<Hold> = sqlx::query_as(
+        "SELECT id AS hold_id, amount, expires_at, created_at, description FROM holds
          WHERE app_id = $1 AND user_id = $2 AND status = 'active' ORDER BY created_at DESC, id DESC LIMIT 200",
     )
     .bind(app_id)
     .bind(user_id)
     .fetch_all(pool)
     .await?;
-    Ok(json!({
-        "app_id": app_id, "user_id": user_id, "balance": balance, "held": held,
-        "available": balance - held, "next_expiry": next_expiry,
-        "lots": lots.iter().map(|lot| json!({ "lot_id": lot.0, "amount": lot.1, "remaining": lot.2,
-                                               "expires_at": rfc3339(lot.3) })).collect::<Vec<_>>(),
-        "holds": holds.iter().map(|hold| json!({ "hold_id": hold.0, "amount": hold.1,
-                                                  "expires_at": rfc3339(hold.2), "created_at": rfc3339(hold.3),
-                                                  "description": hold.4 })).collect::<Vec<_>>(),
-    }))
+    Ok(UserDetail {
+        app_id,
+        user_id: user_id.to_string(),
+        balance,
+        held,
+        available: balance - held,
+        next_expiry,
+        lots,
+        holds,
+    })
 }
 
 pub struct HistoryRequest {
@@ -242,32 +324,12 @@ impl HistoryRequest {
     }
 }
 
-type EntryRow = (
-    Uuid,
-    String,
-    String,
-    i64,
-    i64,
-    Option<String>,
-    Value,
-    String,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    Option<Uuid>,
-    Uuid,
-);
-
-const ENTRY_COLUMNS: &str =
-    "id, user_id, type, amount, balance_after, description, metadata, source,
-    refunded_ledger_id, hold_id, expires_at, created_at, lot_id, app_id";
-
-fn entry_json(row: &EntryRow) -> Value {
-    json!({ "ledger_id": row.0, "app_id": row.13, "user_id": row.1, "type": row.2, "amount": row.3,
-            "balance_after": row.4, "description": row.5, "metadata": row.6, "source": row.7,
-            "refunded_ledger_id": row.8, "hold_id": row.9, "expires_at": row.10.map(rfc3339),
-            "created_at": rfc3339(row.11), "lot_id": row.12 })
+/// A page of ledger entries, newest first.
+#[derive(Debug, Serialize)]
+pub struct EntriesPage {
+    pub entries: Vec<Entry>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// A page of entries of an app (or of one of its users), newest first, filtered by type and
@@ -277,15 +339,16 @@ pub async fn history(
     app_id: Uuid,
     user_id: Option<&str>,
     request: &HistoryRequest,
-) -> Result<Value, ApiError> {
+) -> Result<EntriesPage, ApiError> {
     let (before_micros, before_id) = request.before.unzip();
     let before_time = before_micros.and_then(DateTime::<Utc>::from_timestamp_micros);
-    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM ledger_entries
+    let rows: Vec<Entry> = sqlx::query_as(&format!(
+        "SELECT {} FROM ledger_entries
          WHERE app_id = $1 AND ($2::text IS NULL OR user_id = $2)
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
            AND ($5::text IS NULL OR type = $5) AND ($6::text IS NULL OR source = $6)
-         ORDER BY created_at DESC, id DESC LIMIT $7"
+         ORDER BY created_at DESC, id DESC LIMIT $7",
+        entries::COLUMNS
     ))
     .bind(app_id)
     .bind(user_id)
@@ -296,50 +359,64 @@ pub async fn history(
     .bind(request.limit + 1)
     .fetch_all(pool)
     .await?;
-    let (rows, more) = split_page(rows, request.limit);
+    let (entries, more) = split_page(rows, request.limit);
     let next_cursor = more.then(|| {
-        let last = rows.last().expect("a full page");
+        let last = entries.last().expect("a full page");
         encode_cursor(
             HISTORY_CURSOR,
-            &format!("{}/{}", last.11.timestamp_micros(), last.0),
+            &format!("{}/{}", last.created_at.timestamp_micros(), last.ledger_id),
         )
     });
-    Ok(
-        json!({ "entries": rows.iter().map(entry_json).collect::<Vec<_>>(), "next_cursor": next_cursor }),
-    )
+    Ok(EntriesPage {
+        entries,
+        next_cursor,
+    })
+}
+
+/// An entry with its refunds.
+#[derive(Debug, Serialize)]
+pub struct EntryDetail {
+    pub entry: Entry,
+    /// Entries that refund this one, oldest first.
+    pub refunds: Vec<Entry>,
+    /// Credits a refund may still return (0 for entries that cannot be refunded).
+    pub refundable: i64,
 }
 
 /// One entry with its refunds and what is left to refund.
-pub async fn entry(pool: &PgPool, ledger_id: Uuid) -> Result<Value, ApiError> {
-    let row: Option<EntryRow> = sqlx::query_as(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE id = $1"
+pub async fn entry(pool: &PgPool, ledger_id: Uuid) -> Result<EntryDetail, ApiError> {
+    let entry: Option<Entry> = sqlx::query_as(&format!(
+        "SELECT {} FROM ledger_entries WHERE id = $1",
+        entries::COLUMNS
     ))
     .bind(ledger_id)
     .fetch_optional(pool)
     .await?;
-    let row = row.ok_or_else(|| ApiError::NotFound(format!("no ledger entry {ledger_id}")))?;
-    let refunds: Vec<EntryRow> = sqlx::query_as(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE refunded_ledger_id = $1 AND app_id = $2
-         ORDER BY created_at, id"
+    let entry = entry.ok_or_else(|| ApiError::NotFound(format!("no ledger entry {ledger_id}")))?;
+    let refunds: Vec<Entry> = sqlx::query_as(&format!(
+        "SELECT {} FROM ledger_entries WHERE refunded_ledger_id = $1 AND app_id = $2
+         ORDER BY created_at, id",
+        entries::COLUMNS
     ))
     .bind(ledger_id)
-    .bind(row.13)
+    .bind(entry.app_id)
     .fetch_all(pool)
     .await?;
-    let refundable = if matches!(row.2.as_str(), "add" | "deduct" | "payment") {
+    let refundable = if matches!(entry.entry_type.as_str(), "add" | "deduct" | "payment") {
         let refunded: i64 = refunds
             .iter()
-            .filter(|refund| refund.2 == "refund")
-            .map(|refund| refund.3.abs())
+            .filter(|refund| refund.entry_type == "refund")
+            .map(|refund| refund.amount.abs())
             .sum();
-        (row.3.abs() - refunded).max(0)
+        (entry.amount.abs() - refunded).max(0)
     } else {
         0
     };
-    Ok(
-        json!({ "entry": entry_json(&row), "refunds": refunds.iter().map(entry_json).collect::<Vec<_>>(),
-               "refundable": refundable }),
-    )
+    Ok(EntryDetail {
+        entry,
+        refunds,
+        refundable,
+    })
 }
 
 pub struct EventsRequest {
@@ -360,12 +437,40 @@ impl EventsRequest {
     }
 }
 
+/// A page of an app's webhook events.
+#[derive(Debug, Serialize)]
+pub struct EventsPage {
+    pub events: Vec<WebhookEvent>,
+    /// The next page's `page`; null on the last page.
+    pub next_page: Option<i64>,
+}
+
+/// A webhook event as the app received it and what came of it.
+#[derive(Debug, Serialize)]
+pub struct WebhookEvent {
+    pub event_id: String,
+    /// stripe or polar.
+    pub provider: String,
+    /// The provider's event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// credited, clawed_back, duplicate, ignored or rejected.
+    pub outcome: String,
+    /// Why it was rejected or ignored.
+    pub reason: Option<String>,
+    pub user_id: Option<String>,
+    /// The entry it wrote.
+    pub ledger_id: Option<Uuid>,
+    #[serde(serialize_with = "time_json")]
+    pub received_at: DateTime<Utc>,
+}
+
 /// A page of an app's webhook events, newest first.
 pub async fn webhook_events(
     pool: &PgPool,
     app_id: Uuid,
     request: &EventsRequest,
-) -> Result<Value, ApiError> {
+) -> Result<EventsPage, ApiError> {
     let rows: Vec<crate::webhooks::EventRow> = sqlx::query_as(
         "SELECT event_id, provider, event_type, outcome, reason, user_id, ledger_id, received_at
          FROM webhook_events
@@ -380,23 +485,47 @@ pub async fn webhook_events(
     .fetch_all(pool)
     .await?;
     let (rows, more) = split_page(rows, request.limit);
-    let events: Vec<Value> = rows
+    let events = rows
         .into_iter()
-        .map(|row| {
-            json!({ "event_id": row.0, "provider": row.1, "type": row.2, "outcome": row.3,
-                    "reason": row.4, "user_id": row.5, "ledger_id": row.6, "received_at": rfc3339(row.7) })
-        })
+        .map(
+            |(event_id, provider, event_type, outcome, reason, user_id, ledger_id, received_at)| {
+                WebhookEvent {
+                    event_id,
+                    provider,
+                    event_type,
+                    outcome,
+                    reason,
+                    user_id,
+                    ledger_id,
+                    received_at,
+                }
+            },
+        )
         .collect();
-    Ok(json!({ "events": events, "next_page": more.then_some(request.page + 1) }))
+    Ok(EventsPage {
+        events,
+        next_page: more.then_some(request.page + 1),
+    })
+}
+
+/// Credits added and spent on one UTC day.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct Day {
+    /// `YYYY-MM-DD`.
+    pub day: NaiveDate,
+    /// Adds, payments and refunds of deducts.
+    pub added: i64,
+    /// Deducts.
+    pub spent: i64,
 }
 
 /// Credits added (adds, payments, refunds of deducts) and spent (deducts) per UTC day, oldest
 /// first, every day of the window present.
-pub async fn daily(pool: &PgPool, app_id: Uuid, days: i64) -> Result<Vec<Value>, ApiError> {
-    let rows: Vec<(NaiveDate, i64, i64)> = sqlx::query_as(
-        "SELECT d::date,
-                COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0)::bigint,
-                COALESCE(-sum(e.amount) FILTER (WHERE e.type = 'deduct'), 0)::bigint
+pub async fn daily(pool: &PgPool, app_id: Uuid, days: i64) -> Result<Vec<Day>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT d::date AS day,
+                COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0)::bigint AS added,
+                COALESCE(-sum(e.amount) FILTER (WHERE e.type = 'deduct'), 0)::bigint AS spent
          FROM generate_series((now() AT TIME ZONE 'UTC')::date - ($2::int - 1), (now() AT TIME ZONE 'UTC')::date, interval '1 day') d
          LEFT JOIN ledger_entries e ON e.app_id = $1
               AND e.created_at >= d AT TIME ZONE 'UTC' AND e.created_at < (d + interval '1 day') AT TIME ZONE 'UTC'
@@ -405,11 +534,5 @@ pub async fn daily(pool: &PgPool, app_id: Uuid, days: i64) -> Result<Vec<Value>,
     .bind(app_id)
     .bind(days as i32)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(day, added, spent)| json!({ "day": day.to_string(), "added": added, "spent": spent }),
-        )
-        .collect())
+    .await?)
 }

@@ -371,22 +371,6 @@ pub struct HistoryResponse {
 
 const HISTORY_CURSOR: &str = "h1";
 
-type HistoryRow = (
-    Uuid,
-    String,
-    i64,
-    i64,
-    Option<String>,
-    Value,
-    String,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    i64,
-    Option<Uuid>,
-);
-
 #[utoipa::path(get, path = "/credits/history",
     params(("user_id" = String, Query), ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
@@ -412,13 +396,12 @@ pub async fn history(
     };
     // Entries are numbered per user in the order they were applied, so paging by that number
     // never skips or repeats an entry while new ones arrive.
-    let rows = sqlx::query_as::<_, HistoryRow>(
-        "SELECT id, type, amount, balance_after, description, metadata, source, refunded_ledger_id,
-                hold_id, expires_at, created_at, seq, lot_id
-         FROM ledger_entries
+    let rows = sqlx::query_as::<_, crate::entries::Entry>(&format!(
+        "SELECT {} FROM ledger_entries
          WHERE app_id = $1 AND user_id = $2 AND ($3::bigint IS NULL OR seq < $3)
          ORDER BY seq DESC LIMIT $4",
-    )
+        crate::entries::COLUMNS
+    ))
     .bind(auth.app_id)
     .bind(&user_id)
     .bind(before)
@@ -429,24 +412,24 @@ pub async fn history(
     let next_cursor = more.then(|| {
         encode_cursor(
             HISTORY_CURSOR,
-            &rows.last().expect("a full page").11.to_string(),
+            &rows.last().expect("a full page").seq.to_string(),
         )
     });
     let entries = rows
-        .iter()
-        .map(|row| HistoryEntry {
-            ledger_id: row.0,
-            entry_type: row.1.clone(),
-            amount: row.2,
-            balance_after: row.3,
-            description: row.4.clone(),
-            metadata: row.5.clone(),
-            source: row.6.clone(),
-            refunded_ledger_id: row.7,
-            hold_id: row.8,
-            expires_at: row.9.map(rfc3339),
-            lot_id: row.12,
-            created_at: rfc3339(row.10),
+        .into_iter()
+        .map(|entry| HistoryEntry {
+            ledger_id: entry.ledger_id,
+            entry_type: entry.entry_type,
+            amount: entry.amount,
+            balance_after: entry.balance_after,
+            description: entry.description,
+            metadata: entry.metadata,
+            source: entry.source,
+            refunded_ledger_id: entry.refunded_ledger_id,
+            hold_id: entry.hold_id,
+            expires_at: entry.expires_at.map(rfc3339),
+            lot_id: entry.lot_id,
+            created_at: rfc3339(entry.created_at),
         })
         .collect();
     Ok(Json(HistoryResponse {

@@ -1,0 +1,115 @@
+//! One user's page (figures, history, holds, expiring credits) and the form that adds or
+//! deducts credits by hand.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use tally_common::command::Command;
+use uuid::Uuid;
+
+use super::access::{page, SignedForm, SignedIn};
+use super::app::parse_app;
+use super::forms;
+use super::render::{filters, html, redirect_with, url, Notice};
+use crate::admin::{self, queries};
+use crate::validate;
+use crate::AppState;
+
+#[derive(Template)]
+#[template(path = "user.html")]
+struct UserPage<'a> {
+    csrf: String,
+    notice: Option<Notice>,
+    app: queries::App,
+    user_id: String,
+    detail: queries::UserDetail,
+    history: queries::EntriesPage,
+    /// The first page, which follows new entries live.
+    newest: bool,
+    /// The history's filters: their options and current values.
+    entry_types: &'static [&'static str],
+    sources: &'static [&'static str],
+    entry_type: Option<&'a str>,
+    source: Option<&'a str>,
+    /// The add/deduct form's idempotency key.
+    form_key: Uuid,
+}
+
+pub async fn user_page(
+    State(state): State<AppState>,
+    Path((app_id, user_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    SignedIn(session): SignedIn,
+) -> Response {
+    page(&session, async {
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let user_id = validate::check_user_id("user_id", user_id)?;
+        let request = queries::HistoryRequest::parse(&query)?;
+        let detail = queries::user(&state.pool, app.id, &user_id).await?;
+        let history = queries::history(&state.pool, app.id, Some(&user_id), &request).await?;
+        Ok(html(
+            StatusCode::OK,
+            &UserPage {
+                csrf: session.csrf.clone(),
+                notice: Notice::from_query(&query),
+                app,
+                user_id,
+                detail,
+                history,
+                newest: request.before.is_none(),
+                entry_types: queries::ENTRY_TYPES,
+                sources: queries::SOURCES,
+                entry_type: request.entry_type.as_deref(),
+                source: request.source.as_deref(),
+                form_key: Uuid::new_v4(),
+            },
+        ))
+    })
+    .await
+}
+
+pub async fn adjust(
+    State(state): State<AppState>,
+    Path((app_id, user_id)): Path<(String, String)>,
+    SignedForm { session, form }: SignedForm,
+) -> Response {
+    page(&session, async {
+        let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
+        let user_id = validate::check_user_id("user_id", user_id)?;
+        let back = format!("/dashboard/apps/{}/users/{}", app.id, url(&user_id));
+        let input = forms::amount(&form, true)
+            .and_then(|amount| Ok((amount.expect("required"), forms::description(&form)?)));
+        let (amount, description) = match input {
+            Ok(input) => input,
+            Err(message) => return Ok(redirect_with(&back, Err(message))),
+        };
+        let command = match form.get("action").map(String::as_str) {
+            Some("add") => Command::Add {
+                user_id,
+                amount,
+                description,
+                metadata: Default::default(),
+                expires_at: None,
+            },
+            Some("deduct") => Command::Deduct {
+                user_id,
+                amount,
+                description,
+                metadata: Default::default(),
+            },
+            _ => {
+                return Ok(redirect_with(
+                    &back,
+                    Err("action: choose add or deduct".into()),
+                ))
+            }
+        };
+        let idempotency = forms::idempotency(&form, &format!("{back}/adjust"));
+        let answer = admin::submit_for(&state, app.id, command, idempotency).await;
+        Ok(redirect_with(&back, forms::outcome_message(answer)))
+    })
+    .await
+}
