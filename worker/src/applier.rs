@@ -1,0 +1,250 @@
+//! The applier of one lane: applies what queued up in batches, one transaction each, retries
+//! and isolates failures, dead-letters a command that cannot be applied, and answers the
+//! requesters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use tally_common::command::{Reply, ReplyTo};
+use tally_common::partition::Names;
+use tokio::sync::mpsc;
+
+use crate::lanes::Event;
+use crate::manager::Resync;
+use crate::positions::Positions;
+use crate::store::{self, AccountCache, Item, Pools, StoreError};
+
+/// Longest wait between two retries of a batch that failed for a passing reason.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
+/// How often a batch that keeps failing for a non-passing reason is tried before its commands
+/// are tried one by one, and a single command before it is dead-lettered (parked in
+/// `dead_letters` for `tally dead-letters`). Between attempts the wait doubles from
+/// [`RETRY_DELAY_MIN`], so a poison command holds its partition up for well under a second.
+const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
+/// First wait before a failed batch is tried again; it doubles up to [`RETRY_DELAY_MAX`].
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(20);
+
+/// One lane's applier.
+struct Applier {
+    pools: Pools,
+    /// For the replies and the dead-letter notices.
+    client: async_nats::Client,
+    names: Names,
+    /// The command stream's name, under which the offsets are kept.
+    stream: String,
+    /// Where fenced partitions are reported, for the manager to read them again.
+    resync: mpsc::UnboundedSender<Resync>,
+    positions: Positions,
+    cache: AccountCache,
+}
+
+/// Applies the lane's `events` in batches of up to `batch_max` commands, until every sender
+/// of `events` is gone and nothing is left queued.
+pub(crate) async fn run(
+    pools: Pools,
+    client: async_nats::Client,
+    names: Names,
+    stream: String,
+    batch_max: usize,
+    mut events: mpsc::Receiver<Event>,
+    resync: mpsc::UnboundedSender<Resync>,
+) {
+    let mut applier = Applier {
+        pools,
+        client,
+        names,
+        stream,
+        resync,
+        positions: Positions::default(),
+        cache: AccountCache::default(),
+    };
+    let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
+    while let Some(first) = events.recv().await {
+        let mut next = Some(first);
+        // Take what is already queued, without waiting: under load batches grow by themselves
+        // while the previous transaction commits; when idle a command waits for nobody.
+        while let Some(event) = next.take() {
+            for partition in applier.positions.take(event, &mut batch) {
+                applier.cache.forget_partition(partition);
+            }
+            if batch.len() < batch_max {
+                next = events.try_recv().ok();
+            }
+        }
+        let offsets = applier.positions.planned_offsets(&batch);
+        if batch.is_empty() && offsets.is_empty() {
+            continue;
+        }
+        let items = std::mem::take(&mut batch);
+        applier.apply_with_retries(items, offsets).await;
+    }
+}
+
+impl Applier {
+    /// Applies `items` and moves the partitions to `offsets`, until committed, fenced, or
+    /// dead-lettered.
+    async fn apply_with_retries(&mut self, mut items: Vec<Item>, mut offsets: BTreeMap<u32, u64>) {
+        let mut delay = RETRY_DELAY_MIN;
+        let mut failures = 0;
+        loop {
+            let positions = &self.positions;
+            offsets.retain(|p, _| positions.owns(*p));
+            items.retain(|item| positions.owns(item.partition));
+            if items.is_empty() && offsets.is_empty() {
+                return;
+            }
+            let expected = self.positions.expected(&offsets);
+            let started = Instant::now();
+            match store::apply_batch(
+                &self.pools,
+                &self.stream,
+                &items,
+                &expected,
+                &offsets,
+                &mut self.cache,
+            )
+            .await
+            {
+                Ok(committed) => {
+                    record_batch(&committed, items.len(), started);
+                    self.positions.committed(&committed.offsets);
+                    reply(&self.client, committed.answers).await;
+                    return;
+                }
+                Err(StoreError::Fenced(stale)) => {
+                    metrics::counter!("tally_worker_fenced_total").increment(1);
+                    for partition in &stale {
+                        self.positions.fenced(*partition);
+                        self.cache.forget_partition(*partition);
+                    }
+                    let _ = self.resync.send(stale);
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, batch.len = items.len(), retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(%error, batch.len = items.len(), "batch failed");
+                    if failures < ATTEMPTS_BEFORE_ISOLATING {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RETRY_DELAY_MAX);
+                    } else if items.len() > 1 {
+                        // Find the command at fault: apply one by one, in order, leaving the
+                        // offsets where they are (a crash in between redoes the ones applied,
+                        // which their dedupe records make harmless), then move the offsets.
+                        for item in std::mem::take(&mut items) {
+                            let Some(last_seq) = self.positions.last_seq(item.partition) else {
+                                continue;
+                            };
+                            let unmoved = BTreeMap::from([(item.partition, last_seq)]);
+                            Box::pin(self.apply_with_retries(vec![item], unmoved)).await;
+                        }
+                    } else if let Some(item) = items.pop() {
+                        self.dead_letter(item, &error, failures).await;
+                    } else {
+                        // Only offsets, and they keep failing: leave them; a later batch moves
+                        // them along with its own.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parks a command that cannot be applied: records it as failed and lists it in
+    /// `dead_letters` (so its requester, `GET /commands/{id}` and `tally dead-letters` learn so),
+    /// then copies it to the dead-letter subject as a notice for whoever listens. Recording is
+    /// retried until it commits or the partition is lost: the command is never skipped
+    /// unrecorded.
+    async fn dead_letter(&mut self, item: Item, error: &StoreError, attempts: u32) {
+        let reason = error.to_string();
+        let mut delay = RETRY_DELAY_MIN;
+        loop {
+            let Some(last_seq) = self.positions.last_seq(item.partition) else {
+                return;
+            };
+            let recorded = store::record_failure(
+                &self.pools.full,
+                &self.stream,
+                &item,
+                last_seq,
+                &reason,
+                attempts,
+            );
+            match recorded.await {
+                Ok(answer) => {
+                    metrics::counter!("tally_worker_dead_letters_total").increment(1);
+                    tracing::error!(
+                        command.id = ?item.envelope.as_ref().map(|e| e.command_id),
+                        partition = item.partition,
+                        stream.seq = item.stream_seq,
+                        attempts,
+                        error = %reason,
+                        "command dead-lettered"
+                    );
+                    let notice = serde_json::json!({ "partition": item.partition, "stream_seq": item.stream_seq,
+                                                     "error": reason, "envelope": item.envelope });
+                    let _ = self
+                        .client
+                        .publish(self.names.dead_letter_subject(), notice.to_string().into())
+                        .await;
+                    if let Some(answer) = answer {
+                        reply(&self.client, vec![(item.reply_to.clone(), answer)]).await;
+                    }
+                    return;
+                }
+                Err(StoreError::Fenced(stale)) => {
+                    metrics::counter!("tally_worker_fenced_total").increment(1);
+                    for partition in &stale {
+                        self.positions.fenced(*partition);
+                        self.cache.forget_partition(*partition);
+                    }
+                    let _ = self.resync.send(stale);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not record a dead-lettered command; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
+        }
+    }
+}
+
+fn record_batch(committed: &store::Committed, len: usize, started: Instant) {
+    metrics::counter!("tally_worker_commands_total").increment(len as u64);
+    metrics::counter!("tally_worker_batches_total").increment(1);
+    metrics::histogram!("tally_worker_batch_seconds").record(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        batch.len = len,
+        entries = committed.entries_written,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "batch committed"
+    );
+}
+
+/// Answers the requesters of a committed batch: one message per ingress inbox, carrying every
+/// outcome that ingress waits for.
+async fn reply(
+    client: &async_nats::Client,
+    answers: Vec<(Option<ReplyTo>, tally_common::command::Outcome)>,
+) {
+    let mut by_inbox: HashMap<String, Vec<Reply>> = HashMap::new();
+    for (reply_to, outcome) in answers {
+        if let Some(ReplyTo { inbox, token }) = reply_to {
+            by_inbox
+                .entry(inbox)
+                .or_default()
+                .push(Reply { token, outcome });
+        }
+    }
+    for (inbox, replies) in by_inbox {
+        let payload = serde_json::to_vec(&replies).expect("replies serialize");
+        if let Err(error) = client.publish(inbox, payload.into()).await {
+            tracing::warn!(%error, "could not publish replies; the results stay readable");
+        }
+    }
+}
