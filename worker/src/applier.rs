@@ -111,14 +111,8 @@ impl Applier {
                     reply(&self.client, committed.answers).await;
                     return;
                 }
-                Err(StoreError::Fenced(stale)) => {
-                    metrics::counter!("tally_worker_fenced_total").increment(1);
-                    for partition in &stale {
-                        self.positions.fenced(*partition);
-                        self.cache.forget_partition(*partition);
-                    }
-                    let _ = self.resync.send(stale);
-                }
+                // The next round applies what is left of the partitions still owned.
+                Err(StoreError::Fenced(stale)) => self.fenced(stale),
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, batch.len = items.len(), retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -151,6 +145,18 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// Gives up the partitions another worker advanced (`stale`, from the fence of a batch or of
+    /// a dead letter): stops applying them, forgets their users and asks the manager to read
+    /// them again from their offsets.
+    fn fenced(&mut self, stale: Vec<u32>) {
+        metrics::counter!("tally_worker_fenced_total").increment(1);
+        for partition in &stale {
+            self.positions.fenced(*partition);
+            self.cache.forget_partition(*partition);
+        }
+        let _ = self.resync.send(stale);
     }
 
     /// Parks a command that cannot be applied: records it as failed and lists it in
@@ -196,12 +202,7 @@ impl Applier {
                     return;
                 }
                 Err(StoreError::Fenced(stale)) => {
-                    metrics::counter!("tally_worker_fenced_total").increment(1);
-                    for partition in &stale {
-                        self.positions.fenced(*partition);
-                        self.cache.forget_partition(*partition);
-                    }
-                    let _ = self.resync.send(stale);
+                    self.fenced(stale);
                     return;
                 }
                 Err(error) => {
