@@ -107,15 +107,6 @@ impl Lanes {
 mod tests {
     use super::*;
 
-    fn item(partition: u32, stream_seq: u64) -> Item {
-        Item {
-            partition,
-            stream_seq,
-            envelope: None,
-            reply_to: None,
-        }
-    }
-
     fn partitions_of(event: Event) -> Vec<u32> {
         match event {
             Event::Restarted { acquired, .. } => acquired.iter().map(|(p, _)| *p).collect(),
@@ -127,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn every_lane_sees_every_message_with_only_its_own_partitions() {
         let (lanes, mut receivers) = Lanes::new(2);
-        let items = [1, 2, 3, 4, 5].map(|p| item(p, 7)).to_vec();
+        let items = [1, 2, 3, 4, 5].map(|p| Item::at(p, 7)).to_vec();
 
         lanes.message(1, 7, items).await.unwrap();
 

@@ -151,20 +151,14 @@ impl Positions {
 mod tests {
     use super::*;
 
-    fn item(partition: u32, stream_seq: u64) -> Item {
-        Item {
-            partition,
-            stream_seq,
-            envelope: None,
-            reply_to: None,
-        }
-    }
-
     fn message(generation: u64, stream_seq: u64, partitions: &[u32]) -> Event {
         Event::Message {
             generation,
             stream_seq,
-            items: partitions.iter().map(|p| item(*p, stream_seq)).collect(),
+            items: partitions
+                .iter()
+                .map(|p| Item::at(*p, stream_seq))
+                .collect(),
         }
     }
 
@@ -241,5 +235,19 @@ mod tests {
             positions.expected(&BTreeMap::from([(1, 1), (2, 1)])),
             BTreeMap::from([(1, 0)])
         );
+    }
+
+    #[test]
+    fn a_fenced_partition_is_no_longer_owned_nor_taken_nor_moved() {
+        let mut positions = owning(&[(1, 4), (2, 4)]);
+
+        positions.fenced(2);
+
+        assert!(positions.owns(1) && !positions.owns(2));
+        assert_eq!(positions.last_seq(2), None);
+        let mut batch = Vec::new();
+        positions.take(message(1, 5, &[1, 2]), &mut batch);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(positions.planned_offsets(&batch), BTreeMap::from([(1, 5)]));
     }
 }

@@ -32,6 +32,19 @@ pub struct Item {
     pub reply_to: Option<ReplyTo>,
 }
 
+#[cfg(test)]
+impl Item {
+    /// An item that carries no command, for tests where only its position matters.
+    pub(crate) fn at(partition: u32, stream_seq: u64) -> Self {
+        Self {
+            partition,
+            stream_seq,
+            envelope: None,
+            reply_to: None,
+        }
+    }
+}
+
 /// What a committed batch produced.
 #[derive(Debug)]
 pub struct Committed {
