@@ -1,0 +1,84 @@
+//! Rows as the parallel arrays (one per column) that an `UNNEST` statement binds.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tally_common::command::{Envelope, Outcome};
+use uuid::Uuid;
+
+use crate::ledger;
+
+/// [`ledger::NewEntry`] rows as the columns of an `UNNEST` insert.
+pub(super) struct EntryColumns<'a> {
+    pub(super) ids: Vec<Uuid>,
+    pub(super) apps: Vec<Uuid>,
+    pub(super) users: Vec<&'a str>,
+    pub(super) seqs: Vec<i64>,
+    pub(super) types: Vec<&'static str>,
+    pub(super) amounts: Vec<i64>,
+    pub(super) balances: Vec<i64>,
+    pub(super) sources: Vec<&'static str>,
+    pub(super) descriptions: Vec<Option<&'a str>>,
+    pub(super) metadata: Vec<String>,
+    pub(super) refunded: Vec<Option<Uuid>>,
+    pub(super) expires: Vec<Option<DateTime<Utc>>>,
+    pub(super) commands: Vec<Uuid>,
+    pub(super) lots: Vec<Option<Uuid>>,
+    pub(super) holds: Vec<Option<Uuid>>,
+}
+
+impl<'a> EntryColumns<'a> {
+    pub(super) fn new(entries: &'a [ledger::NewEntry]) -> Self {
+        Self {
+            ids: entries.iter().map(|e| e.id).collect(),
+            apps: entries.iter().map(|e| e.app_id).collect(),
+            users: entries.iter().map(|e| e.user_id.as_str()).collect(),
+            seqs: entries.iter().map(|e| e.seq).collect(),
+            types: entries.iter().map(|e| e.entry_type.as_str()).collect(),
+            amounts: entries.iter().map(|e| e.amount).collect(),
+            balances: entries.iter().map(|e| e.balance_after).collect(),
+            sources: entries.iter().map(|e| e.source).collect(),
+            descriptions: entries.iter().map(|e| e.description.as_deref()).collect(),
+            metadata: entries.iter().map(|e| e.metadata.to_string()).collect(),
+            refunded: entries.iter().map(|e| e.refunded_ledger_id).collect(),
+            expires: entries.iter().map(|e| e.expires_at).collect(),
+            commands: entries.iter().map(|e| e.command_id).collect(),
+            lots: entries.iter().map(|e| e.lot_id).collect(),
+            holds: entries.iter().map(|e| e.hold_id).collect(),
+        }
+    }
+}
+
+/// Finished commands as the columns of an `UNNEST` insert into `processed_commands`.
+pub(super) struct ProcessedColumns<'a> {
+    pub(super) ids: Vec<Uuid>,
+    pub(super) apps: Vec<Uuid>,
+    pub(super) statuses: Vec<&'static str>,
+    pub(super) http: Vec<i16>,
+    pub(super) bodies: Vec<String>,
+    pub(super) hashes: Vec<Option<&'a str>>,
+    pub(super) partitions: Vec<i32>,
+    pub(super) seqs: Vec<i64>,
+}
+
+impl<'a> ProcessedColumns<'a> {
+    pub(super) fn new(
+        finished: &'a [(Envelope, Outcome)],
+        positions: &HashMap<Uuid, (u32, u64)>,
+    ) -> Self {
+        let ids: Vec<Uuid> = finished.iter().map(|(e, _)| e.command_id).collect();
+        Self {
+            apps: finished.iter().map(|(e, _)| e.app_id).collect(),
+            statuses: finished.iter().map(|(_, o)| o.status.as_str()).collect(),
+            http: finished.iter().map(|(_, o)| o.http_status as i16).collect(),
+            bodies: finished.iter().map(|(_, o)| o.body.to_string()).collect(),
+            hashes: finished
+                .iter()
+                .map(|(e, _)| e.request_hash.as_deref())
+                .collect(),
+            partitions: ids.iter().map(|id| positions[id].0 as i32).collect(),
+            seqs: ids.iter().map(|id| positions[id].1 as i64).collect(),
+            ids,
+        }
+    }
+}
