@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::lanes::Event;
 use crate::manager::Resync;
 use crate::positions::Positions;
-use crate::store::{self, AccountCache, Item, Pools, StoreError};
+use crate::store::{self, Item, Store, StoreError};
 
 /// Longest wait between two retries of a batch that failed for a passing reason.
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
@@ -26,37 +26,31 @@ const RETRY_DELAY_MIN: Duration = Duration::from_millis(20);
 
 /// One lane's applier.
 struct Applier {
-    pools: Pools,
+    store: Store,
     /// For the replies and the dead-letter notices.
     client: async_nats::Client,
     names: Names,
-    /// The command stream's name, under which the offsets are kept.
-    stream: String,
     /// Where fenced partitions are reported, for the manager to read them again.
     resync: mpsc::UnboundedSender<Resync>,
     positions: Positions,
-    cache: AccountCache,
 }
 
 /// Applies the lane's `events` in batches of up to `batch_max` commands, until every sender
 /// of `events` is gone and nothing is left queued.
 pub(crate) async fn run(
-    pools: Pools,
+    store: Store,
     client: async_nats::Client,
     names: Names,
-    stream: String,
     batch_max: usize,
     mut events: mpsc::Receiver<Event>,
     resync: mpsc::UnboundedSender<Resync>,
 ) {
     let mut applier = Applier {
-        pools,
+        store,
         client,
         names,
-        stream,
         resync,
         positions: Positions::default(),
-        cache: AccountCache::default(),
     };
     let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
     while let Some(first) = events.recv().await {
@@ -65,7 +59,7 @@ pub(crate) async fn run(
         // while the previous transaction commits; when idle a command waits for nobody.
         while let Some(event) = next.take() {
             for partition in applier.positions.take(event, &mut batch) {
-                applier.cache.forget_partition(partition);
+                applier.store.partition_changed_hands(partition);
             }
             if batch.len() < batch_max {
                 next = events.try_recv().ok();
@@ -95,16 +89,7 @@ impl Applier {
             }
             let expected = self.positions.expected(&offsets);
             let started = Instant::now();
-            match store::apply_batch(
-                &self.pools,
-                &self.stream,
-                &items,
-                &expected,
-                &offsets,
-                &mut self.cache,
-            )
-            .await
-            {
+            match self.store.apply_batch(&items, &expected, &offsets).await {
                 Ok(committed) => {
                     record_batch(&committed, items.len(), started);
                     self.positions.committed(&committed.offsets);
@@ -154,7 +139,7 @@ impl Applier {
         metrics::counter!("tally_worker_fenced_total").increment(1);
         for partition in &stale {
             self.positions.fenced(*partition);
-            self.cache.forget_partition(*partition);
+            self.store.partition_changed_hands(*partition);
         }
         let _ = self.resync.send(stale);
     }
@@ -171,14 +156,9 @@ impl Applier {
             let Some(last_seq) = self.positions.last_seq(item.partition) else {
                 return;
             };
-            let recorded = store::record_failure(
-                &self.pools.full,
-                &self.stream,
-                &item,
-                last_seq,
-                &reason,
-                attempts,
-            );
+            let recorded = self
+                .store
+                .record_failure(&item, last_seq, &reason, attempts);
             match recorded.await {
                 Ok(answer) => {
                     metrics::counter!("tally_worker_dead_letters_total").increment(1);

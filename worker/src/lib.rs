@@ -9,7 +9,7 @@
 //!   Postgres), decodes each message (a batch of commands of many partitions) and hands each
 //!   apply lane (`lanes`) its share;
 //! - the **applier** (`applier`, one per lane) keeps the commands of the partitions this worker
-//!   owns (`positions`), applies what queued up in one transaction ([`store::apply_batch`]),
+//!   owns (`positions`), applies what queued up in one transaction ([`store::Store::apply_batch`]),
 //!   then answers each ingress that waits for some of them with one message.
 //!
 //! Beside them the **sweeper** (`sweeper`) expires the due lots and holds of users nobody
@@ -43,7 +43,7 @@ pub use crate::config::WorkerConfig;
 use crate::lanes::Lanes;
 use crate::manager::{Manager, Resync};
 use crate::ownership::Membership;
-use crate::store::Pools;
+use crate::store::{Pools, Store};
 
 /// Longest wait for replies to reach the broker at shutdown (they are best effort: results
 /// are durable).
@@ -92,10 +92,9 @@ pub async fn run(
     let mut appliers = Vec::new();
     for (lane, events) in lane_events.into_iter().enumerate() {
         appliers.push(tokio::spawn(applier::run(
-            pools.clone(),
+            Store::new(pools.clone(), stream_name.clone()),
             client.clone(),
             names.clone(),
-            stream_name.clone(),
             config.batch_max,
             events,
             resync_tx.clone(),

@@ -2,7 +2,7 @@
 //! expiry sweep and the partition offsets. Each statement is set-based (arrays joined with
 //! `UNNEST`), so a batch costs a handful of round trips whatever its size.
 //!
-//! Order inside the batch transaction ([`apply_batch`]):
+//! Order inside the batch transaction ([`Store::apply_batch`]):
 //! 1. lock the batch's partition offsets and check they are where this worker left them (the
 //!    fence: a stale owner's batch can never commit);
 //! 2. load what the commands read (prior results, accounts under `FOR UPDATE`, refund targets,
@@ -11,7 +11,8 @@
 //! 4. write with a handful of set-based statements and advance the offsets; commit.
 //!
 //! A batch of plain adds and deducts for remembered users skips all of it: one guarded call
-//! (the fast path, see [`AccountCache`]).
+//! (the fast path). What each apply lane remembers of its users lives in its [`Store`], and
+//! only there.
 
 mod account_cache;
 mod batch;
@@ -27,9 +28,7 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 use tally_common::command::{Envelope, Outcome, ReplyTo};
 
-pub use account_cache::{AccountCache, ACCOUNT_CACHE_USERS_MAX};
-pub use batch::apply_batch;
-pub use dead_letters::record_failure;
+use crate::store::account_cache::AccountCache;
 pub use offsets::partition_offsets;
 pub use sweep::{sweep, SWEEP_USERS_MAX};
 
@@ -120,4 +119,73 @@ pub struct Pools {
     pub full: PgPool,
     /// The fast path, whose one call reaches rows by key only: cached plans.
     pub fast: PgPool,
+}
+
+/// The database as one apply lane uses it: the pools, the stream whose offsets the lane moves,
+/// and what the lane remembers of its partitions' users ([`AccountCache`]), which only this
+/// fills and empties.
+#[derive(Debug)]
+pub struct Store {
+    pools: Pools,
+    /// The command stream's name, under which the offsets are kept.
+    stream: String,
+    cache: AccountCache,
+}
+
+impl Store {
+    /// A lane's store over `pools`, for the offsets of `stream`, remembering nobody yet.
+    pub fn new(pools: Pools, stream: String) -> Self {
+        Self {
+            pools,
+            stream,
+            cache: AccountCache::default(),
+        }
+    }
+
+    /// Applies `items` (in stream order per partition) in one transaction and moves each
+    /// partition of `offsets` from its `expected` last applied sequence to the one given: by the
+    /// fast path when every command is a plain add or deduct of a remembered user, else by
+    /// the full path (fence, load under lock, fold, write).
+    pub async fn apply_batch(
+        &mut self,
+        items: &[Item],
+        expected: &BTreeMap<u32, u64>,
+        offsets: &BTreeMap<u32, u64>,
+    ) -> Result<Committed, StoreError> {
+        batch::apply(
+            &self.pools,
+            &self.stream,
+            items,
+            expected,
+            offsets,
+            &mut self.cache,
+        )
+        .await
+    }
+
+    /// Dead-letters `item`, fenced at `expected_last_seq`; see
+    /// [`dead_letters::record_failure`].
+    pub async fn record_failure(
+        &self,
+        item: &Item,
+        expected_last_seq: u64,
+        error: &str,
+        attempts: u32,
+    ) -> Result<Option<Outcome>, StoreError> {
+        dead_letters::record_failure(
+            &self.pools.full,
+            &self.stream,
+            item,
+            expected_last_seq,
+            error,
+            attempts,
+        )
+        .await
+    }
+
+    /// `partition` changed hands — the lane took it or gave it up, or found it advanced by
+    /// another worker (fenced) — so its users are forgotten.
+    pub fn partition_changed_hands(&mut self, partition: u32) {
+        self.cache.partition_changed_hands(partition);
+    }
 }

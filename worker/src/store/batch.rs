@@ -8,14 +8,16 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tally_common::command::{Command, Envelope};
 use uuid::Uuid;
 
+use super::account_cache::AccountCache;
 use super::columns::{EntryColumns, ProcessedColumns};
 use super::offsets::{advance_offsets, fence};
-use super::{load, write, AccountCache, Committed, Item, Pools, StoreError};
+use super::{load, write, Committed, Item, Pools, StoreError};
 use crate::ledger::{self, Account, State};
 
 /// Applies `items` (in stream order per partition) in one transaction and moves each partition
-/// of `offsets` from its `expected` last applied sequence to the one given.
-pub async fn apply_batch(
+/// of `offsets` from its `expected` last applied sequence to the one given; see
+/// [`super::Store::apply_batch`].
+pub(super) async fn apply(
     pools: &Pools,
     stream: &str,
     items: &[Item],
@@ -73,7 +75,7 @@ pub async fn apply_batch(
             write_effects(&mut tx, &state, &effects, &positions).await?;
             advance_offsets(&mut tx, stream, offsets).await?;
             tx.commit().await?;
-            cache.learn(&state, &user_partitions);
+            cache.full_batch_committed(&state, &user_partitions);
             effects
         }
     };
@@ -125,11 +127,11 @@ async fn fast_path(
             } | Command::Deduct { .. }
         );
         let key = (envelope.app_id, envelope.command.user_id().to_string());
-        let cached = cache.accounts.get(&key)?;
+        let account = cache.remembered(&key)?;
         if !plain {
             return None;
         }
-        state.accounts.insert(key, cached.account);
+        state.accounts.insert(key, account);
     }
     let before = state.accounts.clone();
     let effects = ledger::fold(&mut state, envelopes);
@@ -154,22 +156,18 @@ async fn fast_path(
     .await
     {
         Ok(true) => {
-            for (key, account) in &state.accounts {
-                if let Some(cached) = cache.accounts.get_mut(key) {
-                    cached.account = *account;
-                }
-            }
+            cache.fast_batch_committed(&state.accounts);
             Some(effects)
         }
         Ok(false) => {
             metrics::counter!("tally_worker_fast_path_misses_total").increment(1);
-            cache.forget_users(before.keys());
+            cache.fast_batch_failed(before.keys());
             None
         }
         Err(error) => {
             metrics::counter!("tally_worker_fast_path_errors_total").increment(1);
             tracing::debug!(%error, "fast batch failed; taking the full path");
-            cache.forget_users(before.keys());
+            cache.fast_batch_failed(before.keys());
             None
         }
     }

@@ -14,7 +14,7 @@ use super::{Item, StoreError};
 /// batch. Returns the answer for its requester. The partition's offset stays where it is: the
 /// message may hold more commands of the partition, and the caller advances it once they are
 /// all settled.
-pub async fn record_failure(
+pub(super) async fn record_failure(
     pool: &PgPool,
     stream: &str,
     item: &Item,
