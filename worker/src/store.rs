@@ -55,6 +55,37 @@ impl Item {
     }
 }
 
+/// Envelopes for the store's unit tests.
+#[cfg(test)]
+mod test_envelopes {
+    use serde_json::Map;
+    use tally_common::command::{Command, Envelope, Origin};
+    use uuid::Uuid;
+
+    /// `command` of `app_id`, from the API, accepted now.
+    pub(super) fn envelope(app_id: Uuid, command: Command) -> Envelope {
+        Envelope {
+            command_id: Uuid::now_v7(),
+            app_id,
+            request_hash: None,
+            accepted_at: chrono::Utc::now(),
+            command,
+            origin: Origin::Api,
+        }
+    }
+
+    /// A deduct of 1 from `user` of `app_id`.
+    pub(super) fn deduct(app_id: Uuid, user: &str) -> Envelope {
+        let command = Command::Deduct {
+            user_id: user.into(),
+            amount: 1,
+            description: None,
+            metadata: Map::new(),
+        };
+        envelope(app_id, command)
+    }
+}
+
 /// What a committed batch produced.
 #[derive(Debug)]
 pub struct Committed {

@@ -82,3 +82,89 @@ impl<'a> ProcessedColumns<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tally_common::command::Status;
+
+    use super::*;
+    use crate::ledger::{EntryType, NewEntry};
+    use crate::store::test_envelopes::deduct;
+
+    const APP: Uuid = Uuid::from_u128(3);
+
+    fn entry(user: &str, amount: i64, description: Option<&str>, lot_id: Option<Uuid>) -> NewEntry {
+        NewEntry {
+            id: Uuid::now_v7(),
+            app_id: APP,
+            user_id: user.into(),
+            seq: 1,
+            entry_type: EntryType::Add,
+            amount,
+            balance_after: amount,
+            source: "api",
+            description: description.map(str::to_string),
+            metadata: json!({"order": 1}),
+            refunded_ledger_id: None,
+            expires_at: None,
+            lot_id,
+            hold_id: None,
+            command_id: Uuid::now_v7(),
+        }
+    }
+
+    #[test]
+    fn entry_columns_keep_each_entry_at_one_index() {
+        let lot = Uuid::now_v7();
+        let entries = [
+            entry("ann", 5, Some("gift"), Some(lot)),
+            entry("bob", 7, None, None),
+        ];
+
+        let columns = EntryColumns::new(&entries);
+
+        assert_eq!(columns.ids, [entries[0].id, entries[1].id]);
+        assert_eq!(columns.users, ["ann", "bob"]);
+        assert_eq!(columns.amounts, [5, 7]);
+        assert_eq!(columns.types, ["add", "add"]);
+        assert_eq!(columns.descriptions, [Some("gift"), None]);
+        assert_eq!(columns.metadata, [r#"{"order":1}"#; 2]);
+        assert_eq!(columns.lots, [Some(lot), None]);
+        assert_eq!(
+            columns.commands,
+            [entries[0].command_id, entries[1].command_id]
+        );
+    }
+
+    #[test]
+    fn processed_columns_take_each_commands_position_by_its_id() {
+        let finished: Vec<(Envelope, Outcome)> = [("ann", 11), ("bob", 12)]
+            .into_iter()
+            .map(|(user, stream_seq)| {
+                let mut envelope = deduct(APP, user);
+                envelope.request_hash = (user == "ann").then(|| "hash".to_string());
+                let outcome = Outcome {
+                    command_id: envelope.command_id,
+                    status: Status::Rejected,
+                    http_status: 402,
+                    body: json!({"seq": stream_seq}),
+                };
+                (envelope, outcome)
+            })
+            .collect();
+        let positions = HashMap::from([
+            (finished[0].0.command_id, (4, 11)),
+            (finished[1].0.command_id, (9, 12)),
+        ]);
+
+        let columns = ProcessedColumns::new(&finished, &positions);
+
+        assert_eq!(columns.partitions, [4, 9]);
+        assert_eq!(columns.seqs, [11, 12]);
+        assert_eq!(columns.statuses, ["rejected"; 2]);
+        assert_eq!(columns.http, [402; 2]);
+        assert_eq!(columns.hashes, [Some("hash"), None]);
+        assert_eq!(columns.bodies, [r#"{"seq":11}"#, r#"{"seq":12}"#]);
+    }
+}

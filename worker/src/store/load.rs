@@ -14,6 +14,8 @@ use crate::ledger::{
     self, Account, Allocation, EntryRef, EntryType, Hold, HoldStatus, Lot, Payment, Prior, State,
 };
 
+/// The stored answers of the batch's command ids (a repeat is answered as the first time), with
+/// the request hashes that tell a repeat from a conflicting reuse of an idempotency key.
 pub(super) async fn processed(
     tx: &mut Transaction<'_, Postgres>,
     envelopes: &[&Envelope],
@@ -71,6 +73,7 @@ pub(super) fn users(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, String)> {
         .collect()
 }
 
+/// Creates the accounts of new users, then locks and loads every user's account, in key order.
 pub(super) async fn accounts(
     tx: &mut Transaction<'_, Postgres>,
     users: &BTreeSet<(Uuid, String)>,
@@ -111,6 +114,7 @@ pub(super) async fn accounts(
     Ok(())
 }
 
+/// The payments the batch's webhook commands credit or claw back.
 fn payment_keys(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, Provider, String)> {
     envelopes
         .iter()
@@ -127,6 +131,7 @@ fn payment_keys(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, Provider, String)> {
         .collect()
 }
 
+/// Locks and loads the payments the batch's webhook commands name.
 pub(super) async fn payments(
     tx: &mut Transaction<'_, Postgres>,
     envelopes: &[&Envelope],
@@ -171,6 +176,8 @@ pub(super) async fn payments(
     Ok(())
 }
 
+/// Loads the entries that refunds and clawbacks take back from, with how much of each has
+/// been taken back already.
 pub(super) async fn entries(
     tx: &mut Transaction<'_, Postgres>,
     envelopes: &[&Envelope],
@@ -363,4 +370,65 @@ pub(super) async fn lots_and_holds(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_common::webhook::WebhookEvent;
+
+    use super::*;
+    use crate::store::test_envelopes::{deduct, envelope};
+
+    const APP: Uuid = Uuid::from_u128(7);
+
+    fn webhook(action: WebhookAction) -> Envelope {
+        let event = WebhookEvent {
+            provider: Provider::Stripe,
+            event_id: "evt_1".into(),
+            event_type: "test".into(),
+            action,
+        };
+        envelope(APP, Command::Webhook(event))
+    }
+
+    fn credit(user: &str, payment_ref: &str) -> Envelope {
+        webhook(WebhookAction::Credit {
+            payment_ref: payment_ref.into(),
+            user_id: user.into(),
+            credits: 5,
+            amount_minor: None,
+            expires_in_days: None,
+        })
+    }
+
+    fn ignored() -> Envelope {
+        webhook(WebhookAction::Ignore {
+            reason: "not a payment".into(),
+        })
+    }
+
+    #[test]
+    fn the_users_are_those_of_the_commands_and_of_payments_sorted_once_each() {
+        let batch = [
+            deduct(APP, "bob"),
+            credit("ann", "pi_1"),
+            deduct(APP, "bob"),
+            ignored(),
+        ];
+        let refs: Vec<&Envelope> = batch.iter().collect();
+
+        let users: Vec<(Uuid, String)> = users(&refs).into_iter().collect();
+
+        assert_eq!(users, [(APP, "ann".into()), (APP, "bob".into())]);
+    }
+
+    #[test]
+    fn only_payment_webhooks_name_payments() {
+        let batch = [deduct(APP, "bob"), credit("ann", "pi_1"), ignored()];
+        let refs: Vec<&Envelope> = batch.iter().collect();
+
+        let keys: Vec<_> = payment_keys(&refs).into_iter().collect();
+
+        assert_eq!(keys, [(APP, Provider::Stripe, "pi_1".to_string())]);
+    }
 }
