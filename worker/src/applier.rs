@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use tally_common::command::{Reply, ReplyTo};
+use tally_common::command::{Outcome, Reply, ReplyTo};
 use tally_common::partition::Names;
 use tokio::sync::mpsc;
 
@@ -195,6 +195,7 @@ impl Applier {
     }
 }
 
+/// Counts a committed batch and its commands, and logs it.
 fn record_batch(committed: &store::Committed, len: usize, started: Instant) {
     metrics::counter!("tally_worker_commands_total").increment(len as u64);
     metrics::counter!("tally_worker_batches_total").increment(1);
@@ -209,10 +210,17 @@ fn record_batch(committed: &store::Committed, len: usize, started: Instant) {
 
 /// Answers the requesters of a committed batch: one message per ingress inbox, carrying every
 /// outcome that ingress waits for.
-async fn reply(
-    client: &async_nats::Client,
-    answers: Vec<(Option<ReplyTo>, tally_common::command::Outcome)>,
-) {
+async fn reply(client: &async_nats::Client, answers: Vec<(Option<ReplyTo>, Outcome)>) {
+    for (inbox, replies) in by_inbox(answers) {
+        let payload = serde_json::to_vec(&replies).expect("replies serialize");
+        if let Err(error) = client.publish(inbox, payload.into()).await {
+            tracing::warn!(%error, "could not publish replies; the results stay readable");
+        }
+    }
+}
+
+/// The answers that someone waits for, grouped by inbox, each inbox's in batch order.
+fn by_inbox(answers: Vec<(Option<ReplyTo>, Outcome)>) -> HashMap<String, Vec<Reply>> {
     let mut by_inbox: HashMap<String, Vec<Reply>> = HashMap::new();
     for (reply_to, outcome) in answers {
         if let Some(ReplyTo { inbox, token }) = reply_to {
@@ -222,10 +230,44 @@ async fn reply(
                 .push(Reply { token, outcome });
         }
     }
-    for (inbox, replies) in by_inbox {
-        let payload = serde_json::to_vec(&replies).expect("replies serialize");
-        if let Err(error) = client.publish(inbox, payload.into()).await {
-            tracing::warn!(%error, "could not publish replies; the results stay readable");
-        }
+    by_inbox
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_common::command::Status;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn answer(inbox: Option<&str>, token: u64) -> (Option<ReplyTo>, Outcome) {
+        let reply_to = inbox.map(|inbox| ReplyTo {
+            inbox: inbox.into(),
+            token,
+        });
+        let outcome = Outcome {
+            command_id: Uuid::now_v7(),
+            status: Status::Applied,
+            http_status: 200,
+            body: serde_json::Value::Null,
+        };
+        (reply_to, outcome)
+    }
+
+    #[test]
+    fn each_inbox_gets_its_answers_in_batch_order_and_unawaited_ones_go_nowhere() {
+        let answers = vec![
+            answer(Some("a"), 1),
+            answer(Some("b"), 2),
+            answer(None, 3),
+            answer(Some("a"), 4),
+        ];
+
+        let grouped = by_inbox(answers);
+
+        let tokens = |inbox: &str| -> Vec<u64> { grouped[inbox].iter().map(|r| r.token).collect() };
+        assert_eq!(grouped.len(), 2);
+        assert_eq!(tokens("a"), [1, 4]);
+        assert_eq!(tokens("b"), [2]);
     }
 }
