@@ -9,8 +9,9 @@
 //!   Postgres), decodes each message (a batch of commands of many partitions) and hands each
 //!   apply lane (`lanes`) its share;
 //! - the **applier** (`applier`, one per lane) keeps the commands of the partitions this worker
-//!   owns (`positions`), applies what queued up in one transaction ([`store::Store::apply_batch`]),
-//!   then answers each ingress that waits for some of them with one message.
+//!   owns (`positions`), applies what queued up in one transaction
+//!   ([`store::Store::apply_batch`]), then answers each ingress that waits for some of them with
+//!   one message.
 //!
 //! Beside them the **sweeper** (`sweeper`) expires the due lots and holds of users nobody
 //! touches. [`store`] holds every statement, [`ledger`] the pure fold, `config` the settings.

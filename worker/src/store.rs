@@ -55,37 +55,6 @@ impl Item {
     }
 }
 
-/// Envelopes for the store's unit tests.
-#[cfg(test)]
-mod test_envelopes {
-    use serde_json::Map;
-    use tally_common::command::{Command, Envelope, Origin};
-    use uuid::Uuid;
-
-    /// `command` of `app_id`, from the API, accepted now.
-    pub(super) fn envelope(app_id: Uuid, command: Command) -> Envelope {
-        Envelope {
-            command_id: Uuid::now_v7(),
-            app_id,
-            request_hash: None,
-            accepted_at: chrono::Utc::now(),
-            command,
-            origin: Origin::Api,
-        }
-    }
-
-    /// A deduct of 1 from `user` of `app_id`.
-    pub(super) fn deduct(app_id: Uuid, user: &str) -> Envelope {
-        let command = Command::Deduct {
-            user_id: user.into(),
-            amount: 1,
-            description: None,
-            metadata: Map::new(),
-        };
-        envelope(app_id, command)
-    }
-}
-
 /// What a committed batch produced.
 #[derive(Debug)]
 pub struct Committed {
@@ -96,6 +65,7 @@ pub struct Committed {
     pub entries_written: usize,
 }
 
+/// Why a batch or a dead letter did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another worker advanced these partitions: this worker's view of them is stale.
@@ -153,7 +123,7 @@ pub struct Pools {
 }
 
 /// The database as one apply lane uses it: the pools, the stream whose offsets the lane moves,
-/// and what the lane remembers of its partitions' users ([`AccountCache`]), which only this
+/// and what the lane remembers of its partitions' users (an `AccountCache`), which only this
 /// fills and empties.
 #[derive(Debug)]
 pub struct Store {
@@ -194,8 +164,9 @@ impl Store {
         .await
     }
 
-    /// Dead-letters `item`, fenced at `expected_last_seq`; see
-    /// [`dead_letters::record_failure`].
+    /// Records `item` as failed (500) after `attempts` and parks it in `dead_letters` with
+    /// `error`, fenced at `expected_last_seq`, which it leaves as it is. Returns the answer for
+    /// its requester.
     pub async fn record_failure(
         &self,
         item: &Item,
@@ -218,5 +189,36 @@ impl Store {
     /// another worker (fenced) — so its users are forgotten.
     pub fn partition_changed_hands(&mut self, partition: u32) {
         self.cache.partition_changed_hands(partition);
+    }
+}
+
+/// Envelopes for the store's unit tests.
+#[cfg(test)]
+mod test_envelopes {
+    use serde_json::Map;
+    use tally_common::command::{Command, Envelope, Origin};
+    use uuid::Uuid;
+
+    /// `command` of `app_id`, from the API, accepted now.
+    pub(super) fn envelope(app_id: Uuid, command: Command) -> Envelope {
+        Envelope {
+            command_id: Uuid::now_v7(),
+            app_id,
+            request_hash: None,
+            accepted_at: chrono::Utc::now(),
+            command,
+            origin: Origin::Api,
+        }
+    }
+
+    /// A deduct of 1 from `user` of `app_id`.
+    pub(super) fn deduct(app_id: Uuid, user: &str) -> Envelope {
+        let command = Command::Deduct {
+            user_id: user.into(),
+            amount: 1,
+            description: None,
+            metadata: Map::new(),
+        };
+        envelope(app_id, command)
     }
 }

@@ -35,6 +35,9 @@ pub async fn partition_offsets(
         .collect())
 }
 
+/// The fence: locks the offset rows of the partitions of `offsets`, in partition order, and
+/// fails with [`StoreError::Fenced`] naming each that is not where this worker left it
+/// (`expected`), so that a stale owner's batch never commits.
 pub(super) async fn fence(
     tx: &mut Transaction<'_, Postgres>,
     stream: &str,
@@ -66,6 +69,7 @@ pub(super) async fn fence(
     }
 }
 
+/// Moves each partition of `offsets` to its new last applied sequence.
 pub(super) async fn advance_offsets(
     tx: &mut Transaction<'_, Postgres>,
     stream: &str,

@@ -12,6 +12,7 @@ use super::columns::{EntryColumns, ProcessedColumns};
 use super::StoreError;
 use crate::ledger::{self, Account, Hold, HoldStatus, Lot, Payment, State};
 
+/// Appends the new ledger entries.
 pub(super) async fn insert_entries(
     tx: &mut Transaction<'_, Postgres>,
     entries: &[ledger::NewEntry],
@@ -52,6 +53,7 @@ pub(super) async fn insert_entries(
     Ok(())
 }
 
+/// Writes the balance, held amount and entry count of every changed account.
 pub(super) async fn update_accounts(
     tx: &mut Transaction<'_, Postgres>,
     accounts: &[(&(Uuid, String), &Account)],
@@ -81,6 +83,7 @@ pub(super) async fn update_accounts(
     Ok(())
 }
 
+/// Records newly credited payments and the clawback progress of earlier ones.
 pub(super) async fn upsert_payments(
     tx: &mut Transaction<'_, Postgres>,
     payments: &HashMap<(Uuid, Provider, String), Payment>,
@@ -130,6 +133,7 @@ pub(super) async fn upsert_payments(
     Ok(())
 }
 
+/// Appends the webhook events to their log; one already there is left as it is.
 pub(super) async fn insert_webhooks(
     tx: &mut Transaction<'_, Postgres>,
     records: &[ledger::WebhookRecord],
@@ -168,6 +172,7 @@ pub(super) async fn insert_webhooks(
     Ok(())
 }
 
+/// Writes the new and changed lots (what remains of each, and whether it expired).
 pub(super) async fn upsert_lots(
     tx: &mut Transaction<'_, Postgres>,
     state: &State,
@@ -195,6 +200,7 @@ pub(super) async fn upsert_lots(
     Ok(())
 }
 
+/// Writes the new and settled holds, counting and logging the expired ones.
 pub(super) async fn upsert_holds(
     tx: &mut Transaction<'_, Postgres>,
     state: &State,
@@ -253,6 +259,7 @@ pub(super) async fn upsert_holds(
     Ok(())
 }
 
+/// Writes the draws of each changed owner from lots (what was drawn, and what came back).
 pub(super) async fn upsert_allocations(
     tx: &mut Transaction<'_, Postgres>,
     state: &State,
@@ -318,6 +325,8 @@ pub(super) async fn insert_system_commands(
     Ok(())
 }
 
+/// Records every finished command's answer, the dedupe record; fails with
+/// [`StoreError::Raced`] unless every one is new.
 pub(super) async fn insert_processed(
     tx: &mut Transaction<'_, Postgres>,
     finished: &[(Envelope, Outcome)],
