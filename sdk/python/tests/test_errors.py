@@ -20,12 +20,8 @@ from tally_credits import (
     IdempotencyConflictError,
     InsufficientCreditsError,
     NotFoundError,
-    RateLimitError,
     Tally,
     TallyError,
-    UnavailableError,
-    WaitTimeoutError,
-    WebhookVerificationError,
 )
 
 
@@ -46,24 +42,13 @@ def assert_error(error: TallyError, kind: type[TallyError], status: int, code: s
 
 
 def test_every_error_class_is_a_tally_error_and_importable_from_the_package() -> None:
-    kinds = [
-        AuthenticationError,
-        BadRequestError,
-        ConflictError,
-        ConnectionError,
-        IdempotencyConflictError,
-        InsufficientCreditsError,
-        NotFoundError,
-        RateLimitError,
-        UnavailableError,
-        WaitTimeoutError,
-        WebhookVerificationError,
-    ]
-    for kind in kinds:
-        assert issubclass(kind, TallyError)
-        assert getattr(tally_credits, kind.__name__) is kind
+    for name in tally_credits.errors.__all__:
+        kind = getattr(tally_credits, name)
+        assert kind is getattr(tally_credits.errors, name)
+        assert issubclass(kind, TallyError), name
     assert issubclass(IdempotencyConflictError, ConflictError)
     assert issubclass(TallyError, Exception)
+    assert len(tally_credits.errors.__all__) == 12
 
 
 def test_a_deduct_above_what_is_available_is_insufficient_credits_error_with_balance_and_available(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,7 @@ from test_readme import readme_block
 import tally_credits
 
 SDK_DIR = Path(__file__).resolve().parents[1]
+PROJECT_README = SDK_DIR.parents[1] / "README.md"
 WHEELHOUSE = os.environ.get("TALLY_SDK_PY_WHEELHOUSE", "")
 # httpx and what it needs; nothing else may come with the SDK.
 RUNTIME_DISTRIBUTIONS = {
@@ -216,14 +218,17 @@ def mypy(installed: Installed, *files: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_consumers_and_the_readme_example_pass_mypy_strict_against_the_installed_package(
+def test_consumers_and_the_readme_examples_pass_mypy_strict_against_the_installed_package(
     installed: Installed,
 ) -> None:
+    project_snippet = re.search(r"```python\n(.*?)```", PROJECT_README.read_text(), re.DOTALL)
+    assert project_snippet, "the project README's quick start has no ```python snippet"
     (installed.work / "consumer.py").write_text(CONSUMER)
     (installed.work / "quick_start.py").write_text(readme_block("example"))
+    (installed.work / "project_readme.py").write_text(project_snippet.group(1))
     (installed.work / "precise.py").write_text(MUST_NOT_TYPE_CHECK)
 
-    result = mypy(installed, "consumer.py", "quick_start.py", "precise.py")
+    result = mypy(installed, "consumer.py", "quick_start.py", "project_readme.py", "precise.py")
 
     assert result.returncode == 0, result.stdout + result.stderr
 
