@@ -156,14 +156,20 @@ class Generator:
         """(annotation, nullable) for a property's schema."""
         if "$ref" in schema:
             return _ref_name(schema["$ref"]), False
+        if len(schema.get("allOf", [])) == 1:
+            return self.python_type(schema["allOf"][0], request=request)
         for combinator in ("oneOf", "anyOf"):
             if combinator in schema:
                 variants = schema[combinator]
                 others = [v for v in variants if v.get("type") != "null"]
-                if len(others) != 1 or len(variants) != 2:
-                    raise GenerateError(f"unsupported {combinator}: {json.dumps(variants)}")
+                if len(others) > 1 and request:
+                    # One of several bodies (e.g. a batch's operations): any of them type-checks.
+                    union = " | ".join(self.python_type(v, request=request)[0] for v in others)
+                    return union, len(others) < len(variants)
+                if len(others) != 1:
+                    raise GenerateError(f"unsupported {combinator} in an answer: {json.dumps(variants)}")
                 annotation, _ = self.python_type(others[0], request=request)
-                return annotation, True
+                return annotation, len(others) < len(variants)
         types = schema.get("type")
         names = types if isinstance(types, list) else [types]
         nullable = "null" in names
@@ -304,7 +310,7 @@ def _ordered(schema: dict[str, Any]) -> dict[str, Any]:
 def _nested_ref(schema: dict[str, Any]) -> str | None:
     if "$ref" in schema:
         return _ref_name(schema["$ref"])
-    for variant in schema.get("oneOf", []) + schema.get("anyOf", []):
+    for variant in schema.get("oneOf", []) + schema.get("anyOf", []) + schema.get("allOf", []):
         if "$ref" in variant:
             return _ref_name(variant["$ref"])
     return None

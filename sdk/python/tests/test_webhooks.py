@@ -90,10 +90,15 @@ def test_any_one_of_several_space_separated_signatures_may_match_during_a_secret
     assert verify(BODY, headers, previous).id == EVENT["id"]
 
 
-def test_header_names_are_matched_in_any_case() -> None:
+def test_header_names_are_matched_in_any_case_and_headers_need_only_items() -> None:
     headers = {name.title(): value for name, value in signed_by_standardwebhooks(BODY).items()}
 
+    class WerkzeugLikeHeaders:
+        def items(self) -> list[tuple[str, str]]:
+            return list(headers.items())
+
     assert verify(BODY, headers, SECRET).type == "balance.low"
+    assert verify(BODY, WerkzeugLikeHeaders(), SECRET).type == "balance.low"
 
 
 def test_the_secret_may_be_given_without_its_whsec_prefix() -> None:

@@ -45,10 +45,11 @@ class AsyncTally:
     call awaited.
 
     `api_key` and `base_url` default to the `TALLY_API_KEY` and `TALLY_BASE_URL` environment
-    variables (explicit arguments win). `timeout` (seconds, default 30) bounds each attempt;
-    `max_retries` (default 2) counts retries after the first attempt. `http_client` replaces the
-    httpx.AsyncClient the SDK would make (it is then yours to close). Use it as an async context
-    manager, or call `aclose()`, to release its connections.
+    variables (explicit arguments win). `timeout` (seconds, default 30) is how long each attempt
+    may wait to connect and for the answer; `max_retries` (default 2) counts retries after the
+    first attempt. `http_client` replaces the httpx.AsyncClient the SDK would make (it is then
+    yours to close). Use the client as an async context manager, or call `aclose()`, to release
+    its connections.
     """
 
     def __init__(

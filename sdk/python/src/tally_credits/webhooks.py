@@ -25,9 +25,9 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from ._model import Model
 from .errors import WebhookVerificationError
@@ -37,6 +37,13 @@ __all__ = ["DEFAULT_TOLERANCE_SECONDS", "WebhookEvent", "WebhookVerificationErro
 # How far a delivery's timestamp may be from now, either way, as Standard Webhooks says.
 DEFAULT_TOLERANCE_SECONDS = 300
 SECRET_PREFIX = "whsec_"
+
+
+class Headers(Protocol):
+    """Request headers as web frameworks give them: a Mapping (Starlette, Django, a dict) or
+    anything else with `items()` (Werkzeug's Headers)."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +78,7 @@ class WebhookEvent(Model):
 
 def verify(
     body: bytes | str,
-    headers: Mapping[str, str],
+    headers: Headers,
     secret: str,
     *,
     tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
@@ -79,7 +86,7 @@ def verify(
     """Checks a delivery's signature and timestamp on its raw body, then parses it.
 
     `body`: the request body exactly as received (bytes, or str decoded as UTF-8) - not a
-    re-serialised JSON object. `headers`: the request's headers (any mapping; names in any case).
+    re-serialised JSON object. `headers`: the request's headers (names in any case).
     `secret`: the endpoint's `whsec_...` secret. Raises WebhookVerificationError (answer 400)
     when a header is missing, the timestamp is more than `tolerance_seconds` away from now, no
     `v1` signature matches, or the body is not a JSON event; ValueError when `secret` is not a
