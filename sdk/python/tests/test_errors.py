@@ -20,8 +20,10 @@ from tally_credits import (
     IdempotencyConflictError,
     InsufficientCreditsError,
     NotFoundError,
+    RateLimitError,
     Tally,
     TallyError,
+    UnavailableError,
 )
 
 
@@ -166,18 +168,38 @@ def test_nothing_listening_is_connection_error_after_the_retries(make_client: Ca
     assert len(attempts) == 2
 
 
-def test_a_status_the_sdk_has_no_class_for_is_a_plain_tally_error() -> None:
-    error = tally_credits.errors.error_from_answer(
-        500, {"success": False, "error": "internal", "message": "the worker set the command aside"}
-    )
-    assert_error(error, TallyError, 500, "internal")
-    without_body = tally_credits.errors.error_from_answer(502, None)
-    assert (type(without_body), without_body.code, str(without_body), without_body.body) == (
-        TallyError,
-        "http_502",
-        "HTTP 502",
-        None,
-    )
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (400, "invalid_request", BadRequestError),
+        (401, "unauthorized", AuthenticationError),
+        (402, "insufficient_credits", InsufficientCreditsError),
+        (404, "not_found", NotFoundError),
+        (409, "already_refunded", ConflictError),
+        (409, "hold_not_active", ConflictError),
+        (409, "idempotency_in_progress", ConflictError),
+        (409, "idempotency_conflict", IdempotencyConflictError),
+        (413, "payload_too_large", BadRequestError),
+        (415, "unsupported_media_type", BadRequestError),
+        (422, "balance_overflow", BadRequestError),
+        (429, "rate_limited", RateLimitError),
+        (503, "unavailable", UnavailableError),
+        (500, "internal", TallyError),
+    ],
+)
+def test_each_status_and_code_maps_to_its_class_as_in_the_typescript_sdk(
+    status: int, code: str, kind: type[TallyError]
+) -> None:
+    body = {"success": False, "error": code, "message": f"{code} happened"}
+
+    assert_error(tally_credits.errors.error_from_answer(status, body), kind, status, code)
+
+
+def test_an_error_answer_without_a_json_body_is_a_tally_error_named_by_its_status() -> None:
+    error = tally_credits.errors.error_from_answer(502, None)
+
+    assert type(error) is TallyError
+    assert (error.status, error.code, str(error), error.body) == (502, "http_502", "HTTP 502", None)
 
 
 def test_a_2xx_answer_that_is_not_the_expected_object_is_tally_error_invalid_response(
