@@ -14,6 +14,8 @@ pub enum ErrorCode {
     IdempotencyInProgress,
     AlreadyRefunded,
     HoldNotActive,
+    /// The request body stalled past the server's deadline.
+    RequestTimeout,
     PayloadTooLarge,
     UnsupportedMediaType,
     BalanceOverflow,
@@ -34,6 +36,7 @@ impl ErrorCode {
             | Self::IdempotencyInProgress
             | Self::AlreadyRefunded
             | Self::HoldNotActive => 409,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::BalanceOverflow | Self::NotRefundable => 422,
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::IdempotencyInProgress => "idempotency_in_progress",
             Self::AlreadyRefunded => "already_refunded",
             Self::HoldNotActive => "hold_not_active",
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BalanceOverflow => "balance_overflow",
