@@ -30,6 +30,7 @@ mod apps;
 mod entry;
 mod events;
 mod forms;
+mod notice;
 mod render;
 mod session;
 mod user;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::access::{page, SignedForm, SignedIn};
 use super::app::parse_app;
 use super::forms;
+use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, url, Notice};
 use crate::admin::{self, queries};
 use crate::validate;
@@ -84,7 +85,7 @@ pub async fn adjust(
             .and_then(|amount| Ok((amount.expect("required"), forms::description(&form)?)));
         let (amount, description) = match input {
             Ok(input) => input,
-            Err(message) => return Ok(redirect_with(&back, Err(message))),
+            Err(code) => return Ok(redirect_with(&back, Said::new(code))),
         };
         let command = match form.get("action").map(String::as_str) {
             Some("add") => Command::Add {
@@ -101,15 +102,12 @@ pub async fn adjust(
                 metadata: Default::default(),
             },
             _ => {
-                return Ok(redirect_with(
-                    &back,
-                    Err("action: choose add or deduct".into()),
-                ))
+                return Ok(redirect_with(&back, Said::new(Code::ActionMissing)))
             }
         };
         let idempotency = forms::idempotency(&form, &format!("{back}/adjust"));
         let answer = admin::submit_for(&state, app.id, command, idempotency).await;
-        Ok(redirect_with(&back, forms::outcome_message(answer)))
+        Ok(redirect_with(&back, forms::outcome_notice(answer)))
     })
     .await
 }
