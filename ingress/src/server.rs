@@ -103,9 +103,8 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             });
-        let connection = graceful.watch(
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
-        );
+        let connection = graceful
+            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
         metrics::gauge!("tally_ingress_connections").increment(1.0);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -141,4 +140,3 @@ pub fn peer(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr)
 }
-

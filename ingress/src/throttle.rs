@@ -138,8 +138,13 @@ pub struct ClientAddr(pub IpAddr);
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(Self(state.throttle.client(&parts.extensions, &parts.headers)))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            state.throttle.client(&parts.extensions, &parts.headers),
+        ))
     }
 }
 

@@ -88,7 +88,9 @@ mod tests {
 
     #[test]
     fn a_short_token_is_refused_naming_the_variable_and_an_empty_one_is_off() {
-        let error = AdminToken::from_config(Some("short")).err().expect("refused");
+        let error = AdminToken::from_config(Some("short"))
+            .err()
+            .expect("refused");
         assert!(error.to_string().contains("TALLY_ADMIN_TOKEN"), "{error}");
         assert!(AdminToken::from_config(Some(&TOKEN[1..])).is_err());
         assert!(AdminToken::from_config(Some("")).unwrap().is_none());

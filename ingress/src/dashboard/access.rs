@@ -74,7 +74,10 @@ fn enabled(state: &AppState) -> bool {
 pub const FORM_BYTES_MAX: usize = tally_common::limits::BODY_BYTES_MAX;
 
 /// A posted form, read once the request is known to be allowed.
-async fn read_form(request: Request, state: &AppState) -> Result<HashMap<String, String>, Response> {
+async fn read_form(
+    request: Request,
+    state: &AppState,
+) -> Result<HashMap<String, String>, Response> {
     Form::<HashMap<String, String>>::from_request(request, state)
         .await
         .map(|Form(form)| form)

@@ -52,9 +52,7 @@ pub fn description(form: &HashMap<String, String>) -> Result<Option<String>, Cod
         .map(|d| d.trim().to_string())
         .filter(|d| !d.is_empty());
     match text {
-        Some(text) if text.chars().count() > DESCRIPTION_CHARS_MAX => {
-            Err(Code::DescriptionTooLong)
-        }
+        Some(text) if text.chars().count() > DESCRIPTION_CHARS_MAX => Err(Code::DescriptionTooLong),
         text => Ok(text),
     }
 }

@@ -89,9 +89,7 @@ fn refused(code: ErrorCode, balance: Option<String>) -> String {
         (ErrorCode::InsufficientCredits, Some(balance)) => {
             format!("Not enough credits: {balance} can be spent; nothing was changed.")
         }
-        (ErrorCode::InsufficientCredits, None) => {
-            "Not enough credits; nothing was changed.".into()
-        }
+        (ErrorCode::InsufficientCredits, None) => "Not enough credits; nothing was changed.".into(),
         (ErrorCode::AlreadyRefunded, _) => "Nothing is left to refund on this entry.".into(),
         (ErrorCode::NotRefundable, _) => "This kind of entry cannot be refunded.".into(),
         (ErrorCode::BalanceOverflow, _) => {
@@ -207,9 +205,17 @@ mod tests {
         for code in codes {
             let said = Said::with_balance(code, Some(12));
             let query = said.query();
-            let mut fields = query.split('&').map(|field| field.split_once('=').unwrap().1);
-            let (notice, balance) = (fields.next().map(String::from), fields.next().map(String::from));
-            assert_eq!(Said::from_query(notice.as_ref(), balance.as_ref()), Some(said));
+            let mut fields = query
+                .split('&')
+                .map(|field| field.split_once('=').unwrap().1);
+            let (notice, balance) = (
+                fields.next().map(String::from),
+                fields.next().map(String::from),
+            );
+            assert_eq!(
+                Said::from_query(notice.as_ref(), balance.as_ref()),
+                Some(said)
+            );
         }
     }
 

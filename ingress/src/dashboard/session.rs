@@ -162,10 +162,21 @@ mod tests {
 
     #[test]
     fn only_loopback_hosts_go_without_secure() {
-        for loopback in ["localhost:8080", "127.0.0.1:8080", "127.0.0.1", "[::1]:8080", "LOCALHOST"] {
+        for loopback in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "LOCALHOST",
+        ] {
             assert!(on_loopback(&host(loopback)), "{loopback}");
         }
-        for remote in ["tally.example.com", "192.168.1.5:8080", "[2001:db8::1]:443", "localhost.example.com"] {
+        for remote in [
+            "tally.example.com",
+            "192.168.1.5:8080",
+            "[2001:db8::1]:443",
+            "localhost.example.com",
+        ] {
             assert!(!on_loopback(&host(remote)), "{remote}");
         }
         assert!(!on_loopback(&HeaderMap::new()));

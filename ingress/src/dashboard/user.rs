@@ -101,9 +101,7 @@ pub async fn adjust(
                 description,
                 metadata: Default::default(),
             },
-            _ => {
-                return Ok(redirect_with(&back, Said::new(Code::ActionMissing)))
-            }
+            _ => return Ok(redirect_with(&back, Said::new(Code::ActionMissing))),
         };
         let idempotency = forms::idempotency(&form, &format!("{back}/adjust"));
         let answer = admin::submit_for(&state, app.id, command, idempotency).await;
