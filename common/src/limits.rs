@@ -6,6 +6,8 @@ pub const AMOUNT_MIN: i64 = 1;
 pub const AMOUNT_MAX: i64 = 1_000_000_000_000;
 /// Longest `user_id`, in bytes.
 pub const USER_ID_BYTES_MAX: usize = 255;
+/// Longest `credit_type`, in characters (`a-z`, `0-9`, `_`, `-`).
+pub const CREDIT_TYPE_CHARS_MAX: usize = 64;
 /// Longest `description`, in characters.
 pub const DESCRIPTION_CHARS_MAX: usize = 1_000;
 /// Most keys a `metadata` object may have (Stripe's rule).

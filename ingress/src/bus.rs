@@ -379,6 +379,7 @@ mod tests {
             command: tally_common::command::Command::Deduct {
                 user_id: "u1".into(),
                 amount: 5,
+                credit_type: Default::default(),
                 description: None,
                 metadata: Default::default(),
             },

@@ -186,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/release", post(routes::holds::release))
         .route("/credits/holds", get(routes::holds::list))
         .route("/credits/balance", get(routes::credits::balance))
+        .route("/credits/balances", get(routes::credits::balances))
         .route("/credits/history", get(routes::credits::history))
         .route(
             "/commands/{command_id}",

@@ -11,7 +11,7 @@ use crate::webhooks;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally", description = "Credits for SaaS and AI products: add, deduct, refund and read, exactly once."),
-    paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::history,
+    paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::balances, credits::history,
           holds::hold, holds::capture, holds::release, holds::list,
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
           webhooks::list_events,

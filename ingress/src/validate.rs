@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tally_common::credit_type::CreditType;
 use tally_common::limits::{
     AMOUNT_MAX, AMOUNT_MIN, BODY_BYTES_MAX, DESCRIPTION_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX,
     METADATA_KEYS_MAX, USER_ID_BYTES_MAX,
@@ -213,6 +214,15 @@ impl Fields {
         }
     }
 
+    /// `credit_type`: optional, [`CreditType::DEFAULT`] when absent.
+    pub fn credit_type(&mut self) -> Result<CreditType, ApiError> {
+        match self.take("credit_type") {
+            None => Ok(CreditType::default()),
+            Some(Value::String(text)) => parse_credit_type("credit_type", &text),
+            Some(_) => Err(ApiError::field("credit_type", "must be a string")),
+        }
+    }
+
     /// Rejects any field not read.
     pub fn finish(self) -> Result<(), ApiError> {
         match self.object.keys().next() {
@@ -239,6 +249,26 @@ pub fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError
         .cloned()
         .ok_or_else(|| ApiError::field("user_id", "is required"))?;
     check_user_id("user_id", user_id)
+}
+
+/// The `credit_type` query parameter of a read of one balance: [`CreditType::DEFAULT`] when
+/// absent.
+pub fn query_credit_type(query: &HashMap<String, String>) -> Result<CreditType, ApiError> {
+    Ok(query_optional_credit_type(query)?.unwrap_or_default())
+}
+
+/// The `credit_type` query parameter of a filter: `None` (every type) when absent.
+pub fn query_optional_credit_type(
+    query: &HashMap<String, String>,
+) -> Result<Option<CreditType>, ApiError> {
+    query
+        .get("credit_type")
+        .map(|text| parse_credit_type("credit_type", text))
+        .transpose()
+}
+
+pub fn parse_credit_type(field: &str, text: &str) -> Result<CreditType, ApiError> {
+    CreditType::parse(text).map_err(|invalid| ApiError::field(field, invalid))
 }
 
 pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {

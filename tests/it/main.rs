@@ -7,6 +7,7 @@ mod admin;
 mod commands;
 mod concurrency;
 mod crash;
+mod credit_types;
 mod credits;
 mod dead_letters;
 mod faults;

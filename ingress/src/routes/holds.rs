@@ -10,6 +10,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tally_common::command::Command;
+use tally_common::credit_type::CreditType;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -36,6 +37,8 @@ pub struct HoldRequest {
     expires_in_seconds: Option<i64>,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
+    /// Which of the user's balances to reserve from (default `"credits"`).
+    credit_type: Option<String>,
 }
 
 /// Answer to a hold.
@@ -43,6 +46,7 @@ pub struct HoldRequest {
 pub struct HoldResponse {
     success: bool,
     user_id: String,
+    credit_type: String,
     hold_id: Uuid,
     amount: i64,
     balance: i64,
@@ -64,6 +68,8 @@ pub struct CaptureRequest {
 pub struct CaptureResponse {
     success: bool,
     user_id: String,
+    /// The hold's type: a capture charges that balance.
+    credit_type: String,
     hold_id: Uuid,
     /// The deduct entry the capture wrote.
     ledger_id: Uuid,
@@ -84,6 +90,7 @@ pub struct ReleaseRequest {
 pub struct ReleaseResponse {
     success: bool,
     user_id: String,
+    credit_type: String,
     hold_id: Uuid,
     released: i64,
     balance: i64,
@@ -111,10 +118,12 @@ pub async fn hold(
             "expires_in_seconds",
             "description",
             "metadata",
+            "credit_type",
         ],
     )?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
+    let credit_type = fields.credit_type()?;
     let expires_in_seconds = fields
         .optional_integer("expires_in_seconds", 1, HOLD_SECONDS_MAX)?
         .unwrap_or(HOLD_SECONDS_DEFAULT);
@@ -127,6 +136,7 @@ pub async fn hold(
             Command::Hold {
                 user_id,
                 amount,
+                credit_type,
                 expires_in_seconds,
                 description,
                 metadata,
@@ -204,6 +214,7 @@ pub async fn release(
 #[derive(Serialize, ToSchema)]
 pub struct HoldRecord {
     hold_id: Uuid,
+    credit_type: String,
     amount: i64,
     captured: i64,
     /// active, captured, released or expired.
@@ -224,6 +235,7 @@ const HOLDS_CURSOR: &str = "k1";
 #[derive(sqlx::FromRow)]
 struct HoldRow {
     id: Uuid,
+    credit_type: String,
     amount: i64,
     captured: i64,
     status: String,
@@ -233,6 +245,7 @@ struct HoldRow {
 
 #[utoipa::path(get, path = "/credits/holds",
     params(("user_id" = String, Query), ("status" = Option<String>, Query, description = "active, captured, released or expired"),
+           ("credit_type" = Option<String>, Query, description = "only holds of this type (absent: every type)"),
            ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = HoldsResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
@@ -253,6 +266,7 @@ pub async fn list(
             ))
         }
     };
+    let credit_type = validate::query_optional_credit_type(&query)?;
     let limit = page_limit(&query)?;
     let before: Option<(DateTime<Utc>, Uuid)> = match query.get("cursor") {
         None => None,
@@ -270,12 +284,13 @@ pub async fn list(
     };
     let rows: Vec<HoldRow> = sqlx::query_as(
         // A hold past its expiry is expired, even in the second before a sweep settles it.
-        "SELECT id, amount, captured, status, expires_at, created_at FROM (
-             SELECT id, amount, captured, expires_at, created_at,
+        "SELECT id, credit_type, amount, captured, status, expires_at, created_at FROM (
+             SELECT id, credit_type, amount, captured, expires_at, created_at,
                     CASE WHEN status = 'active' AND expires_at <= now() THEN 'expired' ELSE status END AS status
              FROM holds WHERE app_id = $1 AND user_id = $2) h
          WHERE ($3::text IS NULL OR status = $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+           AND ($7::text IS NULL OR credit_type = $7)
          ORDER BY created_at DESC, id DESC LIMIT $6",
     )
     .bind(auth.app_id)
@@ -284,6 +299,7 @@ pub async fn list(
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1).unwrap_or_default())
     .bind(limit + 1)
+    .bind(credit_type.as_ref().map(CreditType::as_str))
     .fetch_all(&state.pool)
     .await?;
     let (rows, more) = split_page(rows, limit);
@@ -298,6 +314,7 @@ pub async fn list(
         .iter()
         .map(|row| HoldRecord {
             hold_id: row.id,
+            credit_type: row.credit_type.clone(),
             amount: row.amount,
             captured: row.captured,
             status: row.status.clone(),
