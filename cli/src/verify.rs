@@ -94,11 +94,16 @@ const CHECKS: &[(&str, &str)] = &[
          FROM ledger_entries e LEFT JOIN processed_commands p ON p.command_id = e.command_id
          WHERE p.command_id IS NULL OR p.status <> 'applied'",
     ),
+    // One effect per operation: a command writes at most one such entry, an atomic batch (its
+    // answer lists its operations' results) one per operation.
     (
         "one_effect_per_command",
-        "SELECT json_build_object('command_id', command_id, 'entries', count(*))
-         FROM ledger_entries WHERE type IN ('add', 'deduct', 'refund', 'payment', 'clawback')
-         GROUP BY command_id HAVING count(*) > 1",
+        "SELECT json_build_object('command_id', e.command_id, 'entries', count(*))
+         FROM ledger_entries e LEFT JOIN processed_commands p ON p.command_id = e.command_id
+         WHERE e.type IN ('add', 'deduct', 'refund', 'payment', 'clawback')
+         GROUP BY e.command_id
+         HAVING count(*) > COALESCE(max(CASE WHEN jsonb_typeof(p.response->'results') = 'array'
+                                             THEN jsonb_array_length(p.response->'results') END), 1)",
     ),
     (
         "held_is_sum_of_active_holds",

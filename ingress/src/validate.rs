@@ -23,7 +23,16 @@ pub const METADATA_VALUE_CHARS_MAX: usize = 500;
 /// Reads a JSON object body: 415 unless `application/json`, 413 past the limit, 400 unless a
 /// JSON object.
 pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body_bytes(headers, body).await?;
+    json_object_within(headers, body, BODY_BYTES_MAX).await
+}
+
+/// [`json_object`] with a body limit of its own (a batch's).
+pub async fn json_object_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body_bytes_within(headers, body, limit).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(ApiError::invalid("request body must be a JSON object")),
@@ -35,6 +44,14 @@ pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, 
 
 /// Reads a body, checking content type and size.
 pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    body_bytes_within(headers, body, BODY_BYTES_MAX).await
+}
+
+async fn body_bytes_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -43,7 +60,7 @@ pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes,
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    raw_body(body, BODY_BYTES_MAX).await
+    raw_body(body, limit).await
 }
 
 /// Reads a body of at most `limit` bytes, whatever its type (413 past it).
@@ -303,17 +320,28 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let bad = || {
-        ApiError::field(
-            "Idempotency-Key",
-            format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
-        )
-    };
-    let text = value.to_str().map_err(|_| bad())?;
-    if text.is_empty() || text.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
-        return Err(bad());
+    let text = value
+        .to_str()
+        .map_err(|_| bad_idempotency_key("Idempotency-Key"))?;
+    check_idempotency_key("Idempotency-Key", text.to_string()).map(Some)
+}
+
+/// An idempotency key from `field`: 1 to [`IDEMPOTENCY_KEY_CHARS_MAX`] printable characters.
+pub fn check_idempotency_key(field: &str, key: String) -> Result<String, ApiError> {
+    if key.is_empty()
+        || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX
+        || key.chars().any(char::is_control)
+    {
+        return Err(bad_idempotency_key(field));
     }
-    Ok(Some(text.to_string()))
+    Ok(key)
+}
+
+fn bad_idempotency_key(field: &str) -> ApiError {
+    ApiError::field(
+        field,
+        format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
+    )
 }
 
 /// Whether the client asked not to wait for the result (`Prefer: respond-async`).

@@ -4,6 +4,7 @@
 mod harness;
 
 mod admin;
+mod batches;
 mod commands;
 mod concurrency;
 mod crash;

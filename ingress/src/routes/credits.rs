@@ -10,17 +10,17 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tally_common::command::Command;
 use tally_common::credit_type::CreditType;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::operations::Operation;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::reads;
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::validate::{self, Fields};
+use crate::validate;
 use crate::write_request::WriteRequest;
 use crate::AppState;
 
@@ -109,61 +109,23 @@ pub async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/add").await?;
-    let mut fields = Fields::new(
-        write.object.clone(),
-        &[
-            "user_id",
-            "amount",
-            "description",
-            "metadata",
-            "expires_at",
-            "expires_in_seconds",
-            "credit_type",
-        ],
-    )?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let credit_type = fields.credit_type()?;
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    let expires_at = expiry(&mut fields)?;
-    fields.finish()?;
-    write
-        .submit(
-            &state,
-            Command::Add {
-                user_id,
-                amount,
-                credit_type,
-                description,
-                metadata,
-                expires_at,
-            },
-        )
-        .await
+    write(&state, auth, headers, body, Operation::Add).await
 }
 
-/// Longest lifetime of expiring credits: ten years.
-pub const CREDIT_LIFETIME_SECONDS_MAX: i64 = 10 * 365 * 24 * 3600;
-
-/// `expires_at` or `expires_in_seconds` of an add: at most one, in the future.
-fn expiry(fields: &mut Fields) -> Result<Option<DateTime<Utc>>, ApiError> {
-    let at = fields.optional_time("expires_at")?;
-    let in_seconds =
-        fields.optional_integer("expires_in_seconds", 1, CREDIT_LIFETIME_SECONDS_MAX)?;
-    match (at, in_seconds) {
-        (Some(_), Some(_)) => Err(ApiError::field(
-            "expires_at",
-            "give expires_at or expires_in_seconds, not both",
-        )),
-        (Some(at), None) if at <= Utc::now() => {
-            Err(ApiError::field("expires_at", "must be in the future"))
-        }
-        (Some(at), None) => Ok(Some(at)),
-        (None, Some(seconds)) => Ok(Some(Utc::now() + chrono::Duration::seconds(seconds))),
-        (None, None) => Ok(None),
-    }
+/// Reads a write request of `operation`, routes it to its user and submits it.
+pub(crate) async fn write(
+    state: &AppState,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Body,
+    operation: Operation,
+) -> Result<Response, ApiError> {
+    let write = WriteRequest::read(auth, headers, body, operation.path()).await?;
+    let command = operation
+        .read(write.object.clone())?
+        .route(&state.pool, write.auth.app_id)
+        .await?;
+    write.submit(state, command).await
 }
 
 #[utoipa::path(post, path = "/credits/deduct", request_body = DeductRequest,
@@ -180,35 +142,7 @@ pub async fn deduct(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/deduct").await?;
-    let mut fields = Fields::new(
-        write.object.clone(),
-        &[
-            "user_id",
-            "amount",
-            "description",
-            "metadata",
-            "credit_type",
-        ],
-    )?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let credit_type = fields.credit_type()?;
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    fields.finish()?;
-    write
-        .submit(
-            &state,
-            Command::Deduct {
-                user_id,
-                amount,
-                credit_type,
-                description,
-                metadata,
-            },
-        )
-        .await
+    write(&state, auth, headers, body, Operation::Deduct).await
 }
 
 #[utoipa::path(post, path = "/credits/refund", request_body = RefundRequest,
@@ -227,37 +161,7 @@ pub async fn refund(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/refund").await?;
-    let mut fields = Fields::new(
-        write.object.clone(),
-        &["ledger_id", "amount", "description", "metadata"],
-    )?;
-    let ledger_id = fields.uuid("ledger_id")?;
-    let amount = fields.optional_amount("amount")?;
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    fields.finish()?;
-    // The entry names its user, whose partition orders the refund.
-    let user_id: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM ledger_entries WHERE id = $1 AND app_id = $2")
-            .bind(ledger_id)
-            .bind(write.auth.app_id)
-            .fetch_optional(&state.pool)
-            .await?;
-    let user_id =
-        user_id.ok_or_else(|| ApiError::NotFound(format!("no ledger entry {ledger_id}")))?;
-    write
-        .submit(
-            &state,
-            Command::Refund {
-                user_id,
-                ledger_id,
-                amount,
-                description,
-                metadata,
-            },
-        )
-        .await
+    write(&state, auth, headers, body, Operation::Refund).await
 }
 
 /// A user's balance of one credit type.

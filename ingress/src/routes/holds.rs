@@ -9,22 +9,18 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tally_common::command::Command;
 use tally_common::credit_type::CreditType;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::operations::Operation;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::validate::{self, Fields};
-use crate::write_request::WriteRequest;
+use crate::routes::credits::write;
+use crate::validate;
 use crate::AppState;
-
-/// Default and longest lifetime of a hold, in seconds.
-pub const HOLD_SECONDS_DEFAULT: i64 = 900;
-pub const HOLD_SECONDS_MAX: i64 = 86_400;
 
 /// Body of `POST /credits/hold`.
 #[derive(ToSchema)]
@@ -109,51 +105,7 @@ pub async fn hold(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/hold").await?;
-    let mut fields = Fields::new(
-        write.object.clone(),
-        &[
-            "user_id",
-            "amount",
-            "expires_in_seconds",
-            "description",
-            "metadata",
-            "credit_type",
-        ],
-    )?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let credit_type = fields.credit_type()?;
-    let expires_in_seconds = fields
-        .optional_integer("expires_in_seconds", 1, HOLD_SECONDS_MAX)?
-        .unwrap_or(HOLD_SECONDS_DEFAULT);
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    fields.finish()?;
-    write
-        .submit(
-            &state,
-            Command::Hold {
-                user_id,
-                amount,
-                credit_type,
-                expires_in_seconds,
-                description,
-                metadata,
-            },
-        )
-        .await
-}
-
-/// The user of the app's hold `hold_id` (its partition orders the settlement); 404 otherwise.
-async fn hold_user(state: &AppState, app_id: Uuid, hold_id: Uuid) -> Result<String, ApiError> {
-    let user: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM holds WHERE id = $1 AND app_id = $2")
-            .bind(hold_id)
-            .bind(app_id)
-            .fetch_optional(&state.pool)
-            .await?;
-    user.ok_or_else(|| ApiError::NotFound(format!("no hold {hold_id}")))
+    write(&state, auth, headers, body, Operation::Hold).await
 }
 
 #[utoipa::path(post, path = "/credits/capture", request_body = CaptureRequest,
@@ -169,22 +121,7 @@ pub async fn capture(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/capture").await?;
-    let mut fields = Fields::new(write.object.clone(), &["hold_id", "amount"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    let amount = fields.optional_amount("amount")?;
-    fields.finish()?;
-    let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
-    write
-        .submit(
-            &state,
-            Command::Capture {
-                user_id,
-                hold_id,
-                amount,
-            },
-        )
-        .await
+    write(&state, auth, headers, body, Operation::Capture).await
 }
 
 #[utoipa::path(post, path = "/credits/release", request_body = ReleaseRequest,
@@ -200,14 +137,7 @@ pub async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/release").await?;
-    let mut fields = Fields::new(write.object.clone(), &["hold_id"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    fields.finish()?;
-    let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
-    write
-        .submit(&state, Command::Release { user_id, hold_id })
-        .await
+    write(&state, auth, headers, body, Operation::Release).await
 }
 
 /// One hold as listed.
