@@ -4,9 +4,11 @@
 mod harness;
 
 mod admin;
+mod batches;
 mod commands;
 mod concurrency;
 mod crash;
+mod credit_types;
 mod credits;
 mod dead_letters;
 mod faults;
