@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tally_common::command::{Command, Origin};
+use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -284,13 +285,20 @@ pub async fn add(
 ) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/add", app.id);
-    let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
+    let UserWrite {
+        user_id,
+        amount,
+        credit_type,
+        description,
+        idempotency,
+    } = user_write(&headers, body, &path).await?;
     submit_for(
         &state,
         app.id,
         Command::Add {
             user_id,
             amount,
+            credit_type,
             description,
             metadata: Default::default(),
             expires_at: None,
@@ -316,13 +324,20 @@ pub async fn deduct(
 ) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/deduct", app.id);
-    let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
+    let UserWrite {
+        user_id,
+        amount,
+        credit_type,
+        description,
+        idempotency,
+    } = user_write(&headers, body, &path).await?;
     submit_for(
         &state,
         app.id,
         Command::Deduct {
             user_id,
             amount,
+            credit_type,
             description,
             metadata: Default::default(),
         },
@@ -332,20 +347,31 @@ pub async fn deduct(
 }
 
 /// The fields of an add or deduct, and its `Idempotency-Key` with the request's hash.
-async fn user_write(
-    headers: &HeaderMap,
-    body: Body,
-    path: &str,
-) -> Result<(String, i64, Option<String>, Option<(String, String)>), ApiError> {
+struct UserWrite {
+    user_id: String,
+    amount: i64,
+    credit_type: CreditType,
+    description: Option<String>,
+    idempotency: Option<(String, String)>,
+}
+
+async fn user_write(headers: &HeaderMap, body: Body, path: &str) -> Result<UserWrite, ApiError> {
     let key = validate::idempotency_key(headers)?;
     let object = validate::json_object(headers, body).await?;
     let idempotency = key.map(|key| (key, validate::request_hash("POST", path, &object)));
-    let mut fields = Fields::new(object, &["user_id", "amount", "description"])?;
+    let mut fields = Fields::new(object, &["user_id", "amount", "description", "credit_type"])?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
+    let credit_type = fields.credit_type()?;
     let description = fields.description()?;
     fields.finish()?;
-    Ok((user_id, amount, description, idempotency))
+    Ok(UserWrite {
+        user_id,
+        amount,
+        credit_type,
+        description,
+        idempotency,
+    })
 }
 
 /// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`).

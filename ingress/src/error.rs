@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
+    /// The first request with this key is still being answered; retry.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyInProgress,
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("request body must be application/json")]
@@ -66,6 +69,7 @@ impl ApiError {
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            Self::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Self::RateLimited(_) | Self::Throttled { .. } => ErrorCode::RateLimited,
@@ -113,10 +117,41 @@ fn tally_common_is_unavailable(error: &sqlx::Error) -> bool {
     ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")))
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The same error about a field of an element of a request's list: `operations[3].amount`
+    /// rather than `amount`.
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Self::InvalidRequest {
+                field: Some(field),
+                message,
+            } => {
+                let named = format!("{prefix}.{field}");
+                let message = match message.strip_prefix(&format!("{field}:")) {
+                    Some(rest) => format!("{named}:{rest}"),
+                    None => format!("{named}: {message}"),
+                };
+                Self::InvalidRequest {
+                    field: Some(named),
+                    message,
+                }
+            }
+            Self::InvalidRequest {
+                field: None,
+                message,
+            } => Self::InvalidRequest {
+                field: Some(prefix.to_string()),
+                message: format!("{prefix}: {message}"),
+            },
+            other => other,
+        }
+    }
+
+    /// The status and the JSON body of this error's answer (logging what only the operator
+    /// should see).
+    pub fn status_and_body(&self) -> (u16, Value) {
         let code = self.code();
-        let mut body = match &self {
+        let mut body = match self {
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 code.body("an internal error occurred")
@@ -132,11 +167,18 @@ impl IntoResponse for ApiError {
                 field: Some(field), ..
             },
             Value::Object(object),
-        ) = (&self, &mut body)
+        ) = (self, &mut body)
         {
             object.insert("field".into(), Value::String(field.clone()));
         }
-        let mut response = json_response(code.status(), body);
+        (code.status(), body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        let mut response = json_response(status, body);
         if matches!(self, Self::Unavailable(_)) {
             // Outages this refuses during (a broker or database restart) last seconds.
             response.headers_mut().insert(

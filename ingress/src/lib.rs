@@ -14,6 +14,7 @@ pub mod group;
 mod hostile_input;
 pub mod openapi;
 mod openapi_errors;
+pub mod operations;
 pub mod paging;
 pub mod ratelimit;
 pub mod reads;
@@ -289,7 +290,9 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/capture", post(routes::holds::capture))
         .route("/credits/release", post(routes::holds::release))
         .route("/credits/holds", get(routes::holds::list))
+        .route("/credits/batch", post(routes::batch::batch))
         .route("/credits/balance", get(routes::credits::balance))
+        .route("/credits/balances", get(routes::credits::balances))
         .route("/credits/history", get(routes::credits::history))
         .route(
             "/commands/{command_id}",

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tally_common::credit_type::CreditType;
 use tally_common::limits::{
     AMOUNT_MAX, AMOUNT_MIN, BODY_BYTES_MAX, DESCRIPTION_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX,
     METADATA_KEYS_MAX, USER_ID_BYTES_MAX,
@@ -22,7 +23,16 @@ pub const METADATA_VALUE_CHARS_MAX: usize = 500;
 /// Reads a JSON object body: 415 unless `application/json`, 413 past the limit, 400 unless a
 /// JSON object.
 pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body_bytes(headers, body).await?;
+    json_object_within(headers, body, BODY_BYTES_MAX).await
+}
+
+/// [`json_object`] with a body limit of its own (a batch's).
+pub async fn json_object_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body_bytes_within(headers, body, limit).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(ApiError::invalid("request body must be a JSON object")),
@@ -34,6 +44,14 @@ pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, 
 
 /// Reads a body, checking content type and size.
 pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    body_bytes_within(headers, body, BODY_BYTES_MAX).await
+}
+
+async fn body_bytes_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -42,7 +60,7 @@ pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes,
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    raw_body(body, BODY_BYTES_MAX).await
+    raw_body(body, limit).await
 }
 
 /// Reads a body of at most `limit` bytes, whatever its type (413 past it; 408 when it stalls
@@ -217,6 +235,15 @@ impl Fields {
         }
     }
 
+    /// `credit_type`: optional, [`CreditType::DEFAULT`] when absent.
+    pub fn credit_type(&mut self) -> Result<CreditType, ApiError> {
+        match self.take("credit_type") {
+            None => Ok(CreditType::default()),
+            Some(Value::String(text)) => parse_credit_type("credit_type", &text),
+            Some(_) => Err(ApiError::field("credit_type", "must be a string")),
+        }
+    }
+
     /// Rejects any field not read.
     pub fn finish(self) -> Result<(), ApiError> {
         match self.object.keys().next() {
@@ -243,6 +270,26 @@ pub fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError
         .cloned()
         .ok_or_else(|| ApiError::field("user_id", "is required"))?;
     check_user_id("user_id", user_id)
+}
+
+/// The `credit_type` query parameter of a read of one balance: [`CreditType::DEFAULT`] when
+/// absent.
+pub fn query_credit_type(query: &HashMap<String, String>) -> Result<CreditType, ApiError> {
+    Ok(query_optional_credit_type(query)?.unwrap_or_default())
+}
+
+/// The `credit_type` query parameter of a filter: `None` (every type) when absent.
+pub fn query_optional_credit_type(
+    query: &HashMap<String, String>,
+) -> Result<Option<CreditType>, ApiError> {
+    query
+        .get("credit_type")
+        .map(|text| parse_credit_type("credit_type", text))
+        .transpose()
+}
+
+pub fn parse_credit_type(field: &str, text: &str) -> Result<CreditType, ApiError> {
+    CreditType::parse(text).map_err(|invalid| ApiError::field(field, invalid))
 }
 
 pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {
@@ -277,17 +324,28 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let bad = || {
-        ApiError::field(
-            "Idempotency-Key",
-            format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
-        )
-    };
-    let text = value.to_str().map_err(|_| bad())?;
-    if text.is_empty() || text.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
-        return Err(bad());
+    let text = value
+        .to_str()
+        .map_err(|_| bad_idempotency_key("Idempotency-Key"))?;
+    check_idempotency_key("Idempotency-Key", text.to_string()).map(Some)
+}
+
+/// An idempotency key from `field`: 1 to [`IDEMPOTENCY_KEY_CHARS_MAX`] printable characters.
+pub fn check_idempotency_key(field: &str, key: String) -> Result<String, ApiError> {
+    if key.is_empty()
+        || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX
+        || key.chars().any(char::is_control)
+    {
+        return Err(bad_idempotency_key(field));
     }
-    Ok(Some(text.to_string()))
+    Ok(key)
+}
+
+fn bad_idempotency_key(field: &str) -> ApiError {
+    ApiError::field(
+        field,
+        format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
+    )
 }
 
 /// Whether the client asked not to wait for the result (`Prefer: respond-async`).

@@ -5,9 +5,11 @@ mod harness;
 
 mod abuse;
 mod admin;
+mod batches;
 mod commands;
 mod concurrency;
 mod crash;
+mod credit_types;
 mod credits;
 mod dead_letters;
 mod faults;

@@ -216,6 +216,7 @@ mod test_envelopes {
         let command = Command::Deduct {
             user_id: user.into(),
             amount: 1,
+            credit_type: Default::default(),
             description: None,
             metadata: Map::new(),
         };

@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use tally_common::command::Command;
+use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
@@ -87,10 +88,20 @@ pub async fn adjust(
             Ok(input) => input,
             Err(code) => return Ok(redirect_with(&back, Said::new(code))),
         };
+        let credit_type = match form.get("credit_type").map(String::as_str) {
+            None | Some("") => CreditType::default(),
+            Some(text) => match CreditType::parse(text.trim()) {
+                Ok(credit_type) => credit_type,
+                Err(invalid) => {
+                    return Ok(redirect_with(&back, Err(format!("credit_type: {invalid}"))))
+                }
+            },
+        };
         let command = match form.get("action").map(String::as_str) {
             Some("add") => Command::Add {
                 user_id,
                 amount,
+                credit_type,
                 description,
                 metadata: Default::default(),
                 expires_at: None,
@@ -98,6 +109,7 @@ pub async fn adjust(
             Some("deduct") => Command::Deduct {
                 user_id,
                 amount,
+                credit_type,
                 description,
                 metadata: Default::default(),
             },

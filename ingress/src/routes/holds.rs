@@ -9,21 +9,18 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tally_common::command::Command;
+use tally_common::credit_type::CreditType;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::operations::Operation;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::validate::{self, Fields};
-use crate::write_request::WriteRequest;
+use crate::routes::credits::write;
+use crate::validate;
 use crate::AppState;
-
-/// Default and longest lifetime of a hold, in seconds.
-pub const HOLD_SECONDS_DEFAULT: i64 = 900;
-pub const HOLD_SECONDS_MAX: i64 = 86_400;
 
 /// Body of `POST /credits/hold`.
 #[derive(ToSchema)]
@@ -36,6 +33,8 @@ pub struct HoldRequest {
     expires_in_seconds: Option<i64>,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
+    /// Which of the user's balances to reserve from (default `"credits"`).
+    credit_type: Option<String>,
 }
 
 /// Answer to a hold.
@@ -43,6 +42,7 @@ pub struct HoldRequest {
 pub struct HoldResponse {
     success: bool,
     user_id: String,
+    credit_type: String,
     hold_id: Uuid,
     amount: i64,
     balance: i64,
@@ -64,6 +64,8 @@ pub struct CaptureRequest {
 pub struct CaptureResponse {
     success: bool,
     user_id: String,
+    /// The hold's type: a capture charges that balance.
+    credit_type: String,
     hold_id: Uuid,
     /// The deduct entry the capture wrote.
     ledger_id: Uuid,
@@ -84,6 +86,7 @@ pub struct ReleaseRequest {
 pub struct ReleaseResponse {
     success: bool,
     user_id: String,
+    credit_type: String,
     hold_id: Uuid,
     released: i64,
     balance: i64,
@@ -102,48 +105,7 @@ pub async fn hold(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/hold").await?;
-    let mut fields = Fields::new(
-        write.object.clone(),
-        &[
-            "user_id",
-            "amount",
-            "expires_in_seconds",
-            "description",
-            "metadata",
-        ],
-    )?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let expires_in_seconds = fields
-        .optional_integer("expires_in_seconds", 1, HOLD_SECONDS_MAX)?
-        .unwrap_or(HOLD_SECONDS_DEFAULT);
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    fields.finish()?;
-    write
-        .submit(
-            &state,
-            Command::Hold {
-                user_id,
-                amount,
-                expires_in_seconds,
-                description,
-                metadata,
-            },
-        )
-        .await
-}
-
-/// The user of the app's hold `hold_id` (its partition orders the settlement); 404 otherwise.
-async fn hold_user(state: &AppState, app_id: Uuid, hold_id: Uuid) -> Result<String, ApiError> {
-    let user: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM holds WHERE id = $1 AND app_id = $2")
-            .bind(hold_id)
-            .bind(app_id)
-            .fetch_optional(&state.pool)
-            .await?;
-    user.ok_or_else(|| ApiError::NotFound(format!("no hold {hold_id}")))
+    write(&state, auth, headers, body, Operation::Hold).await
 }
 
 #[utoipa::path(post, path = "/credits/capture", request_body = CaptureRequest,
@@ -159,22 +121,7 @@ pub async fn capture(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/capture").await?;
-    let mut fields = Fields::new(write.object.clone(), &["hold_id", "amount"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    let amount = fields.optional_amount("amount")?;
-    fields.finish()?;
-    let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
-    write
-        .submit(
-            &state,
-            Command::Capture {
-                user_id,
-                hold_id,
-                amount,
-            },
-        )
-        .await
+    write(&state, auth, headers, body, Operation::Capture).await
 }
 
 #[utoipa::path(post, path = "/credits/release", request_body = ReleaseRequest,
@@ -190,20 +137,14 @@ pub async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/release").await?;
-    let mut fields = Fields::new(write.object.clone(), &["hold_id"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    fields.finish()?;
-    let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
-    write
-        .submit(&state, Command::Release { user_id, hold_id })
-        .await
+    write(&state, auth, headers, body, Operation::Release).await
 }
 
 /// One hold as listed.
 #[derive(Serialize, ToSchema)]
 pub struct HoldRecord {
     hold_id: Uuid,
+    credit_type: String,
     amount: i64,
     captured: i64,
     /// active, captured, released or expired.
@@ -224,6 +165,7 @@ const HOLDS_CURSOR: &str = "k1";
 #[derive(sqlx::FromRow)]
 struct HoldRow {
     id: Uuid,
+    credit_type: String,
     amount: i64,
     captured: i64,
     status: String,
@@ -233,6 +175,7 @@ struct HoldRow {
 
 #[utoipa::path(get, path = "/credits/holds",
     params(("user_id" = String, Query), ("status" = Option<String>, Query, description = "active, captured, released or expired"),
+           ("credit_type" = Option<String>, Query, description = "only holds of this type (absent: every type)"),
            ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = HoldsResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
@@ -253,6 +196,7 @@ pub async fn list(
             ))
         }
     };
+    let credit_type = validate::query_optional_credit_type(&query)?;
     let limit = page_limit(&query)?;
     let before: Option<(DateTime<Utc>, Uuid)> = match query.get("cursor") {
         None => None,
@@ -270,12 +214,13 @@ pub async fn list(
     };
     let rows: Vec<HoldRow> = sqlx::query_as(
         // A hold past its expiry is expired, even in the second before a sweep settles it.
-        "SELECT id, amount, captured, status, expires_at, created_at FROM (
-             SELECT id, amount, captured, expires_at, created_at,
+        "SELECT id, credit_type, amount, captured, status, expires_at, created_at FROM (
+             SELECT id, credit_type, amount, captured, expires_at, created_at,
                     CASE WHEN status = 'active' AND expires_at <= now() THEN 'expired' ELSE status END AS status
              FROM holds WHERE app_id = $1 AND user_id = $2) h
          WHERE ($3::text IS NULL OR status = $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+           AND ($7::text IS NULL OR credit_type = $7)
          ORDER BY created_at DESC, id DESC LIMIT $6",
     )
     .bind(auth.app_id)
@@ -284,6 +229,7 @@ pub async fn list(
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1).unwrap_or_default())
     .bind(limit + 1)
+    .bind(credit_type.as_ref().map(CreditType::as_str))
     .fetch_all(&state.pool)
     .await?;
     let (rows, more) = split_page(rows, limit);
@@ -298,6 +244,7 @@ pub async fn list(
         .iter()
         .map(|row| HoldRecord {
             hold_id: row.id,
+            credit_type: row.credit_type.clone(),
             amount: row.amount,
             captured: row.captured,
             status: row.status.clone(),

@@ -198,6 +198,8 @@ export interface components {
              * @description Credits to add, 1..=10^12.
              */
             amount: number;
+            /** @description Which of the user's balances (1..=64 of `a-z 0-9 _ -`; default `"credits"`). */
+            credit_type?: string | null;
             /** @description At most 1,000 characters. */
             description?: string | null;
             /** @description When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`. */
@@ -214,7 +216,7 @@ export interface components {
             /** @description The integrator's id for the user (1..=255 bytes). */
             user_id: string;
         };
-        /** @description A user's balance. */
+        /** @description A user's balance of one credit type. */
         BalanceResponse: {
             /**
              * Format: int64
@@ -226,6 +228,7 @@ export interface components {
              * @description Credits the user owns.
              */
             balance: number;
+            credit_type: string;
             /**
              * Format: int64
              * @description Credits reserved by active holds.
@@ -250,6 +253,8 @@ export interface components {
             balance_after: number;
             /** Format: int64 */
             captured: number;
+            /** @description The hold's type: a capture charges that balance. */
+            credit_type: string;
             /** Format: uuid */
             hold_id: string;
             /**
@@ -293,6 +298,8 @@ export interface components {
         DeductRequest: {
             /** Format: int64 */
             amount: number;
+            /** @description Which of the user's balances (default `"credits"`). */
+            credit_type?: string | null;
             description?: string | null;
             metadata?: {
                 [key: string]: string;
@@ -322,9 +329,14 @@ export interface components {
              * @description Signed: negative for what left the balance.
              */
             amount: number;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description The balance of `credit_type` after the entry.
+             */
             balance_after: number;
             created_at: string;
+            /** @description The balance the entry changed. */
+            credit_type: string;
             description?: string | null;
             /** @description When an add's credits expire (null: never). */
             expires_at?: string | null;
@@ -361,6 +373,7 @@ export interface components {
             /** Format: int64 */
             captured: number;
             created_at: string;
+            credit_type: string;
             expires_at: string;
             /** Format: uuid */
             hold_id: string;
@@ -371,6 +384,8 @@ export interface components {
         HoldRequest: {
             /** Format: int64 */
             amount: number;
+            /** @description Which of the user's balances to reserve from (default `"credits"`). */
+            credit_type?: string | null;
             description?: string | null;
             /**
              * Format: int64
@@ -390,6 +405,7 @@ export interface components {
             available: number;
             /** Format: int64 */
             balance: number;
+            credit_type: string;
             expires_at: string;
             /** Format: uuid */
             hold_id: string;
@@ -427,6 +443,8 @@ export interface components {
         RefundResponse: {
             /** Format: int64 */
             balance_after: number;
+            /** @description The refunded entry's type: a refund acts on that balance. */
+            credit_type: string;
             /** Format: uuid */
             ledger_id: string;
             /** Format: uuid */
@@ -445,6 +463,7 @@ export interface components {
             available: number;
             /** Format: int64 */
             balance: number;
+            credit_type: string;
             /** Format: uuid */
             hold_id: string;
             /** Format: int64 */
@@ -474,8 +493,13 @@ export interface components {
         };
         /** @description Answer to an applied add or deduct. */
         WriteResponse: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description The balance of `credit_type` after the write.
+             */
             balance_after: number;
+            /** @description The balance written. */
+            credit_type: string;
             /** Format: uuid */
             ledger_id: string;
             success: boolean;
@@ -1142,6 +1166,8 @@ export interface operations {
         parameters: {
             query: {
                 user_id: string;
+                /** @description default `credits` */
+                credit_type?: string;
             };
             header?: never;
             path?: never;
@@ -1194,6 +1220,8 @@ export interface operations {
                 limit?: number;
                 /** @description next_cursor of the previous page */
                 cursor?: string;
+                /** @description only entries of this type (absent: every type) */
+                credit_type?: string;
             };
             header?: never;
             path?: never;
@@ -1244,6 +1272,8 @@ export interface operations {
                 user_id: string;
                 /** @description active, captured, released or expired */
                 status?: string;
+                /** @description only holds of this type (absent: every type) */
+                credit_type?: string;
                 limit?: number;
                 cursor?: string;
             };

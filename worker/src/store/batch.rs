@@ -12,7 +12,7 @@ use super::account_cache::AccountCache;
 use super::columns::{EntryColumns, ProcessedColumns};
 use super::offsets::{advance_offsets, fence};
 use super::{load, write, Committed, Item, Pools, StoreError};
-use crate::ledger::{self, Account, State};
+use crate::ledger::{self, Account, AccountKey, State, UserKey};
 
 /// Applies `items` (in stream order per partition) in one transaction and moves each partition
 /// of `offsets` from its `expected` last applied sequence to the one given; see
@@ -119,21 +119,29 @@ async fn fast_path(
         ..State::default()
     };
     for envelope in envelopes {
-        let plain = matches!(
-            envelope.command,
+        let credit_type = match &envelope.command {
             Command::Add {
                 expires_at: None,
+                credit_type,
                 ..
-            } | Command::Deduct { .. }
-        );
-        let key = (envelope.app_id, envelope.command.user_id().to_string());
-        let account = cache.remembered(&key)?;
-        if !plain {
+            }
+            | Command::Deduct { credit_type, .. } => credit_type,
+            _ => return None,
+        };
+        let user = (envelope.app_id, envelope.command.user_id().to_string());
+        let rows = cache.remembered(&user)?;
+        // A type the user has no row of yet needs an insert: the full path's.
+        if !rows.iter().any(|(known, _)| known == credit_type) {
             return None;
         }
-        state.accounts.insert(key, account);
+        if !state.last_seq.contains_key(&user) {
+            for (known, account) in rows {
+                state.insert_account((user.0, user.1.clone(), known.clone()), *account);
+            }
+        }
     }
     let before = state.accounts.clone();
+    let users: BTreeSet<UserKey> = state.last_seq.keys().cloned().collect();
     let effects = ledger::fold(&mut state, envelopes);
     let only_entries = effects.payments.is_empty()
         && effects.webhooks.is_empty()
@@ -161,25 +169,26 @@ async fn fast_path(
         }
         Ok(false) => {
             metrics::counter!("tally_worker_fast_path_misses_total").increment(1);
-            cache.fast_batch_failed(before.keys());
+            cache.fast_batch_failed(&users);
             None
         }
         Err(error) => {
             metrics::counter!("tally_worker_fast_path_errors_total").increment(1);
             tracing::debug!(%error, "fast batch failed; taking the full path");
-            cache.fast_batch_failed(before.keys());
+            cache.fast_batch_failed(&users);
             None
         }
     }
 }
 
-/// The fast path's one call (`tally_apply_plain_batch`, migration 0004_fast_batches), committed
+/// The fast path's one call (`tally_apply_plain_batch`, migrations 0004_fast_batches and
+/// 0008_credit_types), committed
 /// on its own. `Ok(false)`: something was not as remembered, and nothing was written.
 #[allow(clippy::too_many_arguments)]
 async fn write_fast(
     pool: &PgPool,
     stream: &str,
-    before: &HashMap<(Uuid, String), Account>,
+    before: &HashMap<AccountKey, Account>,
     state: &State,
     effects: &ledger::Effects,
     expected: &BTreeMap<u32, u64>,
@@ -193,15 +202,17 @@ async fn write_fast(
         .collect();
     let new_seqs: Vec<i64> = offsets.values().map(|s| *s as i64).collect();
 
-    // Every user the batch read, changed or not: a rejection decided on a stale balance must
-    // not commit either. Sorted, so concurrent batches lock rows in one order.
-    let mut users: Vec<(&(Uuid, String), &Account, &Account)> = before
+    // Every row of every user the batch read, changed or not: a rejection decided on a stale
+    // balance must not commit either, and the next entry number depends on all of a user's
+    // rows. Sorted, so concurrent batches lock rows in one order.
+    let mut users: Vec<(&AccountKey, &Account, &Account)> = before
         .iter()
         .map(|(key, old)| (key, old, &state.accounts[key]))
         .collect();
     users.sort_by(|a, b| a.0.cmp(b.0));
     let account_apps: Vec<Uuid> = users.iter().map(|(k, _, _)| k.0).collect();
     let account_users: Vec<&str> = users.iter().map(|(k, _, _)| k.1.as_str()).collect();
+    let account_types: Vec<&str> = users.iter().map(|(k, _, _)| k.2.as_str()).collect();
     let old_balances: Vec<i64> = users.iter().map(|(_, old, _)| old.balance).collect();
     let old_counts: Vec<i64> = users.iter().map(|(_, old, _)| old.entry_count).collect();
     let new_balances: Vec<i64> = users.iter().map(|(_, _, new)| new.balance).collect();
@@ -213,7 +224,7 @@ async fn write_fast(
     let written = sqlx::query(
         "SELECT tally_apply_plain_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                         $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
-                                        $25, $26, $27, $28, $29)",
+                                        $25, $26, $27, $28, $29, $30, $31)",
     )
     .bind(stream)
     .bind(&partitions)
@@ -221,6 +232,7 @@ async fn write_fast(
     .bind(&new_seqs)
     .bind(&account_apps)
     .bind(&account_users)
+    .bind(&account_types)
     .bind(&old_balances)
     .bind(&old_counts)
     .bind(&new_balances)
@@ -228,6 +240,7 @@ async fn write_fast(
     .bind(&entries.ids)
     .bind(&entries.apps)
     .bind(&entries.users)
+    .bind(&entries.credit_types)
     .bind(&entries.seqs)
     .bind(&entries.types)
     .bind(&entries.amounts)
@@ -273,7 +286,7 @@ pub(super) async fn load_and_fold(
     let mut users = load::users(&refs);
     users.extend(extra_users);
     load::processed(tx, &refs, &mut state).await?;
-    load::accounts(tx, &users, &mut state).await?;
+    load::accounts(tx, &users, &load::named_accounts(&refs), &mut state).await?;
     load::payments(tx, &refs, &mut state).await?;
     load::entries(tx, &refs, &mut state).await?;
     load::lots_and_holds(tx, &refs, &users, &mut state).await?;

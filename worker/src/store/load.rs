@@ -7,11 +7,13 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use tally_common::command::{Command, Envelope, Outcome, Status};
+use tally_common::credit_type::CreditType;
 use tally_common::webhook::{Provider, WebhookAction};
 use uuid::Uuid;
 
 use crate::ledger::{
-    self, Account, Allocation, EntryRef, EntryType, Hold, HoldStatus, Lot, Payment, Prior, State,
+    self, Account, AccountKey, Allocation, EntryRef, EntryType, Hold, HoldStatus, Lot, Payment,
+    Prior, State,
 };
 
 /// The stored answers of the batch's command ids (a repeat is answered as the first time), with
@@ -73,41 +75,98 @@ pub(super) fn users(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, String)> {
         .collect()
 }
 
-/// Creates the accounts of new users, then locks and loads every user's account, in key order.
+/// The account rows (user and credit type) the batch's commands grant to or spend from by
+/// name, which may not exist yet. Refunds, captures, releases and clawbacks act on the type of
+/// the entry, hold or payment they name, whose row exists already.
+pub(super) fn named_accounts(envelopes: &[&Envelope]) -> BTreeSet<AccountKey> {
+    fn named(app_id: Uuid, command: &Command, rows: &mut BTreeSet<AccountKey>) {
+        match command {
+            Command::Add {
+                user_id,
+                credit_type,
+                ..
+            }
+            | Command::Deduct {
+                user_id,
+                credit_type,
+                ..
+            }
+            | Command::Hold {
+                user_id,
+                credit_type,
+                ..
+            } => {
+                rows.insert((app_id, user_id.clone(), credit_type.clone()));
+            }
+            Command::Webhook(event) => {
+                if let WebhookAction::Credit {
+                    user_id,
+                    credit_type,
+                    ..
+                } = &event.action
+                {
+                    rows.insert((app_id, user_id.clone(), credit_type.clone()));
+                }
+            }
+            Command::AtomicBatch { operations, .. } => {
+                for operation in operations {
+                    named(app_id, operation, rows);
+                }
+            }
+            Command::Refund { .. } | Command::Capture { .. } | Command::Release { .. } => {}
+        }
+    }
+    let mut rows = BTreeSet::new();
+    for envelope in envelopes {
+        named(envelope.app_id, &envelope.command, &mut rows);
+    }
+    rows
+}
+
+/// Creates the `named` account rows that are new, then locks and loads every row (every credit
+/// type) of every user, in key order.
 pub(super) async fn accounts(
     tx: &mut Transaction<'_, Postgres>,
     users: &BTreeSet<(Uuid, String)>,
+    named: &BTreeSet<AccountKey>,
     state: &mut State,
 ) -> Result<(), sqlx::Error> {
     if users.is_empty() {
         return Ok(());
     }
+    if !named.is_empty() {
+        let apps: Vec<Uuid> = named.iter().map(|k| k.0).collect();
+        let ids: Vec<&str> = named.iter().map(|k| k.1.as_str()).collect();
+        let types: Vec<&str> = named.iter().map(|k| k.2.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO accounts (app_id, user_id, credit_type)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&apps)
+        .bind(&ids)
+        .bind(&types)
+        .execute(&mut **tx)
+        .await?;
+    }
     let (apps, ids): (Vec<Uuid>, Vec<String>) = users.iter().cloned().unzip();
-    sqlx::query(
-        "INSERT INTO accounts (app_id, user_id)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
-    )
-    .bind(&apps)
-    .bind(&ids)
-    .execute(&mut **tx)
-    .await?;
     let rows = sqlx::query(
-        "SELECT a.app_id, a.user_id, a.balance, a.held, a.entry_count
+        "SELECT a.app_id, a.user_id, a.credit_type, a.balance, a.held, a.entry_count
          FROM accounts a JOIN UNNEST($1::uuid[], $2::text[]) AS k(app_id, user_id)
            ON a.app_id = k.app_id AND a.user_id = k.user_id
-         ORDER BY a.app_id, a.user_id FOR UPDATE OF a",
+         ORDER BY a.app_id, a.user_id COLLATE \"C\", a.credit_type COLLATE \"C\" FOR UPDATE OF a",
     )
     .bind(&apps)
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
     for row in rows {
-        state.accounts.insert(
-            (row.get(0), row.get(1)),
+        let credit_type = CreditType::parse(row.get::<&str, _>(2)).expect("constrained by the API");
+        state.insert_account(
+            (row.get(0), row.get(1), credit_type),
             Account {
-                balance: row.get(2),
-                held: row.get(3),
-                entry_count: row.get(4),
+                balance: row.get(3),
+                held: row.get(4),
+                entry_count: row.get(5),
             },
         );
     }
@@ -147,7 +206,7 @@ pub(super) async fn payments(
     let rows = sqlx::query(
         "SELECT p.app_id, p.provider, p.payment_ref, p.ledger_id, p.user_id, p.credits,
                 p.amount_minor, p.refunded_minor, p.disputed_minor, p.clawed_credits,
-                p.unrecovered_credits
+                p.unrecovered_credits, p.credit_type
          FROM payments p JOIN UNNEST($1::uuid[], $2::text[], $3::text[]) AS k(app_id, provider, payment_ref)
            ON p.app_id = k.app_id AND p.provider = k.provider AND p.payment_ref = k.payment_ref
          ORDER BY 1, 2, 3 FOR UPDATE OF p",
@@ -170,6 +229,7 @@ pub(super) async fn payments(
                 disputed_minor: row.get(8),
                 clawed_credits: row.get(9),
                 unrecovered_credits: row.get(10),
+                credit_type: stored_type(row.get(11)),
             },
         );
     }
@@ -195,7 +255,7 @@ pub(super) async fn entries(
         return Ok(());
     }
     let rows = sqlx::query(
-        "SELECT e.id, e.app_id, e.user_id, e.type, e.amount,
+        "SELECT e.id, e.app_id, e.user_id, e.type, e.amount, e.credit_type,
                 COALESCE((SELECT sum(abs(r.amount) + COALESCE((r.metadata->>'unrecovered')::bigint, 0))
                           FROM ledger_entries r WHERE r.refunded_ledger_id = e.id), 0)::bigint
          FROM ledger_entries e WHERE e.id = ANY($1)",
@@ -212,7 +272,8 @@ pub(super) async fn entries(
                 entry_type: EntryType::parse(row.get::<&str, _>(3))
                     .expect("constrained by the schema"),
                 amount: row.get(4),
-                reversed: row.get(5),
+                credit_type: stored_type(row.get(5)),
+                reversed: row.get(6),
             },
         );
     }
@@ -223,6 +284,7 @@ type LotRow = (
     Uuid,
     Uuid,
     String,
+    String,
     i64,
     i64,
     DateTime<Utc>,
@@ -231,6 +293,7 @@ type LotRow = (
 type HoldRow = (
     Uuid,
     Uuid,
+    String,
     String,
     i64,
     i64,
@@ -248,14 +311,21 @@ fn lot_from(row: LotRow) -> Lot {
         id: row.0,
         app_id: row.1,
         user_id: row.2,
-        amount: row.3,
-        remaining: row.4,
-        expires_at: row.5,
-        expired_at: row.6,
+        credit_type: stored_type(&row.3),
+        amount: row.4,
+        remaining: row.5,
+        expires_at: row.6,
+        expired_at: row.7,
     }
 }
 
-const LOT_COLUMNS: &str = "id, app_id, user_id, amount, remaining, expires_at, expired_at";
+/// A credit type read back from the database, where only valid ones are ever written.
+fn stored_type(text: &str) -> CreditType {
+    CreditType::parse(text).expect("only valid credit types are stored")
+}
+
+const LOT_COLUMNS: &str =
+    "id, app_id, user_id, credit_type, amount, remaining, expires_at, expired_at";
 
 /// Loads the users' unexpired lots, the holds the commands name and the users' holds that are
 /// due, the allocations of the deducts being refunded and of those holds, and every lot an
@@ -292,8 +362,8 @@ pub(super) async fn lots_and_holds(
         })
         .collect();
     let rows: Vec<HoldRow> = sqlx::query_as(
-        "SELECT id, app_id, user_id, amount, captured, status, description, metadata, expires_at,
-                ledger_id, command_id, finished_at
+        "SELECT id, app_id, user_id, credit_type, amount, captured, status, description, metadata,
+                expires_at, ledger_id, command_id, finished_at
          FROM holds
          WHERE id = ANY($1)
             OR ((app_id, user_id) IN (SELECT * FROM UNNEST($2::uuid[], $3::text[]))
@@ -311,15 +381,16 @@ pub(super) async fn lots_and_holds(
             id: row.0,
             app_id: row.1,
             user_id: row.2,
-            amount: row.3,
-            captured: row.4,
-            status: HoldStatus::parse(&row.5).expect("constrained by the schema"),
-            description: row.6,
-            metadata: row.7,
-            expires_at: row.8,
-            ledger_id: row.9,
-            command_id: row.10,
-            finished_at: row.11,
+            credit_type: stored_type(&row.3),
+            amount: row.4,
+            captured: row.5,
+            status: HoldStatus::parse(&row.6).expect("constrained by the schema"),
+            description: row.7,
+            metadata: row.8,
+            expires_at: row.9,
+            ledger_id: row.10,
+            command_id: row.11,
+            finished_at: row.12,
         };
         state.holds.insert(hold.id, hold);
     }
@@ -398,6 +469,7 @@ mod tests {
             credits: 5,
             amount_minor: None,
             expires_in_days: None,
+            credit_type: CreditType::default(),
         })
     }
 

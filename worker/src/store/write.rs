@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::columns::{EntryColumns, ProcessedColumns};
 use super::StoreError;
-use crate::ledger::{self, Account, Hold, HoldStatus, Lot, Payment, State};
+use crate::ledger::{self, Account, AccountKey, Hold, HoldStatus, Lot, Payment, State};
 
 /// Appends the new ledger entries.
 pub(super) async fn insert_entries(
@@ -24,14 +24,15 @@ pub(super) async fn insert_entries(
     sqlx::query(
         "INSERT INTO ledger_entries (id, app_id, user_id, seq, type, amount, balance_after, source,
                                      description, metadata, refunded_ledger_id, expires_at, command_id,
-                                     lot_id, hold_id)
+                                     lot_id, hold_id, credit_type)
          SELECT id, app_id, user_id, seq, type, amount, balance_after, source, description,
-                metadata::jsonb, refunded_ledger_id, expires_at, command_id, lot_id, hold_id
+                metadata::jsonb, refunded_ledger_id, expires_at, command_id, lot_id, hold_id,
+                credit_type
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::int8[],
                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::uuid[],
-                     $12::timestamptz[], $13::uuid[], $14::uuid[], $15::uuid[])
+                     $12::timestamptz[], $13::uuid[], $14::uuid[], $15::uuid[], $16::text[])
            AS t(id, app_id, user_id, seq, type, amount, balance_after, source, description,
-                metadata, refunded_ledger_id, expires_at, command_id, lot_id, hold_id)",
+                metadata, refunded_ledger_id, expires_at, command_id, lot_id, hold_id, credit_type)",
     )
     .bind(&columns.ids)
     .bind(&columns.apps)
@@ -48,38 +49,51 @@ pub(super) async fn insert_entries(
     .bind(&columns.commands)
     .bind(&columns.lots)
     .bind(&columns.holds)
+    .bind(&columns.credit_types)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Writes the balance, held amount and entry count of every changed account.
+/// Writes the balance, held amount and entry count of every changed account row. Every row
+/// exists (the loader created the rows the commands name, and the others were written
+/// before); one that does not fails the batch rather than lose its change.
 pub(super) async fn update_accounts(
     tx: &mut Transaction<'_, Postgres>,
-    accounts: &[(&(Uuid, String), &Account)],
-) -> Result<(), sqlx::Error> {
+    accounts: &[(&AccountKey, &Account)],
+) -> Result<(), StoreError> {
     if accounts.is_empty() {
         return Ok(());
     }
     let apps: Vec<Uuid> = accounts.iter().map(|(k, _)| k.0).collect();
     let users: Vec<&str> = accounts.iter().map(|(k, _)| k.1.as_str()).collect();
+    let types: Vec<&str> = accounts.iter().map(|(k, _)| k.2.as_str()).collect();
     let balances: Vec<i64> = accounts.iter().map(|(_, a)| a.balance).collect();
     let held: Vec<i64> = accounts.iter().map(|(_, a)| a.held).collect();
     let counts: Vec<i64> = accounts.iter().map(|(_, a)| a.entry_count).collect();
-    sqlx::query(
+    let updated = sqlx::query(
         "UPDATE accounts a SET balance = u.balance, held = u.held, entry_count = u.entry_count,
                                updated_at = now()
-         FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
-           AS u(app_id, user_id, balance, held, entry_count)
-         WHERE a.app_id = u.app_id AND a.user_id = u.user_id",
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[])
+           AS u(app_id, user_id, credit_type, balance, held, entry_count)
+         WHERE a.app_id = u.app_id AND a.user_id = u.user_id AND a.credit_type = u.credit_type",
     )
     .bind(&apps)
     .bind(&users)
+    .bind(&types)
     .bind(&balances)
     .bind(&held)
     .bind(&counts)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if updated != accounts.len() as u64 {
+        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+            "{} of {} account rows to update were missing",
+            accounts.len() as u64 - updated,
+            accounts.len()
+        ))));
+    }
     Ok(())
 }
 
@@ -106,10 +120,10 @@ pub(super) async fn upsert_payments(
     sqlx::query(
         "INSERT INTO payments (app_id, provider, payment_ref, ledger_id, user_id, credits,
                                amount_minor, refunded_minor, disputed_minor, clawed_credits,
-                               unrecovered_credits)
+                               unrecovered_credits, credit_type)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[],
                               $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                              $11::int8[])
+                              $11::int8[], $12::text[])
          ON CONFLICT (app_id, provider, payment_ref) DO UPDATE SET
              refunded_minor = EXCLUDED.refunded_minor,
              disputed_minor = EXCLUDED.disputed_minor,
@@ -128,6 +142,11 @@ pub(super) async fn upsert_payments(
     .bind(&disputed)
     .bind(&clawed)
     .bind(&unrecovered)
+    .bind(
+        rows.iter()
+            .map(|(_, p)| p.credit_type.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -183,9 +202,10 @@ pub(super) async fn upsert_lots(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO lots (id, app_id, user_id, amount, remaining, expires_at, expired_at)
+        "INSERT INTO lots (id, app_id, user_id, amount, remaining, expires_at, expired_at,
+                           credit_type)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[],
-                              $6::timestamptz[], $7::timestamptz[])
+                              $6::timestamptz[], $7::timestamptz[], $8::text[])
          ON CONFLICT (id) DO UPDATE SET remaining = EXCLUDED.remaining, expired_at = EXCLUDED.expired_at",
     )
     .bind(lots.iter().map(|l| l.id).collect::<Vec<_>>())
@@ -195,6 +215,7 @@ pub(super) async fn upsert_lots(
     .bind(lots.iter().map(|l| l.remaining).collect::<Vec<_>>())
     .bind(lots.iter().map(|l| l.expires_at).collect::<Vec<_>>())
     .bind(lots.iter().map(|l| l.expired_at).collect::<Vec<_>>())
+    .bind(lots.iter().map(|l| l.credit_type.as_str()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -221,14 +242,14 @@ pub(super) async fn upsert_holds(
     }
     sqlx::query(
         "INSERT INTO holds (id, app_id, user_id, amount, captured, status, description, metadata,
-                            expires_at, ledger_id, command_id, finished_at)
+                            expires_at, ledger_id, command_id, finished_at, credit_type)
          SELECT id, app_id, user_id, amount, captured, status, description, metadata::jsonb,
-                expires_at, ledger_id, command_id, finished_at
+                expires_at, ledger_id, command_id, finished_at, credit_type
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::text[],
                      $7::text[], $8::text[], $9::timestamptz[], $10::uuid[], $11::uuid[],
-                     $12::timestamptz[])
+                     $12::timestamptz[], $13::text[])
            AS t(id, app_id, user_id, amount, captured, status, description, metadata, expires_at,
-                ledger_id, command_id, finished_at)
+                ledger_id, command_id, finished_at, credit_type)
          ON CONFLICT (id) DO UPDATE SET captured = EXCLUDED.captured, status = EXCLUDED.status,
              ledger_id = EXCLUDED.ledger_id, finished_at = EXCLUDED.finished_at",
     )
@@ -254,6 +275,12 @@ pub(super) async fn upsert_holds(
     .bind(holds.iter().map(|h| h.ledger_id).collect::<Vec<_>>())
     .bind(holds.iter().map(|h| h.command_id).collect::<Vec<_>>())
     .bind(holds.iter().map(|h| h.finished_at).collect::<Vec<_>>())
+    .bind(
+        holds
+            .iter()
+            .map(|h| h.credit_type.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -52,6 +52,8 @@ class AddRequest(TypedDict):
     """The integrator's id for the user (1..=255 bytes)."""
     amount: int
     """Credits to add, 1..=10^12."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances (1..=64 of `a-z 0-9 _ -`; default `"credits"`)."""
     description: NotRequired[str | None]
     """At most 1,000 characters."""
     expires_at: NotRequired[str | None]
@@ -67,6 +69,8 @@ class DeductRequest(TypedDict):
 
     user_id: str
     amount: int
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances (default `"credits"`)."""
     description: NotRequired[str | None]
     metadata: NotRequired[Mapping[str, str] | None]
 
@@ -87,6 +91,8 @@ class HoldRequest(TypedDict):
 
     user_id: str
     amount: int
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances to reserve from (default `"credits"`)."""
     description: NotRequired[str | None]
     expires_in_seconds: NotRequired[int | None]
     """1..=86400, default 900: released automatically after this long."""
@@ -111,6 +117,8 @@ class BalanceQuery(TypedDict):
     """Query of `GET /credits/balance`."""
 
     user_id: str
+    credit_type: NotRequired[str | None]
+    """default `credits`"""
 
 
 class HistoryQuery(TypedDict):
@@ -121,6 +129,8 @@ class HistoryQuery(TypedDict):
     """1..=200, default 50"""
     cursor: NotRequired[str | None]
     """next_cursor of the previous page"""
+    credit_type: NotRequired[str | None]
+    """only entries of this type (absent: every type)"""
 
 
 class HoldsQuery(TypedDict):
@@ -129,6 +139,8 @@ class HoldsQuery(TypedDict):
     user_id: str
     status: NotRequired[str | None]
     """active, captured, released or expired"""
+    credit_type: NotRequired[str | None]
+    """only holds of this type (absent: every type)"""
     limit: NotRequired[int | None]
     cursor: NotRequired[str | None]
 
@@ -166,9 +178,10 @@ class AcceptedResponse(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class BalanceResponse(Model):
-    """A user's balance."""
+    """A user's balance of one credit type."""
 
     user_id: str
+    credit_type: str
     balance: int
     """Credits the user owns."""
     held: int
@@ -182,6 +195,7 @@ class BalanceResponse(Model):
         return cls(
             _body=body,
             user_id=body["user_id"],
+            credit_type=body["credit_type"],
             balance=body["balance"],
             held=body["held"],
             available=body["available"],
@@ -195,6 +209,8 @@ class CaptureResponse(Model):
 
     success: bool
     user_id: str
+    credit_type: str
+    """The hold's type: a capture charges that balance."""
     hold_id: str
     ledger_id: str
     """The deduct entry the capture wrote."""
@@ -208,6 +224,7 @@ class CaptureResponse(Model):
             _body=body,
             success=body["success"],
             user_id=body["user_id"],
+            credit_type=body["credit_type"],
             hold_id=body["hold_id"],
             ledger_id=body["ledger_id"],
             captured=body["captured"],
@@ -271,9 +288,12 @@ class HistoryEntry(Model):
     ledger_id: str
     type: str
     """add, deduct, refund, payment, expire or clawback."""
+    credit_type: str
+    """The balance the entry changed."""
     amount: int
     """Signed: negative for what left the balance."""
     balance_after: int
+    """The balance of `credit_type` after the entry."""
     metadata: dict[str, Any]
     source: str
     """api, stripe, polar, system or dashboard."""
@@ -293,6 +313,7 @@ class HistoryEntry(Model):
             _body=body,
             ledger_id=body["ledger_id"],
             type=body["type"],
+            credit_type=body["credit_type"],
             amount=body["amount"],
             balance_after=body["balance_after"],
             metadata=body["metadata"],
@@ -330,6 +351,7 @@ class HoldRecord(Model):
     """One hold as listed."""
 
     hold_id: str
+    credit_type: str
     amount: int
     captured: int
     status: str
@@ -342,6 +364,7 @@ class HoldRecord(Model):
         return cls(
             _body=body,
             hold_id=body["hold_id"],
+            credit_type=body["credit_type"],
             amount=body["amount"],
             captured=body["captured"],
             status=body["status"],
@@ -356,6 +379,7 @@ class HoldResponse(Model):
 
     success: bool
     user_id: str
+    credit_type: str
     hold_id: str
     amount: int
     balance: int
@@ -368,6 +392,7 @@ class HoldResponse(Model):
             _body=body,
             success=body["success"],
             user_id=body["user_id"],
+            credit_type=body["credit_type"],
             hold_id=body["hold_id"],
             amount=body["amount"],
             balance=body["balance"],
@@ -416,6 +441,8 @@ class RefundResponse(Model):
 
     success: bool
     user_id: str
+    credit_type: str
+    """The refunded entry's type: a refund acts on that balance."""
     balance_after: int
     ledger_id: str
     refunded_ledger_id: str
@@ -426,6 +453,7 @@ class RefundResponse(Model):
             _body=body,
             success=body["success"],
             user_id=body["user_id"],
+            credit_type=body["credit_type"],
             balance_after=body["balance_after"],
             ledger_id=body["ledger_id"],
             refunded_ledger_id=body["refunded_ledger_id"],
@@ -438,6 +466,7 @@ class ReleaseResponse(Model):
 
     success: bool
     user_id: str
+    credit_type: str
     hold_id: str
     released: int
     balance: int
@@ -449,6 +478,7 @@ class ReleaseResponse(Model):
             _body=body,
             success=body["success"],
             user_id=body["user_id"],
+            credit_type=body["credit_type"],
             hold_id=body["hold_id"],
             released=body["released"],
             balance=body["balance"],
@@ -508,7 +538,10 @@ class WriteResponse(Model):
 
     success: bool
     user_id: str
+    credit_type: str
+    """The balance written."""
     balance_after: int
+    """The balance of `credit_type` after the write."""
     ledger_id: str
 
     @classmethod
@@ -517,6 +550,7 @@ class WriteResponse(Model):
             _body=body,
             success=body["success"],
             user_id=body["user_id"],
+            credit_type=body["credit_type"],
             balance_after=body["balance_after"],
             ledger_id=body["ledger_id"],
         )
