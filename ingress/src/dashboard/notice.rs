@@ -3,6 +3,7 @@
 //! page show one of the dashboard's own messages, not words of its choosing.
 
 use tally_common::apps::{APP_NAME_CHARS_MAX, WEBHOOK_SECRET_CHARS_MAX};
+use tally_common::credit_type::InvalidCreditType;
 use tally_common::error_code::ErrorCode;
 use tally_common::limits::{AMOUNT_MAX, AMOUNT_MIN, DESCRIPTION_CHARS_MAX};
 use tally_common::webhook::Provider;
@@ -65,6 +66,7 @@ impl Said {
                 format!("description: is longer than {DESCRIPTION_CHARS_MAX} characters")
             }
             (Code::ActionMissing, _) => "action: choose add or deduct".into(),
+            (Code::CreditTypeInvalid, _) => format!("credit_type: {InvalidCreditType}"),
             (Code::ConfirmMissing, _) => "confirm: tick the box to refund".into(),
             (Code::NameInvalid, _) => format!("name: must be 1 to {APP_NAME_CHARS_MAX} characters"),
             (Code::ProviderInvalid, _) => "provider: must be stripe or polar".into(),
@@ -127,6 +129,7 @@ pub enum Code {
     AmountInvalid,
     DescriptionTooLong,
     ActionMissing,
+    CreditTypeInvalid,
     ConfirmMissing,
     NameInvalid,
     ProviderInvalid,
@@ -136,7 +139,7 @@ pub enum Code {
 }
 
 /// The codes that are not an error code, as their query spelling.
-const FIXED: [(&str, Code); 13] = [
+const FIXED: [(&str, Code); 14] = [
     ("done", Code::Done),
     ("accepted", Code::Accepted),
     ("key_revoked", Code::KeyRevoked),
@@ -146,6 +149,7 @@ const FIXED: [(&str, Code); 13] = [
     ("amount_invalid", Code::AmountInvalid),
     ("description_too_long", Code::DescriptionTooLong),
     ("action_missing", Code::ActionMissing),
+    ("credit_type_invalid", Code::CreditTypeInvalid),
     ("confirm_missing", Code::ConfirmMissing),
     ("name_invalid", Code::NameInvalid),
     ("provider_invalid", Code::ProviderInvalid),

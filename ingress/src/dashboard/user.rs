@@ -92,9 +92,7 @@ pub async fn adjust(
             None | Some("") => CreditType::default(),
             Some(text) => match CreditType::parse(text.trim()) {
                 Ok(credit_type) => credit_type,
-                Err(invalid) => {
-                    return Ok(redirect_with(&back, Err(format!("credit_type: {invalid}"))))
-                }
+                Err(_) => return Ok(redirect_with(&back, Said::new(Code::CreditTypeInvalid))),
             },
         };
         let command = match form.get("action").map(String::as_str) {
