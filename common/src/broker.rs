@@ -90,6 +90,27 @@ pub fn command_stream_config(names: &Names, partitions: u32, replicas: u16) -> s
     }
 }
 
+/// How long a delivery may wait in its stream: longer than the whole default retry schedule
+/// (about 28 hours) with room for an outage.
+pub const DELIVERY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The stream of outbound event deliveries: a work queue every worker's deliverer shares (a
+/// message is removed once delivered or given up).
+pub fn delivery_stream_config(names: &Names, replicas: u16) -> stream::Config {
+    stream::Config {
+        name: names.delivery_stream(),
+        description: Some("Tally outbound event deliveries to do".to_string()),
+        subjects: vec![names.delivery_subject()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::Old,
+        max_age: DELIVERY_MAX_AGE,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.into(),
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
 /// What [`provision`] does with an existing stream whose replica count differs from the
 /// configured one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +173,7 @@ pub async fn provision(
                         }
                     }
                 }
+                provision_deliveries(js, names, replicas, on_mismatch).await?;
                 return Ok(stream);
             }
             Err(error) => {
@@ -165,6 +187,36 @@ pub async fn provision(
         config.name,
         last_error.map(|e| e.to_string()).unwrap_or_default()
     ))
+}
+
+/// Creates the delivery stream, or brings an existing one's replicas to the configured count
+/// (`Replicas::Apply`).
+async fn provision_deliveries(
+    js: &jetstream::Context,
+    names: &Names,
+    replicas: u16,
+    on_mismatch: Replicas,
+) -> anyhow::Result<()> {
+    let config = delivery_stream_config(names, replicas);
+    let mut stream = js
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot create stream {}: {error}", config.name))?;
+    let info = stream
+        .info()
+        .await
+        .context("cannot read the delivery stream")?;
+    if info.config.num_replicas != usize::from(replicas) && on_mismatch == Replicas::Apply {
+        let mut wanted = info.config.clone();
+        wanted.num_replicas = replicas.into();
+        js.update_stream(wanted).await.with_context(|| {
+            format!(
+                "cannot change stream {} to {replicas} replicas",
+                config.name
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

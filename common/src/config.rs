@@ -69,6 +69,18 @@ pub struct CommonConfig {
         value_parser = clap::value_parser!(u16).range(1..=5)
     )]
     pub stream_replicas: u16,
+
+    /// Outbound event endpoints may use `http` and loopback, private or link-local addresses
+    /// (development, receivers inside the deployment's network). Off: `https` to public
+    /// addresses only.
+    #[arg(
+        long,
+        visible_alias = "tally-webhook-allow-private",
+        env = "TALLY_WEBHOOK_ALLOW_PRIVATE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub webhook_allow_private: bool,
 }
 
 impl CommonConfig {
@@ -82,6 +94,7 @@ impl CommonConfig {
             log_format: crate::telemetry::LogFormat::Text,
             db_pool_size: 16,
             stream_replicas: 1,
+            webhook_allow_private: false,
         }
     }
 }

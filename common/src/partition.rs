@@ -64,6 +64,24 @@ impl Names {
         format!("_INBOX.{}.{}", self.namespace, instance.simple())
     }
 
+    /// The stream of outbound event deliveries to do, e.g. `TALLY_DELIVERIES`.
+    pub fn delivery_stream(&self) -> String {
+        format!(
+            "{}_DELIVERIES",
+            self.namespace.to_uppercase().replace(['.', '-'], "_")
+        )
+    }
+
+    /// Subject of delivery messages ([`crate::events::DeliveryMessage`]), e.g. `tally.delivery`.
+    pub fn delivery_subject(&self) -> String {
+        format!("{}.delivery", self.namespace)
+    }
+
+    /// The durable consumer every worker's deliverer shares, e.g. `tally_deliverers`.
+    pub fn delivery_consumer(&self) -> String {
+        format!("{}_deliverers", self.namespace.replace(['.', '-'], "_"))
+    }
+
     /// Subject where poison commands are parked for an operator.
     pub fn dead_letter_subject(&self) -> String {
         format!("{}.dead_letter", self.namespace)
