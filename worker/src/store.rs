@@ -188,6 +188,7 @@ impl Store {
             expected_last_seq,
             error,
             attempts,
+            &self.rules.current(),
         )
         .await
     }
