@@ -298,6 +298,20 @@ pub fn router(state: AppState) -> Router {
             "/commands/{command_id}",
             get(routes::commands::command_status),
         )
+        .route(
+            "/webhook_endpoints",
+            get(routes::endpoints::list_endpoints).post(routes::endpoints::create_endpoint),
+        )
+        .route(
+            "/webhook_endpoints/{id}",
+            get(routes::endpoints::get_endpoint)
+                .patch(routes::endpoints::update_endpoint)
+                .delete(routes::endpoints::delete_endpoint),
+        )
+        .route(
+            "/webhook_endpoints/{id}/rotate_secret",
+            post(routes::endpoints::rotate_secret),
+        )
         .route("/webhooks/stripe", post(webhooks::stripe_single))
         .route("/webhooks/stripe/{app_id}", post(webhooks::stripe_for_app))
         .route("/webhooks/polar", post(webhooks::polar_single))

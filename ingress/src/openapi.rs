@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
-use crate::routes::{batch, commands, credits, holds};
+use crate::routes::{batch, commands, credits, endpoints, holds};
 use crate::webhooks;
 
 #[derive(OpenApi)]
@@ -15,6 +15,8 @@ use crate::webhooks;
           holds::hold, holds::capture, holds::release, holds::list, batch::batch,
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
           webhooks::list_events,
+          endpoints::create_endpoint, endpoints::list_endpoints, endpoints::get_endpoint,
+          endpoints::update_endpoint, endpoints::delete_endpoint, endpoints::rotate_secret,
           admin::apps, admin::users, admin::user, admin::entries, admin::entry,
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,

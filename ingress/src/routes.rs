@@ -3,5 +3,6 @@
 pub mod batch;
 pub mod commands;
 pub mod credits;
+pub mod endpoints;
 pub mod holds;
 pub mod ops;
