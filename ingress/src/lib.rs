@@ -312,6 +312,20 @@ pub fn router(state: AppState) -> Router {
             "/webhook_endpoints/{id}/rotate_secret",
             post(routes::endpoints::rotate_secret),
         )
+        .route(
+            "/webhook_endpoints/{id}/test",
+            post(routes::deliveries::send_test),
+        )
+        .route(
+            "/webhook_endpoints/{id}/deliveries",
+            get(routes::deliveries::list_deliveries),
+        )
+        .route(
+            "/webhook_deliveries/{id}/redeliver",
+            post(routes::deliveries::redeliver),
+        )
+        .route("/events", get(routes::events::list_outbound_events))
+        .route("/events/{id}", get(routes::events::get_outbound_event))
         .route("/webhooks/stripe", post(webhooks::stripe_single))
         .route("/webhooks/stripe/{app_id}", post(webhooks::stripe_for_app))
         .route("/webhooks/polar", post(webhooks::polar_single))

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
-use crate::routes::{batch, commands, credits, endpoints, holds};
+use crate::routes::{batch, commands, credits, deliveries, endpoints, events, holds};
 use crate::webhooks;
 
 #[derive(OpenApi)]
@@ -17,6 +17,8 @@ use crate::webhooks;
           webhooks::list_events,
           endpoints::create_endpoint, endpoints::list_endpoints, endpoints::get_endpoint,
           endpoints::update_endpoint, endpoints::delete_endpoint, endpoints::rotate_secret,
+          deliveries::send_test, deliveries::list_deliveries, deliveries::redeliver,
+          events::list_outbound_events, events::get_outbound_event,
           admin::apps, admin::users, admin::user, admin::entries, admin::entry,
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,

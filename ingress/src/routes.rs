@@ -3,6 +3,8 @@
 pub mod batch;
 pub mod commands;
 pub mod credits;
+pub mod deliveries;
 pub mod endpoints;
+pub mod events;
 pub mod holds;
 pub mod ops;
