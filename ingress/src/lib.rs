@@ -291,6 +291,12 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/release", post(routes::holds::release))
         .route("/credits/holds", get(routes::holds::list))
         .route("/credits/batch", post(routes::batch::batch))
+        .route(
+            "/credits/alerts",
+            get(routes::alerts::get_alerts)
+                .put(routes::alerts::put_alerts)
+                .delete(routes::alerts::delete_alerts),
+        )
         .route("/credits/balance", get(routes::credits::balance))
         .route("/credits/balances", get(routes::credits::balances))
         .route("/credits/history", get(routes::credits::history))

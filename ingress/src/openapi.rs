@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
-use crate::routes::{batch, commands, credits, deliveries, endpoints, events, holds};
+use crate::routes::{alerts, batch, commands, credits, deliveries, endpoints, events, holds};
 use crate::webhooks;
 
 #[derive(OpenApi)]
@@ -19,6 +19,7 @@ use crate::webhooks;
           endpoints::update_endpoint, endpoints::delete_endpoint, endpoints::rotate_secret,
           deliveries::send_test, deliveries::list_deliveries, deliveries::redeliver,
           events::list_outbound_events, events::get_outbound_event,
+          alerts::put_alerts, alerts::get_alerts, alerts::delete_alerts,
           admin::apps, admin::users, admin::user, admin::entries, admin::entry,
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,

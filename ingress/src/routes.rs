@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod alerts;
 pub mod batch;
 pub mod commands;
 pub mod credits;
