@@ -20,8 +20,8 @@ use crate::routes::endpoints::path_id;
 use crate::validate;
 use crate::AppState;
 
-/// An event as an endpoint receives it (never built: the envelopes are JSON values read by
-/// [`envelopes`]).
+// Never built: the envelopes are JSON values read by `envelopes`; this describes them.
+/// An event as an endpoint receives it.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct EventEnvelope {
