@@ -264,8 +264,9 @@ impl Bus {
     }
 
     /// Asks a worker to deliver one outbound event to one endpoint: publishes `message` on the
-    /// delivery stream under `message_id` (the broker stores one message per id, so retries
-    /// and repeats of a publish are one message) and waits for the broker's ack.
+    /// delivery stream under `message_id` (hyphenated, as the worker's relay writes a delivery's
+    /// id: the broker stores one message per id, so retries and repeats of a publish are one
+    /// message) and waits for the broker's ack.
     pub async fn publish_delivery(
         &self,
         message: &DeliveryMessage,
@@ -274,7 +275,7 @@ impl Bus {
         let subject = self.names.delivery_subject();
         let payload =
             Bytes::from(serde_json::to_vec(message).expect("delivery messages serialize"));
-        let message_id = message_id.simple().to_string();
+        let message_id = message_id.to_string();
         let client = self.js.client();
         let connected = || client.connection_state() == async_nats::connection::State::Connected;
         with_retries(1, connected, || {

@@ -631,7 +631,7 @@ mod deliveries {
         assert_eq!(
             messages,
             [(
-                Some(delivery_id.simple().to_string()),
+                Some(delivery_id.to_string()),
                 DeliveryMessage {
                     delivery_id,
                     redeliver: false
