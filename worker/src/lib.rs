@@ -14,7 +14,9 @@
 //!   one message.
 //!
 //! Beside them the **sweeper** (`sweeper`) expires the due lots and holds of users nobody
-//! touches. [`store`] holds every statement, [`ledger`] the pure fold, `config` the settings.
+//! touches; the **relay** (`relay`) hands the events the batches record to the broker, one
+//! delivery per subscribed endpoint, with [`event_rules`] telling what each app records.
+//! [`store`] holds every statement, [`ledger`] the pure fold, `config` the settings.
 //!
 //! Nothing is acknowledged to the broker: the applied position of each partition lives in
 //! Postgres, advanced in the same transaction as the effects, so a crash at any point either
@@ -22,12 +24,14 @@
 
 mod applier;
 mod config;
+pub mod event_rules;
 mod lanes;
 pub mod ledger;
 mod manager;
 pub mod ownership;
 mod positions;
 mod reader;
+mod relay;
 pub mod store;
 mod sweeper;
 
@@ -84,6 +88,11 @@ pub async fn run(
     )
     .await?;
 
+    let rules = event_rules::start(pool.clone())
+        .await
+        .context("cannot load the apps' event rules")?;
+    let relay = relay::start(pool.clone(), js.clone(), names.clone());
+
     let worker_id = Uuid::now_v7();
     let stream_name = names.command_stream();
     tracing::info!(worker.id = %worker_id, stream = %stream_name, "worker started");
@@ -93,12 +102,13 @@ pub async fn run(
     let mut appliers = Vec::new();
     for (lane, events) in lane_events.into_iter().enumerate() {
         appliers.push(tokio::spawn(applier::run(
-            Store::new(pools.clone(), stream_name.clone()),
+            Store::new(pools.clone(), stream_name.clone(), rules.clone()),
             client.clone(),
             names.clone(),
             config.batch_max,
             events,
             resync_tx.clone(),
+            relay.clone(),
         )));
         tracing::debug!(lane, "applier started");
     }
@@ -112,7 +122,7 @@ pub async fn run(
         lanes,
         client.clone(),
     );
-    let sweeper = tokio::spawn(sweeper::sweep_forever(pool.clone()));
+    let sweeper = tokio::spawn(sweeper::sweep_forever(pool.clone(), rules, relay));
     let mut membership = manager.run(resync_rx, shutdown).await;
     // A sweep interrupted here rolls back; another worker (or the next start) redoes it.
     sweeper.abort();
