@@ -906,3 +906,81 @@ mod isolation {
         );
     }
 }
+
+mod recorded {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::harness::spawn_app;
+
+    /// The app's events of `user_id` once there are `count` of them, newest first.
+    async fn user_events(app: &TestApp, user_id: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, page) = send(
+                app,
+                Method::GET,
+                &format!("/events?user_id={user_id}"),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{page}");
+            let events = page["events"].as_array().unwrap().clone();
+            if events.len() >= count {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "only {events:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn what_the_workers_record_for_the_apis_endpoints_and_alerts_reads_back() {
+        let app = spawn_app().await;
+        let endpoint = create_endpoint(
+            &app,
+            json!({ "url": public_url("recorded"), "events": ["credits.added", "balance.low"] }),
+        )
+        .await;
+        let (status, _) = send(
+            &app,
+            Method::PUT,
+            "/credits/alerts",
+            Some(json!({ "thresholds": [100] })),
+        )
+        .await;
+        assert_eq!(status, 200);
+        // Workers reload an app's configuration within a second of its version changing.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let added = app.add("u1", 150).await;
+        let (status, body) = app.deduct("u1", 100).await;
+        assert_eq!(status, 200, "{body}");
+        let events = user_events(&app, "u1", 2).await;
+        assert_eq!(events[1]["type"], "credits.added");
+        assert_eq!(events[1]["user_id"], "u1");
+        assert_eq!(events[1]["sequence"], 1);
+        assert_eq!(events[1]["data"]["ledger_id"], added["ledger_id"]);
+        assert_eq!(events[1]["data"]["amount"], 150);
+        assert_eq!(events[0]["type"], "balance.low");
+        assert_eq!(events[0]["data"]["threshold"], 100);
+        assert_eq!(events[0]["data"]["available"], 50);
+        let (_, low) = send(&app, Method::GET, "/events?type=balance.low", None).await;
+        assert_eq!(low["events"], json!([events[0]]));
+
+        let endpoint = endpoint["id"].as_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = deliveries(&app, endpoint, "").await;
+            let mut delivered: Vec<&Value> = listed.iter().map(|d| &d["event_id"]).collect();
+            delivered.sort_by_key(|id| id.to_string());
+            let mut recorded: Vec<&Value> = events.iter().map(|e| &e["id"]).collect();
+            recorded.sort_by_key(|id| id.to_string());
+            if delivered == recorded {
+                break;
+            }
+            assert!(Instant::now() < deadline, "deliveries {listed:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
