@@ -8,7 +8,9 @@
 //!   ([`session`], [`access`]).
 //! - Every form carries a CSRF token (an HMAC of the session) and is a POST.
 //! - Writes go through [`crate::admin::submit_for`]: the API's pipeline, `source: "dashboard"`;
-//!   the command's answer becomes the notice on the next page ([`forms`]).
+//!   the command's answer becomes the notice on the next page ([`forms`]). Webhook endpoints
+//!   and balance alerts are written by the API's own functions ([`crate::routes::endpoints`],
+//!   [`crate::routes::deliveries`], [`crate::routes::alerts`]) for the page's app.
 //! - Pages are askama templates (`ingress/templates/`, escaped by default) filled with the
 //!   admin queries' typed rows, one module per page group; [`render`] adds the security
 //!   headers and formats credits and times.
@@ -25,8 +27,10 @@ use axum::Router;
 use crate::AppState;
 
 mod access;
+mod alerts;
 mod app;
 mod apps;
+mod endpoints;
 mod entry;
 mod events;
 mod forms;
@@ -60,12 +64,53 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/dashboard/apps/{app_id}/events", get(events::events_page))
         .route(
+            "/dashboard/apps/{app_id}/endpoints",
+            post(endpoints::create),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/endpoints/{endpoint_id}",
+            get(endpoints::endpoint_page),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/endpoints/{endpoint_id}/enabled",
+            post(endpoints::set_enabled),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/endpoints/{endpoint_id}/rotate",
+            post(endpoints::rotate),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/endpoints/{endpoint_id}/test",
+            post(endpoints::send_test),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/endpoints/{endpoint_id}/delete",
+            post(endpoints::delete),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver",
+            post(endpoints::redeliver),
+        )
+        .route("/dashboard/apps/{app_id}/alerts", post(alerts::set_app))
+        .route(
+            "/dashboard/apps/{app_id}/alerts/drop",
+            post(alerts::drop_app),
+        )
+        .route(
             "/dashboard/apps/{app_id}/users/{user_id}",
             get(user::user_page),
         )
         .route(
             "/dashboard/apps/{app_id}/users/{user_id}/adjust",
             post(user::adjust),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/users/{user_id}/alerts",
+            post(alerts::set_user),
+        )
+        .route(
+            "/dashboard/apps/{app_id}/users/{user_id}/alerts/drop",
+            post(alerts::drop_user),
         )
         .route("/dashboard/entries/{ledger_id}", get(entry::entry_page))
         .route("/dashboard/entries/{ledger_id}/refund", post(entry::refund))

@@ -5,6 +5,7 @@ mod harness;
 
 mod abuse;
 mod admin;
+mod admin_events;
 mod batches;
 mod commands;
 mod concurrency;

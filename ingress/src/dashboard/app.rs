@@ -9,14 +9,19 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
+use tally_common::limits::WEBHOOK_ENDPOINTS_MAX;
 use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
+use super::endpoints::subscribable;
+use super::forms::EVENT_FIELD_PREFIX;
 use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, Notice};
 use super::session::Session;
 use crate::admin::{self, queries};
 use crate::error::ApiError;
+use crate::routes::alerts::{self, EffectiveAlerts};
+use crate::routes::endpoints::{self, Endpoint};
 use crate::validate;
 use crate::AppState;
 
@@ -30,6 +35,15 @@ struct AppPage {
     request: queries::UsersRequest,
     users: queries::UsersPage,
     credentials: Credentials,
+    /// The app's webhook endpoints, and what the form that adds one offers.
+    endpoints: Vec<Endpoint>,
+    endpoints_max: i64,
+    /// Fewer endpoints than the most there can be.
+    can_add_endpoint: bool,
+    event_types: Vec<&'static str>,
+    event_field_prefix: &'static str,
+    /// The app's default balance alert thresholds, per credit type.
+    thresholds: Vec<EffectiveAlerts>,
 }
 
 /// The app's keys (prefix only) and its webhook secrets per provider, read from the JSON of
@@ -140,6 +154,8 @@ pub async fn app_page(
         let credentials = admin::manage::credentials(&state.pool, app.id).await?;
         let credentials: Credentials = serde_json::from_value(credentials)
             .map_err(|error| ApiError::Internal(error.into()))?;
+        let endpoints = endpoints::list(&state.pool, app.id).await?;
+        let thresholds = alerts::effective(&state.pool, app.id, None, None).await?;
         Ok(html(
             StatusCode::OK,
             &AppPage {
@@ -150,6 +166,12 @@ pub async fn app_page(
                 request,
                 users,
                 credentials,
+                can_add_endpoint: (endpoints.len() as i64) < WEBHOOK_ENDPOINTS_MAX,
+                endpoints,
+                endpoints_max: WEBHOOK_ENDPOINTS_MAX,
+                event_types: subscribable(),
+                event_field_prefix: EVENT_FIELD_PREFIX,
+                thresholds,
             },
         ))
     })

@@ -5,13 +5,19 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use tally_common::credit_type::CreditType;
 use tally_common::error_code::ErrorCode;
+use tally_common::events::{EventType, SUBSCRIBE_ALL};
 use tally_common::limits::{AMOUNT_MAX, AMOUNT_MIN, DESCRIPTION_CHARS_MAX};
 
 use super::notice::{Code, Said};
 use crate::error::ApiError;
+use crate::routes::{alerts, endpoints};
 use crate::submit::Answer;
 use crate::validate;
+
+/// What an endpoint form's checkbox of an event type is named: this, then the type's name.
+pub const EVENT_FIELD_PREFIX: &str = "event.";
 
 /// The idempotency key a write form carries (a UUID drawn when the page was rendered), so a
 /// double click or a resent form applies once; with the hash of what the form says.
@@ -55,6 +61,54 @@ pub fn description(form: &HashMap<String, String>) -> Result<Option<String>, Cod
         Some(text) if text.chars().count() > DESCRIPTION_CHARS_MAX => Err(Code::DescriptionTooLong),
         text => Ok(text),
     }
+}
+
+/// The form's `credit_type`, trimmed; the default type when empty.
+pub fn credit_type(form: &HashMap<String, String>) -> Result<CreditType, Code> {
+    match form.get("credit_type").map(|text| text.trim()) {
+        None | Some("") => Ok(CreditType::default()),
+        Some(text) => CreditType::parse(text).map_err(|_| Code::CreditTypeInvalid),
+    }
+}
+
+/// The event types ticked on an endpoint form (one checkbox per type, named
+/// [`EVENT_FIELD_PREFIX`] and the type), as the API checks them ([`endpoints::subscriptions`]);
+/// none ticked: every type.
+pub fn subscriptions(form: &HashMap<String, String>) -> Result<Vec<String>, Code> {
+    let mut ticked: Vec<Value> = form
+        .keys()
+        .filter_map(|name| name.strip_prefix(EVENT_FIELD_PREFIX))
+        .map(|event| Value::String(event.to_string()))
+        .collect();
+    if ticked.is_empty() {
+        ticked.push(Value::String(SUBSCRIBE_ALL.into()));
+    }
+    // In the order the page lists them, whatever order the form's fields came in.
+    ticked.sort_by_key(|event| {
+        EventType::ALL
+            .iter()
+            .position(|known| Some(known.as_str()) == event.as_str())
+    });
+    endpoints::subscriptions(ticked).map_err(|error| Code::for_invalid(&error))
+}
+
+/// The form's `thresholds`: whole numbers separated by commas or spaces, as the API checks
+/// them ([`alerts::thresholds`]); empty: none.
+pub fn thresholds(form: &HashMap<String, String>) -> Result<Vec<i64>, Code> {
+    let text = form
+        .get("thresholds")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let items = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| Code::ThresholdsInvalid)
+        })
+        .collect::<Result<Vec<Value>, Code>>()?;
+    alerts::thresholds(items).map_err(|error| Code::for_invalid(&error))
 }
 
 /// The notice a write submitted for the dashboard leaves on the next page.
@@ -108,6 +162,43 @@ mod tests {
         assert_eq!(description(&form(&[("description", "   ")])), Ok(None));
         let long = "a".repeat(DESCRIPTION_CHARS_MAX + 1);
         assert!(description(&form(&[("description", &long)])).is_err());
+    }
+
+    #[test]
+    fn ticked_event_types_are_checked_like_the_api_and_none_means_every_type() {
+        let none = form(&[("url", "https://example.com")]);
+        assert_eq!(subscriptions(&none), Ok(vec!["*".to_string()]));
+        let two = form(&[("event.balance.low", "on"), ("event.credits.added", "on")]);
+        assert_eq!(
+            subscriptions(&two),
+            Ok(vec!["credits.added".to_string(), "balance.low".to_string()])
+        );
+        let forged = form(&[("event.balance.high", "on")]);
+        assert_eq!(subscriptions(&forged), Err(Code::EventsInvalid));
+    }
+
+    #[test]
+    fn thresholds_are_whole_numbers_separated_by_commas_or_spaces() {
+        let text = |value: &str| thresholds(&form(&[("thresholds", value)]));
+        assert_eq!(text("100, 1000 5"), Ok(vec![1000, 100, 5]));
+        assert_eq!(text(" "), Ok(vec![]));
+        assert_eq!(thresholds(&form(&[])), Ok(vec![]));
+        for refused in ["ten", "0", "1.5", "1,2,3,4,5,6,7,8,9,10,11"] {
+            assert_eq!(text(refused), Err(Code::ThresholdsInvalid), "{refused}");
+        }
+    }
+
+    #[test]
+    fn credit_type_defaults_when_empty_and_is_checked_otherwise() {
+        assert_eq!(credit_type(&form(&[])), Ok(CreditType::default()));
+        assert_eq!(
+            credit_type(&form(&[("credit_type", " gpu_minutes ")])).map(|t| t.as_str().to_string()),
+            Ok("gpu_minutes".to_string())
+        );
+        assert_eq!(
+            credit_type(&form(&[("credit_type", "No Spaces")])),
+            Err(Code::CreditTypeInvalid)
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use tally_common::apps::{APP_NAME_CHARS_MAX, WEBHOOK_SECRET_CHARS_MAX};
 use tally_common::credit_type::InvalidCreditType;
 use tally_common::error_code::ErrorCode;
-use tally_common::limits::{AMOUNT_MAX, AMOUNT_MIN, DESCRIPTION_CHARS_MAX};
+use tally_common::limits::{
+    ALERT_THRESHOLDS_MAX, AMOUNT_MAX, AMOUNT_MIN, DESCRIPTION_CHARS_MAX, WEBHOOK_ENDPOINTS_MAX,
+};
 use tally_common::webhook::Provider;
 
 use super::render::credits;
@@ -43,7 +45,17 @@ impl Said {
     pub fn ok(&self) -> bool {
         matches!(
             self.code,
-            Code::Done | Code::Accepted | Code::KeyRevoked | Code::SecretAdded(_)
+            Code::Done
+                | Code::Accepted
+                | Code::KeyRevoked
+                | Code::SecretAdded(_)
+                | Code::EndpointEnabled
+                | Code::EndpointDisabled
+                | Code::EndpointDeleted
+                | Code::TestSent
+                | Code::Redelivered
+                | Code::ThresholdsSaved
+                | Code::ThresholdsDropped
         )
     }
 
@@ -58,6 +70,41 @@ impl Said {
             (Code::SecretAdded(provider), _) => {
                 format!("The {provider} secret was added; it is accepted within 5 seconds.")
             }
+            (Code::EndpointEnabled, _) => {
+                "Endpoint enabled: events are sent to it again within a second.".into()
+            }
+            (Code::EndpointDisabled, _) => {
+                "Endpoint disabled: no new deliveries go to it from within a second.".into()
+            }
+            (Code::EndpointDeleted, _) => {
+                "Endpoint deleted; its pending deliveries are cancelled.".into()
+            }
+            (Code::TestSent, _) => {
+                "A ping is on its way to this endpoint; its delivery is listed below.".into()
+            }
+            (Code::Redelivered, _) => {
+                "The event is being sent again, as a new attempt of that delivery.".into()
+            }
+            (Code::ThresholdsSaved, _) => {
+                "Thresholds saved; they apply within a second.".into()
+            }
+            (Code::ThresholdsDropped, _) => {
+                "Thresholds dropped; the app's default applies (if any).".into()
+            }
+            (Code::UrlInvalid, _) => "url: must be an absolute https URL of at most 2,048 \
+                characters whose host resolves only to public addresses (unless the deployment \
+                sets TALLY_WEBHOOK_ALLOW_PRIVATE)"
+                .into(),
+            (Code::EventsInvalid, _) => {
+                "events: tick known event types, or none to receive every type".into()
+            }
+            (Code::EndpointsFull, _) => format!(
+                "An app may have at most {WEBHOOK_ENDPOINTS_MAX} webhook endpoints; delete one first."
+            ),
+            (Code::ThresholdsInvalid, _) => format!(
+                "thresholds: at most {ALERT_THRESHOLDS_MAX} whole numbers from {AMOUNT_MIN} to \
+                 {AMOUNT_MAX}, separated by commas"
+            ),
             (Code::AmountRequired, _) => "amount: is required".into(),
             (Code::AmountInvalid, _) => {
                 format!("amount: must be a whole number from {AMOUNT_MIN} to {AMOUNT_MAX}")
@@ -125,6 +172,17 @@ pub enum Code {
     Accepted,
     KeyRevoked,
     SecretAdded(Provider),
+    EndpointEnabled,
+    EndpointDisabled,
+    EndpointDeleted,
+    TestSent,
+    Redelivered,
+    ThresholdsSaved,
+    ThresholdsDropped,
+    UrlInvalid,
+    EventsInvalid,
+    EndpointsFull,
+    ThresholdsInvalid,
     AmountRequired,
     AmountInvalid,
     DescriptionTooLong,
@@ -139,12 +197,23 @@ pub enum Code {
 }
 
 /// The codes that are not an error code, as their query spelling.
-const FIXED: [(&str, Code); 14] = [
+const FIXED: [(&str, Code); 25] = [
     ("done", Code::Done),
     ("accepted", Code::Accepted),
     ("key_revoked", Code::KeyRevoked),
     ("stripe_secret_added", Code::SecretAdded(Provider::Stripe)),
     ("polar_secret_added", Code::SecretAdded(Provider::Polar)),
+    ("endpoint_enabled", Code::EndpointEnabled),
+    ("endpoint_disabled", Code::EndpointDisabled),
+    ("endpoint_deleted", Code::EndpointDeleted),
+    ("test_sent", Code::TestSent),
+    ("redelivered", Code::Redelivered),
+    ("thresholds_saved", Code::ThresholdsSaved),
+    ("thresholds_dropped", Code::ThresholdsDropped),
+    ("url_invalid", Code::UrlInvalid),
+    ("events_invalid", Code::EventsInvalid),
+    ("endpoints_full", Code::EndpointsFull),
+    ("thresholds_invalid", Code::ThresholdsInvalid),
     ("amount_required", Code::AmountRequired),
     ("amount_invalid", Code::AmountInvalid),
     ("description_too_long", Code::DescriptionTooLong),
@@ -189,6 +258,11 @@ impl Code {
                 "name" => Self::NameInvalid,
                 "provider" => Self::ProviderInvalid,
                 "secret" => Self::SecretInvalid,
+                "url" => Self::UrlInvalid,
+                "events" => Self::EventsInvalid,
+                "thresholds" => Self::ThresholdsInvalid,
+                "description" => Self::DescriptionTooLong,
+                "credit_type" => Self::CreditTypeInvalid,
                 _ => Self::Refused(ErrorCode::InvalidRequest),
             },
             other => Self::Refused(other.code()),

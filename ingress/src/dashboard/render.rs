@@ -148,6 +148,20 @@ pub mod filters {
         Ok(text)
     }
 
+    /// A webhook endpoint's `events`, for people: "every type" or the list.
+    #[askama::filter_fn]
+    pub fn subscribed(events: &[String], _: &dyn askama::Values) -> askama::Result<String> {
+        let text = if events
+            .iter()
+            .any(|event| event == tally_common::events::SUBSCRIBE_ALL)
+        {
+            "every type".to_string()
+        } else {
+            events.join(", ")
+        };
+        Ok(text)
+    }
+
     /// The time as the JSON API writes it.
     #[askama::filter_fn]
     pub fn rfc3339(time: &DateTime<Utc>, _: &dyn askama::Values) -> askama::Result<String> {

@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use tally_common::command::Command;
-use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
@@ -17,6 +16,7 @@ use super::forms;
 use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, url, Notice};
 use crate::admin::{self, queries};
+use crate::routes::alerts::{self, EffectiveAlerts};
 use crate::validate;
 use crate::AppState;
 
@@ -38,6 +38,8 @@ struct UserPage<'a> {
     source: Option<&'a str>,
     /// The add/deduct form's idempotency key.
     form_key: Uuid,
+    /// The balance alert thresholds that apply to the user, per credit type.
+    thresholds: Vec<EffectiveAlerts>,
 }
 
 pub async fn user_page(
@@ -52,6 +54,7 @@ pub async fn user_page(
         let request = queries::HistoryRequest::parse(&query)?;
         let detail = queries::user(&state.pool, app.id, &user_id).await?;
         let history = queries::history(&state.pool, app.id, Some(&user_id), &request).await?;
+        let thresholds = alerts::effective(&state.pool, app.id, Some(&user_id), None).await?;
         Ok(html(
             StatusCode::OK,
             &UserPage {
@@ -67,6 +70,7 @@ pub async fn user_page(
                 entry_type: request.entry_type.as_deref(),
                 source: request.source.as_deref(),
                 form_key: Uuid::new_v4(),
+                thresholds,
             },
         ))
     })
@@ -88,12 +92,9 @@ pub async fn adjust(
             Ok(input) => input,
             Err(code) => return Ok(redirect_with(&back, Said::new(code))),
         };
-        let credit_type = match form.get("credit_type").map(String::as_str) {
-            None | Some("") => CreditType::default(),
-            Some(text) => match CreditType::parse(text.trim()) {
-                Ok(credit_type) => credit_type,
-                Err(_) => return Ok(redirect_with(&back, Said::new(Code::CreditTypeInvalid))),
-            },
+        let credit_type = match forms::credit_type(&form) {
+            Ok(credit_type) => credit_type,
+            Err(code) => return Ok(redirect_with(&back, Said::new(code))),
         };
         let command = match form.get("action").map(String::as_str) {
             Some("add") => Command::Add {

@@ -11,9 +11,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::PgPool;
 use tally_common::credit_type::CreditType;
 use tally_common::limits::ALERT_THRESHOLDS_MAX;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -24,6 +26,8 @@ use crate::AppState;
 
 /// The `user_id` under which an app's default list is stored.
 const APP_DEFAULT: &str = "";
+/// Most credit types [`effective`] lists (an app has a handful; the dashboard shows them all).
+const CREDIT_TYPES_LISTED_MAX: i64 = 200;
 
 /// Body of `PUT /credits/alerts`.
 #[derive(ToSchema)]
@@ -42,25 +46,25 @@ pub struct AlertsRequest {
 #[derive(Serialize, ToSchema)]
 pub struct Alerts {
     /// Null for the app's default.
-    user_id: Option<String>,
-    credit_type: String,
+    pub user_id: Option<String>,
+    pub credit_type: String,
     /// Highest first, each once.
-    thresholds: Vec<i64>,
+    pub thresholds: Vec<i64>,
 }
 
 /// The thresholds that apply to a user (or, without a user, the app's default).
 #[derive(Serialize, ToSchema)]
 pub struct EffectiveAlerts {
-    user_id: Option<String>,
-    credit_type: String,
-    thresholds: Vec<i64>,
+    pub user_id: Option<String>,
+    pub credit_type: String,
+    pub thresholds: Vec<i64>,
     /// `user` (the user's own list), `app` (the app's default) or `none`.
-    source: String,
+    pub source: String,
 }
 
 /// The thresholds of a request: at most [`ALERT_THRESHOLDS_MAX`] amounts, highest first, each
 /// once.
-fn thresholds(items: Vec<Value>) -> Result<Vec<i64>, ApiError> {
+pub fn thresholds(items: Vec<Value>) -> Result<Vec<i64>, ApiError> {
     if items.len() > ALERT_THRESHOLDS_MAX {
         return Err(ApiError::field(
             "thresholds",
@@ -103,25 +107,37 @@ pub async fn put_alerts(
         None => return Err(ApiError::field("thresholds", "is required")),
     };
     fields.finish()?;
-    let mut tx = state.pool.begin().await?;
-    bump_event_config(&mut tx, auth.app_id).await?;
+    let alerts = set(&state.pool, auth.app_id, user_id, credit_type, thresholds).await?;
+    Ok(Json(alerts))
+}
+
+/// Sets the app's default list of `credit_type` (without `user_id`) or that user's own.
+pub async fn set(
+    pool: &PgPool,
+    app_id: Uuid,
+    user_id: Option<String>,
+    credit_type: CreditType,
+    thresholds: Vec<i64>,
+) -> Result<Alerts, ApiError> {
+    let mut tx = pool.begin().await?;
+    bump_event_config(&mut tx, app_id).await?;
     sqlx::query(
         "INSERT INTO balance_alerts (app_id, user_id, credit_type, thresholds) VALUES ($1, $2, $3, $4)
          ON CONFLICT (app_id, user_id, credit_type)
          DO UPDATE SET thresholds = EXCLUDED.thresholds, updated_at = now()",
     )
-    .bind(auth.app_id)
+    .bind(app_id)
     .bind(user_id.as_deref().unwrap_or(APP_DEFAULT))
     .bind(credit_type.as_str())
     .bind(&thresholds)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(Alerts {
+    Ok(Alerts {
         user_id,
         credit_type: credit_type.as_str().to_string(),
         thresholds,
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/credits/alerts",
@@ -135,29 +151,53 @@ pub async fn get_alerts(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<EffectiveAlerts>, ApiError> {
     let (user_id, credit_type) = whose(&query)?;
-    // The user's own list if any, else the app's default ('' sorts before every user id).
-    let found: Option<(String, Vec<i64>)> = sqlx::query_as(
-        "SELECT user_id, thresholds FROM balance_alerts
-         WHERE app_id = $1 AND credit_type = $2 AND user_id IN ($3, $4)
-         ORDER BY user_id DESC LIMIT 1",
+    let found = effective(
+        &state.pool,
+        auth.app_id,
+        user_id.as_deref(),
+        Some(&credit_type),
     )
-    .bind(auth.app_id)
-    .bind(credit_type.as_str())
-    .bind(APP_DEFAULT)
-    .bind(user_id.as_deref().unwrap_or(APP_DEFAULT))
-    .fetch_optional(&state.pool)
-    .await?;
-    let (source, thresholds) = match found {
-        Some((owner, thresholds)) if owner == APP_DEFAULT => ("app", thresholds),
-        Some((_, thresholds)) => ("user", thresholds),
-        None => ("none", Vec::new()),
-    };
-    Ok(Json(EffectiveAlerts {
+    .await?
+    .pop();
+    Ok(Json(found.unwrap_or_else(|| EffectiveAlerts {
         user_id,
         credit_type: credit_type.as_str().to_string(),
-        thresholds,
-        source: source.to_string(),
-    }))
+        thresholds: Vec::new(),
+        source: "none".to_string(),
+    })))
+}
+
+/// The lists that apply to `user_id` (or, without one, the app's defaults), one per credit
+/// type that has one (only `credit_type`'s, when given), by credit type: the user's own list
+/// where there is one, else the app's default.
+pub async fn effective(
+    pool: &PgPool,
+    app_id: Uuid,
+    user_id: Option<&str>,
+    credit_type: Option<&CreditType>,
+) -> Result<Vec<EffectiveAlerts>, ApiError> {
+    // Per credit type the user's own list first ('' sorts before every user id).
+    let rows: Vec<(String, String, Vec<i64>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (credit_type) credit_type, user_id, thresholds FROM balance_alerts
+         WHERE app_id = $1 AND user_id IN ($2, $3) AND ($4::text IS NULL OR credit_type = $4)
+         ORDER BY credit_type, user_id DESC LIMIT $5",
+    )
+    .bind(app_id)
+    .bind(APP_DEFAULT)
+    .bind(user_id.unwrap_or(APP_DEFAULT))
+    .bind(credit_type.map(CreditType::as_str))
+    .bind(CREDIT_TYPES_LISTED_MAX)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(credit_type, owner, thresholds)| EffectiveAlerts {
+            user_id: user_id.map(str::to_string),
+            credit_type,
+            thresholds,
+            source: if owner == APP_DEFAULT { "app" } else { "user" }.to_string(),
+        })
+        .collect())
 }
 
 #[utoipa::path(delete, path = "/credits/alerts",
@@ -171,21 +211,32 @@ pub async fn delete_alerts(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
     let (user_id, credit_type) = whose(&query)?;
-    let mut tx = state.pool.begin().await?;
+    drop_list(&state.pool, auth.app_id, user_id.as_deref(), &credit_type).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drops the user's own list of `credit_type` (without `user_id`, the app's default), if any.
+pub async fn drop_list(
+    pool: &PgPool,
+    app_id: Uuid,
+    user_id: Option<&str>,
+    credit_type: &CreditType,
+) -> Result<(), ApiError> {
+    let mut tx = pool.begin().await?;
     let deleted = sqlx::query(
         "DELETE FROM balance_alerts WHERE app_id = $1 AND user_id = $2 AND credit_type = $3",
     )
-    .bind(auth.app_id)
-    .bind(user_id.as_deref().unwrap_or(APP_DEFAULT))
+    .bind(app_id)
+    .bind(user_id.unwrap_or(APP_DEFAULT))
     .bind(credit_type.as_str())
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if deleted > 0 {
-        bump_event_config(&mut tx, auth.app_id).await?;
+        bump_event_config(&mut tx, app_id).await?;
     }
     tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[cfg(test)]

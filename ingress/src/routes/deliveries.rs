@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::PgPool;
 use tally_common::events::{DeliveryMessage, EventType};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -25,33 +26,33 @@ use crate::AppState;
 /// One event sent to one endpoint, and how its attempts went.
 #[derive(Serialize, ToSchema, sqlx::FromRow)]
 pub struct Delivery {
-    id: Uuid,
-    event_id: Uuid,
-    event_type: String,
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
     /// pending, succeeded, failed, or cancelled (its endpoint was deleted).
-    status: String,
-    attempts: i32,
+    pub status: String,
+    pub attempts: i32,
     #[serde(serialize_with = "optional_time_json")]
     #[schema(value_type = Option<String>)]
-    last_attempt_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
     /// The HTTP status the endpoint last answered; null if it never answered.
-    last_status_code: Option<i16>,
+    pub last_status_code: Option<i16>,
     /// Why the last attempt failed; null if it did not.
-    last_error: Option<String>,
+    pub last_error: Option<String>,
     /// When the next attempt is due; null once the delivery is settled.
     #[serde(serialize_with = "optional_time_json")]
     #[schema(value_type = Option<String>)]
-    next_attempt_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
     /// Pages by it; not part of the JSON.
     #[serde(skip)]
     #[schema(ignore)]
-    created_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct DeliveriesResponse {
-    deliveries: Vec<Delivery>,
-    next_cursor: Option<String>,
+    pub deliveries: Vec<Delivery>,
+    pub next_cursor: Option<String>,
 }
 
 /// Answer to a test: the `ping` event sent.
@@ -83,6 +84,12 @@ pub async fn send_test(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let endpoint_id = path_id(&id)?;
+    let event_id = ping(&state, auth.app_id, endpoint_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(TestResponse { event_id })).into_response())
+}
+
+/// Sends a `ping` event to the app's endpoint `endpoint_id` only; the event's id.
+pub async fn ping(state: &AppState, app_id: Uuid, endpoint_id: Uuid) -> Result<Uuid, ApiError> {
     let (event_id, delivery_id) = (Uuid::now_v7(), Uuid::now_v7());
     let mut tx = state.pool.begin().await?;
     // Locked, so that a concurrent delete waits and then cancels this delivery too.
@@ -91,7 +98,7 @@ pub async fn send_test(
          WHERE id = $1 AND app_id = $2 AND deleted_at IS NULL FOR SHARE",
     )
     .bind(endpoint_id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .fetch_optional(&mut *tx)
     .await?;
     found.ok_or_else(|| no_endpoint(endpoint_id))?;
@@ -101,7 +108,7 @@ pub async fn send_test(
          ON CONFLICT (app_id, user_id) DO UPDATE SET last_seq = event_sequences.last_seq + 1
          RETURNING last_seq",
     )
-    .bind(auth.app_id)
+    .bind(app_id)
     .fetch_one(&mut *tx)
     .await?;
     // Relayed here and now (its one delivery is written with it), so no relay picks it up.
@@ -110,7 +117,7 @@ pub async fn send_test(
          VALUES ($1, $2, NULL, $3, $4, '{}'::jsonb, $5, true)",
     )
     .bind(event_id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .bind(EventType::Ping.as_str())
     .bind(sequence)
     .bind(endpoint_id)
@@ -123,7 +130,7 @@ pub async fn send_test(
     .bind(delivery_id)
     .bind(event_id)
     .bind(endpoint_id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .bind(EventType::Ping.as_str())
     .execute(&mut *tx)
     .await?;
@@ -134,10 +141,10 @@ pub async fn send_test(
         redeliver: false,
     };
     if let Err(error) = state.bus.publish_delivery(&message, delivery_id).await {
-        withdraw_test(&state, delivery_id, event_id).await;
+        withdraw_test(state, delivery_id, event_id).await;
         return Err(not_sent(error));
     }
-    Ok((StatusCode::ACCEPTED, Json(TestResponse { event_id })).into_response())
+    Ok(event_id)
 }
 
 /// Takes back a test the broker did not accept, so that a refused test leaves nothing behind.
@@ -174,6 +181,19 @@ pub async fn list_deliveries(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<DeliveriesResponse>, ApiError> {
     let endpoint_id = path_id(&id)?;
+    Ok(Json(
+        page(&state.pool, auth.app_id, endpoint_id, &query).await?,
+    ))
+}
+
+/// A page of the app's endpoint `endpoint_id`'s deliveries, newest first, as `query`
+/// (`status`, `limit`, `cursor`) asks.
+pub async fn page(
+    pool: &PgPool,
+    app_id: Uuid,
+    endpoint_id: Uuid,
+    query: &HashMap<String, String>,
+) -> Result<DeliveriesResponse, ApiError> {
     let status = match query.get("status").map(String::as_str) {
         None => None,
         Some(status @ ("pending" | "succeeded" | "failed")) => Some(status.to_string()),
@@ -184,10 +204,10 @@ pub async fn list_deliveries(
             ))
         }
     };
-    let limit = page_limit(&query)?;
-    let before = time_cursor(DELIVERIES_CURSOR, &query)?;
-    let mut connection = state.pool.acquire().await?;
-    endpoint(&mut connection, auth.app_id, endpoint_id).await?;
+    let limit = page_limit(query)?;
+    let before = time_cursor(DELIVERIES_CURSOR, query)?;
+    let mut connection = pool.acquire().await?;
+    endpoint(&mut connection, app_id, endpoint_id).await?;
     let rows: Vec<Delivery> = sqlx::query_as(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
          WHERE endpoint_id = $1 AND app_id = $2 AND ($3::text IS NULL OR status = $3)
@@ -195,7 +215,7 @@ pub async fn list_deliveries(
          ORDER BY created_at DESC, id DESC LIMIT $6"
     ))
     .bind(endpoint_id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .bind(status)
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1).unwrap_or_default())
@@ -207,10 +227,10 @@ pub async fn list_deliveries(
         let last = deliveries.last().expect("a full page");
         encode_time_cursor(DELIVERIES_CURSOR, last.created_at, last.id)
     });
-    Ok(Json(DeliveriesResponse {
+    Ok(DeliveriesResponse {
         deliveries,
         next_cursor,
-    }))
+    })
 }
 
 #[utoipa::path(post, path = "/webhook_deliveries/{id}/redeliver", params(("id" = Uuid, Path)),
@@ -224,6 +244,17 @@ pub async fn redeliver(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let delivery_id = path_id(&id)?;
+    let delivery = redeliver_one(&state, auth.app_id, delivery_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(delivery)).into_response())
+}
+
+/// Sends the app's delivery `delivery_id` again now, as a new attempt of it; the delivery,
+/// `pending` again.
+pub async fn redeliver_one(
+    state: &AppState,
+    app_id: Uuid,
+    delivery_id: Uuid,
+) -> Result<Delivery, ApiError> {
     let mut tx = state.pool.begin().await?;
     // A delivery to a deleted endpoint is gone with it.
     let delivery: Delivery = sqlx::query_as(&format!(
@@ -233,7 +264,7 @@ pub async fn redeliver(
          RETURNING {DELIVERY_COLUMNS}"
     ))
     .bind(delivery_id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("no webhook delivery {delivery_id}")))?;
@@ -250,5 +281,5 @@ pub async fn redeliver(
         .await
         .map_err(not_sent)?;
     tx.commit().await?;
-    Ok((StatusCode::ACCEPTED, Json(delivery)).into_response())
+    Ok(delivery)
 }

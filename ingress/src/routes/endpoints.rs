@@ -16,7 +16,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use tally_common::events::{EventType, SUBSCRIBE_ALL};
 use tally_common::limits::WEBHOOK_ENDPOINTS_MAX;
 use tally_common::outbound;
@@ -67,21 +67,26 @@ pub struct UpdateEndpointRequest {
 /// An endpoint.
 #[derive(Serialize, ToSchema, sqlx::FromRow)]
 pub struct Endpoint {
-    id: Uuid,
-    url: String,
+    pub id: Uuid,
+    pub url: String,
     /// The event types it receives, or `["*"]`: every type.
-    events: Vec<String>,
-    description: Option<String>,
+    pub events: Vec<String>,
+    pub description: Option<String>,
     /// Whether deliveries go to it (false once disabled by a `PATCH`, or after 5 days of
     /// failed deliveries).
-    enabled: bool,
+    pub enabled: bool,
+    /// Why workers disabled it (its deliveries failed for 5 days); the dashboard shows it, the
+    /// API does not.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub disabled_reason: Option<String>,
     /// `whsec_` and base64 of 32 random bytes: in the answer to a create only.
     #[sqlx(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    secret: Option<String>,
+    pub secret: Option<String>,
     #[serde(serialize_with = "time_json")]
     #[schema(value_type = String)]
-    created_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -95,8 +100,27 @@ pub struct SecretResponse {
     secret: String,
 }
 
+/// A new endpoint, its `events` and `description` checked ([`subscriptions`],
+/// [`Fields::description`]); [`create`] checks its URL.
+pub struct NewEndpoint {
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// What an update changes (`None`: left as it is), its `events` checked; [`update`] checks
+/// the URL.
+#[derive(Default)]
+pub struct EndpointChange {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    /// `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
 /// The select list of an [`Endpoint`].
-const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, created_at";
+const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, disabled_reason, created_at";
 
 /// Bumps the version of the app's event configuration (endpoints and alerts), in the
 /// transaction of the change, so that workers reload it.
@@ -171,7 +195,7 @@ async fn check_url(state: &AppState, text: String) -> Result<String, ApiError> {
 
 /// The `events` of a request: names of event types other than `ping`, each once, or exactly
 /// `["*"]`.
-fn subscriptions(items: Vec<Value>) -> Result<Vec<String>, ApiError> {
+pub fn subscriptions(items: Vec<Value>) -> Result<Vec<String>, ApiError> {
     let refuse = |message: String| ApiError::field("events", message);
     let mut events: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
@@ -220,14 +244,29 @@ pub async fn create_endpoint(
     };
     let description = fields.description()?;
     fields.finish()?;
-    let url = check_url(&state, url).await?;
+    let new = NewEndpoint {
+        url,
+        events,
+        description,
+    };
+    let endpoint = create(&state, auth.app_id, new).await?;
+    Ok((StatusCode::CREATED, Json(endpoint)).into_response())
+}
 
+/// Creates an endpoint of the app once its URL passes [`check_url`]; the answer carries its
+/// secret (shown only now). `400` past [`WEBHOOK_ENDPOINTS_MAX`].
+pub async fn create(
+    state: &AppState,
+    app_id: Uuid,
+    new: NewEndpoint,
+) -> Result<Endpoint, ApiError> {
+    let url = check_url(state, new.url).await?;
     let mut tx = state.pool.begin().await?;
-    bump_event_config(&mut tx, auth.app_id).await?;
+    bump_event_config(&mut tx, app_id).await?;
     let count: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM webhook_endpoints WHERE app_id = $1 AND deleted_at IS NULL",
     )
-    .bind(auth.app_id)
+    .bind(app_id)
     .fetch_one(&mut *tx)
     .await?;
     if count >= WEBHOOK_ENDPOINTS_MAX {
@@ -241,16 +280,16 @@ pub async fn create_endpoint(
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ENDPOINT_COLUMNS}"
     ))
     .bind(Uuid::now_v7())
-    .bind(auth.app_id)
+    .bind(app_id)
     .bind(&url)
-    .bind(&events)
-    .bind(&description)
+    .bind(&new.events)
+    .bind(&new.description)
     .bind(&secret)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     endpoint.secret = Some(secret);
-    Ok((StatusCode::CREATED, Json(endpoint)).into_response())
+    Ok(endpoint)
 }
 
 #[utoipa::path(get, path = "/webhook_endpoints",
@@ -260,14 +299,19 @@ pub async fn list_endpoints(
     State(state): State<AppState>,
     auth: Auth,
 ) -> Result<Json<EndpointsResponse>, ApiError> {
-    let endpoints = sqlx::query_as(&format!(
+    let endpoints = list(&state.pool, auth.app_id).await?;
+    Ok(Json(EndpointsResponse { endpoints }))
+}
+
+/// The app's endpoints, oldest first.
+pub async fn list(pool: &PgPool, app_id: Uuid) -> Result<Vec<Endpoint>, ApiError> {
+    Ok(sqlx::query_as(&format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
          WHERE app_id = $1 AND deleted_at IS NULL ORDER BY created_at, id"
     ))
-    .bind(auth.app_id)
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(EndpointsResponse { endpoints }))
+    .bind(app_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 #[utoipa::path(get, path = "/webhook_endpoints/{id}", params(("id" = Uuid, Path)),
@@ -308,13 +352,32 @@ pub async fn update_endpoint(
     let description = fields.description()?;
     let enabled = fields.optional_bool("enabled")?;
     fields.finish()?;
-    let url = match url {
-        Some(url) => Some(check_url(&state, url).await?),
+    let change = EndpointChange {
+        url,
+        events,
+        description: if clear_description {
+            Some(None)
+        } else {
+            description.map(Some)
+        },
+        enabled,
+    };
+    Ok(Json(update(&state, auth.app_id, id, change).await?))
+}
+
+/// Changes the app's endpoint `id` (a new URL once it passes [`check_url`]).
+pub async fn update(
+    state: &AppState,
+    app_id: Uuid,
+    id: Uuid,
+    change: EndpointChange,
+) -> Result<Endpoint, ApiError> {
+    let url = match change.url {
+        Some(url) => Some(check_url(state, url).await?),
         None => None,
     };
-
     let mut tx = state.pool.begin().await?;
-    bump_event_config(&mut tx, auth.app_id).await?;
+    bump_event_config(&mut tx, app_id).await?;
     let endpoint: Endpoint = sqlx::query_as(&format!(
         // Enabling a disabled endpoint forgets the failures that may have disabled it.
         "UPDATE webhook_endpoints SET
@@ -329,17 +392,17 @@ pub async fn update_endpoint(
          RETURNING {ENDPOINT_COLUMNS}"
     ))
     .bind(id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .bind(url)
-    .bind(events)
-    .bind(clear_description)
-    .bind(description)
-    .bind(enabled)
+    .bind(change.events)
+    .bind(matches!(change.description, Some(None)))
+    .bind(change.description.flatten())
+    .bind(change.enabled)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| no_endpoint(id))?;
     tx.commit().await?;
-    Ok(Json(endpoint))
+    Ok(endpoint)
 }
 
 #[utoipa::path(delete, path = "/webhook_endpoints/{id}", params(("id" = Uuid, Path)),
@@ -352,15 +415,21 @@ pub async fn delete_endpoint(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = path_id(&id)?;
-    let mut tx = state.pool.begin().await?;
-    bump_event_config(&mut tx, auth.app_id).await?;
+    delete(&state.pool, auth.app_id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the app's endpoint `id` and cancels its pending deliveries.
+pub async fn delete(pool: &PgPool, app_id: Uuid, id: Uuid) -> Result<(), ApiError> {
+    let mut tx = pool.begin().await?;
+    bump_event_config(&mut tx, app_id).await?;
     // Kept, for the deliveries that name it, but never listed or called again.
     let deleted = sqlx::query(
         "UPDATE webhook_endpoints SET deleted_at = now(), updated_at = now()
          WHERE id = $1 AND app_id = $2 AND deleted_at IS NULL",
     )
     .bind(id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -375,7 +444,7 @@ pub async fn delete_endpoint(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/webhook_endpoints/{id}/rotate_secret", params(("id" = Uuid, Path)),
@@ -388,9 +457,16 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
 ) -> Result<Json<SecretResponse>, ApiError> {
     let id = path_id(&id)?;
+    let secret = rotate(&state.pool, auth.app_id, id).await?;
+    Ok(Json(SecretResponse { secret }))
+}
+
+/// Gives the app's endpoint `id` a new secret, keeping the previous one signing for 24 h; the
+/// new secret (shown only now).
+pub async fn rotate(pool: &PgPool, app_id: Uuid, id: Uuid) -> Result<String, ApiError> {
     let secret = new_secret();
-    let mut tx = state.pool.begin().await?;
-    bump_event_config(&mut tx, auth.app_id).await?;
+    let mut tx = pool.begin().await?;
+    bump_event_config(&mut tx, app_id).await?;
     let rotated = sqlx::query(
         "UPDATE webhook_endpoints SET previous_secret = secret,
              previous_secret_until = now() + make_interval(secs => $4),
@@ -398,7 +474,7 @@ pub async fn rotate_secret(
          WHERE id = $1 AND app_id = $2 AND deleted_at IS NULL",
     )
     .bind(id)
-    .bind(auth.app_id)
+    .bind(app_id)
     .bind(&secret)
     .bind(PREVIOUS_SECRET_SECONDS)
     .execute(&mut *tx)
@@ -408,7 +484,7 @@ pub async fn rotate_secret(
         return Err(no_endpoint(id));
     }
     tx.commit().await?;
-    Ok(Json(SecretResponse { secret }))
+    Ok(secret)
 }
 
 #[cfg(test)]
