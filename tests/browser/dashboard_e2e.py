@@ -6,8 +6,10 @@ against a running stack. Standard library only.
 
 Logs in (after a wrong token is refused), opens the app, finds a user, reads the history,
 refunds an entry and sees the balance change, adds credits by hand, sees credits added through
-the API appear without a reload, checks the page fits 390 px, that no request left the origin
-and that no script error was logged; saves a screenshot of each view.
+the API appear without a reload, adds a webhook endpoint (a receiver on 127.0.0.1: the stack
+allows private endpoints) and sees it listed with its test ping, sets the app's and a user's
+balance alert thresholds, checks the page fits 390 px, that no request left the origin and
+that no script error was logged; saves a screenshot of each view.
 """
 
 import base64
@@ -16,10 +18,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 CHROMIUM = os.environ.get("TALLY_CHROMIUM_BIN", "/usr/bin/chromium")
@@ -133,6 +137,18 @@ def wait_for(what, probe, seconds):
     raise Failure(f"{what} did not happen within {seconds} s (last: {last!r})")
 
 
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook endpoint that answers 204 to every delivery."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -150,6 +166,8 @@ def run(base, token, api_key, shots):
                                                             "description": "AI generation"}, key)
     check(status == 200, f"seeding a deduct: {spent}")
 
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
     port = free_port()
     driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -240,6 +258,62 @@ def run(base, token, api_key, shots):
         wait_for("the events view", lambda: "Webhook events" in browser.text("h1"), 10)
         browser.screenshot(shots, "events")
 
+        # Add a webhook endpoint for two event types: its secret is shown once, it is listed.
+        receiver_url = f"http://127.0.0.1:{receiver.server_address[1]}/tally-events"
+        browser.go(app_url)
+        browser.js("[...document.querySelectorAll('summary')].find(s => s.textContent.includes('Add an endpoint')).click()")
+        browser.type("#endpoint-url", receiver_url)
+        browser.click("input[name='event.balance.low']")
+        browser.click("input[name='event.credits.added']")
+        browser.type("#endpoint-description", "Billing emails")
+        browser.click("form[action$='/endpoints'] button")
+        secret = wait_for("the endpoint's secret", lambda: browser.js(
+            "return (document.querySelector('#new-secret') || {}).textContent"), 10)
+        check(secret.startswith("whsec_") and secret not in browser.url(), f"secret: {secret}")
+        browser.screenshot(shots, "endpoint-secret")
+        status, listed = http("GET", f"{base}/webhook_endpoints", None, key)
+        check(status == 200 and [e["url"] for e in listed["endpoints"]] == [receiver_url],
+              f"the API lists the endpoint: {listed}")
+        browser.go(app_url)
+        endpoints = browser.text("#endpoints")
+        check(receiver_url in endpoints and "credits.added, balance.low" in endpoints
+              and "enabled" in endpoints, f"endpoints: {endpoints}")
+        check(secret not in browser.js("return document.body.innerHTML"), "the secret is shown once")
+
+        # Its page: send a test ping, see its delivery.
+        browser.click("#endpoints a")
+        wait_for("the endpoint view", lambda: "/endpoints/" in browser.url(), 10)
+        browser.click("#send-test")
+        wait_for("the test's notice", lambda: "ping is on its way" in browser.js(
+            "return (document.querySelector('[role=status]') || {}).textContent || ''"), 10)
+        deliveries = browser.text("#deliveries")
+        check("ping" in deliveries and ("pending" in deliveries or "succeeded" in deliveries),
+              f"deliveries: {deliveries}")
+        browser.screenshot(shots, "endpoint")
+
+        # The app's default thresholds, then alice's own.
+        browser.go(app_url)
+        browser.js("[...document.querySelectorAll('summary')].find(s => s.textContent.includes('default thresholds')).click()")
+        browser.type("#alerts-thresholds", "100, 1000")
+        browser.click("form[action$='/alerts'] button")
+        wait_for("the saved thresholds", lambda: "notice=thresholds_saved" in browser.url(), 10)
+        check("credits" in browser.text("#thresholds") and "100" in browser.text("#thresholds"),
+              f"thresholds: {browser.text('#thresholds')}")
+        status, alerts = http("GET", f"{base}/credits/alerts", None, key)
+        check(status == 200 and alerts["thresholds"] == [1000, 100] and alerts["source"] == "app",
+              f"the API reads the app's default thresholds: {alerts}")
+        browser.js("document.querySelector('#endpoints').scrollIntoView()")
+        browser.screenshot(shots, "thresholds")
+        browser.go(app_url + "/users/alice")
+        check("default" in browser.text("#user-thresholds"), "alice has the app's default")
+        browser.js("[...document.querySelectorAll('summary')].find(s => s.textContent.includes('own thresholds')).click()")
+        browser.type("#user-alerts-thresholds", "50")
+        browser.click("form[action$='/alerts'] button")
+        wait_for("alice's own thresholds", lambda: "own list" in browser.text("#user-thresholds"), 10)
+        status, alerts = http("GET", f"{base}/credits/alerts?user_id=alice", None, key)
+        check(status == 200 and alerts["thresholds"] == [50] and alerts["source"] == "user",
+              f"the API reads alice's own thresholds: {alerts}")
+
         # Phone width: nothing scrolls sideways.
         browser.go(app_url + "/users/alice")
         browser.size(390, 844)
@@ -272,6 +346,7 @@ def run(base, token, api_key, shots):
             browser.quit()
         driver.terminate()
         driver.wait(timeout=10)
+        receiver.shutdown()
 
 
 def _port_open(port):
