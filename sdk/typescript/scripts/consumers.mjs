@@ -6,14 +6,19 @@
 //   - CommonJS: a require()-style consumer as index.cts, type-checked the same way without
 //     Node's types, compiled and run;
 //   - types.mts: what must NOT type-check (a string amount, a missing user_id, ...), each under
-//     @ts-expect-error, so precise types are checked (tsc fails on an unused @ts-expect-error).
+//     @ts-expect-error, so precise types are checked (tsc fails on an unused @ts-expect-error);
+//   - the project README's webhook receiver as receiver.mts, type-checked the same way, compiled
+//     and run: deliveries signed here with node:crypto must be answered 204 (a repeat too, acted
+//     on once) and a forged one 400.
 // No skipLibCheck anywhere: the SDK's own .d.ts are checked too. Needs TALLY_BASE_URL and
 // TALLY_API_KEY of a running stack.
 //
 //   node scripts/consumers.mjs WORK_DIR
 
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { createHmac, randomBytes, randomUUID } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -32,15 +37,21 @@ function run(cmd, args, cwd) {
     }
 }
 
-/** The README's quick-start example: the js block between the example markers. */
-function readmeExample() {
-    const readme = readFileSync(join(sdk, "README.md"), "utf8");
-    const match = readme.match(/<!-- example:start -->\s*```(?:js|ts)\n([\s\S]*?)```\s*<!-- example:end -->/);
+/** The block between `<!-- NAME:start -->` and `<!-- NAME:end -->` of a README. */
+function readmeBlock(path, name) {
+    const readme = readFileSync(path, "utf8");
+    const pattern = new RegExp(`<!-- ${name}:start -->\\s*\`\`\`(?:js|ts)\\n([\\s\\S]*?)\`\`\`\\s*<!-- ${name}:end -->`);
+    const match = readme.match(pattern);
     if (!match) {
-        console.error("consumers: README.md has no ```js block between <!-- example:start --> and <!-- example:end -->");
+        console.error(`consumers: ${path} has no \`\`\`js or \`\`\`ts block between <!-- ${name}:start --> and <!-- ${name}:end -->`);
         process.exit(1);
     }
     return match[1];
+}
+
+/** The README's quick-start example. */
+function readmeExample() {
+    return readmeBlock(join(sdk, "README.md"), "example");
 }
 
 rmSync(work, { recursive: true, force: true });
@@ -79,7 +90,7 @@ writeFileSync(join(esm, "index.mts"), example);
 writeFileSync(join(esm, "example.mjs"), example);
 writeFileSync(
     join(esm, "types.mts"),
-    `import { Tally, type AddParams, type BalanceResult, type HistoryEntry } from "tally-credits-sdk";
+    `import { Tally, webhooks, type AddParams, type BalanceResult, type HistoryEntry, type WebhookEvent } from "tally-credits-sdk";
 const tally = new Tally({ apiKey: "tk_x", baseUrl: "http://127.0.0.1:1" });
 // @ts-expect-error a string amount
 void tally.credits.add({ user_id: "u", amount: "500" });
@@ -91,6 +102,10 @@ void tally.credits.refund({ user_id: "u", amount: 5 });
 void tally.credits.balance({ user_id: "u" });
 // @ts-expect-error an unknown option
 void tally.credits.add({ user_id: "u", amount: 1 }, { idempotency_key: "k" });
+// @ts-expect-error an endpoint needs its url
+void tally.webhookEndpoints.create({ events: ["*"] });
+// @ts-expect-error thresholds are numbers
+void tally.credits.alerts.set({ thresholds: ["100"] });
 async function checks(): Promise<void> {
     const sync = await tally.credits.add({ user_id: "u", amount: 1 });
     const after: number = sync.balance_after;
@@ -105,7 +120,10 @@ async function checks(): Promise<void> {
         void e.amount;
     }
     const params: AddParams = { user_id: "u", amount: 1, metadata: { order: "42" } };
-    void [after, id, waited, balance, params];
+    const secret: string | null | undefined = (await tally.webhookEndpoints.create({ url: "https://example.com" })).secret;
+    const event: WebhookEvent = webhooks.verify("{}", { "webhook-id": "x" }, "whsec_AAAA");
+    const sequence: number = event.sequence;
+    void [after, id, waited, balance, params, secret, sequence];
 }
 void checks;
 `,
@@ -114,6 +132,70 @@ run(process.execPath, [tsc, ...strict, ...nodeTypes, "--noEmit", "index.mts", "t
 console.log("esm: tsc --strict --module nodenext: ok (README example and type precision)");
 const indent = (prefix, text) => text.trimEnd().replace(/^/gm, prefix) + "\n";
 process.stdout.write(indent("esm example | ", run(process.execPath, ["example.mjs"], esm)));
+
+// The project README's webhook receiver: type-checked, compiled, run, and sent deliveries.
+writeFileSync(join(esm, "receiver.mts"), readmeBlock(join(sdk, "..", "..", "README.md"), "receiver-example"));
+run(process.execPath, [tsc, ...strict, ...nodeTypes, "--outDir", "receiver", "receiver.mts"], esm);
+console.log("receiver: tsc --strict --module nodenext: ok (the project README's receiver)");
+await runReceiver(join(esm, "receiver", "receiver.mjs"));
+
+async function freePort() {
+    const server = createServer();
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const { port } = server.address();
+    await new Promise((resolve) => server.close(resolve));
+    return port;
+}
+
+/** Starts the receiver, sends it a signed delivery twice and a forged one, then stops it. */
+async function runReceiver(script) {
+    const secret = `whsec_${randomBytes(32).toString("base64")}`;
+    const port = await freePort();
+    const child = spawn(process.execPath, [script], {
+        env: { ...process.env, PORT: String(port), TALLY_WEBHOOK_SECRET: secret },
+        stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (chunk) => (output += chunk));
+    child.stderr.on("data", (chunk) => (output += chunk));
+    const fail = (message) => {
+        child.kill();
+        console.error(`consumers: receiver: ${message}\n${output}`);
+        process.exit(1);
+    };
+    const id = randomUUID();
+    const body = JSON.stringify({
+        id, type: "balance.low", created_at: new Date().toISOString(), app_id: randomUUID(),
+        user_id: "user_abc123", sequence: 1, data: { threshold: 100, balance: 90, held: 0, available: 90 },
+    });
+    const timestamp = String(Math.floor(Date.now() / 1000));
+    const key = Buffer.from(secret.slice("whsec_".length), "base64");
+    const signature = createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64");
+    const deliver = (signed) =>
+        fetch(`http://127.0.0.1:${port}/`, {
+            method: "POST",
+            headers: { "content-type": "application/json", "webhook-id": id, "webhook-timestamp": timestamp, "webhook-signature": `v1,${signed}` },
+            body,
+        }).then((response) => response.status);
+    let first;
+    for (let attempt = 0; first === undefined; attempt++) {
+        try {
+            first = await deliver(signature);
+        } catch {
+            if (attempt >= 100) fail("did not listen within 10 s");
+            await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+    }
+    const repeat = await deliver(signature);
+    const forged = await deliver(createHmac("sha256", randomBytes(32)).update(body).digest("base64"));
+    child.kill();
+    await new Promise((resolve) => child.once("exit", resolve));
+    const actedOn = output.split("\n").filter((line) => line.includes("user_abc123 is low on credits")).length;
+    if (first !== 204 || repeat !== 204 || forged !== 400 || actedOn !== 1) {
+        fail(`answers ${first}, ${repeat} (repeat), ${forged} (forged) and ${actedOn} events acted on; expected 204, 204, 400 and 1`);
+    }
+    console.log("receiver | a delivery 204, its repeat 204 (acted on once), a forged one 400");
+}
 
 // CommonJS, without Node's types: only the SDK's own declarations and the default lib.
 const cjs = project("cjs");

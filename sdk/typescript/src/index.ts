@@ -6,10 +6,23 @@ import {
     TallyError,
     WaitTimeoutError,
 } from "./errors.js";
-import type { paths } from "./schema.js";
+import type { components, paths } from "./schema.js";
+import { verify, type VerifyOptions, type WebhookEvent, type WebhookHeaders } from "./webhooks.js";
 
 export * from "./errors.js";
 export type { components, paths } from "./schema.js";
+export {
+    DEFAULT_TOLERANCE_SECONDS,
+    verify as verifyWebhook,
+    webhooks,
+    WebhookVerificationError,
+} from "./webhooks.js";
+export type {
+    VerifyOptions,
+    WebhookEvent,
+    WebhookHeaders,
+    WebhookVerificationCode,
+} from "./webhooks.js";
 
 // ---------------------------------------------------------------------------------------------
 // Types, taken from the generated OpenAPI types so they follow the server's document.
@@ -51,6 +64,24 @@ export type HoldsResult = GetOk<"/credits/holds">;
 export type CommandStatus = GetOk<"/commands/{command_id}">;
 export type WebhookEventsParams = QueryOf<"/webhooks/events">;
 export type WebhookEventsResult = GetOk<"/webhooks/events">;
+type Schemas = components["schemas"];
+/** A webhook endpoint; `secret` only in the answer to `create`. */
+export type WebhookEndpoint = Schemas["Endpoint"];
+export type CreateWebhookEndpointParams = Schemas["CreateEndpointRequest"];
+export type UpdateWebhookEndpointParams = Schemas["UpdateEndpointRequest"];
+export type WebhookEndpointsResult = Schemas["EndpointsResponse"];
+export type RotateSecretResult = Schemas["SecretResponse"];
+export type TestWebhookEndpointResult = Schemas["TestResponse"];
+export type WebhookDelivery = Schemas["Delivery"];
+export type WebhookDeliveriesParams = QueryOf<"/webhook_endpoints/{id}/deliveries">;
+export type WebhookDeliveriesResult = Schemas["DeliveriesResponse"];
+export type EventsParams = QueryOf<"/events">;
+export type EventsResult = Schemas["EventsResponse"];
+export type AlertsParams = Schemas["AlertsRequest"];
+export type AlertsResult = Schemas["Alerts"];
+/** Whose thresholds (`user_id`; none: the app's default) of which `credit_type`. */
+export type AlertsQuery = QueryOf<"/credits/alerts">;
+export type EffectiveAlertsResult = Schemas["EffectiveAlerts"];
 /** The 202 answer to a write sent with `respondAsync: true`. */
 export type AcceptedResult = {
     success: boolean;
@@ -134,16 +165,20 @@ const RETRY_AFTER_MAX_MS = 60_000;
 const WAIT_DEFAULT_TIMEOUT_MS = 60_000;
 const WAIT_DEFAULT_POLL_MS = 50;
 const WAIT_MAX_POLL_MS = 1_000;
-/** Page size `historyAll` asks for (the API's maximum). */
+/** Page size `historyAll`, `deliveriesAll` and `listAll` ask for (the API's maximum). */
 const HISTORY_ALL_PAGE_SIZE = 200;
 
 // ---------------------------------------------------------------------------------------------
 
-/** The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`. */
+/** The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`,
+ * `tally.webhookEndpoints`, `tally.webhookDeliveries`, `tally.events`. */
 export class Tally {
     readonly credits: Credits;
     readonly commands: Commands;
     readonly webhooks: Webhooks;
+    readonly webhookEndpoints: WebhookEndpoints;
+    readonly webhookDeliveries: WebhookDeliveries;
+    readonly events: Events;
     /** @internal */
     readonly transport: Transport;
 
@@ -171,14 +206,22 @@ export class Tally {
         this.credits = new Credits(this.transport);
         this.commands = new Commands(this.transport);
         this.webhooks = new Webhooks(this.transport);
+        this.webhookEndpoints = new WebhookEndpoints(this.transport);
+        this.webhookDeliveries = new WebhookDeliveries(this.transport);
+        this.events = new Events(this.transport);
     }
 }
 
 export default Tally;
 
 export class Credits {
+    /** Balance alert thresholds: `set`, `get`, `delete`. */
+    readonly alerts: Alerts;
+
     /** @internal */
-    constructor(private readonly transport: Transport) {}
+    constructor(private readonly transport: Transport) {
+        this.alerts = new Alerts(transport);
+    }
 
     add(params: AddParams, options: AsyncOptions): Promise<CommandHandle<AddResult>>;
     add(params: AddParams, options?: SyncOptions): Promise<AddResult>;
@@ -240,19 +283,14 @@ export class Credits {
 
     /** Every history entry of a user, newest first, following `next_cursor` page by page
      * (`limit` per page, default 200). */
-    async *historyAll(
+    historyAll(
         user_id: string,
         options?: { limit?: number | undefined },
     ): AsyncGenerator<HistoryEntry, void, undefined> {
-        let cursor: string | undefined;
-        for (;;) {
-            const params: HistoryParams = { user_id, limit: options?.limit ?? HISTORY_ALL_PAGE_SIZE };
-            if (cursor !== undefined) params.cursor = cursor;
-            const page = await this.history(params);
-            yield* page.entries;
-            if (page.next_cursor === null || page.next_cursor === undefined) return;
-            cursor = page.next_cursor;
-        }
+        return pages(
+            (cursor) => this.history({ user_id, limit: options?.limit ?? HISTORY_ALL_PAGE_SIZE, ...cursor }),
+            (page) => page.entries,
+        );
     }
 
     /** `GET /credits/holds`: a user's holds, optionally by status. */
@@ -279,6 +317,158 @@ export class Webhooks {
     events(params: WebhookEventsParams = {}): Promise<WebhookEventsResult> {
         return this.transport.get<WebhookEventsResult>("/webhooks/events", params);
     }
+
+    /** Verifies an event Tally sent to your endpoint; the same as the `webhooks.verify`
+     * export (no API key needed). */
+    verify(
+        body: string | Uint8Array,
+        headers: WebhookHeaders,
+        secret: string,
+        options?: VerifyOptions,
+    ): WebhookEvent {
+        return verify(body, headers, secret, options);
+    }
+}
+
+/** `tally.webhookEndpoints`: the URLs Tally sends the app's events to. */
+export class WebhookEndpoints {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `POST /webhook_endpoints`: the endpoint with its `secret` (`whsec_...`), shown only now. */
+    create(params: CreateWebhookEndpointParams): Promise<WebhookEndpoint> {
+        return this.transport.request<WebhookEndpoint>("POST", "/webhook_endpoints", { body: params });
+    }
+
+    /** `GET /webhook_endpoints`: every endpoint of the app, oldest first, without secrets. */
+    list(): Promise<WebhookEndpointsResult> {
+        return this.transport.get<WebhookEndpointsResult>("/webhook_endpoints", {});
+    }
+
+    /** `GET /webhook_endpoints/{id}`. */
+    get(id: string): Promise<WebhookEndpoint> {
+        return this.transport.get<WebhookEndpoint>(endpointPath(id), {});
+    }
+
+    /** `PATCH /webhook_endpoints/{id}`: changes what is given (`description: null` clears it;
+     * `enabled: true` re-enables an endpoint disabled after failing). */
+    update(id: string, params: UpdateWebhookEndpointParams): Promise<WebhookEndpoint> {
+        return this.transport.request<WebhookEndpoint>("PATCH", endpointPath(id), { body: params });
+    }
+
+    /** `DELETE /webhook_endpoints/{id}`: its pending deliveries are cancelled. */
+    async delete(id: string): Promise<void> {
+        await this.transport.request<null>("DELETE", endpointPath(id), {});
+    }
+
+    /** `POST /webhook_endpoints/{id}/rotate_secret`: the new secret (shown only now); for 24 h
+     * deliveries are signed with both. */
+    rotateSecret(id: string): Promise<RotateSecretResult> {
+        return this.transport.request<RotateSecretResult>("POST", `${endpointPath(id)}/rotate_secret`, {});
+    }
+
+    /** `POST /webhook_endpoints/{id}/test`: a `ping` event to this endpoint only. */
+    test(id: string): Promise<TestWebhookEndpointResult> {
+        return this.transport.request<TestWebhookEndpointResult>("POST", `${endpointPath(id)}/test`, {});
+    }
+
+    /** `GET /webhook_endpoints/{id}/deliveries`: one page, newest first, optionally by `status`. */
+    deliveries(id: string, params: WebhookDeliveriesParams = {}): Promise<WebhookDeliveriesResult> {
+        return this.transport.get<WebhookDeliveriesResult>(`${endpointPath(id)}/deliveries`, params);
+    }
+
+    /** Every delivery of an endpoint, newest first, following `next_cursor` page by page. */
+    deliveriesAll(
+        id: string,
+        params: Omit<WebhookDeliveriesParams, "cursor"> = {},
+    ): AsyncGenerator<WebhookDelivery, void, undefined> {
+        return pages(
+            (cursor) => this.deliveries(id, { limit: HISTORY_ALL_PAGE_SIZE, ...params, ...cursor }),
+            (page) => page.deliveries,
+        );
+    }
+}
+
+/** `tally.webhookDeliveries`: one event sent to one endpoint. */
+export class WebhookDeliveries {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `POST /webhook_deliveries/{id}/redeliver`: the same event (same `webhook-id`) is sent
+     * again now, as a new attempt of this delivery; the delivery, `pending` again. */
+    redeliver(id: string): Promise<WebhookDelivery> {
+        return this.transport.request<WebhookDelivery>(
+            "POST",
+            `/webhook_deliveries/${encodeURIComponent(id)}/redeliver`,
+            {},
+        );
+    }
+}
+
+/** `tally.events`: the app's events as its endpoints receive them (kept at least 30 days). */
+export class Events {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `GET /events`: one page, newest first, optionally by `type` and `user_id`. */
+    list(params: EventsParams = {}): Promise<EventsResult> {
+        return this.transport.get<EventsResult>("/events", params);
+    }
+
+    /** Every event, newest first, following `next_cursor` page by page. */
+    listAll(params: Omit<EventsParams, "cursor"> = {}): AsyncGenerator<WebhookEvent, void, undefined> {
+        return pages(
+            (cursor) => this.list({ limit: HISTORY_ALL_PAGE_SIZE, ...params, ...cursor }),
+            (page) => page.events,
+        );
+    }
+
+    /** `GET /events/{id}`. */
+    get(id: string): Promise<WebhookEvent> {
+        return this.transport.get<WebhookEvent>(`/events/${encodeURIComponent(id)}`, {});
+    }
+}
+
+/** `tally.credits.alerts`: the thresholds below which `balance.low` fires. */
+export class Alerts {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `PUT /credits/alerts`: without `user_id` the app's default list of `credit_type`, with
+     * it that user's own (`[]`: no alerts for that user). */
+    set(params: AlertsParams): Promise<AlertsResult> {
+        return this.transport.request<AlertsResult>("PUT", "/credits/alerts", { body: params });
+    }
+
+    /** `GET /credits/alerts`: the list that applies, and its `source` (`user`, `app`, `none`). */
+    get(params: AlertsQuery = {}): Promise<EffectiveAlertsResult> {
+        return this.transport.get<EffectiveAlertsResult>("/credits/alerts", params);
+    }
+
+    /** `DELETE /credits/alerts`: drops a user's own list (the app's default applies again);
+     * without `user_id`, the app's default. */
+    async delete(params: AlertsQuery = {}): Promise<void> {
+        await this.transport.request<null>("DELETE", "/credits/alerts", { query: params });
+    }
+}
+
+function endpointPath(id: string): string {
+    return `/webhook_endpoints/${encodeURIComponent(id)}`;
+}
+
+/** Every item of a cursor-paged list: `fetch` gets a page from a cursor (none for the
+ * first), `items` takes its items. */
+async function* pages<P extends { next_cursor?: string | null | undefined }, T>(
+    fetch: (cursor: { cursor?: string }) => Promise<P>,
+    items: (page: P) => readonly T[],
+): AsyncGenerator<T, void, undefined> {
+    let cursor: { cursor?: string } = {};
+    for (;;) {
+        const page = await fetch(cursor);
+        yield* items(page);
+        if (page.next_cursor === null || page.next_cursor === undefined) return;
+        cursor = { cursor: page.next_cursor };
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,13 +491,22 @@ interface Answer {
 export class Transport {
     constructor(private readonly config: TransportConfig) {}
 
-    async get<T>(path: string, query: object): Promise<T> {
+    get<T>(path: string, query: object): Promise<T> {
+        return this.request<T>("GET", path, { query });
+    }
+
+    /** Any call: `query` parameters (those left undefined or null are not sent) and a JSON
+     * `body`. A POST carries an `Idempotency-Key`, the same on each of its retries. A 204
+     * resolves with null. */
+    async request<T>(method: string, path: string, options: { query?: object; body?: unknown }): Promise<T> {
         const search = new URLSearchParams();
-        for (const [name, value] of Object.entries(query)) {
+        for (const [name, value] of Object.entries(options.query ?? {})) {
             if (value !== undefined && value !== null) search.append(name, String(value));
         }
         const qs = search.toString();
-        const answer = await this.send("GET", qs === "" ? path : `${path}?${qs}`, undefined, {});
+        const headers: Record<string, string> = method === "POST" ? { "Idempotency-Key": newIdempotencyKey() } : {};
+        const body = options.body === undefined ? undefined : JSON.stringify(options.body);
+        const answer = await this.send(method, qs === "" ? path : `${path}?${qs}`, body, headers);
         return answer.body as T;
     }
 
