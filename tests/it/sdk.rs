@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use tally_client::{
-    AddParams, CaptureParams, Client, DeductParams, Error, HistoryParams, HoldParams, HoldsParams,
-    RefundParams, ReleaseParams, WebhookEventsParams,
+    AddParams, AlertsParams, AlertsQuery, CaptureParams, Client, CreateEndpointParams,
+    DeductParams, DeliveriesParams, Error, EventsParams, HistoryParams, HoldParams, HoldsParams,
+    RefundParams, ReleaseParams, UpdateEndpointParams, WebhookEventsParams,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-use crate::harness::{spawn_app, TestApp};
+use crate::harness::{spawn_app, spawn_app_with, Options, TestApp};
 
 fn client(app: &TestApp) -> Client {
     Client::new(&app.api_key, &app.base_url).expect("client")
@@ -705,4 +706,149 @@ fn with_header_after_first_line(message: &[u8], header: &str) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&message[line_end..]);
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_manages_webhook_endpoints_their_deliveries_and_events() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ingress: |config| config.common.webhook_allow_private = true,
+        ..Options::default()
+    })
+    .await;
+    let tally = client(&app);
+    let endpoints = tally.webhook_endpoints();
+
+    let created = endpoints
+        .create(&CreateEndpointParams {
+            url: "http://127.0.0.1:9/tally-events".into(),
+            events: Some(vec!["balance.low".into()]),
+            description: Some("billing emails".into()),
+        })
+        .await
+        .expect("create");
+    assert!(created
+        .secret
+        .as_deref()
+        .unwrap_or_default()
+        .starts_with("whsec_"));
+    let listed = endpoints.list().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id, listed[0].secret.as_deref()),
+        (created.id, None)
+    );
+    let changed = endpoints
+        .update(
+            created.id,
+            &UpdateEndpointParams {
+                enabled: Some(false),
+                description: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!((changed.enabled, changed.description), (false, None));
+    let rotated = endpoints.rotate_secret(created.id).await.expect("rotate");
+    assert_ne!(Some(rotated.secret), created.secret);
+
+    // A test ping: an event of the log and a delivery of the endpoint, which is redelivered.
+    let ping = endpoints.test(created.id).await.expect("test").event_id;
+    let event = tally.events().get(ping).await.expect("event");
+    assert_eq!(
+        (event.event_type.as_str(), event.user_id.as_deref()),
+        ("ping", None)
+    );
+    let pings: Vec<_> = tally
+        .events()
+        .list_all(EventsParams {
+            event_type: Some("ping".into()),
+            ..Default::default()
+        })
+        .try_collect()
+        .await
+        .expect("events");
+    assert_eq!(pings, vec![event]);
+    let deliveries = endpoints
+        .deliveries(created.id, &DeliveriesParams::default())
+        .await
+        .expect("deliveries");
+    assert_eq!(deliveries.deliveries.len(), 1);
+    let delivery = &deliveries.deliveries[0];
+    assert_eq!(
+        (delivery.event_id, delivery.status.as_str()),
+        (ping, "pending")
+    );
+    let redelivered = tally
+        .webhook_deliveries()
+        .redeliver(delivery.id)
+        .await
+        .expect("redeliver");
+    assert_eq!(redelivered.id, delivery.id);
+
+    endpoints.delete(created.id).await.expect("delete");
+    assert!(matches!(
+        endpoints.get(created.id).await,
+        Err(Error::NotFound(_))
+    ));
+    let refused = endpoints
+        .create(&CreateEndpointParams {
+            url: "http://127.0.0.1:9/".into(),
+            events: Some(vec!["balance.high".into()]),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(refused, Err(Error::BadRequest(error)) if error.body["field"] == "events"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_sets_reads_and_drops_balance_alert_thresholds() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let tally = client(&app);
+    let alerts = tally.credits().alerts();
+    let ana = AlertsQuery {
+        user_id: Some("ana".into()),
+        ..Default::default()
+    };
+
+    let default = alerts
+        .set(&AlertsParams {
+            thresholds: vec![100, 1000, 100],
+            ..Default::default()
+        })
+        .await
+        .expect("set the app's default");
+    alerts
+        .set(&AlertsParams {
+            user_id: Some("ana".into()),
+            thresholds: vec![],
+            ..Default::default()
+        })
+        .await
+        .expect("set ana's own");
+    let own = alerts.get(&ana).await.expect("get");
+    alerts.delete(&ana).await.expect("delete");
+    let after = alerts.get(&ana).await.expect("get");
+
+    assert_eq!(
+        (default.user_id, default.thresholds),
+        (None, vec![1000, 100])
+    );
+    assert_eq!((own.source.as_str(), own.thresholds), ("user", vec![]));
+    assert_eq!(
+        (after.source.as_str(), after.thresholds),
+        ("app", vec![1000, 100])
+    );
+    let refused = alerts
+        .set(&AlertsParams {
+            thresholds: vec![0],
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(refused, Err(Error::BadRequest(_))));
 }

@@ -20,9 +20,11 @@
 //! errors, timeouts, 429, 503 and `409 idempotency_in_progress`.
 
 mod error;
+mod events;
 mod resources;
 mod retry;
 mod types;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +32,11 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 pub use error::{ApiError, Error};
+pub use events::{Alerts, Events, WebhookDeliveries, WebhookEndpoints};
 pub use resources::{CommandHandle, Commands, Credits, WaitOptions, Webhooks, WriteRequest};
 pub use retry::{
     parse_retry_after, RetryPolicy, BACKOFF_BASE, BACKOFF_MAX, DEFAULT_MAX_RETRIES, RETRY_AFTER_MAX,
@@ -172,6 +176,21 @@ impl Client {
         Webhooks::new(self)
     }
 
+    /// The URLs Tally sends the app's events to (see [`webhooks::verify`] for the receiving end).
+    pub fn webhook_endpoints(&self) -> WebhookEndpoints<'_> {
+        WebhookEndpoints::new(self)
+    }
+
+    /// Redelivering one event to one endpoint.
+    pub fn webhook_deliveries(&self) -> WebhookDeliveries<'_> {
+        WebhookDeliveries::new(self)
+    }
+
+    /// The app's events, as its endpoints receive them.
+    pub fn events(&self) -> Events<'_> {
+        Events::new(self)
+    }
+
     /// One call with its retries: sends the request until it gets an answer that is not
     /// retryable or no retry is left. Returns the status and JSON body of a 2xx answer.
     pub(crate) async fn call(
@@ -242,23 +261,75 @@ impl Client {
         let (status, body) = self.call(Method::GET, path, query, None).await?;
         decode(status, body)
     }
+
+    /// A call that is not a ledger write: `params` as the query (fields left `None` are not
+    /// sent) and `json` as the body. A POST carries a fresh `Idempotency-Key`, the same on each
+    /// of its retries. Returns the status and body of the 2xx answer (an empty body: null).
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        params: Option<&impl Serialize>,
+        json: Option<&impl Serialize>,
+    ) -> Result<(u16, Value), Error> {
+        let query = params.map(query_pairs).unwrap_or_default();
+        let query: Vec<(&str, String)> = query
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
+        let idempotency_key = (method == Method::POST).then(|| uuid::Uuid::new_v4().to_string());
+        let write = match (json, idempotency_key) {
+            (None, None) => None,
+            (json, idempotency_key) => Some(WriteBody {
+                json: json
+                    .map(|json| {
+                        serde_json::to_vec(json).expect("request parameters serialize to JSON")
+                    })
+                    .unwrap_or_default(),
+                idempotency_key,
+                respond_async: false,
+            }),
+        };
+        let (status, body) = self.call(method, path, &query, write.as_ref()).await?;
+        Ok((status, if status == 204 { Value::Null } else { body }))
+    }
 }
 
-/// A write's serialized body and headers, the same on every attempt.
+/// A parameters struct as query pairs; `None` fields are left out.
+fn query_pairs(params: &impl Serialize) -> Vec<(String, String)> {
+    let Ok(Value::Object(fields)) = serde_json::to_value(params) else {
+        return Vec::new();
+    };
+    fields
+        .into_iter()
+        .filter_map(|(name, value)| match value {
+            Value::Null => None,
+            Value::String(text) => Some((name, text)),
+            other => Some((name, other.to_string())),
+        })
+        .collect()
+}
+
+/// A request's serialized body (empty: none) and headers, the same on every attempt.
 #[derive(Clone, Debug)]
 pub(crate) struct WriteBody {
     json: Vec<u8>,
-    idempotency_key: String,
+    idempotency_key: Option<String>,
     respond_async: bool,
 }
 
 impl WriteBody {
     fn headers(&self) -> Result<HeaderMap, Error> {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let key = HeaderValue::from_str(&self.idempotency_key)
-            .map_err(|_| Error::Config("the idempotency key is not a valid header value".into()))?;
-        headers.insert("idempotency-key", key);
+        if !self.json.is_empty() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(key) = &self.idempotency_key {
+            let key = HeaderValue::from_str(key).map_err(|_| {
+                Error::Config("the idempotency key is not a valid header value".into())
+            })?;
+            headers.insert("idempotency-key", key);
+        }
         if self.respond_async {
             headers.insert("prefer", HeaderValue::from_static("respond-async"));
         }

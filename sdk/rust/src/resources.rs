@@ -27,6 +27,11 @@ impl<'a> Credits<'a> {
         Self { client }
     }
 
+    /// Balance alert thresholds: the app's default per credit type and users' own lists.
+    pub fn alerts(&self) -> crate::Alerts<'a> {
+        crate::Alerts::new(self.client)
+    }
+
     /// `POST /credits/add`.
     pub fn add(&self, params: &AddParams) -> WriteRequest<'a, WriteResponse> {
         WriteRequest::new(self.client, "/credits/add", params)
@@ -122,7 +127,11 @@ impl<'a> Credits<'a> {
 /// Page size of [`Credits::history_all`]: the API's largest.
 pub const HISTORY_ALL_PAGE_SIZE: u32 = 200;
 
-fn push_paging(query: &mut Vec<(&str, String)>, limit: Option<u32>, cursor: &Option<String>) {
+pub(crate) fn push_paging(
+    query: &mut Vec<(&str, String)>,
+    limit: Option<u32>,
+    cursor: &Option<String>,
+) {
     if let Some(limit) = limit {
         query.push(("limit", limit.to_string()));
     }
@@ -175,7 +184,7 @@ impl<'a> Webhooks<'a> {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, so an id is one segment.
-fn encode_path_segment(segment: &str) -> String {
+pub(crate) fn encode_path_segment(segment: &str) -> String {
     let mut encoded = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
@@ -220,10 +229,11 @@ impl<'a, T: DeserializeOwned + Send + 'a> WriteRequest<'a, T> {
     fn body(&self, respond_async: bool) -> WriteBody {
         WriteBody {
             json: self.json.clone(),
-            idempotency_key: self
-                .idempotency_key
-                .clone()
-                .unwrap_or_else(|| Uuid::new_v4().to_string()),
+            idempotency_key: Some(
+                self.idempotency_key
+                    .clone()
+                    .unwrap_or_else(|| Uuid::new_v4().to_string()),
+            ),
             respond_async,
         }
     }

@@ -273,3 +273,173 @@ pub struct WebhookEvent {
     pub ledger_id: Option<Uuid>,
     pub received_at: String,
 }
+
+/// An event as Tally sends it to endpoints and as `GET /events` reads it back.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct Event {
+    /// The same on every delivery of it (`webhook-id`): dedupe on it.
+    pub id: Uuid,
+    /// `balance.low`, `credits.added`, `hold.expired`, `ping`, ...
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub created_at: String,
+    pub app_id: Uuid,
+    /// `None` for an event of no user (`ping`).
+    pub user_id: Option<String>,
+    /// Increases with each event of one app and user: order a user's events by it.
+    pub sequence: i64,
+    /// What happened; its fields depend on the type.
+    #[serde(default)]
+    pub data: Value,
+}
+
+/// `POST /webhook_endpoints`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CreateEndpointParams {
+    /// `https` (or, where the deployment allows private endpoints, `http`).
+    pub url: String,
+    /// Event types to receive; `None`: `["*"]`, every type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// `PATCH /webhook_endpoints/{id}`: what is `None` stays as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct UpdateEndpointParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// `Some(None)` clears it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<Option<String>>,
+    /// `Some(true)` on a disabled endpoint also forgets the failures that disabled it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// A webhook endpoint.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub url: String,
+    /// The event types it receives, or `["*"]`.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub enabled: bool,
+    /// `whsec_...`: in the answer to a create only.
+    #[serde(default)]
+    pub secret: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct EndpointsResponse {
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The new secret of a rotation (the previous one keeps signing for 24 h).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct SecretResponse {
+    pub secret: String,
+}
+
+/// The `ping` event a test sent.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct TestResponse {
+    pub event_id: Uuid,
+}
+
+/// `GET /webhook_endpoints/{id}/deliveries`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DeliveriesParams {
+    /// `pending`, `succeeded` or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// One event sent to one endpoint, and how its attempts went.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// `pending`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub attempts: u32,
+    pub last_attempt_at: Option<String>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct DeliveriesResponse {
+    pub deliveries: Vec<Delivery>,
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /events`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EventsParams {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct EventsResponse {
+    pub events: Vec<Event>,
+    pub next_cursor: Option<String>,
+}
+
+/// `PUT /credits/alerts`: without `user_id`, the app's default list of the credit type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AlertsParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Default `credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
+    /// At most 10 values, each 1..=10^12; empty: none.
+    pub thresholds: Vec<i64>,
+}
+
+/// `GET` and `DELETE /credits/alerts`: whose list (`None`: the app's default) of which type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AlertsQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
+}
+
+/// A list of thresholds as set.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct AlertsResponse {
+    pub user_id: Option<String>,
+    pub credit_type: String,
+    /// Highest first, each once.
+    pub thresholds: Vec<i64>,
+}
+
+/// The thresholds that apply, and where they come from.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct EffectiveAlerts {
+    pub user_id: Option<String>,
+    pub credit_type: String,
+    pub thresholds: Vec<i64>,
+    /// `user` (the user's own list), `app` (the app's default) or `none`.
+    pub source: String,
+}
