@@ -47,7 +47,23 @@ SDK_PATHS = [
     "/credits/holds",
     "/commands/{command_id}",
     "/webhooks/events",
+    "/webhook_endpoints",
+    "/webhook_endpoints/{id}",
+    "/webhook_endpoints/{id}/rotate_secret",
+    "/webhook_endpoints/{id}/test",
+    "/webhook_endpoints/{id}/deliveries",
+    "/webhook_deliveries/{id}/redeliver",
+    "/events",
+    "/events/{id}",
+    "/credits/alerts",
 ]
+
+# Queries whose answer does not name them (`XResponse` -> `XQuery`): by method and path. One
+# name for several operations means one query type (they take the same parameters).
+QUERY_NAMES = {
+    ("get", "/credits/alerts"): "AlertsQuery",
+    ("delete", "/credits/alerts"): "AlertsQuery",
+}
 
 # Errors are raised (TallyError and its subclasses, with the body as `.body`), never returned.
 ERROR_SCHEMA = "ErrorResponse"
@@ -119,13 +135,16 @@ class Generator:
         self.queries: list[tuple[str, str, list[dict[str, Any]]]] = []  # (name, path, parameters)
         self.answers: list[str] = []  # schemas received (and those they reach)
         for path, item in self.paths.items():
-            for operation in item.values():
+            for method, operation in item.items():
                 request = _json_body_ref(operation.get("requestBody"))
                 if request is not None and request not in self.requests:
                     self.requests.append(request)
                 query = [p for p in operation.get("parameters", []) if p.get("in") == "query"]
-                if query:
-                    self.queries.append((self._query_name(operation, path), path, query))
+                name = QUERY_NAMES.get((method, path)) if query else None
+                if query and name is None:
+                    name = self._query_name(operation, path)
+                if name is not None and name not in [known for known, _, _ in self.queries]:
+                    self.queries.append((name, path, query))
                 for status, response in (operation.get("responses") or {}).items():
                     if status.startswith("2"):
                         self._reach(_json_body_ref(response))

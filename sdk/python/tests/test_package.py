@@ -122,6 +122,9 @@ from tally_credits import (
     AsyncTally,
     BalanceResponse,
     CommandHandle,
+    EffectiveAlerts,
+    Endpoint,
+    EventEnvelope,
     HistoryEntry,
     InsufficientCreditsError,
     Tally,
@@ -129,6 +132,16 @@ from tally_credits import (
     WriteResponse,
 )
 from tally_credits.webhooks import WebhookEvent, verify
+
+
+def event_calls(tally: Tally) -> str | None:
+    endpoint: Endpoint = tally.webhook_endpoints.create(url="https://example.com/hook", events=["balance.low"])
+    tally.webhook_endpoints.update(endpoint_id=endpoint.id, enabled=False, description=None)
+    events: list[EventEnvelope] = list(tally.events.list_all(type="balance.low", user_id="u"))
+    alerts: EffectiveAlerts = tally.credits.alerts.get(user_id="u")
+    tally.credits.alerts.set(thresholds=[100, 10], credit_type="credits")
+    print(events, alerts.source)
+    return endpoint.secret
 
 
 def sync_calls(tally: Tally) -> int:

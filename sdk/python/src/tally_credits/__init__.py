@@ -13,8 +13,28 @@ checks the signed events Tally sends to your endpoints.
 __version__ = "0.1.0"
 
 from . import _generated, webhooks
-from ._async_client import AsyncCommandHandle, AsyncCommands, AsyncCredits, AsyncTally, AsyncWebhooks
-from ._client import CommandHandle, Commands, Credits, Tally, Webhooks
+from ._async_client import (
+    AsyncCommandHandle,
+    AsyncCommands,
+    AsyncCreditAlerts,
+    AsyncCredits,
+    AsyncEvents,
+    AsyncTally,
+    AsyncWebhookDeliveries,
+    AsyncWebhookEndpoints,
+    AsyncWebhooks,
+)
+from ._client import (
+    CommandHandle,
+    Commands,
+    CreditAlerts,
+    Credits,
+    Events,
+    Tally,
+    WebhookDeliveries,
+    WebhookEndpoints,
+    Webhooks,
+)
 from ._generated import *  # noqa: F403 - the API's types, listed in _generated.__all__
 from ._model import Model
 from .errors import (
@@ -35,8 +55,12 @@ from .errors import (
 __all__ = [
     "AsyncCommandHandle",
     "AsyncCommands",
+    "AsyncCreditAlerts",
     "AsyncCredits",
+    "AsyncEvents",
     "AsyncTally",
+    "AsyncWebhookDeliveries",
+    "AsyncWebhookEndpoints",
     "AsyncWebhooks",
     "AuthenticationError",
     "BadRequestError",
@@ -44,7 +68,9 @@ __all__ = [
     "Commands",
     "ConflictError",
     "ConnectionError",
+    "CreditAlerts",
     "Credits",
+    "Events",
     "IdempotencyConflictError",
     "InsufficientCreditsError",
     "Model",
@@ -54,6 +80,8 @@ __all__ = [
     "TallyError",
     "UnavailableError",
     "WaitTimeoutError",
+    "WebhookDeliveries",
+    "WebhookEndpoints",
     "WebhookVerificationError",
     "Webhooks",
     "webhooks",

@@ -12,12 +12,24 @@ import httpx
 from . import _core as core
 from ._generated import (
     AddRequest,
+    AlertsQuery,
+    AlertsRequest,
     BalanceQuery,
     BalanceResponse,
     CaptureRequest,
     CaptureResponse,
     CommandStatus,
+    CreateEndpointRequest,
     DeductRequest,
+    DeliveriesQuery,
+    DeliveriesResponse,
+    Delivery,
+    EffectiveAlerts,
+    Endpoint,
+    EndpointsResponse,
+    EventEnvelope,
+    EventsQuery,
+    EventsResponse,
     HistoryEntry,
     HistoryQuery,
     HistoryResponse,
@@ -29,10 +41,14 @@ from ._generated import (
     RefundResponse,
     ReleaseRequest,
     ReleaseResponse,
+    SecretResponse,
+    TestResponse,
+    UpdateEndpointRequest,
     WebhookEventsQuery,
     WebhookEventsResponse,
     WriteResponse,
 )
+from ._generated import Alerts as AlertsResponse
 from ._model import Model
 from .errors import ConnectionError
 
@@ -41,7 +57,8 @@ T = TypeVar("T")
 
 
 class Tally:
-    """The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`.
+    """The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`,
+    `tally.webhook_endpoints`, `tally.webhook_deliveries`, `tally.events`.
 
     `api_key` and `base_url` default to the `TALLY_API_KEY` and `TALLY_BASE_URL` environment
     variables (explicit arguments win). `timeout` (seconds, default 30) is how long each attempt
@@ -65,6 +82,9 @@ class Tally:
         self.credits = Credits(self)
         self.commands = Commands(self)
         self.webhooks = Webhooks(self)
+        self.webhook_endpoints = WebhookEndpoints(self)
+        self.webhook_deliveries = WebhookDeliveries(self)
+        self.events = Events(self)
 
     def close(self) -> None:
         """Closes the connections (not those of an `http_client` you passed)."""
@@ -114,6 +134,17 @@ class Tally:
 
     def _read(self, model: type[M], path: str, query: Mapping[str, object]) -> M:
         return self._run(core.read(self._config, model, path, query))
+
+    def _call(
+        self,
+        model: type[M],
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, object] | None = None,
+        body: Mapping[str, object] | None = None,
+    ) -> M:
+        return self._run(core.call(self._config, model, method, path, query=query, body=body))
 
     def _write(
         self,
@@ -166,6 +197,7 @@ class Credits:
 
     def __init__(self, client: Tally) -> None:
         self._client = client
+        self.alerts = CreditAlerts(client)
 
     @overload
     def add(
@@ -323,3 +355,107 @@ class Webhooks:
     def events(self, **query: Unpack[WebhookEventsQuery]) -> WebhookEventsResponse:
         """`GET /webhooks/events`: received payment webhooks, newest first, with their outcome."""
         return self._client._read(WebhookEventsResponse, "/webhooks/events", query)
+
+
+class WebhookEndpoints:
+    """`tally.webhook_endpoints`: the URLs Tally sends the app's events to."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def create(self, **params: Unpack[CreateEndpointRequest]) -> Endpoint:
+        """`POST /webhook_endpoints`: `url`, and optionally `events` (default `["*"]`: every
+        type) and `description`. The answer's `secret` (`whsec_...`) is shown only now."""
+        return self._client._call(Endpoint, "POST", "/webhook_endpoints", body=params)
+
+    def list(self) -> EndpointsResponse:
+        """`GET /webhook_endpoints`: every endpoint of the app, oldest first, without secrets."""
+        return self._client._call(EndpointsResponse, "GET", "/webhook_endpoints")
+
+    def get(self, *, endpoint_id: str) -> Endpoint:
+        """`GET /webhook_endpoints/{id}`."""
+        return self._client._call(Endpoint, "GET", core.endpoint_path(endpoint_id))
+
+    def update(self, *, endpoint_id: str, **params: Unpack[UpdateEndpointRequest]) -> Endpoint:
+        """`PATCH /webhook_endpoints/{id}`: `url`, `events`, `description` (None clears it) or
+        `enabled` (True also forgets the failures that disabled it)."""
+        return self._client._call(Endpoint, "PATCH", core.endpoint_path(endpoint_id), body=params)
+
+    def delete(self, *, endpoint_id: str) -> None:
+        """`DELETE /webhook_endpoints/{id}`: its pending deliveries are cancelled."""
+        self._client._run(core.call_no_content(self._client._config, "DELETE", core.endpoint_path(endpoint_id)))
+
+    def rotate_secret(self, *, endpoint_id: str) -> SecretResponse:
+        """`POST /webhook_endpoints/{id}/rotate_secret`: the new secret (shown only now); for
+        24 h deliveries are signed with both."""
+        return self._client._call(SecretResponse, "POST", core.endpoint_path(endpoint_id, "/rotate_secret"))
+
+    def test(self, *, endpoint_id: str) -> TestResponse:
+        """`POST /webhook_endpoints/{id}/test`: a `ping` event to this endpoint only."""
+        return self._client._call(TestResponse, "POST", core.endpoint_path(endpoint_id, "/test"))
+
+    def deliveries(self, *, endpoint_id: str, **query: Unpack[DeliveriesQuery]) -> DeliveriesResponse:
+        """`GET /webhook_endpoints/{id}/deliveries`: one page, newest first, optionally by
+        `status`; pass `next_cursor` as `cursor` for the next."""
+        path = core.endpoint_path(endpoint_id, "/deliveries")
+        return self._client._call(DeliveriesResponse, "GET", path, query=query)
+
+
+class WebhookDeliveries:
+    """`tally.webhook_deliveries`: one event sent to one endpoint."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def redeliver(self, *, delivery_id: str) -> Delivery:
+        """`POST /webhook_deliveries/{id}/redeliver`: the same event (same `webhook-id`) is sent
+        again now, as a new attempt of this delivery."""
+        return self._client._call(Delivery, "POST", core.delivery_path(delivery_id, "/redeliver"))
+
+
+class Events:
+    """`tally.events`: the app's events as its endpoints receive them (kept at least 30 days)."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def list(self, **query: Unpack[EventsQuery]) -> EventsResponse:
+        """`GET /events`: one page, newest first, optionally by `type` and `user_id`."""
+        return self._client._call(EventsResponse, "GET", "/events", query=query)
+
+    def list_all(self, **query: Unpack[EventsQuery]) -> Iterator[EventEnvelope]:
+        """Every event, newest first, following `next_cursor` page by page (`limit` per page,
+        default 200)."""
+        page_query = core.history_all_query(query)
+        while True:
+            page = self._client._call(EventsResponse, "GET", "/events", query=page_query)
+            yield from page.events
+            if page.next_cursor is None:
+                return
+            page_query["cursor"] = page.next_cursor
+
+    def get(self, *, event_id: str) -> EventEnvelope:
+        """`GET /events/{id}`."""
+        return self._client._call(EventEnvelope, "GET", core.event_path(event_id))
+
+
+class CreditAlerts:
+    """`tally.credits.alerts`: the thresholds below which `balance.low` fires."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def set(self, **params: Unpack[AlertsRequest]) -> AlertsResponse:
+        """`PUT /credits/alerts`: `thresholds`, for `credit_type` (default `credits`); without
+        `user_id` the app's default, with it that user's own list (`[]`: no alerts for them)."""
+        return self._client._call(AlertsResponse, "PUT", "/credits/alerts", body=params)
+
+    def get(self, **query: Unpack[AlertsQuery]) -> EffectiveAlerts:
+        """`GET /credits/alerts`: the list that applies to `user_id` (or the app's default) and
+        its `source`: `user`, `app` or `none`."""
+        return self._client._call(EffectiveAlerts, "GET", "/credits/alerts", query=query)
+
+    def delete(self, **query: Unpack[AlertsQuery]) -> None:
+        """`DELETE /credits/alerts`: drops `user_id`'s own list (the app's default applies
+        again), or without `user_id` the app's default."""
+        self._client._run(core.call_no_content(self._client._config, "DELETE", "/credits/alerts", query=query))

@@ -215,6 +215,39 @@ def write(
     return outcome
 
 
+def call(
+    config: Config,
+    model: type[M],
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, object] | None = None,
+    body: Mapping[str, object] | None = None,
+) -> Plan[M]:
+    """Any call that is not a ledger write (PUT, PATCH, a POST to an endpoint, ...): its answer
+    as `model`."""
+    answer = yield from send(config, request_of(method, path, query, body))
+    return parse(model, answer.body)
+
+
+def call_no_content(config: Config, method: str, path: str, *, query: Mapping[str, object] | None = None) -> Plan[None]:
+    """A call answered `204` (a DELETE): nothing to return."""
+    yield from send(config, request_of(method, path, query, None))
+
+
+def request_of(
+    method: str, path: str, query: Mapping[str, object] | None, body: Mapping[str, object] | None
+) -> Request:
+    """The request of a call: a POST carries an Idempotency-Key, the same on each of its
+    retries. A PATCH sends the keyword arguments given as they are (`description=None` clears
+    it); other bodies leave out those that are None."""
+    encoded = None
+    if body is not None:
+        encoded = json.dumps(dict(body), separators=(",", ":")).encode() if method == "PATCH" else encode_body(body)
+    key = str(uuid.uuid4()) if method == "POST" else None
+    return Request(method, path, encode_query(query or {}), encoded, key)
+
+
 def wait(config: Config, model: type[M], accepted: Accepted, timeout: float, poll_interval: float) -> Plan[M]:
     """Polls the command until it is applied (returns what the synchronous call would have) or
     rejected (raises the error it would have raised); WaitTimeoutError after `timeout` seconds."""
@@ -317,8 +350,21 @@ def command_path(command_id: str) -> str:
     return f"/commands/{quote(command_id, safe='')}"
 
 
+def endpoint_path(endpoint_id: str, then: str = "") -> str:
+    return f"/webhook_endpoints/{quote(endpoint_id, safe='')}{then}"
+
+
+def delivery_path(delivery_id: str, then: str = "") -> str:
+    return f"/webhook_deliveries/{quote(delivery_id, safe='')}{then}"
+
+
+def event_path(event_id: str) -> str:
+    return f"/events/{quote(event_id, safe='')}"
+
+
 def history_all_query(query: Mapping[str, object]) -> dict[str, object]:
-    """The first page's query of `history_all`: the API's largest page unless `limit` is given."""
+    """The first page's query of `history_all` (and `list_all`): the API's largest page unless
+    `limit` is given."""
     first = dict(query)
     if first.get("limit") is None:
         first["limit"] = HISTORY_ALL_PAGE_SIZE
