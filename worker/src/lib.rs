@@ -22,6 +22,7 @@
 
 mod applier;
 mod config;
+mod deliverer;
 mod lanes;
 pub mod ledger;
 mod manager;
@@ -41,6 +42,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 pub use crate::config::WorkerConfig;
+pub use crate::deliverer::{RetrySchedule, RETRY_SCHEDULE_DEFAULT};
 use crate::lanes::Lanes;
 use crate::manager::{Manager, Resync};
 use crate::ownership::Membership;
