@@ -14,7 +14,9 @@
 //!   one message.
 //!
 //! Beside them the **sweeper** (`sweeper`) expires the due lots and holds of users nobody
-//! touches. [`store`] holds every statement, [`ledger`] the pure fold, `config` the settings.
+//! touches, and the **deliverer** (`deliverer`) calls the apps' endpoints with their outbound
+//! events, on connections and a pool of its own. [`store`] holds every statement, [`ledger`]
+//! the pure fold, `config` the settings.
 //!
 //! Nothing is acknowledged to the broker: the applied position of each partition lives in
 //! Postgres, advanced in the same transaction as the effects, so a crash at any point either
@@ -38,10 +40,11 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream;
 use tally_common::partition::Names;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 pub use crate::config::WorkerConfig;
+use crate::deliverer::Deliverer;
 pub use crate::deliverer::{RetrySchedule, RETRY_SCHEDULE_DEFAULT};
 use crate::lanes::Lanes;
 use crate::manager::{Manager, Resync};
@@ -86,6 +89,8 @@ pub async fn run(
     )
     .await?;
 
+    let deliverer = Deliverer::start(&config, &names).await?;
+
     let worker_id = Uuid::now_v7();
     let stream_name = names.command_stream();
     tracing::info!(worker.id = %worker_id, stream = %stream_name, "worker started");
@@ -115,6 +120,12 @@ pub async fn run(
         client.clone(),
     );
     let sweeper = tokio::spawn(sweeper::sweep_forever(pool.clone()));
+    let (stop_delivering, stop) = watch::channel(false);
+    let deliverer = tokio::spawn(deliverer.run(stop));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_delivering.send(true);
+    };
     let mut membership = manager.run(resync_rx, shutdown).await;
     // A sweep interrupted here rolls back; another worker (or the next start) redoes it.
     sweeper.abort();
@@ -123,6 +134,8 @@ pub async fn run(
         applier.await.context("applier task failed")?;
     }
     membership.leave(&pool).await;
+    // Attempts in flight end within their timeout and are recorded.
+    deliverer.await.context("deliverer task failed")?;
     // Replies are best effort (results are durable in Postgres): never wait long for a broker
     // that may already be gone.
     let _ = tokio::time::timeout(REPLY_FLUSH_TIMEOUT, client.flush()).await;
