@@ -12,6 +12,7 @@ mod crash;
 mod credit_types;
 mod credits;
 mod dead_letters;
+mod deliveries;
 mod faults;
 mod holds;
 mod hostile_input;
