@@ -590,7 +590,7 @@ impl TestApp {
         assert_eq!(report["ok"], true);
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(response) = self
@@ -604,7 +604,8 @@ impl TestApp {
                 }
             }
             if self.ingress.as_ref().is_some_and(|task| task.is_finished()) {
-                panic!("ingress stopped during start-up");
+                let stopped = self.ingress.take().expect("checked above").await;
+                panic!("ingress stopped during start-up: {stopped:?}");
             }
             assert!(Instant::now() < deadline, "ingress never became ready");
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -20,6 +20,7 @@ mod idempotency;
 mod isolation;
 mod lot_conservation;
 mod ops;
+mod outbox;
 mod rate_limits;
 mod sdk;
 mod secrets;

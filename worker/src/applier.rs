@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::lanes::Event;
 use crate::manager::Resync;
 use crate::positions::Positions;
+use crate::relay::RelayHandle;
 use crate::store::{self, Item, Store, StoreError};
 
 /// Longest wait between two retries of a batch that failed for a passing reason.
@@ -33,6 +34,8 @@ struct Applier {
     /// Where fenced partitions are reported, for the manager to read them again.
     resync: mpsc::UnboundedSender<Resync>,
     positions: Positions,
+    /// Where committed events go, to be handed to the broker.
+    relay: RelayHandle,
 }
 
 /// Applies the lane's `events` in batches of up to `batch_max` commands, until every sender
@@ -44,6 +47,7 @@ pub(crate) async fn run(
     batch_max: usize,
     mut events: mpsc::Receiver<Event>,
     resync: mpsc::UnboundedSender<Resync>,
+    relay: RelayHandle,
 ) {
     let mut applier = Applier {
         store,
@@ -51,6 +55,7 @@ pub(crate) async fn run(
         names,
         resync,
         positions: Positions::default(),
+        relay,
     };
     let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
     while let Some(first) = events.recv().await {
@@ -94,6 +99,7 @@ impl Applier {
                     record_batch(&committed, items.len(), started);
                     self.positions.committed(&committed.offsets);
                     reply(&self.client, committed.answers).await;
+                    self.relay.relay(committed.events);
                     return;
                 }
                 // The next round applies what is left of the partitions still owned.

@@ -16,13 +16,17 @@
 //! The user's entries are numbered once across all types (`seq`), so the fold keeps each
 //! user's last number apart from the per-type rows.
 
+pub mod events;
+
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tally_common::command::{Command, Envelope, Outcome, Status};
 use tally_common::credit_type::CreditType;
 use tally_common::error_code::ErrorCode;
+use tally_common::events::EventType;
 use tally_common::webhook::{Provider, WebhookAction, WebhookEvent};
 use uuid::Uuid;
 
@@ -216,6 +220,13 @@ pub struct State {
     pub holds: HashMap<Uuid, Hold>,
     /// Allocations of the deducts being refunded and of the holds being settled, by owner.
     pub allocations: HashMap<Uuid, Vec<Allocation>>,
+    /// What each app records: the event types its endpoints subscribe to, its thresholds.
+    pub rules: Arc<events::Rules>,
+    /// The last event number of each loaded user of an app that records events.
+    pub event_seq: HashMap<UserKey, i64>,
+    /// Per account, the thresholds its `available` fell below (`balance.low` fired, not yet
+    /// recovered); loaded for the accounts of apps that track alerts.
+    pub alert_below: HashMap<AccountKey, BTreeSet<i64>>,
 }
 
 impl State {
@@ -280,6 +291,15 @@ pub struct Effects {
     pub allocations: BTreeSet<Uuid>,
     /// Per app, the system command that owns expiries written by this batch.
     pub system_commands: HashMap<Uuid, Uuid>,
+    /// Events to record, in order (the outbox).
+    pub events: Vec<events::NewEvent>,
+    /// Users whose last event number changed (final value in [`State::event_seq`]).
+    pub event_seqs: BTreeSet<UserKey>,
+    /// Accounts whose alert state changed (final value in [`State::alert_below`]).
+    pub alert_states: BTreeSet<AccountKey>,
+    /// Whether an account of an app that records balance alerts crossed a threshold or 0 (a
+    /// batch folded without the alert state must not be written).
+    pub alert_crossings: bool,
 }
 
 impl Effects {
@@ -327,8 +347,10 @@ pub fn fold(state: &mut State, commands: &[Envelope]) -> Effects {
             app_id: envelope.app_id,
             accepted_at: envelope.accepted_at,
             source: envelope.origin.as_str(),
+            touched: Vec::new(),
         };
         let outcome = step.apply(&envelope.command);
+        step.record_alerts();
         state.processed.insert(
             envelope.command_id,
             Prior {
@@ -356,6 +378,7 @@ fn expire_due(state: &mut State, effects: &mut Effects) {
         let app_id = state.lots[&lot_id].app_id;
         let mut step = Step::system(state, effects, app_id);
         step.expire_lot(lot_id);
+        step.record_alerts();
     }
     let mut due_holds: Vec<(DateTime<Utc>, Uuid)> = state
         .holds
@@ -368,6 +391,7 @@ fn expire_due(state: &mut State, effects: &mut Effects) {
         let app_id = state.holds[&hold_id].app_id;
         let mut step = Step::system(state, effects, app_id);
         step.settle_hold(hold_id, 0, HoldStatus::Expired);
+        step.record_alerts();
     }
 }
 
@@ -479,6 +503,9 @@ struct Step<'a> {
     accepted_at: DateTime<Utc>,
     /// The `source` of the entries a command writes (`api` or `dashboard`).
     source: &'static str,
+    /// The accounts this step changed, each with its `available` before the first change:
+    /// balance alerts are decided from them when the step ends.
+    touched: Vec<(AccountKey, i64)>,
 }
 
 impl<'a> Step<'a> {
@@ -496,6 +523,7 @@ impl<'a> Step<'a> {
             app_id,
             accepted_at,
             source: "system",
+            touched: Vec::new(),
         }
     }
 
@@ -568,7 +596,80 @@ impl<'a> Step<'a> {
         if !self.state.accounts.contains_key(key) {
             self.state.insert_account(key.clone(), Account::default());
         }
-        self.state.accounts.get_mut(key).expect("inserted above")
+        let account = self.state.accounts.get_mut(key).expect("inserted above");
+        if !self.touched.iter().any(|(touched, _)| touched == key) {
+            self.touched.push((key.clone(), account.available()));
+        }
+        account
+    }
+
+    /// Records an event of this step's app for `user_id`, numbered after the user's last.
+    fn emit(
+        &mut self,
+        user_id: &str,
+        event_type: EventType,
+        ledger_id: Option<Uuid>,
+        data: Option<Value>,
+    ) {
+        let user = (self.app_id, user_id.to_string());
+        let sequence = {
+            let last = self.state.event_seq.entry(user.clone()).or_default();
+            *last += 1;
+            *last
+        };
+        self.effects.event_seqs.insert(user);
+        self.effects.events.push(events::NewEvent {
+            id: Uuid::now_v7(),
+            app_id: self.app_id,
+            user_id: user_id.to_string(),
+            event_type,
+            sequence,
+            ledger_id,
+            data,
+        });
+    }
+
+    /// Whether this step's app records events of `event_type`.
+    fn records(&self, event_type: EventType) -> bool {
+        self.state
+            .rules
+            .get(&self.app_id)
+            .is_some_and(|rules| rules.records(event_type))
+    }
+
+    /// Decides the balance alerts of the accounts this step changed, from their `available`
+    /// before and after it.
+    fn record_alerts(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        let Some(rules) = self.state.rules.get(&self.app_id).cloned() else {
+            return;
+        };
+        if !rules.tracks_alerts() && !rules.records(EventType::BalanceDepleted) {
+            return;
+        }
+        for (key, before) in touched {
+            // An account an atomic batch created and then undid is gone again.
+            let Some(&after) = self.state.accounts.get(&key) else {
+                continue;
+            };
+            let thresholds = rules.thresholds(&key.1, &key.2);
+            if !events::crosses(thresholds, before, after.available()) {
+                continue;
+            }
+            self.effects.alert_crossings = true;
+            let below = self.state.alert_below.entry(key.clone()).or_default();
+            let was = below.clone();
+            let fired = events::alerts(thresholds, before, after.available(), below);
+            if *below != was {
+                self.effects.alert_states.insert(key.clone());
+            }
+            for alert in fired {
+                if rules.records(alert.event_type) {
+                    let data = events::alert_data(&alert, &key.2, after);
+                    self.emit(&key.1, alert.event_type, None, Some(data));
+                }
+            }
+        }
     }
 
     /// Appends an entry, numbered after the user's last one of any type, and updates the
@@ -625,6 +726,10 @@ impl<'a> Step<'a> {
             },
         );
         self.effects.entries.push(entry.clone());
+        let event_type = events::entry_event(entry.entry_type);
+        if self.records(event_type) {
+            self.emit(user_id, event_type, Some(entry.id), None);
+        }
         entry
     }
 
@@ -1114,6 +1219,11 @@ impl<'a> Step<'a> {
         });
         for (lot_id, credits) in expired {
             self.write_expiry(&key, lot_id, credits);
+        }
+        if status == HoldStatus::Expired && self.records(EventType::HoldExpired) {
+            let data = json!({ "hold_id": hold_id, "amount": hold.amount,
+                               "credit_type": hold.credit_type });
+            self.emit(&hold.user_id, EventType::HoldExpired, None, Some(data));
         }
         hold.captured = captured;
         hold.status = status;
@@ -2162,5 +2272,118 @@ mod tests {
             2,
             "the refusal is recorded as an answer"
         );
+    }
+
+    fn rules(subscribed: &[EventType], thresholds: &[i64]) -> Arc<events::Rules> {
+        let app = events::AppRules {
+            subscribed: subscribed.iter().copied().collect(),
+            default_thresholds: HashMap::from([(CreditType::default(), thresholds.to_vec())]),
+            ..events::AppRules::default()
+        };
+        Arc::new(HashMap::from([(APP, Arc::new(app))]))
+    }
+
+    fn event_types(effects: &Effects) -> Vec<&'static str> {
+        effects
+            .events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn an_app_that_records_nothing_gets_no_events() {
+        let mut state = State::default();
+        let effects = fold(&mut state, &[add("u", 10), deduct("u", 10)]);
+        assert!(effects.events.is_empty());
+        assert!(effects.event_seqs.is_empty());
+        assert!(!effects.alert_crossings);
+    }
+
+    #[test]
+    fn entries_of_subscribed_types_are_events_numbered_per_user() {
+        let mut state = State {
+            rules: rules(&[EventType::CreditsDeducted, EventType::CreditsAdded], &[]),
+            ..State::default()
+        };
+        state.event_seq.insert((APP, "u".into()), 7);
+        let effects = fold(&mut state, &[add("u", 10), deduct("u", 4), add("v", 1)]);
+        assert_eq!(
+            event_types(&effects),
+            ["credits.added", "credits.deducted", "credits.added"]
+        );
+        let sequences: Vec<(String, i64)> = effects
+            .events
+            .iter()
+            .map(|e| (e.user_id.clone(), e.sequence))
+            .collect();
+        assert_eq!(
+            sequences,
+            [("u".into(), 8), ("u".into(), 9), ("v".into(), 1)]
+        );
+        assert_eq!(effects.events[1].ledger_id, Some(effects.entries[1].id));
+        assert_eq!(state.event_seq[&(APP, "u".to_string())], 9);
+    }
+
+    #[test]
+    fn balance_alerts_fire_on_crossings_of_available_from_deducts_holds_and_expiries() {
+        let all = [
+            EventType::BalanceLow,
+            EventType::BalanceDepleted,
+            EventType::BalanceRecovered,
+            EventType::HoldExpired,
+        ];
+        let mut state = State {
+            now: at(0),
+            rules: rules(&all, &[100, 50]),
+            ..State::default()
+        };
+        let effects = fold(&mut state, &[add("u", 200), deduct("u", 120)]);
+        assert_eq!(event_types(&effects), ["balance.low"]);
+        assert_eq!(effects.events[0].data.as_ref().unwrap()["threshold"], 100);
+        assert_eq!(effects.events[0].data.as_ref().unwrap()["available"], 80);
+        assert!(effects.alert_crossings);
+        let mut held = hold("u", 40);
+        held.accepted_at = at(0);
+        let effects = fold(&mut state, &[held, deduct("u", 1)]);
+        assert_eq!(
+            event_types(&effects),
+            ["balance.low"],
+            "a hold counts like a deduct"
+        );
+        assert_eq!(effects.events[0].data.as_ref().unwrap()["threshold"], 50);
+        state.now = at(10_000);
+        let effects = fold(&mut state, &[]);
+        assert_eq!(
+            event_types(&effects),
+            ["hold.expired", "balance.recovered"],
+            "the expired hold gives 40 back: available 39 -> 79"
+        );
+        let effects = fold(&mut state, &[deduct("u", 79)]);
+        assert_eq!(event_types(&effects), ["balance.low", "balance.depleted"]);
+        let effects = fold(&mut state, &[add("u", 500)]);
+        assert_eq!(
+            event_types(&effects),
+            ["balance.recovered", "balance.recovered"]
+        );
+        let sequences: Vec<i64> = effects.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, [7, 8]);
+    }
+
+    #[test]
+    fn an_atomic_batch_refused_records_no_event() {
+        let mut state = State {
+            rules: rules(&[EventType::CreditsAdded, EventType::BalanceLow], &[5]),
+            ..State::default()
+        };
+        let effects = fold(
+            &mut state,
+            &[atomic(vec![add("u", 10), deduct("u", 8), deduct("u", 100)])],
+        );
+        assert_eq!(effects.answers[0].http_status, 422);
+        assert!(effects.events.is_empty(), "{:?}", effects.events);
+        assert!(effects.event_seqs.is_empty());
+        assert!(effects.alert_states.is_empty());
+        assert!(!state.event_seq.contains_key(&(APP, "u".to_string())));
     }
 }

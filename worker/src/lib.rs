@@ -14,9 +14,11 @@
 //!   one message.
 //!
 //! Beside them the **sweeper** (`sweeper`) expires the due lots and holds of users nobody
-//! touches, and the **deliverer** (`deliverer`) calls the apps' endpoints with their outbound
-//! events, on connections and a pool of its own. [`store`] holds every statement, [`ledger`]
-//! the pure fold, `config` the settings.
+//! touches; the **relay** (`relay`) hands the events the batches record to the broker, one
+//! delivery per subscribed endpoint, with [`event_rules`] telling what each app records; the
+//! **deliverer** (`deliverer`) calls the apps' endpoints with those deliveries, on connections
+//! and a pool of its own. [`store`] holds every statement, [`ledger`] the pure fold, `config`
+//! the settings.
 //!
 //! Nothing is acknowledged to the broker: the applied position of each partition lives in
 //! Postgres, advanced in the same transaction as the effects, so a crash at any point either
@@ -25,12 +27,14 @@
 mod applier;
 mod config;
 mod deliverer;
+pub mod event_rules;
 mod lanes;
 pub mod ledger;
 mod manager;
 pub mod ownership;
 mod positions;
 mod reader;
+mod relay;
 pub mod store;
 mod sweeper;
 
@@ -89,6 +93,10 @@ pub async fn run(
     )
     .await?;
 
+    let rules = event_rules::start(pool.clone())
+        .await
+        .context("cannot load the apps' event rules")?;
+    let relay = relay::start(pool.clone(), js.clone(), names.clone());
     let deliverer = Deliverer::start(&config, &names).await?;
 
     let worker_id = Uuid::now_v7();
@@ -100,12 +108,13 @@ pub async fn run(
     let mut appliers = Vec::new();
     for (lane, events) in lane_events.into_iter().enumerate() {
         appliers.push(tokio::spawn(applier::run(
-            Store::new(pools.clone(), stream_name.clone()),
+            Store::new(pools.clone(), stream_name.clone(), rules.clone()),
             client.clone(),
             names.clone(),
             config.batch_max,
             events,
             resync_tx.clone(),
+            relay.clone(),
         )));
         tracing::debug!(lane, "applier started");
     }
@@ -119,7 +128,7 @@ pub async fn run(
         lanes,
         client.clone(),
     );
-    let sweeper = tokio::spawn(sweeper::sweep_forever(pool.clone()));
+    let sweeper = tokio::spawn(sweeper::sweep_forever(pool.clone(), rules, relay));
     let (stop_delivering, stop) = watch::channel(false);
     let deliverer = tokio::spawn(deliverer.run(stop));
     let shutdown = async move {

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 use tally_common::command::{Envelope, Outcome, ReplyTo};
 
+use crate::event_rules::RulesHandle;
 use crate::store::account_cache::AccountCache;
 pub use offsets::partition_offsets;
 pub use sweep::{sweep, SWEEP_USERS_MAX};
@@ -63,6 +64,8 @@ pub struct Committed {
     /// New last applied sequence of each partition in the batch.
     pub offsets: BTreeMap<u32, u64>,
     pub entries_written: usize,
+    /// The events recorded, for the relay.
+    pub events: Vec<uuid::Uuid>,
 }
 
 /// Why a batch or a dead letter did not commit.
@@ -131,15 +134,18 @@ pub struct Store {
     /// The command stream's name, under which the offsets are kept.
     stream: String,
     cache: AccountCache,
+    /// What each app records; read at the start of every batch.
+    rules: RulesHandle,
 }
 
 impl Store {
     /// A lane's store over `pools`, for the offsets of `stream`, remembering nobody yet.
-    pub fn new(pools: Pools, stream: String) -> Self {
+    pub fn new(pools: Pools, stream: String, rules: RulesHandle) -> Self {
         Self {
             pools,
             stream,
             cache: AccountCache::default(),
+            rules,
         }
     }
 
@@ -160,6 +166,7 @@ impl Store {
             expected,
             offsets,
             &mut self.cache,
+            self.rules.current(),
         )
         .await
     }
@@ -181,6 +188,7 @@ impl Store {
             expected_last_seq,
             error,
             attempts,
+            &self.rules.current(),
         )
         .await
     }

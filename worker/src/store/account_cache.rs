@@ -28,6 +28,8 @@ struct Cached {
     /// Every row of the user, one per credit type: the user's next entry number depends on
     /// all of them.
     rows: Vec<(CreditType, Account)>,
+    /// The user's last event number, when a batch of an app that records events loaded it.
+    event_seq: Option<i64>,
 }
 
 /// Most users remembered; past it the cache starts over (it refills as users come back).
@@ -39,15 +41,29 @@ impl AccountCache {
         self.users.get(user).map(|cached| cached.rows.as_slice())
     }
 
-    /// A fast batch committed `accounts`: its users (all remembered, with every row) are
-    /// remembered as written.
-    pub(super) fn fast_batch_committed(&mut self, accounts: &HashMap<AccountKey, Account>) {
+    /// The last event number remembered for `user`, if known.
+    pub(super) fn event_seq(&self, user: &UserKey) -> Option<i64> {
+        self.users.get(user)?.event_seq
+    }
+
+    /// A fast batch committed `accounts` and `event_seqs`: its users (all remembered, with
+    /// every row) are remembered as written.
+    pub(super) fn fast_batch_committed(
+        &mut self,
+        accounts: &HashMap<AccountKey, Account>,
+        event_seqs: &HashMap<UserKey, i64>,
+    ) {
         for ((app_id, user_id, credit_type), account) in accounts {
             let Some(cached) = self.users.get_mut(&(*app_id, user_id.clone())) else {
                 continue;
             };
             if let Some(row) = cached.rows.iter_mut().find(|(t, _)| t == credit_type) {
                 row.1 = *account;
+            }
+        }
+        for (user, last) in event_seqs {
+            if let Some(cached) = self.users.get_mut(user) {
+                cached.event_seq = Some(*last);
             }
         }
     }
@@ -97,7 +113,15 @@ impl AccountCache {
             if complex.contains(&(user.0, user.1.as_str())) {
                 self.users.remove(&user);
             } else {
-                self.users.insert(user, Cached { partition, rows });
+                let event_seq = state.event_seq.get(&user).copied();
+                self.users.insert(
+                    user,
+                    Cached {
+                        partition,
+                        rows,
+                        event_seq,
+                    },
+                );
             }
         }
     }
@@ -245,12 +269,16 @@ mod tests {
     fn a_fast_batch_updates_remembered_users_and_adds_none() {
         let mut cache = committed(&[("ann", account(10, 0))], &[], &[]);
 
-        cache.fast_batch_committed(&HashMap::from([
-            (row("ann", "credits"), account(7, 0)),
-            (row("bob", "credits"), account(3, 0)),
-        ]));
+        cache.fast_batch_committed(
+            &HashMap::from([
+                (row("ann", "credits"), account(7, 0)),
+                (row("bob", "credits"), account(3, 0)),
+            ]),
+            &HashMap::from([(user("ann"), 4)]),
+        );
 
         assert_eq!(remembered(&cache, "ann"), only(account(7, 0)));
+        assert_eq!(cache.event_seq(&user("ann")), Some(4));
         assert_eq!(remembered(&cache, "bob"), None);
     }
 

@@ -2,6 +2,7 @@
 //! load under lock and fold, write, advance the offsets — in one Postgres transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -9,9 +10,10 @@ use tally_common::command::{Command, Envelope};
 use uuid::Uuid;
 
 use super::account_cache::AccountCache;
-use super::columns::{EntryColumns, ProcessedColumns};
+use super::columns::{EntryColumns, EventColumns, ProcessedColumns};
 use super::offsets::{advance_offsets, fence};
 use super::{load, write, Committed, Item, Pools, StoreError};
+use crate::ledger::events::Rules;
 use crate::ledger::{self, Account, AccountKey, State, UserKey};
 
 /// Applies `items` (in stream order per partition) in one transaction and moves each partition
@@ -24,6 +26,7 @@ pub(super) async fn apply(
     expected: &BTreeMap<u32, u64>,
     offsets: &BTreeMap<u32, u64>,
     cache: &mut AccountCache,
+    rules: Arc<Rules>,
 ) -> Result<Committed, StoreError> {
     let envelopes: Vec<&Envelope> = items
         .iter()
@@ -60,6 +63,7 @@ pub(super) async fn apply(
         offsets,
         &positions,
         cache,
+        rules.clone(),
     );
     let effects = match fast.await {
         Some(effects) => {
@@ -71,7 +75,7 @@ pub(super) async fn apply(
             let mut tx = pools.full.begin().await?;
             fence(&mut tx, stream, expected, offsets).await?;
             let (state, effects) =
-                load_and_fold(&mut tx, &owned, BTreeSet::new(), Utc::now()).await?;
+                load_and_fold(&mut tx, &owned, BTreeSet::new(), Utc::now(), rules).await?;
             write_effects(&mut tx, &state, &effects, &positions).await?;
             advance_offsets(&mut tx, stream, offsets).await?;
             tx.commit().await?;
@@ -95,6 +99,7 @@ pub(super) async fn apply(
         answers,
         offsets: offsets.clone(),
         entries_written: effects.entries.len(),
+        events: effects.events.iter().map(|event| event.id).collect(),
     })
 }
 
@@ -105,6 +110,7 @@ pub(super) async fn apply(
 /// left them), and commit if every row was written. `None` when the batch does not qualify or
 /// anything did not match (the transaction is rolled back, the users forgotten): the caller
 /// then takes the full path, which reloads everything under lock and reports precisely.
+#[allow(clippy::too_many_arguments)]
 async fn fast_path(
     pool: &PgPool,
     stream: &str,
@@ -113,9 +119,11 @@ async fn fast_path(
     offsets: &BTreeMap<u32, u64>,
     positions: &HashMap<Uuid, (u32, u64)>,
     cache: &mut AccountCache,
+    rules: Arc<Rules>,
 ) -> Option<ledger::Effects> {
     let mut state = State {
         now: Utc::now(),
+        rules,
         ..State::default()
     };
     for envelope in envelopes {
@@ -138,12 +146,22 @@ async fn fast_path(
             for (known, account) in rows {
                 state.insert_account((user.0, user.1.clone(), known.clone()), *account);
             }
+            // An app that records events needs the user's last event number: remembered, or
+            // the full path loads it.
+            if state.rules.contains_key(&user.0) {
+                state
+                    .event_seq
+                    .insert(user.clone(), cache.event_seq(&user)?);
+            }
         }
     }
+    let event_seqs_before = state.event_seq.clone();
     let before = state.accounts.clone();
     let users: BTreeSet<UserKey> = state.last_seq.keys().cloned().collect();
     let effects = ledger::fold(&mut state, envelopes);
-    let only_entries = effects.payments.is_empty()
+    // A balance alert crossed needs the alert state, which only the full path loads.
+    let only_entries = !effects.alert_crossings
+        && effects.payments.is_empty()
         && effects.webhooks.is_empty()
         && effects.lots.is_empty()
         && effects.holds.is_empty()
@@ -158,13 +176,21 @@ async fn fast_path(
     if !only_entries {
         return None;
     }
-    match write_fast(
-        pool, stream, &before, &state, &effects, expected, offsets, positions,
+    let written = write_fast(
+        pool,
+        stream,
+        &before,
+        &event_seqs_before,
+        &state,
+        &effects,
+        expected,
+        offsets,
+        positions,
     )
-    .await
-    {
+    .await;
+    match written {
         Ok(true) => {
-            cache.fast_batch_committed(&state.accounts);
+            cache.fast_batch_committed(&state.accounts, &state.event_seq);
             Some(effects)
         }
         Ok(false) => {
@@ -189,6 +215,7 @@ async fn write_fast(
     pool: &PgPool,
     stream: &str,
     before: &HashMap<AccountKey, Account>,
+    event_seqs_before: &HashMap<UserKey, i64>,
     state: &State,
     effects: &ledger::Effects,
     expected: &BTreeMap<u32, u64>,
@@ -220,11 +247,18 @@ async fn write_fast(
 
     let entries = EntryColumns::new(&effects.entries);
     let processed = ProcessedColumns::new(&effects.finished, positions);
+    let events = EventColumns::new(&effects.events);
+    let sequences: Vec<(&UserKey, i64, i64)> = effects
+        .event_seqs
+        .iter()
+        .map(|user| (user, event_seqs_before[user], state.event_seq[user]))
+        .collect();
 
     let written = sqlx::query(
         "SELECT tally_apply_plain_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                         $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
-                                        $25, $26, $27, $28, $29, $30, $31)",
+                                        $25, $26, $27, $28, $29, $30, $31, $32, $33, $34,
+                                        $35, $36, $37, $38, $39, $40, $41, $42)",
     )
     .bind(stream)
     .bind(&partitions)
@@ -257,6 +291,27 @@ async fn write_fast(
     .bind(&processed.hashes)
     .bind(&processed.partitions)
     .bind(&processed.seqs)
+    .bind(&events.ids)
+    .bind(&events.apps)
+    .bind(&events.users)
+    .bind(&events.types)
+    .bind(&events.sequences)
+    .bind(&events.ledger_ids)
+    .bind(&events.data)
+    .bind(
+        sequences
+            .iter()
+            .map(|(user, _, _)| user.0)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sequences
+            .iter()
+            .map(|(user, _, _)| user.1.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(sequences.iter().map(|(_, old, _)| *old).collect::<Vec<_>>())
+    .bind(sequences.iter().map(|(_, _, new)| *new).collect::<Vec<_>>())
     .execute(pool)
     .await;
     match written {
@@ -277,10 +332,12 @@ pub(super) async fn load_and_fold(
     envelopes: &[Envelope],
     extra_users: BTreeSet<(Uuid, String)>,
     now: DateTime<Utc>,
+    rules: Arc<Rules>,
 ) -> Result<(State, ledger::Effects), sqlx::Error> {
     let refs: Vec<&Envelope> = envelopes.iter().collect();
     let mut state = State {
         now,
+        rules,
         ..State::default()
     };
     let mut users = load::users(&refs);
@@ -290,6 +347,7 @@ pub(super) async fn load_and_fold(
     load::payments(tx, &refs, &mut state).await?;
     load::entries(tx, &refs, &mut state).await?;
     load::lots_and_holds(tx, &refs, &users, &mut state).await?;
+    load::event_state(tx, &users, &mut state).await?;
     let effects = ledger::fold(&mut state, envelopes);
     Ok((state, effects))
 }
@@ -309,6 +367,8 @@ pub(super) async fn write_effects(
     write::upsert_holds(tx, state, &effects.holds).await?;
     write::upsert_allocations(tx, state, &effects.allocations).await?;
     write::insert_system_commands(tx, &effects.system_commands).await?;
+    write::insert_events(tx, state, effects).await?;
+    write::upsert_alert_states(tx, state, &effects.alert_states).await?;
     write::insert_processed(tx, &effects.finished, positions).await?;
     Ok(())
 }

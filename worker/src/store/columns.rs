@@ -7,6 +7,7 @@ use tally_common::command::{Envelope, Outcome};
 use uuid::Uuid;
 
 use crate::ledger;
+use crate::ledger::events::NewEvent;
 
 /// [`ledger::NewEntry`] rows as the columns of an `UNNEST` insert.
 pub(super) struct EntryColumns<'a> {
@@ -47,6 +48,34 @@ impl<'a> EntryColumns<'a> {
             commands: entries.iter().map(|e| e.command_id).collect(),
             lots: entries.iter().map(|e| e.lot_id).collect(),
             holds: entries.iter().map(|e| e.hold_id).collect(),
+        }
+    }
+}
+
+/// Recorded events as the columns of an `UNNEST` insert into `events`.
+pub(super) struct EventColumns<'a> {
+    pub(super) ids: Vec<Uuid>,
+    pub(super) apps: Vec<Uuid>,
+    pub(super) users: Vec<&'a str>,
+    pub(super) types: Vec<&'static str>,
+    pub(super) sequences: Vec<i64>,
+    pub(super) ledger_ids: Vec<Option<Uuid>>,
+    pub(super) data: Vec<Option<String>>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub(super) fn new(events: &'a [NewEvent]) -> Self {
+        Self {
+            ids: events.iter().map(|e| e.id).collect(),
+            apps: events.iter().map(|e| e.app_id).collect(),
+            users: events.iter().map(|e| e.user_id.as_str()).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            sequences: events.iter().map(|e| e.sequence).collect(),
+            ledger_ids: events.iter().map(|e| e.ledger_id).collect(),
+            data: events
+                .iter()
+                .map(|e| e.data.as_ref().map(|data| data.to_string()))
+                .collect(),
         }
     }
 }

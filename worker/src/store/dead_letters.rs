@@ -3,11 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tally_common::command::{Envelope, Outcome, Status};
+use tally_common::events::EventType;
+use uuid::Uuid;
 
 use super::offsets::{advance_offsets, fence};
 use super::{Item, StoreError};
+use crate::ledger::events::Rules;
 
 /// Records a command that cannot be applied as failed (500) and parks it in `dead_letters`
 /// (migration 0006_dead_letters) with `error` and the `attempts` it was given, fenced like a
@@ -21,6 +25,7 @@ pub(super) async fn record_failure(
     expected_last_seq: u64,
     error: &str,
     attempts: u32,
+    rules: &Rules,
 ) -> Result<Option<Outcome>, StoreError> {
     let mut tx = pool.begin().await?;
     let offsets = BTreeMap::from([(item.partition, expected_last_seq)]);
@@ -49,6 +54,12 @@ pub(super) async fn record_failure(
             .execute(&mut *tx)
             .await?;
             park(&mut tx, stream, item, envelope, error, attempts).await?;
+            let records = rules
+                .get(&envelope.app_id)
+                .is_some_and(|app| app.records(EventType::CommandDeadLettered));
+            if records {
+                record_event(&mut tx, envelope, error).await?;
+            }
             Some(outcome)
         }
         None => None,
@@ -56,6 +67,42 @@ pub(super) async fn record_failure(
     advance_offsets(&mut tx, stream, &offsets).await?;
     tx.commit().await?;
     Ok(answer)
+}
+
+/// Longest error text a `command.dead_lettered` event carries.
+const EVENT_ERROR_CHARS_MAX: usize = 500;
+
+/// Records a `command.dead_lettered` event for the command's user (the relay's sweep hands it
+/// to the broker).
+async fn record_event(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &Envelope,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let user_id = envelope.command.user_id();
+    let sequence: i64 = sqlx::query_scalar(
+        "INSERT INTO event_sequences (app_id, user_id, last_seq) VALUES ($1, $2, 1)
+         ON CONFLICT (app_id, user_id) DO UPDATE SET last_seq = event_sequences.last_seq + 1
+         RETURNING last_seq",
+    )
+    .bind(envelope.app_id)
+    .bind(user_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let error: String = error.chars().take(EVENT_ERROR_CHARS_MAX).collect();
+    sqlx::query(
+        "INSERT INTO events (id, app_id, user_id, type, sequence, data)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(envelope.app_id)
+    .bind(user_id)
+    .bind(EventType::CommandDeadLettered.as_str())
+    .bind(sequence)
+    .bind(json!({ "command_id": envelope.command_id, "error": error }))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Lists a failed command in `dead_letters`, or parks it again if an operator's retry failed.

@@ -173,6 +173,67 @@ pub(super) async fn accounts(
     Ok(())
 }
 
+/// Locks and loads the last event number of each of `users` whose app records events, and the
+/// alert state of their accounts when the app tracks alerts.
+pub(super) async fn event_state(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &BTreeSet<(Uuid, String)>,
+    state: &mut State,
+) -> Result<(), sqlx::Error> {
+    let recording: Vec<&(Uuid, String)> = users
+        .iter()
+        .filter(|(app_id, _)| state.rules.contains_key(app_id))
+        .collect();
+    if recording.is_empty() {
+        return Ok(());
+    }
+    let apps: Vec<Uuid> = recording.iter().map(|user| user.0).collect();
+    let ids: Vec<&str> = recording.iter().map(|user| user.1.as_str()).collect();
+    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT s.app_id, s.user_id, s.last_seq
+         FROM event_sequences s JOIN UNNEST($1::uuid[], $2::text[]) AS k(app_id, user_id)
+           ON s.app_id = k.app_id AND s.user_id = k.user_id
+         ORDER BY s.app_id, s.user_id COLLATE \"C\" FOR UPDATE OF s",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for user in &recording {
+        state.event_seq.insert((*user).clone(), 0);
+    }
+    for (app_id, user_id, last_seq) in rows {
+        state.event_seq.insert((app_id, user_id), last_seq);
+    }
+    let tracking: Vec<&(Uuid, String)> = recording
+        .into_iter()
+        .filter(|(app_id, _)| state.rules[app_id].tracks_alerts())
+        .collect();
+    if tracking.is_empty() {
+        return Ok(());
+    }
+    let apps: Vec<Uuid> = tracking.iter().map(|user| user.0).collect();
+    let ids: Vec<&str> = tracking.iter().map(|user| user.1.as_str()).collect();
+    let rows: Vec<(Uuid, String, String, Vec<i64>)> = sqlx::query_as(
+        "SELECT s.app_id, s.user_id, s.credit_type, s.below
+         FROM balance_alert_state s JOIN UNNEST($1::uuid[], $2::text[]) AS k(app_id, user_id)
+           ON s.app_id = k.app_id AND s.user_id = k.user_id
+         ORDER BY s.app_id, s.user_id COLLATE \"C\", s.credit_type COLLATE \"C\"
+         FOR UPDATE OF s",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (app_id, user_id, credit_type, below) in rows {
+        state.alert_below.insert(
+            (app_id, user_id, stored_type(&credit_type)),
+            below.into_iter().collect(),
+        );
+    }
+    Ok(())
+}
+
 /// The payments the batch's webhook commands credit or claw back.
 fn payment_keys(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, Provider, String)> {
     envelopes

@@ -3,19 +3,27 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::batch::{load_and_fold, write_effects};
 use super::StoreError;
+use crate::ledger::events::Rules;
 
 /// How many users one sweep transaction handles.
 pub const SWEEP_USERS_MAX: i64 = 200;
 
 /// Expires the lots and holds that are due, for up to [`SWEEP_USERS_MAX`] users, in one
 /// transaction. Safe to run from every worker at once: each user's state is re-read under its
-/// account lock, so an expiry is written exactly once. Returns how many users were swept.
-pub async fn sweep(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, StoreError> {
+/// account lock, so an expiry is written exactly once. Returns how many users were swept, and
+/// the events recorded (for the relay).
+pub async fn sweep(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    rules: Arc<Rules>,
+) -> Result<(usize, Vec<Uuid>), StoreError> {
     let due: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT DISTINCT app_id, user_id FROM (
              SELECT app_id, user_id FROM lots WHERE expired_at IS NULL AND expires_at <= $1
@@ -28,11 +36,15 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, StoreErro
     .fetch_all(pool)
     .await?;
     if due.is_empty() {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     let mut tx = pool.begin().await?;
-    let (state, effects) = load_and_fold(&mut tx, &[], due.iter().cloned().collect(), now).await?;
+    let (state, effects) =
+        load_and_fold(&mut tx, &[], due.iter().cloned().collect(), now, rules).await?;
     write_effects(&mut tx, &state, &effects, &HashMap::new()).await?;
     tx.commit().await?;
-    Ok(due.len())
+    Ok((
+        due.len(),
+        effects.events.iter().map(|event| event.id).collect(),
+    ))
 }

@@ -8,9 +8,9 @@ use tally_common::command::{Envelope, Outcome};
 use tally_common::webhook::Provider;
 use uuid::Uuid;
 
-use super::columns::{EntryColumns, ProcessedColumns};
+use super::columns::{EntryColumns, EventColumns, ProcessedColumns};
 use super::StoreError;
-use crate::ledger::{self, Account, AccountKey, Hold, HoldStatus, Lot, Payment, State};
+use crate::ledger::{self, Account, AccountKey, Hold, HoldStatus, Lot, Payment, State, UserKey};
 
 /// Appends the new ledger entries.
 pub(super) async fn insert_entries(
@@ -186,6 +186,92 @@ pub(super) async fn insert_webhooks(
     .bind(&users)
     .bind(&ledger_ids)
     .bind(&received)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records the batch's events and moves each of their users' last event number, only from
+/// where it was loaded (a number that moved meanwhile fails the batch).
+pub(super) async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &State,
+    effects: &ledger::Effects,
+) -> Result<(), StoreError> {
+    if effects.events.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&UserKey> = effects.event_seqs.iter().collect();
+    let moved = sqlx::query(
+        "INSERT INTO event_sequences (app_id, user_id, last_seq)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[])
+         ON CONFLICT (app_id, user_id) DO UPDATE SET last_seq = EXCLUDED.last_seq
+         WHERE event_sequences.last_seq < EXCLUDED.last_seq",
+    )
+    .bind(users.iter().map(|user| user.0).collect::<Vec<_>>())
+    .bind(users.iter().map(|user| user.1.as_str()).collect::<Vec<_>>())
+    .bind(
+        users
+            .iter()
+            .map(|user| state.event_seq[*user])
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if moved != users.len() as u64 {
+        return Err(StoreError::Database(sqlx::Error::Protocol(
+            "an event sequence moved under the batch".into(),
+        )));
+    }
+    let columns = EventColumns::new(&effects.events);
+    sqlx::query(
+        "INSERT INTO events (id, app_id, user_id, type, sequence, ledger_id, data)
+         SELECT id, app_id, user_id, type, sequence, ledger_id, data::jsonb
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::uuid[],
+                     $7::text[])
+           AS t(id, app_id, user_id, type, sequence, ledger_id, data)",
+    )
+    .bind(&columns.ids)
+    .bind(&columns.apps)
+    .bind(&columns.users)
+    .bind(&columns.types)
+    .bind(&columns.sequences)
+    .bind(&columns.ledger_ids)
+    .bind(&columns.data)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes the thresholds each changed account is now below.
+pub(super) async fn upsert_alert_states(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &State,
+    changed: &BTreeSet<AccountKey>,
+) -> Result<(), sqlx::Error> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&AccountKey> = changed.iter().collect();
+    let below: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            let values: Vec<String> = state.alert_below[*key].iter().map(i64::to_string).collect();
+            format!("{{{}}}", values.join(","))
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO balance_alert_state (app_id, user_id, credit_type, below)
+         SELECT app_id, user_id, credit_type, below::int8[]
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+           AS t(app_id, user_id, credit_type, below)
+         ON CONFLICT (app_id, user_id, credit_type) DO UPDATE SET below = EXCLUDED.below",
+    )
+    .bind(keys.iter().map(|key| key.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|key| key.1.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|key| key.2.as_str()).collect::<Vec<_>>())
+    .bind(&below)
     .execute(&mut **tx)
     .await?;
     Ok(())
