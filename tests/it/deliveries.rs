@@ -398,6 +398,36 @@ async fn a_delivery_arrives_with_the_standard_webhooks_headers_and_a_verifiable_
 }
 
 #[tokio::test]
+async fn a_credit_change_reaches_a_subscribed_endpoint_through_the_outbox_and_the_relay() {
+    let deliveries = Deliveries::start().await;
+    let receiver = Receiver::start(always_ok).await;
+    let endpoint = deliveries.endpoint(&receiver.url("/credits")).await;
+    deliveries
+        .sql(
+            "INSERT INTO app_event_config (app_id) VALUES ($1)
+             ON CONFLICT (app_id) DO UPDATE SET version = app_event_config.version + 1",
+            deliveries.app.app_id,
+        )
+        .await;
+    // Workers reload an app's event rules within a second of a change.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let added = deliveries.app.add("user_7", 25).await;
+
+    let calls = receiver.wait_calls(1, Duration::from_secs(10)).await;
+    verify(&calls[0], &endpoint.secret).expect("signed");
+    let envelope = calls[0].json();
+    assert_eq!(envelope["type"], "credits.added");
+    assert_eq!(envelope["user_id"], "user_7");
+    assert_eq!(envelope["data"]["amount"], 25);
+    assert_eq!(envelope["data"]["ledger_id"], added["ledger_id"]);
+    assert_eq!(
+        calls[0].header("webhook-id"),
+        envelope["id"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
 async fn during_a_rotation_a_delivery_carries_both_signatures_and_either_secret_verifies_it() {
     let deliveries = Deliveries::start().await;
     let receiver = Receiver::start(always_ok).await;
