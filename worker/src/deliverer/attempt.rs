@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tally_common::events::{self, DeliveryMessage};
 use tracing::Instrument;
+use uuid::Uuid;
 
 use super::call::Answer;
 use super::records::{self, Attempt, Next, Target};
@@ -59,35 +60,12 @@ async fn deliver(shared: &Shared, request: &DeliveryMessage, delivered: i64) -> 
             return AckKind::Nak(Some(DATABASE_RETRY_DELAY));
         }
     };
-    if let Some((status, reason)) = unsendable(&target) {
-        return match records::close_unsent(&shared.pool, request.delivery_id, status, reason).await
-        {
-            Ok(()) => AckKind::Ack,
-            Err(error) => {
-                tracing::warn!(%error, "cannot close a delivery; retrying");
-                AckKind::Nak(Some(DATABASE_RETRY_DELAY))
-            }
-        };
-    }
-    // A redelivery is one more attempt whatever the status; a delivery that is still pending
-    // goes on with its schedule.
-    let one_off = match target.status.as_str() {
-        "pending" => {
-            // A redelivery is sent now; any other message waits until its attempt is due
-            // (one that was handed out early, or a second message for the delivery).
-            let forced = request.redeliver && delivered == 1;
-            let due_in = target
-                .next_attempt_at
-                .and_then(|at| (at - Utc::now()).to_std().ok())
-                .filter(|wait| *wait > EARLY_SLACK);
-            if let (Some(wait), false) = (due_in, forced) {
-                return AckKind::Nak(Some(wait));
-            }
-            false
+    let one_off = match due(&target, request, delivered, Utc::now()) {
+        Due::Now { one_off } => one_off,
+        Due::Unsendable { status, reason } => {
+            return close(shared, request.delivery_id, status, reason).await
         }
-        "succeeded" | "failed" if request.redeliver => true,
-        // Cancelled, or already settled by another message.
-        _ => return AckKind::Ack,
+        Due::Not(answer) => return answer,
     };
     let slot = match shared.slots.take(target.endpoint_id) {
         Ok(slot) => slot,
@@ -105,16 +83,7 @@ async fn deliver(shared: &Shared, request: &DeliveryMessage, delivered: i64) -> 
     };
     let Some(envelope) = envelope else {
         // Events are kept longer than any schedule: this one was removed by hand.
-        let closed = records::close_unsent(
-            &shared.pool,
-            request.delivery_id,
-            "failed",
-            "event not found",
-        );
-        return match closed.await {
-            Ok(()) => AckKind::Ack,
-            Err(_) => AckKind::Nak(Some(DATABASE_RETRY_DELAY)),
-        };
+        return close(shared, request.delivery_id, "failed", "event not found").await;
     };
     let at = Utc::now();
     let started = Instant::now();
@@ -175,15 +144,65 @@ async fn deliver(shared: &Shared, request: &DeliveryMessage, delivered: i64) -> 
     }
 }
 
-/// Why a delivery is not sent at all: its endpoint is gone or turned off. A pending one is
-/// closed with this status and reason.
-fn unsendable(target: &Target) -> Option<(&'static str, &'static str)> {
+/// Whether a message's delivery is attempted now.
+#[derive(Debug)]
+enum Due {
+    /// Now: as the next attempt of its schedule, or as a one-off redelivery of a settled one.
+    Now { one_off: bool },
+    /// Never: its endpoint is gone or turned off; a pending delivery is closed with this
+    /// status and reason.
+    Unsendable {
+        status: &'static str,
+        reason: &'static str,
+    },
+    /// Not now: the answer to the broker (done, or come back when the attempt is due).
+    Not(AckKind),
+}
+
+/// Decides what to do with `request`, its `delivered`th hand-out by the broker, at `now`.
+fn due(target: &Target, request: &DeliveryMessage, delivered: i64, now: DateTime<Utc>) -> Due {
     if target.deleted {
-        Some(("cancelled", "endpoint deleted"))
-    } else if !target.enabled {
-        Some(("failed", "endpoint disabled"))
-    } else {
-        None
+        return Due::Unsendable {
+            status: "cancelled",
+            reason: "endpoint deleted",
+        };
+    }
+    if !target.enabled {
+        return Due::Unsendable {
+            status: "failed",
+            reason: "endpoint disabled",
+        };
+    }
+    match target.status.as_str() {
+        "pending" => {
+            // A redelivery is sent at once; any other message waits until the attempt is due
+            // (one handed out early, or a second message for the delivery). A redelivery put
+            // back once goes on as the delivery's message like any other.
+            let forced = request.redeliver && delivered == 1;
+            let due_in = target
+                .next_attempt_at
+                .and_then(|at| (at - now).to_std().ok())
+                .filter(|wait| *wait > EARLY_SLACK);
+            match due_in {
+                Some(wait) if !forced => Due::Not(AckKind::Nak(Some(wait))),
+                _ => Due::Now { one_off: false },
+            }
+        }
+        // One more attempt of a settled delivery, whatever its status.
+        "succeeded" | "failed" if request.redeliver => Due::Now { one_off: true },
+        // Cancelled, or settled by another message.
+        _ => Due::Not(AckKind::Ack),
+    }
+}
+
+/// Closes a pending delivery without an attempt; the answer to the broker.
+async fn close(shared: &Shared, id: Uuid, status: &str, reason: &str) -> AckKind {
+    match records::close_unsent(&shared.pool, id, status, reason).await {
+        Ok(()) => AckKind::Ack,
+        Err(error) => {
+            tracing::warn!(%error, "cannot close a delivery; retrying");
+            AckKind::Nak(Some(DATABASE_RETRY_DELAY))
+        }
     }
 }
 
@@ -208,4 +227,102 @@ async fn send(
         ("webhook-signature", signature),
     ];
     shared.caller.post(&target.url, &headers, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(status: &str, next_attempt_at: Option<DateTime<Utc>>) -> Target {
+        Target {
+            event_id: Uuid::now_v7(),
+            endpoint_id: Uuid::now_v7(),
+            app_id: Uuid::now_v7(),
+            status: status.to_string(),
+            attempts: 1,
+            next_attempt_at,
+            url: "https://hooks.example.com/".to_string(),
+            enabled: true,
+            deleted: false,
+            secret: "whsec_dGVzdA==".to_string(),
+            previous_secret: None,
+        }
+    }
+
+    fn message(redeliver: bool) -> DeliveryMessage {
+        DeliveryMessage {
+            delivery_id: Uuid::now_v7(),
+            redeliver,
+        }
+    }
+
+    #[test]
+    fn a_pending_delivery_is_attempted_when_due_and_put_back_until_then() {
+        let now = Utc::now();
+        let due_now = target("pending", Some(now));
+        assert!(matches!(
+            due(&due_now, &message(false), 2, now),
+            Due::Now { one_off: false }
+        ));
+        let later = target("pending", Some(now + chrono::Duration::minutes(5)));
+        match due(&later, &message(false), 2, now) {
+            Due::Not(AckKind::Nak(Some(wait))) => {
+                assert!(wait > Duration::from_secs(299) && wait <= Duration::from_secs(300))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A redelivery goes now, the first time it is handed out.
+        assert!(matches!(
+            due(&later, &message(true), 1, now),
+            Due::Now { one_off: false }
+        ));
+        assert!(matches!(
+            due(&later, &message(true), 2, now),
+            Due::Not(AckKind::Nak(Some(_)))
+        ));
+    }
+
+    #[test]
+    fn a_settled_delivery_is_attempted_again_only_when_redelivered() {
+        let now = Utc::now();
+        for status in ["succeeded", "failed"] {
+            let settled = target(status, None);
+            assert!(matches!(
+                due(&settled, &message(false), 1, now),
+                Due::Not(AckKind::Ack)
+            ));
+            assert!(matches!(
+                due(&settled, &message(true), 3, now),
+                Due::Now { one_off: true }
+            ));
+        }
+        let cancelled = target("cancelled", None);
+        assert!(matches!(
+            due(&cancelled, &message(true), 1, now),
+            Due::Not(AckKind::Ack)
+        ));
+    }
+
+    #[test]
+    fn nothing_goes_to_a_deleted_or_disabled_endpoint() {
+        let now = Utc::now();
+        let mut deleted = target("pending", None);
+        deleted.deleted = true;
+        assert!(matches!(
+            due(&deleted, &message(true), 1, now),
+            Due::Unsendable {
+                status: "cancelled",
+                ..
+            }
+        ));
+        let mut disabled = target("succeeded", None);
+        disabled.enabled = false;
+        assert!(matches!(
+            due(&disabled, &message(true), 1, now),
+            Due::Unsendable {
+                status: "failed",
+                ..
+            }
+        ));
+    }
 }
