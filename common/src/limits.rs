@@ -31,3 +31,7 @@ pub const PAGE_LIMIT_MAX: i64 = 200;
 /// Number of partitions of the command stream. Fixed for the life of a stream: changing it
 /// would move users between partitions and break per-user order.
 pub const PARTITIONS_DEFAULT: u32 = 64;
+/// Most outbound event endpoints an app may have (deleted ones do not count).
+pub const WEBHOOK_ENDPOINTS_MAX: i64 = 16;
+/// Most thresholds in one list of balance alerts.
+pub const ALERT_THRESHOLDS_MAX: usize = 10;

@@ -38,6 +38,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use tally_common::command::{Envelope, Outcome, Reply, ReplyTo};
+use tally_common::events::DeliveryMessage;
 use tally_common::partition::{partition_of, Names};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
@@ -262,6 +263,27 @@ impl Bus {
         serde_json::to_vec(&command).expect("commands serialize")
     }
 
+    /// Asks a worker to deliver one outbound event to one endpoint: publishes `message` on the
+    /// delivery stream under `message_id` (hyphenated, as the worker's relay writes a delivery's
+    /// id: the broker stores one message per id, so retries and repeats of a publish are one
+    /// message) and waits for the broker's ack.
+    pub async fn publish_delivery(
+        &self,
+        message: &DeliveryMessage,
+        message_id: Uuid,
+    ) -> Result<(), PublishError> {
+        let subject = self.names.delivery_subject();
+        let payload =
+            Bytes::from(serde_json::to_vec(message).expect("delivery messages serialize"));
+        let message_id = message_id.to_string();
+        let client = self.js.client();
+        let connected = || client.connection_state() == async_nats::connection::State::Connected;
+        with_retries(1, connected, || {
+            publish_with_id(&self.js, &subject, &message_id, payload.clone())
+        })
+        .await
+    }
+
     /// Whether the broker answers (for `/readyz`).
     pub async fn ready(&self) -> bool {
         let stream = self.names.command_stream();
@@ -348,7 +370,7 @@ async fn run_publisher(
             let connected =
                 || client.connection_state() == async_nats::connection::State::Connected;
             let result = with_retries(commands, connected, || {
-                publish_batch(&js, &subject, &batch_id, payload.clone())
+                publish_with_id(&js, &subject, &batch_id, payload.clone())
             })
             .await;
             for pending in batch {
@@ -415,16 +437,16 @@ where
         .await
 }
 
-/// One batch, one JetStream publish under the batch's message ID. An ack that says
-/// `duplicate` means an earlier attempt of this very batch was stored: it is accepted.
-async fn publish_batch(
+/// One JetStream publish under a message ID (a batch's, a delivery's). An ack that says
+/// `duplicate` means an earlier attempt of this very message was stored: it is accepted.
+async fn publish_with_id(
     js: &jetstream::Context,
     subject: &str,
-    batch_id: &str,
+    message_id: &str,
     payload: Bytes,
 ) -> Result<(), PublishError> {
     let mut headers = HeaderMap::new();
-    headers.insert(NATS_MESSAGE_ID, batch_id);
+    headers.insert(NATS_MESSAGE_ID, message_id);
     js.publish_with_headers(subject.to_string(), headers, payload)
         .await
         .map_err(|e| PublishError(e.to_string()))?

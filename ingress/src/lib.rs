@@ -291,6 +291,12 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/release", post(routes::holds::release))
         .route("/credits/holds", get(routes::holds::list))
         .route("/credits/batch", post(routes::batch::batch))
+        .route(
+            "/credits/alerts",
+            get(routes::alerts::get_alerts)
+                .put(routes::alerts::put_alerts)
+                .delete(routes::alerts::delete_alerts),
+        )
         .route("/credits/balance", get(routes::credits::balance))
         .route("/credits/balances", get(routes::credits::balances))
         .route("/credits/history", get(routes::credits::history))
@@ -298,6 +304,34 @@ pub fn router(state: AppState) -> Router {
             "/commands/{command_id}",
             get(routes::commands::command_status),
         )
+        .route(
+            "/webhook_endpoints",
+            get(routes::endpoints::list_endpoints).post(routes::endpoints::create_endpoint),
+        )
+        .route(
+            "/webhook_endpoints/{id}",
+            get(routes::endpoints::get_endpoint)
+                .patch(routes::endpoints::update_endpoint)
+                .delete(routes::endpoints::delete_endpoint),
+        )
+        .route(
+            "/webhook_endpoints/{id}/rotate_secret",
+            post(routes::endpoints::rotate_secret),
+        )
+        .route(
+            "/webhook_endpoints/{id}/test",
+            post(routes::deliveries::send_test),
+        )
+        .route(
+            "/webhook_endpoints/{id}/deliveries",
+            get(routes::deliveries::list_deliveries),
+        )
+        .route(
+            "/webhook_deliveries/{id}/redeliver",
+            post(routes::deliveries::redeliver),
+        )
+        .route("/events", get(routes::events::list_outbound_events))
+        .route("/events/{id}", get(routes::events::get_outbound_event))
         .route("/webhooks/stripe", post(webhooks::stripe_single))
         .route("/webhooks/stripe/{app_id}", post(webhooks::stripe_for_app))
         .route("/webhooks/polar", post(webhooks::polar_single))

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
-use crate::routes::{batch, commands, credits, holds};
+use crate::routes::{alerts, batch, commands, credits, deliveries, endpoints, events, holds};
 use crate::webhooks;
 
 #[derive(OpenApi)]
@@ -15,6 +15,11 @@ use crate::webhooks;
           holds::hold, holds::capture, holds::release, holds::list, batch::batch,
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
           webhooks::list_events,
+          endpoints::create_endpoint, endpoints::list_endpoints, endpoints::get_endpoint,
+          endpoints::update_endpoint, endpoints::delete_endpoint, endpoints::rotate_secret,
+          deliveries::send_test, deliveries::list_deliveries, deliveries::redeliver,
+          events::list_outbound_events, events::get_outbound_event,
+          alerts::put_alerts, alerts::get_alerts, alerts::delete_alerts,
           admin::apps, admin::users, admin::user, admin::entries, admin::entry,
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,

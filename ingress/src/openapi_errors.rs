@@ -40,7 +40,13 @@ fn rate_limited() -> Response {
 impl Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            let operations: [&mut Option<Operation>; 2] = [&mut item.get, &mut item.post];
+            let operations: [&mut Option<Operation>; 5] = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
             for operation in operations.into_iter().flatten() {
                 let (secured, has_body) = (
                     operation.security.is_some(),

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use tally_common::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use uuid::Uuid;
 
 use crate::error::ApiError;
 
@@ -48,4 +50,29 @@ pub fn decode_cursor(kind: &str, cursor: &str) -> Result<String, ApiError> {
         .and_then(|rest| rest.strip_prefix(':'))
         .map(str::to_string)
         .ok_or_else(bad)
+}
+
+/// The cursor after a row of a list ordered by `(created_at, id)`, newest first.
+pub fn encode_time_cursor(kind: &str, created_at: DateTime<Utc>, id: Uuid) -> String {
+    encode_cursor(kind, &format!("{}|{id}", created_at.timestamp_micros()))
+}
+
+/// The `cursor` query parameter of a list ordered by `(created_at, id)`: the position to
+/// continue before, or `None` for the first page.
+pub fn time_cursor(
+    kind: &str,
+    query: &HashMap<String, String>,
+) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
+    let Some(cursor) = query.get("cursor") else {
+        return Ok(None);
+    };
+    let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
+    let position = decode_cursor(kind, cursor)?;
+    let (micros, id) = position.split_once('|').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
 }

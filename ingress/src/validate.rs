@@ -111,6 +111,47 @@ impl Fields {
         }
     }
 
+    /// An optional `user_id`-like field (absent: `None`), checked like [`Fields::user_id`].
+    pub fn optional_user_id(&mut self, field: &str) -> Result<Option<String>, ApiError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::String(text)) => check_user_id(field, text).map(Some),
+            Some(_) => Err(ApiError::field(field, "must be a string")),
+        }
+    }
+
+    /// An optional string (absent: `None`), without the NUL character.
+    pub fn optional_string(&mut self, field: &str) -> Result<Option<String>, ApiError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::String(text)) => reject_nul(field, &text).map(|()| Some(text)),
+            Some(_) => Err(ApiError::field(field, "must be a string")),
+        }
+    }
+
+    pub fn optional_bool(&mut self, field: &str) -> Result<Option<bool>, ApiError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Bool(value)) => Ok(Some(value)),
+            Some(_) => Err(ApiError::field(field, "must be true or false")),
+        }
+    }
+
+    /// An optional JSON array (absent: `None`), its elements for the caller to check.
+    pub fn optional_array(&mut self, field: &str) -> Result<Option<Vec<Value>>, ApiError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(_) => Err(ApiError::field(field, "must be an array")),
+        }
+    }
+
+    /// Whether the request sets `field` to `null` (for an update: clear it), as opposed to
+    /// leaving it out.
+    pub fn is_null(&self, field: &str) -> bool {
+        self.object.get(field).is_some_and(Value::is_null)
+    }
+
     pub fn amount(&mut self, field: &str) -> Result<i64, ApiError> {
         match self.take(field) {
             None => Err(ApiError::field(field, "is required")),
@@ -304,7 +345,8 @@ pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {
     }
 }
 
-fn parse_amount(field: &str, value: &Value) -> Result<i64, ApiError> {
+/// An amount, 1..=10^12, from a JSON value (an element of a list of amounts).
+pub fn parse_amount(field: &str, value: &Value) -> Result<i64, ApiError> {
     let message = format!("must be an integer from {AMOUNT_MIN} to {AMOUNT_MAX}");
     match value {
         Value::Number(number) if number.is_i64() || number.is_u64() => match number.as_i64() {

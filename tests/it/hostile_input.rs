@@ -114,6 +114,8 @@ fn query() -> impl Strategy<Value = String> {
                 Just("cursor".to_string()),
                 Just("status".to_string()),
                 Just("provider".to_string()),
+                Just("type".to_string()),
+                Just("credit_type".to_string()),
                 any::<String>(),
             ],
             query_value(),
@@ -146,6 +148,7 @@ fn request() -> impl Strategy<Value = HostileRequest> {
             "/credits/hold",
             "/credits/capture",
             "/credits/release",
+            "/webhook_endpoints",
         ])
         .prop_map(|path| ("POST", path.to_string())),
         (
@@ -154,11 +157,26 @@ fn request() -> impl Strategy<Value = HostileRequest> {
                 "/credits/history",
                 "/credits/holds",
                 "/webhooks/events",
+                "/webhook_endpoints",
+                "/events",
+                "/credits/alerts",
             ]),
             query()
         )
             .prop_map(|(path, query)| ("GET", format!("{path}?{query}"))),
         path_segment().prop_map(|id| ("GET", format!("/commands/{id}"))),
+        (
+            proptest::sample::select(vec![
+                ("GET", "/webhook_endpoints/{id}"),
+                ("GET", "/webhook_endpoints/{id}/deliveries"),
+                ("GET", "/events/{id}"),
+                ("POST", "/webhook_endpoints/{id}/test"),
+                ("POST", "/webhook_endpoints/{id}/rotate_secret"),
+                ("POST", "/webhook_deliveries/{id}/redeliver"),
+            ]),
+            path_segment()
+        )
+            .prop_map(|((method, path), id)| (method, path.replace("{id}", &id))),
         (
             proptest::sample::select(vec!["stripe", "polar"]),
             path_segment()

@@ -34,6 +34,15 @@ async fn health_readiness_metrics_and_openapi_need_no_key() {
         "/webhooks/stripe/{app_id}",
         "/webhooks/polar/{app_id}",
         "/webhooks/events",
+        "/webhook_endpoints",
+        "/webhook_endpoints/{id}",
+        "/webhook_endpoints/{id}/rotate_secret",
+        "/webhook_endpoints/{id}/test",
+        "/webhook_endpoints/{id}/deliveries",
+        "/webhook_deliveries/{id}/redeliver",
+        "/events",
+        "/events/{id}",
+        "/credits/alerts",
     ] {
         assert!(
             openapi["paths"][path].is_object(),

@@ -1,7 +1,9 @@
 //! The relay: hands recorded events to the broker. For each event it creates one delivery per
 //! enabled endpoint of the app that subscribes to the event's type (a `ping`: its one
-//! endpoint), publishes one delivery message per new delivery, and marks the event relayed —
-//! in one transaction, so an event is relayed whole or not at all.
+//! endpoint) and commits them, then publishes one delivery message per delivery not attempted
+//! yet, then marks the event relayed. A message is published only once its delivery is
+//! committed (a deliverer never finds a message without its delivery), and an event is marked
+//! relayed only once its messages are acknowledged.
 //!
 //! The appliers and the sweeper pass the events they just committed; the relay also looks, every
 //! [`SWEEP_INTERVAL`], for events left unrelayed (a worker that stopped between the commit and
@@ -171,6 +173,9 @@ async fn relay(
     .bind(&event_ids)
     .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
+    // A relay of these events in between publishes the same messages: their message ids
+    // (the deliveries' ids) make the broker keep one of each.
     let mut acks = Vec::with_capacity(to_publish.len());
     for delivery_id in &to_publish {
         let mut headers = HeaderMap::new();
@@ -190,9 +195,8 @@ async fn relay(
     }
     sqlx::query("UPDATE events SET relayed = true WHERE id = ANY($1)")
         .bind(&event_ids)
-        .execute(&mut *tx)
+        .execute(pool)
         .await?;
-    tx.commit().await?;
     metrics::counter!("tally_worker_events_relayed_total").increment(event_ids.len() as u64);
     metrics::counter!("tally_worker_deliveries_published_total").increment(to_publish.len() as u64);
     Ok(event_ids.len())

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::operations::Operation;
-use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
+use crate::paging::{encode_time_cursor, page_limit, split_page, time_cursor};
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
 use crate::routes::credits::write;
 use crate::validate;
@@ -198,20 +198,7 @@ pub async fn list(
     };
     let credit_type = validate::query_optional_credit_type(&query)?;
     let limit = page_limit(&query)?;
-    let before: Option<(DateTime<Utc>, Uuid)> = match query.get("cursor") {
-        None => None,
-        Some(cursor) => {
-            let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
-            let position = decode_cursor(HOLDS_CURSOR, cursor)?;
-            let (micros, id) = position.split_once('|').ok_or_else(bad)?;
-            let at = micros
-                .parse::<i64>()
-                .ok()
-                .and_then(DateTime::from_timestamp_micros)
-                .ok_or_else(bad)?;
-            Some((at, Uuid::parse_str(id).map_err(|_| bad())?))
-        }
-    };
+    let before = time_cursor(HOLDS_CURSOR, &query)?;
     let rows: Vec<HoldRow> = sqlx::query_as(
         // A hold past its expiry is expired, even in the second before a sweep settles it.
         "SELECT id, credit_type, amount, captured, status, expires_at, created_at FROM (
@@ -235,10 +222,7 @@ pub async fn list(
     let (rows, more) = split_page(rows, limit);
     let next_cursor = more.then(|| {
         let last = rows.last().expect("a full page");
-        encode_cursor(
-            HOLDS_CURSOR,
-            &format!("{}|{}", last.created_at.timestamp_micros(), last.id),
-        )
+        encode_time_cursor(HOLDS_CURSOR, last.created_at, last.id)
     });
     let holds = rows
         .iter()
