@@ -337,12 +337,21 @@ async fn user_write(
     let key = validate::idempotency_key(headers)?;
     let object = validate::json_object(headers, body).await?;
     let idempotency = key.map(|key| (key, validate::request_hash("POST", path, &object)));
+    let (user_id, amount, description) = write_fields(object)?;
+    Ok((user_id, amount, description, idempotency))
+}
+
+/// The user, amount and description of an admin add or deduct (`400` naming the field
+/// otherwise).
+pub(crate) fn write_fields(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<(String, i64, Option<String>), ApiError> {
     let mut fields = Fields::new(object, &["user_id", "amount", "description"])?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
     let description = fields.description()?;
     fields.finish()?;
-    Ok((user_id, amount, description, idempotency))
+    Ok((user_id, amount, description))
 }
 
 /// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`).
@@ -365,12 +374,20 @@ pub async fn refund(
     let object = validate::json_object(&headers, body).await?;
     let path = format!("/admin/apps/{}/credits/refund", app.id);
     let idempotency = key.map(|key| (key, validate::request_hash("POST", &path, &object)));
+    let (ledger_id, amount, description) = refund_fields(object)?;
+    refund_entry(&state, app.id, ledger_id, amount, description, idempotency).await
+}
+
+/// The entry, amount and description of an admin refund (`400` naming the field otherwise).
+pub(crate) fn refund_fields(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<(Uuid, Option<i64>, Option<String>), ApiError> {
     let mut fields = Fields::new(object, &["ledger_id", "amount", "description"])?;
     let ledger_id = fields.uuid("ledger_id")?;
     let amount = fields.optional_amount("amount")?;
     let description = fields.description()?;
     fields.finish()?;
-    refund_entry(&state, app.id, ledger_id, amount, description, idempotency).await
+    Ok((ledger_id, amount, description))
 }
 
 /// Submits the refund of `ledger_id` (an entry of `app_id`) through the pipeline.

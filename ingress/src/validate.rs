@@ -9,15 +9,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tally_common::limits::{
     AMOUNT_MAX, AMOUNT_MIN, BODY_BYTES_MAX, DESCRIPTION_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX,
-    METADATA_KEYS_MAX, USER_ID_BYTES_MAX,
+    IDEMPOTENCY_KEY_CHARS_MIN, METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN,
+    METADATA_VALUE_CHARS_MAX, USER_ID_BYTES_MAX, USER_ID_BYTES_MIN,
 };
 use uuid::Uuid;
 
 use crate::error::ApiError;
-
-/// Longest metadata key and value, in characters (Stripe's limits).
-pub const METADATA_KEY_CHARS_MAX: usize = 40;
-pub const METADATA_VALUE_CHARS_MAX: usize = 500;
 
 /// Reads a JSON object body: 415 unless `application/json`, 413 past the limit, 400 unless a
 /// JSON object.
@@ -173,10 +170,13 @@ impl Fields {
             if let Value::String(text) = value {
                 reject_nul("metadata", text)?;
             }
-            if key.is_empty() || key.chars().count() > METADATA_KEY_CHARS_MAX {
+            let key_chars = key.chars().count();
+            if !(METADATA_KEY_CHARS_MIN..=METADATA_KEY_CHARS_MAX).contains(&key_chars) {
                 return Err(ApiError::field(
                     "metadata",
-                    format!("keys must be 1 to {METADATA_KEY_CHARS_MAX} characters"),
+                    format!(
+                        "keys must be {METADATA_KEY_CHARS_MIN} to {METADATA_KEY_CHARS_MAX} characters"
+                    ),
                 ));
             }
             match value {
@@ -243,10 +243,10 @@ pub fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError
 
 pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {
     reject_nul(field, &text)?;
-    if text.is_empty() || text.len() > USER_ID_BYTES_MAX {
+    if !(USER_ID_BYTES_MIN..=USER_ID_BYTES_MAX).contains(&text.len()) {
         Err(ApiError::field(
             field,
-            format!("must be 1 to {USER_ID_BYTES_MAX} bytes"),
+            format!("must be {USER_ID_BYTES_MIN} to {USER_ID_BYTES_MAX} bytes"),
         ))
     } else {
         Ok(text)
@@ -268,7 +268,8 @@ pub fn parse_uuid(field: &str, text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::field(field, "must be a UUID"))
 }
 
-/// The `Idempotency-Key` header, if any: 1 to 255 printable characters.
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters (spaces and tabs
+/// inside).
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -276,11 +277,11 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     let bad = || {
         ApiError::field(
             "Idempotency-Key",
-            format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
+            format!("must be {IDEMPOTENCY_KEY_CHARS_MIN} to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
         )
     };
     let text = value.to_str().map_err(|_| bad())?;
-    if text.is_empty() || text.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
+    if !(IDEMPOTENCY_KEY_CHARS_MIN..=IDEMPOTENCY_KEY_CHARS_MAX).contains(&text.chars().count()) {
         return Err(bad());
     }
     Ok(Some(text.to_string()))

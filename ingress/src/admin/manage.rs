@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tally_common::apps::{self, KeyRef};
 use tally_common::webhook::Provider;
@@ -95,17 +95,21 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let object = validate::json_object(&headers, body).await?;
+    let name = app_name(validate::json_object(&headers, body).await?)?;
+    let (app_id, api_key) = create_app(&state.pool, &name).await?;
+    Ok(Json(
+        json!({ "app_id": app_id, "name": name, "api_key": api_key }),
+    ))
+}
+
+/// The name of a `POST /admin/apps` body, as stored (`400` naming the field otherwise).
+pub(crate) fn app_name(object: Map<String, Value>) -> Result<String, ApiError> {
     Fields::new(object.clone(), &["name"])?;
     let name = object
         .get("name")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::field("name", "is required (a string)"))?;
-    let name = check_name(name)?;
-    let (app_id, api_key) = create_app(&state.pool, &name).await?;
-    Ok(Json(
-        json!({ "app_id": app_id, "name": name, "api_key": api_key }),
-    ))
+    check_name(name)
 }
 
 /// The app's keys (prefixes) and webhook secret counts.
@@ -170,7 +174,14 @@ pub async fn create_secret(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let app = queries::app(&state.pool, validate::parse_uuid("app_id", &app)?).await?;
-    let object = validate::json_object(&headers, body).await?;
+    let (provider, secret) = secret_fields(validate::json_object(&headers, body).await?)?;
+    add_secret(&state.pool, app.id, provider, &secret).await?;
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// The provider and secret of a `POST /admin/apps/{app_id}/webhook-secrets` body, as stored
+/// (`400` naming the field otherwise).
+pub(crate) fn secret_fields(object: Map<String, Value>) -> Result<(Provider, String), ApiError> {
     Fields::new(object.clone(), &["provider", "secret"])?;
     let text = |field: &str| {
         object
@@ -179,7 +190,5 @@ pub async fn create_secret(
             .map(str::to_string)
             .ok_or_else(|| ApiError::field(field, "is required (a string)"))
     };
-    let (provider, secret) = check_secret(&text("provider")?, &text("secret")?)?;
-    add_secret(&state.pool, app.id, provider, &secret).await?;
-    Ok(Json(json!({ "ok": true })))
+    check_secret(&text("provider")?, &text("secret")?)
 }

@@ -9,8 +9,9 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tally_common::command::Command;
+use tally_common::limits::{CREDIT_LIFETIME_SECONDS_MAX, CREDIT_LIFETIME_SECONDS_MIN};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -100,8 +101,14 @@ pub async fn add(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = WriteRequest::read(auth, headers, body, "/credits/add").await?;
+    let command = add_command(write.object.clone())?;
+    write.submit(&state, command).await
+}
+
+/// The command a `POST /credits/add` body asks for (`400` naming the field otherwise).
+pub(crate) fn add_command(object: Map<String, Value>) -> Result<Command, ApiError> {
     let mut fields = Fields::new(
-        write.object.clone(),
+        object,
         &[
             "user_id",
             "amount",
@@ -117,28 +124,23 @@ pub async fn add(
     let metadata = fields.metadata()?;
     let expires_at = expiry(&mut fields)?;
     fields.finish()?;
-    write
-        .submit(
-            &state,
-            Command::Add {
-                user_id,
-                amount,
-                description,
-                metadata,
-                expires_at,
-            },
-        )
-        .await
+    Ok(Command::Add {
+        user_id,
+        amount,
+        description,
+        metadata,
+        expires_at,
+    })
 }
-
-/// Longest lifetime of expiring credits: ten years.
-pub const CREDIT_LIFETIME_SECONDS_MAX: i64 = 10 * 365 * 24 * 3600;
 
 /// `expires_at` or `expires_in_seconds` of an add: at most one, in the future.
 fn expiry(fields: &mut Fields) -> Result<Option<DateTime<Utc>>, ApiError> {
     let at = fields.optional_time("expires_at")?;
-    let in_seconds =
-        fields.optional_integer("expires_in_seconds", 1, CREDIT_LIFETIME_SECONDS_MAX)?;
+    let in_seconds = fields.optional_integer(
+        "expires_in_seconds",
+        CREDIT_LIFETIME_SECONDS_MIN,
+        CREDIT_LIFETIME_SECONDS_MAX,
+    )?;
     match (at, in_seconds) {
         (Some(_), Some(_)) => Err(ApiError::field(
             "expires_at",
@@ -168,26 +170,24 @@ pub async fn deduct(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = WriteRequest::read(auth, headers, body, "/credits/deduct").await?;
-    let mut fields = Fields::new(
-        write.object.clone(),
-        &["user_id", "amount", "description", "metadata"],
-    )?;
+    let command = deduct_command(write.object.clone())?;
+    write.submit(&state, command).await
+}
+
+/// The command a `POST /credits/deduct` body asks for (`400` naming the field otherwise).
+pub(crate) fn deduct_command(object: Map<String, Value>) -> Result<Command, ApiError> {
+    let mut fields = Fields::new(object, &["user_id", "amount", "description", "metadata"])?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
     let description = fields.description()?;
     let metadata = fields.metadata()?;
     fields.finish()?;
-    write
-        .submit(
-            &state,
-            Command::Deduct {
-                user_id,
-                amount,
-                description,
-                metadata,
-            },
-        )
-        .await
+    Ok(Command::Deduct {
+        user_id,
+        amount,
+        description,
+        metadata,
+    })
 }
 
 #[utoipa::path(post, path = "/credits/refund", request_body = RefundRequest,
@@ -207,36 +207,51 @@ pub async fn refund(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = WriteRequest::read(auth, headers, body, "/credits/refund").await?;
-    let mut fields = Fields::new(
-        write.object.clone(),
-        &["ledger_id", "amount", "description", "metadata"],
-    )?;
-    let ledger_id = fields.uuid("ledger_id")?;
-    let amount = fields.optional_amount("amount")?;
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    fields.finish()?;
+    let refund = RefundFields::read(write.object.clone())?;
     // The entry names its user, whose partition orders the refund.
     let user_id: Option<String> =
         sqlx::query_scalar("SELECT user_id FROM ledger_entries WHERE id = $1 AND app_id = $2")
-            .bind(ledger_id)
+            .bind(refund.ledger_id)
             .bind(write.auth.app_id)
             .fetch_optional(&state.pool)
             .await?;
-    let user_id =
-        user_id.ok_or_else(|| ApiError::NotFound(format!("no ledger entry {ledger_id}")))?;
-    write
-        .submit(
-            &state,
-            Command::Refund {
-                user_id,
-                ledger_id,
-                amount,
-                description,
-                metadata,
-            },
-        )
-        .await
+    let user_id = user_id
+        .ok_or_else(|| ApiError::NotFound(format!("no ledger entry {}", refund.ledger_id)))?;
+    let command = refund.command(user_id);
+    write.submit(&state, command).await
+}
+
+/// The fields of a `POST /credits/refund` body; the entry's user comes from the ledger.
+pub(crate) struct RefundFields {
+    ledger_id: Uuid,
+    amount: Option<i64>,
+    description: Option<String>,
+    metadata: Map<String, Value>,
+}
+
+impl RefundFields {
+    /// Reads the body (`400` naming the field otherwise).
+    pub(crate) fn read(object: Map<String, Value>) -> Result<Self, ApiError> {
+        let mut fields = Fields::new(object, &["ledger_id", "amount", "description", "metadata"])?;
+        let refund = Self {
+            ledger_id: fields.uuid("ledger_id")?,
+            amount: fields.optional_amount("amount")?,
+            description: fields.description()?,
+            metadata: fields.metadata()?,
+        };
+        fields.finish()?;
+        Ok(refund)
+    }
+
+    fn command(self, user_id: String) -> Command {
+        Command::Refund {
+            user_id,
+            ledger_id: self.ledger_id,
+            amount: self.amount,
+            description: self.description,
+            metadata: self.metadata,
+        }
+    }
 }
 
 /// A user's balance.
@@ -371,6 +386,37 @@ pub struct HistoryResponse {
 
 const HISTORY_CURSOR: &str = "h1";
 
+/// The parameters of `GET /credits/history`.
+pub(crate) struct HistoryQuery {
+    user_id: String,
+    limit: i64,
+    /// The `seq` the page starts below (from `cursor`).
+    before: Option<i64>,
+}
+
+impl HistoryQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let user_id = validate::query_user_id(query)?;
+        let limit = page_limit(query)?;
+        let before = match query.get("cursor") {
+            None => None,
+            Some(cursor) => Some(
+                decode_cursor(HISTORY_CURSOR, cursor)?
+                    .parse::<i64>()
+                    .map_err(|_| {
+                        ApiError::field("cursor", "is not a cursor issued by this endpoint")
+                    })?,
+            ),
+        };
+        Ok(Self {
+            user_id,
+            limit,
+            before,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/credits/history",
     params(("user_id" = String, Query), ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
@@ -382,18 +428,11 @@ pub async fn history(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
-    let user_id = validate::query_user_id(&query)?;
-    let limit = page_limit(&query)?;
-    let before: Option<i64> = match query.get("cursor") {
-        None => None,
-        Some(cursor) => Some(
-            decode_cursor(HISTORY_CURSOR, cursor)?
-                .parse::<i64>()
-                .map_err(|_| {
-                    ApiError::field("cursor", "is not a cursor issued by this endpoint")
-                })?,
-        ),
-    };
+    let HistoryQuery {
+        user_id,
+        limit,
+        before,
+    } = HistoryQuery::parse(&query)?;
     // Entries are numbered per user in the order they were applied, so paging by that number
     // never skips or repeats an entry while new ones arrive.
     let rows = sqlx::query_as::<_, crate::entries::Entry>(&format!(

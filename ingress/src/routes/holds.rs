@@ -9,7 +9,9 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::{Map, Value};
 use tally_common::command::Command;
+use tally_common::limits::{HOLD_SECONDS_DEFAULT, HOLD_SECONDS_MAX, HOLD_SECONDS_MIN};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -20,10 +22,6 @@ use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
 use crate::validate::{self, Fields};
 use crate::write_request::WriteRequest;
 use crate::AppState;
-
-/// Default and longest lifetime of a hold, in seconds.
-pub const HOLD_SECONDS_DEFAULT: i64 = 900;
-pub const HOLD_SECONDS_MAX: i64 = 86_400;
 
 /// Body of `POST /credits/hold`.
 #[derive(ToSchema)]
@@ -103,8 +101,14 @@ pub async fn hold(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = WriteRequest::read(auth, headers, body, "/credits/hold").await?;
+    let command = hold_command(write.object.clone())?;
+    write.submit(&state, command).await
+}
+
+/// The command a `POST /credits/hold` body asks for (`400` naming the field otherwise).
+pub(crate) fn hold_command(object: Map<String, Value>) -> Result<Command, ApiError> {
     let mut fields = Fields::new(
-        write.object.clone(),
+        object,
         &[
             "user_id",
             "amount",
@@ -116,23 +120,18 @@ pub async fn hold(
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
     let expires_in_seconds = fields
-        .optional_integer("expires_in_seconds", 1, HOLD_SECONDS_MAX)?
+        .optional_integer("expires_in_seconds", HOLD_SECONDS_MIN, HOLD_SECONDS_MAX)?
         .unwrap_or(HOLD_SECONDS_DEFAULT);
     let description = fields.description()?;
     let metadata = fields.metadata()?;
     fields.finish()?;
-    write
-        .submit(
-            &state,
-            Command::Hold {
-                user_id,
-                amount,
-                expires_in_seconds,
-                description,
-                metadata,
-            },
-        )
-        .await
+    Ok(Command::Hold {
+        user_id,
+        amount,
+        expires_in_seconds,
+        description,
+        metadata,
+    })
 }
 
 /// The user of the app's hold `hold_id` (its partition orders the settlement); 404 otherwise.
@@ -160,10 +159,7 @@ pub async fn capture(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = WriteRequest::read(auth, headers, body, "/credits/capture").await?;
-    let mut fields = Fields::new(write.object.clone(), &["hold_id", "amount"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    let amount = fields.optional_amount("amount")?;
-    fields.finish()?;
+    let (hold_id, amount) = capture_fields(write.object.clone())?;
     let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
     write
         .submit(
@@ -175,6 +171,15 @@ pub async fn capture(
             },
         )
         .await
+}
+
+/// The hold and amount of a `POST /credits/capture` body (`400` naming the field otherwise).
+pub(crate) fn capture_fields(object: Map<String, Value>) -> Result<(Uuid, Option<i64>), ApiError> {
+    let mut fields = Fields::new(object, &["hold_id", "amount"])?;
+    let hold_id = fields.uuid("hold_id")?;
+    let amount = fields.optional_amount("amount")?;
+    fields.finish()?;
+    Ok((hold_id, amount))
 }
 
 #[utoipa::path(post, path = "/credits/release", request_body = ReleaseRequest,
@@ -191,13 +196,19 @@ pub async fn release(
     body: Body,
 ) -> Result<Response, ApiError> {
     let write = WriteRequest::read(auth, headers, body, "/credits/release").await?;
-    let mut fields = Fields::new(write.object.clone(), &["hold_id"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    fields.finish()?;
+    let hold_id = release_fields(write.object.clone())?;
     let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
     write
         .submit(&state, Command::Release { user_id, hold_id })
         .await
+}
+
+/// The hold of a `POST /credits/release` body (`400` naming the field otherwise).
+pub(crate) fn release_fields(object: Map<String, Value>) -> Result<Uuid, ApiError> {
+    let mut fields = Fields::new(object, &["hold_id"])?;
+    let hold_id = fields.uuid("hold_id")?;
+    fields.finish()?;
+    Ok(hold_id)
 }
 
 /// One hold as listed.
@@ -231,6 +242,56 @@ struct HoldRow {
     created_at: DateTime<Utc>,
 }
 
+/// The statuses `GET /credits/holds?status=` filters by.
+pub const HOLD_STATUSES: &[&str] = &["active", "captured", "released", "expired"];
+
+/// The parameters of `GET /credits/holds`.
+pub(crate) struct HoldsQuery {
+    user_id: String,
+    status: Option<String>,
+    limit: i64,
+    /// `created_at` and id of the last hold of the previous page (from `cursor`).
+    before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+impl HoldsQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let user_id = validate::query_user_id(query)?;
+        let status = match query.get("status") {
+            None => None,
+            Some(status) if HOLD_STATUSES.contains(&status.as_str()) => Some(status.clone()),
+            Some(_) => {
+                return Err(ApiError::field(
+                    "status",
+                    "must be active, captured, released or expired",
+                ))
+            }
+        };
+        let limit = page_limit(query)?;
+        let before = match query.get("cursor") {
+            None => None,
+            Some(cursor) => {
+                let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
+                let position = decode_cursor(HOLDS_CURSOR, cursor)?;
+                let (micros, id) = position.split_once('|').ok_or_else(bad)?;
+                let at = micros
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(DateTime::from_timestamp_micros)
+                    .ok_or_else(bad)?;
+                Some((at, Uuid::parse_str(id).map_err(|_| bad())?))
+            }
+        };
+        Ok(Self {
+            user_id,
+            status,
+            limit,
+            before,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/credits/holds",
     params(("user_id" = String, Query), ("status" = Option<String>, Query, description = "active, captured, released or expired"),
            ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
@@ -242,32 +303,12 @@ pub async fn list(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HoldsResponse>, ApiError> {
-    let user_id = validate::query_user_id(&query)?;
-    let status = match query.get("status").map(String::as_str) {
-        None => None,
-        Some(status @ ("active" | "captured" | "released" | "expired")) => Some(status.to_string()),
-        Some(_) => {
-            return Err(ApiError::field(
-                "status",
-                "must be active, captured, released or expired",
-            ))
-        }
-    };
-    let limit = page_limit(&query)?;
-    let before: Option<(DateTime<Utc>, Uuid)> = match query.get("cursor") {
-        None => None,
-        Some(cursor) => {
-            let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
-            let position = decode_cursor(HOLDS_CURSOR, cursor)?;
-            let (micros, id) = position.split_once('|').ok_or_else(bad)?;
-            let at = micros
-                .parse::<i64>()
-                .ok()
-                .and_then(DateTime::from_timestamp_micros)
-                .ok_or_else(bad)?;
-            Some((at, Uuid::parse_str(id).map_err(|_| bad())?))
-        }
-    };
+    let HoldsQuery {
+        user_id,
+        status,
+        limit,
+        before,
+    } = HoldsQuery::parse(&query)?;
     let rows: Vec<HoldRow> = sqlx::query_as(
         // A hold past its expiry is expired, even in the second before a sweep settles it.
         "SELECT id, amount, captured, status, expires_at, created_at FROM (
