@@ -137,6 +137,7 @@ impl UsersRequest {
         if prefix.len() > tally_common::limits::USER_ID_BYTES_MAX {
             return Err(ApiError::field("prefix", "is longer than a user id"));
         }
+        crate::validate::reject_nul("prefix", &prefix)?;
         Ok(Self {
             prefix,
             sort: one_of(query, "sort", &["balance", "activity"])?
