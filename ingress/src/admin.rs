@@ -15,10 +15,12 @@ use axum::{Json, Router};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tally_common::command::{Command, Origin};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::paging::page_limit;
+use crate::responses::{AcceptedResponse, ErrorResponse};
 use crate::submit::{answer, Answer, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;
@@ -115,7 +117,7 @@ pub struct AppsBody {
 
 /// Users of an app: `prefix` (of the user id), `sort=balance|activity`, `limit`, `page` (0-based).
 #[utoipa::path(get, path = "/admin/apps/{app_id}/users", tag = "admin",
-    params(("app_id" = Uuid, Path), ("prefix" = Option<String>, Query), ("sort" = Option<String>, Query, description = "balance | activity"),
+    params(("app_id" = Uuid, Path), ("prefix" = Option<String>, Query), ("sort" = Option<String>, Query),
            ("limit" = Option<i64>, Query), ("page" = Option<i64>, Query)),
     responses((status = 200, description = "{ users: [ { user_id, balance, held, last_activity } ], next_page }"),
               (status = 400, description = "bad parameter"), (status = 401, description = "missing or wrong admin token"),
@@ -233,8 +235,13 @@ pub async fn stats(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<StatsBody>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
-    let days = queries::integer(&query, "days", 1, queries::STATS_DAYS_MAX)?
-        .unwrap_or(queries::STATS_DAYS_DEFAULT);
+    let days = queries::integer(
+        &query,
+        "days",
+        queries::STATS_DAYS_MIN,
+        queries::STATS_DAYS_MAX,
+    )?
+    .unwrap_or(queries::STATS_DAYS_DEFAULT);
     let days = queries::daily(&state.pool, app.id, days).await?;
     Ok(Json(StatsBody { days }))
 }
@@ -266,11 +273,34 @@ pub async fn submit_for(
     .await
 }
 
+/// Body of the admin add and deduct: as `POST /credits/add` and `/credits/deduct`, without
+/// metadata or expiry.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AdminWriteRequest {
+    user_id: String,
+    amount: i64,
+    description: Option<String>,
+}
+
+/// Body of the admin refund: as `POST /credits/refund`, without metadata.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AdminRefundRequest {
+    /// The add, deduct or payment entry to reverse.
+    ledger_id: Uuid,
+    /// Default: all that is left to refund; more than is left is `400`.
+    amount: Option<i64>,
+    description: Option<String>,
+}
+
 /// Adds credits to a user of the app (body as `POST /credits/add`, without expiry).
-#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/add", tag = "admin",
-    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::DeductRequest,
-    responses((status = 200, body = crate::routes::credits::WriteResponse), (status = 400, description = "bad input"),
-              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/add", tag = "admin", operation_id = "admin_add",
+    params(("app_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AdminWriteRequest,
+    responses((status = 200, body = crate::routes::credits::WriteResponse),
+              (status = 202, description = "accepted; not applied within the sync timeout", body = AcceptedResponse),
+              (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)),
     security(("admin_token" = [])))]
 pub async fn add(
     _: Admin,
@@ -297,12 +327,13 @@ pub async fn add(
     .await
 }
 
-/// Deducts credits from a user of the app (body as `POST /credits/deduct`).
-#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/deduct", tag = "admin",
-    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::DeductRequest,
-    responses((status = 200, body = crate::routes::credits::WriteResponse), (status = 400, description = "bad input"),
-              (status = 401, description = "missing or wrong admin token"), (status = 402, description = "insufficient_credits"),
-              (status = 404, description = "unknown app")),
+/// Deducts credits from a user of the app (body as `POST /credits/deduct`, without metadata).
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/deduct", tag = "admin", operation_id = "admin_deduct",
+    params(("app_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AdminWriteRequest,
+    responses((status = 200, body = crate::routes::credits::WriteResponse),
+              (status = 202, description = "accepted; not applied within the sync timeout", body = AcceptedResponse),
+              (status = 402, body = ErrorResponse), (status = 404, body = ErrorResponse)),
     security(("admin_token" = [])))]
 pub async fn deduct(
     _: Admin,
@@ -354,13 +385,15 @@ pub(crate) fn write_fields(
     Ok((user_id, amount, description))
 }
 
-/// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`).
-#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/refund", tag = "admin",
-    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::RefundRequest,
-    responses((status = 200, body = crate::routes::credits::RefundResponse), (status = 400, description = "bad input"),
-              (status = 401, description = "missing or wrong admin token"), (status = 402, description = "insufficient_credits"),
-              (status = 404, description = "unknown app or entry"), (status = 409, description = "already_refunded"),
-              (status = 422, description = "not_refundable")),
+/// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`,
+/// without metadata).
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/refund", tag = "admin", operation_id = "admin_refund",
+    params(("app_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AdminRefundRequest,
+    responses((status = 200, body = crate::routes::credits::RefundResponse),
+              (status = 202, description = "accepted; not applied within the sync timeout", body = AcceptedResponse),
+              (status = 402, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse)),
     security(("admin_token" = [])))]
 pub async fn refund(
     _: Admin,

@@ -1,8 +1,13 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations, then completed by
+//! modifiers: the validator's constraints ([`constraints`]) and the error answers
+//! ([`crate::openapi_errors`]).
+
+pub(crate) mod constraints;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use self::constraints::Constraints;
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
 use crate::routes::{commands, credits, holds};
@@ -19,9 +24,15 @@ use crate::webhooks;
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,
           admin::manage::revoke, admin::manage::create_secret),
-    modifiers(&BearerKey, &CommonErrors)
+    modifiers(&BearerKey, &Constraints, &CommonErrors)
 )]
 pub struct ApiDoc;
+
+/// The document as served: its JSON with every object's keys in order, so that it reads the
+/// same on every request (some of utoipa's maps are hash maps).
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).expect("an OpenAPI document is plain JSON")
+}
 
 struct BearerKey;
 

@@ -53,10 +53,52 @@ fn invalid(provider: Provider, error: impl std::fmt::Display, reason: &'static s
     ApiError::InvalidSignature(format!("{} webhook refused: {error}", provider.as_str()))
 }
 
-#[utoipa::path(post, path = "/webhooks/stripe/{app_id}", params(("app_id" = Uuid, Path)),
-    request_body(content = Object, description = "A Stripe event, signed with Stripe-Signature"),
-    responses((status = 200, description = "durably received"), (status = 400, body = ErrorResponse),
-              (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+/// A Stripe event as Tally reads it; its other fields are read by event type, and any field
+/// may be there.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StripeEvent {
+    /// The event's id: every delivery of one event is one command.
+    id: String,
+    /// The event type; types Tally does not act on are answered `200` and ignored.
+    #[schema(rename = "type")]
+    event_type: String,
+    data: StripeEventData,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StripeEventData {
+    /// The event's object (a payment intent, a checkout session, a charge, a dispute …).
+    object: Value,
+}
+
+/// A Polar event as Tally reads it (Standard Webhooks); any other field may be there.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PolarEvent {
+    /// The event type; types Tally does not act on are answered `200` and ignored.
+    #[schema(rename = "type")]
+    event_type: String,
+    /// The event's object (an order …).
+    data: Value,
+}
+
+/// Answer to a webhook the broker has durably accepted.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookReceived {
+    received: bool,
+    /// The command that applies the event; the same for every delivery of the event.
+    command_id: Uuid,
+}
+
+#[utoipa::path(post, path = "/webhooks/stripe/{app_id}",
+    params(("app_id" = Uuid, Path),
+           ("Stripe-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"{t}.{body}\">`, keyed with one of the app's two newest Stripe secrets (`whsec_…`); at most 5 minutes old")),
+    request_body(content = StripeEvent, description = "A Stripe event, as Stripe sends it"),
+    responses((status = 200, description = "durably received", body = WebhookReceived),
+              (status = 404, body = ErrorResponse)))]
 pub async fn stripe_for_app(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
@@ -77,10 +119,14 @@ pub async fn stripe_single(
     receive(&state, Provider::Stripe, app_id, &headers, body).await
 }
 
-#[utoipa::path(post, path = "/webhooks/polar/{app_id}", params(("app_id" = Uuid, Path)),
-    request_body(content = Object, description = "A Polar event, signed per Standard Webhooks"),
-    responses((status = 200, description = "durably received"), (status = 400, body = ErrorResponse),
-              (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/webhooks/polar/{app_id}",
+    params(("app_id" = Uuid, Path),
+           ("webhook-id" = String, Header, description = "The event's id: every delivery of one event is one command"),
+           ("webhook-timestamp" = String, Header, description = "Unix seconds; at most 5 minutes old"),
+           ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256 of \"{webhook-id}.{webhook-timestamp}.{body}\">` (space-separated when several), keyed with one of the app's two newest Polar secrets")),
+    request_body(content = PolarEvent, description = "A Polar event, as Polar sends it (Standard Webhooks)"),
+    responses((status = 200, description = "durably received", body = WebhookReceived),
+              (status = 404, body = ErrorResponse)))]
 pub async fn polar_for_app(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
@@ -300,8 +346,8 @@ pub(crate) type EventRow = (
 );
 
 #[utoipa::path(get, path = "/webhooks/events",
-    params(("provider" = Option<String>, Query, description = "stripe or polar"),
-           ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
+    params(("provider" = Option<String>, Query),
+           ("limit" = Option<i64>, Query),
            ("cursor" = Option<String>, Query)),
     responses((status = 200, body = WebhookEventsResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tally_common::apps::{self, KeyRef};
 use tally_common::webhook::Provider;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{queries, Admin};
@@ -84,10 +85,25 @@ pub async fn credentials(pool: &PgPool, app_id: Uuid) -> Result<Value, ApiError>
     }))
 }
 
+/// Body of `POST /admin/apps`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CreateAppRequest {
+    name: String,
+}
+
+/// Body of `POST /admin/apps/{app_id}/webhook-secrets`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookSecretRequest {
+    /// `stripe` or `polar`.
+    provider: String,
+    secret: String,
+}
+
 /// Creates an app: `{ name }` → `{ app_id, name, api_key }` (the key is shown only now).
-#[utoipa::path(post, path = "/admin/apps", tag = "admin",
-    responses((status = 200, description = "{ app_id, name, api_key }"), (status = 400, description = "bad name"),
-              (status = 401, description = "missing or wrong admin token")),
+#[utoipa::path(post, path = "/admin/apps", tag = "admin", request_body = CreateAppRequest,
+    responses((status = 200, description = "{ app_id, name, api_key }")),
     security(("admin_token" = [])))]
 pub async fn create(
     _: Admin,
@@ -162,9 +178,8 @@ pub async fn revoke(
 
 /// Adds a webhook secret: `{ provider: "stripe" | "polar", secret }`.
 #[utoipa::path(post, path = "/admin/apps/{app_id}/webhook-secrets", tag = "admin",
-    params(("app_id" = Uuid, Path)),
-    responses((status = 200, description = "{ ok: true }"), (status = 400, description = "bad provider or secret"),
-              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+    params(("app_id" = Uuid, Path)), request_body = WebhookSecretRequest,
+    responses((status = 200, description = "{ ok: true }"), (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]
 pub async fn create_secret(
     _: Admin,

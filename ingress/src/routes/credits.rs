@@ -28,16 +28,15 @@ use crate::AppState;
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct AddRequest {
-    /// The integrator's id for the user (1..=255 bytes).
+    /// The integrator's id for the user; a user is created, with balance 0, by its first write.
     user_id: String,
-    /// Credits to add, 1..=10^12.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
+    /// Credits to add.
     amount: i64,
-    /// At most 1,000 characters.
+    /// Read back in history (`null` when absent).
     description: Option<String>,
-    /// At most 50 keys, string values.
+    /// Stored on the ledger entry and read back in history (`{}` when absent).
     metadata: Option<HashMap<String, String>>,
-    /// When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`.
+    /// When these credits expire; or give `expires_in_seconds`.
     expires_at: Option<String>,
     /// Seconds from now until these credits expire.
     expires_in_seconds: Option<i64>,
@@ -48,7 +47,6 @@ pub struct AddRequest {
 #[allow(dead_code)]
 pub struct DeductRequest {
     user_id: String,
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
     amount: i64,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
@@ -60,8 +58,7 @@ pub struct DeductRequest {
 pub struct RefundRequest {
     /// The add, deduct or payment entry to reverse.
     ledger_id: Uuid,
-    /// Default: all that is left to refund.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
+    /// Default: all that is left to refund; more than is left is `400` naming `amount`.
     amount: Option<i64>,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
@@ -87,8 +84,8 @@ pub struct RefundResponse {
 }
 
 #[utoipa::path(post, path = "/credits/add", request_body = AddRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
-           ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
+    params(("Idempotency-Key" = Option<String>, Header),
+           ("Prefer" = Option<String>, Header)),
     responses((status = 200, body = WriteResponse), (status = 202, body = AcceptedResponse),
               (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
               (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse),
@@ -156,8 +153,8 @@ fn expiry(fields: &mut Fields) -> Result<Option<DateTime<Utc>>, ApiError> {
 }
 
 #[utoipa::path(post, path = "/credits/deduct", request_body = DeductRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
-           ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
+    params(("Idempotency-Key" = Option<String>, Header),
+           ("Prefer" = Option<String>, Header)),
     responses((status = 200, body = WriteResponse), (status = 202, body = AcceptedResponse),
               (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
               (status = 402, description = "insufficient_credits; nothing written", body = ErrorResponse),
@@ -191,8 +188,8 @@ pub(crate) fn deduct_command(object: Map<String, Value>) -> Result<Command, ApiE
 }
 
 #[utoipa::path(post, path = "/credits/refund", request_body = RefundRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
-           ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
+    params(("Idempotency-Key" = Option<String>, Header),
+           ("Prefer" = Option<String>, Header)),
     responses((status = 200, body = RefundResponse), (status = 202, body = AcceptedResponse),
               (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
               (status = 402, body = ErrorResponse), (status = 404, body = ErrorResponse),
@@ -418,8 +415,8 @@ impl HistoryQuery {
 }
 
 #[utoipa::path(get, path = "/credits/history",
-    params(("user_id" = String, Query), ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
-           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(("user_id" = String, Query), ("limit" = Option<i64>, Query),
+           ("cursor" = Option<String>, Query)),
     responses((status = 200, body = HistoryResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
     security(("api_key" = [])))]

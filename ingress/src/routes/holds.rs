@@ -28,9 +28,8 @@ use crate::AppState;
 #[allow(dead_code)]
 pub struct HoldRequest {
     user_id: String,
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
     amount: i64,
-    /// 1..=86400, default 900: released automatically after this long.
+    /// Released automatically after this long.
     expires_in_seconds: Option<i64>,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
@@ -53,7 +52,7 @@ pub struct HoldResponse {
 #[allow(dead_code)]
 pub struct CaptureRequest {
     hold_id: Uuid,
-    /// Default: all held; more than held is 400.
+    /// Default: all held; more than held is `400` naming `amount`.
     amount: Option<i64>,
 }
 
@@ -293,7 +292,7 @@ impl HoldsQuery {
 }
 
 #[utoipa::path(get, path = "/credits/holds",
-    params(("user_id" = String, Query), ("status" = Option<String>, Query, description = "active, captured, released or expired"),
+    params(("user_id" = String, Query), ("status" = Option<String>, Query),
            ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = HoldsResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
