@@ -1,13 +1,15 @@
 //! The OpenAPI document, generated from the handlers' annotations, then completed by
-//! modifiers: the validator's constraints ([`constraints`]) and the error answers
-//! ([`crate::openapi_errors`]).
+//! modifiers: the validator's constraints ([`constraints`]), the error answers
+//! ([`crate::openapi_errors`]) and the links between operations ([`links`]).
 
 pub(crate) mod constraints;
+pub(crate) mod links;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use self::constraints::Constraints;
+use self::links::Links;
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
 use crate::routes::{commands, credits, holds};
@@ -24,7 +26,7 @@ use crate::webhooks;
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,
           admin::manage::revoke, admin::manage::create_secret),
-    modifiers(&BearerKey, &Constraints, &CommonErrors)
+    modifiers(&BearerKey, &Constraints, &CommonErrors, &Links)
 )]
 pub struct ApiDoc;
 

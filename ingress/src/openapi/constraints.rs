@@ -436,6 +436,17 @@ impl Modify for Constraints {
 }
 
 /// The operations of a path, by method (the methods the API uses).
+pub(crate) fn methods(item: &PathItem) -> [(&'static str, Option<&Operation>); 5] {
+    [
+        ("GET", item.get.as_ref()),
+        ("PUT", item.put.as_ref()),
+        ("POST", item.post.as_ref()),
+        ("DELETE", item.delete.as_ref()),
+        ("PATCH", item.patch.as_ref()),
+    ]
+}
+
+/// [`methods`], to change them.
 pub(crate) fn methods_mut(item: &mut PathItem) -> [(&'static str, &mut Option<Operation>); 5] {
     [
         ("GET", &mut item.get),
