@@ -235,15 +235,19 @@ pub async fn stats(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<StatsBody>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
-    let days = queries::integer(
-        &query,
+    let days = queries::daily(&state.pool, app.id, stats_days(&query)?).await?;
+    Ok(Json(StatsBody { days }))
+}
+
+/// The `days` of `GET /admin/apps/{app_id}/stats` (`400` naming it otherwise).
+pub(crate) fn stats_days(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    Ok(queries::integer(
+        query,
         "days",
         queries::STATS_DAYS_MIN,
         queries::STATS_DAYS_MAX,
     )?
-    .unwrap_or(queries::STATS_DAYS_DEFAULT);
-    let days = queries::daily(&state.pool, app.id, days).await?;
-    Ok(Json(StatsBody { days }))
+    .unwrap_or(queries::STATS_DAYS_DEFAULT))
 }
 
 /// `GET /admin/apps/{app_id}/stats`'s body.

@@ -2,6 +2,8 @@
 //! modifiers: the validator's constraints ([`constraints`]), the error answers
 //! ([`crate::openapi_errors`]) and the links between operations ([`links`]).
 
+#[cfg(test)]
+mod agreement;
 pub(crate) mod constraints;
 pub(crate) mod links;
 

@@ -281,7 +281,10 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         )
     };
     let text = value.to_str().map_err(|_| bad())?;
-    if !(IDEMPOTENCY_KEY_CHARS_MIN..=IDEMPOTENCY_KEY_CHARS_MAX).contains(&text.chars().count()) {
+    let length = IDEMPOTENCY_KEY_CHARS_MIN..=IDEMPOTENCY_KEY_CHARS_MAX;
+    // HTTP trims a header value's surrounding white space, so a key of white space alone
+    // arrives empty; refused here too for any transport that would not.
+    if !length.contains(&text.chars().count()) || text.trim_matches([' ', '\t']).is_empty() {
         return Err(bad());
     }
     Ok(Some(text.to_string()))

@@ -345,6 +345,49 @@ pub(crate) type EventRow = (
     DateTime<Utc>,
 );
 
+/// The parameters of `GET /webhooks/events`.
+pub(crate) struct EventsQuery {
+    provider: Option<Provider>,
+    limit: i64,
+    /// Received at, provider and event id of the last event of the previous page (`cursor`).
+    after: Option<(DateTime<Utc>, String, String)>,
+}
+
+impl EventsQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let provider = match query.get("provider") {
+            None => None,
+            Some(text) => Some(
+                Provider::parse(text)
+                    .ok_or_else(|| ApiError::field("provider", "must be stripe or polar"))?,
+            ),
+        };
+        let limit = page_limit(query)?;
+        let after: Option<(DateTime<Utc>, String, String)> = match query.get("cursor") {
+            None => None,
+            Some(cursor) => {
+                let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
+                let position = decode_cursor(EVENTS_CURSOR, cursor)?;
+                let mut parts = position.splitn(3, '|');
+                let micros: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let provider = parts.next().ok_or_else(bad)?.to_string();
+                let event_id = parts.next().ok_or_else(bad)?.to_string();
+                Some((
+                    DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+                    provider,
+                    event_id,
+                ))
+            }
+        };
+        Ok(Self {
+            provider,
+            limit,
+            after,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/webhooks/events",
     params(("provider" = Option<String>, Query),
            ("limit" = Option<i64>, Query),
@@ -357,30 +400,11 @@ pub async fn list_events(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<WebhookEventsResponse>, ApiError> {
-    let provider = match query.get("provider") {
-        None => None,
-        Some(text) => Some(
-            Provider::parse(text)
-                .ok_or_else(|| ApiError::field("provider", "must be stripe or polar"))?,
-        ),
-    };
-    let limit = page_limit(&query)?;
-    let after: Option<(DateTime<Utc>, String, String)> = match query.get("cursor") {
-        None => None,
-        Some(cursor) => {
-            let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
-            let position = decode_cursor(EVENTS_CURSOR, cursor)?;
-            let mut parts = position.splitn(3, '|');
-            let micros: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-            let provider = parts.next().ok_or_else(bad)?.to_string();
-            let event_id = parts.next().ok_or_else(bad)?.to_string();
-            Some((
-                DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
-                provider,
-                event_id,
-            ))
-        }
-    };
+    let EventsQuery {
+        provider,
+        limit,
+        after,
+    } = EventsQuery::parse(&query)?;
     let rows = sqlx::query_as::<_, EventRow>(
         "SELECT event_id, provider, event_type, outcome, reason, user_id, ledger_id, received_at
          FROM webhook_events

@@ -8,7 +8,8 @@
 //! `additionalProperties: false`.
 //!
 //! A field the validator reads under a new name needs a rule here: the tests below fail for a
-//! property or parameter without one.
+//! property or parameter without one, and they run the handlers' own parsing over the
+//! document's boundaries (`openapi::agreement`).
 
 use tally_common::apps::{APP_NAME_CHARS_MAX, WEBHOOK_SECRET_CHARS_MAX};
 use tally_common::limits::{
