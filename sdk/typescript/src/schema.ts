@@ -191,27 +191,30 @@ export interface components {
             status_url: string;
             success: boolean;
         };
-        /** @description Body of `POST /credits/add`. */
+        /** @description Body of `POST /credits/add`. Give `expires_at` or `expires_in_seconds`, not both. */
         AddRequest: {
             /**
              * Format: int64
-             * @description Credits to add, 1..=10^12.
+             * @description Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount: number;
-            /** @description At most 1,000 characters. */
+            /** @description Read back in history (`null` when absent). At most 1000 characters, without the NUL character. */
             description?: string | null;
-            /** @description When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`. */
+            /**
+             * Format: date-time
+             * @description When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future.
+             */
             expires_at?: string | null;
             /**
              * Format: int64
-             * @description Seconds from now until these credits expire.
+             * @description Seconds from now until these credits expire. A JSON integer from 1 to 315360000.
              */
             expires_in_seconds?: number | null;
-            /** @description At most 50 keys, string values. */
+            /** @description Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
-            /** @description The integrator's id for the user (1..=255 bytes). */
+            /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
         /** @description A user's balance. */
@@ -238,10 +241,13 @@ export interface components {
         CaptureRequest: {
             /**
              * Format: int64
-             * @description Default: all held; more than held is 400.
+             * @description Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount?: number | null;
-            /** Format: uuid */
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
             hold_id: string;
         };
         /** @description Answer to a capture. */
@@ -291,12 +297,18 @@ export interface components {
         };
         /** @description Body of `POST /credits/deduct`. */
         DeductRequest: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
             amount: number;
+            /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
         /** @description Every error. */
@@ -308,8 +320,11 @@ export interface components {
              * @description For `insufficient_credits` and `balance_overflow`.
              */
             balance?: number | null;
-            /** @description Stable machine-readable code, e.g. `insufficient_credits`. */
-            error: string;
+            /**
+             * @description Stable machine-readable code, e.g. `insufficient_credits`.
+             * @enum {string}
+             */
+            error: "invalid_request" | "invalid_signature" | "unauthorized" | "insufficient_credits" | "not_found" | "idempotency_conflict" | "idempotency_in_progress" | "already_refunded" | "hold_not_active" | "payload_too_large" | "unsupported_media_type" | "balance_overflow" | "not_refundable" | "rate_limited" | "unavailable" | "internal";
             /** @description For `invalid_request`: the field at fault. */
             field?: string | null;
             message: string;
@@ -369,17 +384,24 @@ export interface components {
         };
         /** @description Body of `POST /credits/hold`. */
         HoldRequest: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
             amount: number;
+            /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
             /**
              * Format: int64
-             * @description 1..=86400, default 900: released automatically after this long.
+             * @description Released automatically after this long. A JSON integer from 1 to 86400 (default 900).
+             * @default 900
              */
             expires_in_seconds?: number | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
         /** @description Answer to a hold. */
@@ -410,15 +432,17 @@ export interface components {
         RefundRequest: {
             /**
              * Format: int64
-             * @description Default: all that is left to refund.
+             * @description Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount?: number | null;
+            /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
             /**
              * Format: uuid
-             * @description The add, deduct or payment entry to reverse.
+             * @description The add, deduct or payment entry to reverse. A UUID.
              */
             ledger_id: string;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
@@ -436,7 +460,10 @@ export interface components {
         };
         /** @description Body of `POST /credits/release`. */
         ReleaseRequest: {
-            /** Format: uuid */
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
             hold_id: string;
         };
         /** @description Answer to a release. */
@@ -494,10 +521,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description replay-safe retries */
-                "Idempotency-Key"?: string | null;
-                /** @description `respond-async` answers 202 at once */
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -524,57 +551,79 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
+            /** @description `balance_overflow`: the balance would pass 2^63 - 1; nothing written */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "balance_overflow";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -582,15 +631,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -599,10 +669,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description replay-safe retries */
-                "Idempotency-Key"?: string | null;
-                /** @description `respond-async` answers 202 at once */
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -629,58 +699,79 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description insufficient_credits; nothing written */
+            /** @description `insufficient_credits`: the user cannot spend that much (`balance` and `available` say what they have); nothing written */
             402: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "insufficient_credits";
+                    };
                 };
             };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -688,15 +779,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -705,10 +817,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description replay-safe retries */
-                "Idempotency-Key"?: string | null;
-                /** @description `respond-async` answers 202 at once */
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -735,75 +847,103 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `insufficient_credits`: the user cannot spend that much (`balance` and `available` say what they have); nothing written */
             402: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "insufficient_credits";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description already_refunded or idempotency */
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry; `already_refunded`: the entry has nothing left to refund */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress" | "already_refunded";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description not_refundable */
+            /** @description `balance_overflow`: the balance would pass 2^63 - 1; nothing written; `not_refundable`: the entry is of a kind that cannot be refunded */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "balance_overflow" | "not_refundable";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -811,15 +951,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -828,8 +989,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "Idempotency-Key"?: string | null;
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -856,58 +1019,79 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
-            /** @description unauthorized: missing, unknown or revoked API key */
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `insufficient_credits`: the user cannot spend that much (`balance` and `available` say what they have); nothing written */
             402: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "insufficient_credits";
+                    };
                 };
             };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -915,15 +1099,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -932,8 +1137,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "Idempotency-Key"?: string | null;
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -960,59 +1167,79 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
-            /** @description unauthorized: missing, unknown or revoked API key */
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description hold_not_active */
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry; `hold_not_active`: the hold was captured, released or has expired */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress" | "hold_not_active";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1020,15 +1247,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1037,8 +1285,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "Idempotency-Key"?: string | null;
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -1065,59 +1315,79 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
-            /** @description unauthorized: missing, unknown or revoked API key */
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description hold_not_active */
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry; `hold_not_active`: the hold was captured, released or has expired */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress" | "hold_not_active";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1125,15 +1395,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1141,6 +1432,7 @@ export interface operations {
     balance: {
         parameters: {
             query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
             };
             header?: never;
@@ -1157,23 +1449,31 @@ export interface operations {
                     "application/json": components["schemas"]["BalanceResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1181,7 +1481,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1189,10 +1506,11 @@ export interface operations {
     history: {
         parameters: {
             query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
-                /** @description 1..=200, default 50 */
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
-                /** @description next_cursor of the previous page */
+                /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
             };
             header?: never;
@@ -1209,23 +1527,31 @@ export interface operations {
                     "application/json": components["schemas"]["HistoryResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1233,7 +1559,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1241,10 +1584,12 @@ export interface operations {
     list: {
         parameters: {
             query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
-                /** @description active, captured, released or expired */
-                status?: string;
+                status?: "active" | "captured" | "released" | "expired";
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
+                /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
             };
             header?: never;
@@ -1261,23 +1606,31 @@ export interface operations {
                     "application/json": components["schemas"]["HoldsResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1285,7 +1638,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1295,6 +1665,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 command_id: string;
             };
             cookie?: never;
@@ -1309,31 +1680,43 @@ export interface operations {
                     "application/json": components["schemas"]["CommandStatus"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1341,7 +1724,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1349,10 +1749,10 @@ export interface operations {
     list_events: {
         parameters: {
             query?: {
-                /** @description stripe or polar */
-                provider?: string;
-                /** @description 1..=200, default 50 */
+                provider?: "stripe" | "polar";
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
+                /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
             };
             header?: never;
@@ -1369,23 +1769,31 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookEventsResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1393,7 +1801,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
