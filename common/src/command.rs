@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::credit_type::CreditType;
 use crate::webhook::WebhookEvent;
 
 /// Header carrying the subject where the worker publishes the result. A consumed JetStream
@@ -60,6 +61,9 @@ pub enum Command {
     Add {
         user_id: String,
         amount: i64,
+        /// Which of the user's balances (absent on the wire: the default type).
+        #[serde(default, skip_serializing_if = "CreditType::is_default")]
+        credit_type: CreditType,
         description: Option<String>,
         metadata: Map<String, Value>,
         /// When the credits of this add expire (`None`: never).
@@ -69,6 +73,8 @@ pub enum Command {
     Deduct {
         user_id: String,
         amount: i64,
+        #[serde(default, skip_serializing_if = "CreditType::is_default")]
+        credit_type: CreditType,
         description: Option<String>,
         metadata: Map<String, Value>,
     },
@@ -85,6 +91,8 @@ pub enum Command {
     Hold {
         user_id: String,
         amount: i64,
+        #[serde(default, skip_serializing_if = "CreditType::is_default")]
+        credit_type: CreditType,
         expires_in_seconds: i64,
         description: Option<String>,
         metadata: Map<String, Value>,
@@ -100,6 +108,13 @@ pub enum Command {
     Release { user_id: String, hold_id: Uuid },
     /// A verified payment-provider event.
     Webhook(WebhookEvent),
+    /// Adds, deducts and holds of one user (any of their credit types), applied in order and
+    /// all or none: one rejection rejects the batch, and nothing of it is written.
+    AtomicBatch {
+        user_id: String,
+        /// Only `Add`, `Deduct` and `Hold` of `user_id`, checked by the ingress.
+        operations: Vec<Command>,
+    },
 }
 
 impl Command {
@@ -111,7 +126,8 @@ impl Command {
             | Self::Refund { user_id, .. }
             | Self::Hold { user_id, .. }
             | Self::Capture { user_id, .. }
-            | Self::Release { user_id, .. } => user_id,
+            | Self::Release { user_id, .. }
+            | Self::AtomicBatch { user_id, .. } => user_id,
             Self::Webhook(event) => event.partition_key(),
         }
     }
@@ -126,6 +142,7 @@ impl Command {
             Self::Capture { .. } => "capture",
             Self::Release { .. } => "release",
             Self::Webhook(_) => "webhook",
+            Self::AtomicBatch { .. } => "atomic_batch",
         }
     }
 }

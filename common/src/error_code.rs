@@ -14,10 +14,13 @@ pub enum ErrorCode {
     IdempotencyInProgress,
     AlreadyRefunded,
     HoldNotActive,
+    /// The request body stalled past the server's deadline.
+    RequestTimeout,
     PayloadTooLarge,
     UnsupportedMediaType,
     BalanceOverflow,
     NotRefundable,
+    BatchRejected,
     RateLimited,
     Unavailable,
     Internal,
@@ -25,7 +28,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order (the OpenAPI document lists them from here).
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::InvalidRequest,
         Self::InvalidSignature,
         Self::Unauthorized,
@@ -35,10 +38,12 @@ impl ErrorCode {
         Self::IdempotencyInProgress,
         Self::AlreadyRefunded,
         Self::HoldNotActive,
+        Self::RequestTimeout,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::BalanceOverflow,
         Self::NotRefundable,
+        Self::BatchRejected,
         Self::RateLimited,
         Self::Unavailable,
         Self::Internal,
@@ -54,9 +59,10 @@ impl ErrorCode {
             | Self::IdempotencyInProgress
             | Self::AlreadyRefunded
             | Self::HoldNotActive => 409,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::BalanceOverflow | Self::NotRefundable => 422,
+            Self::BalanceOverflow | Self::NotRefundable | Self::BatchRejected => 422,
             Self::RateLimited => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
@@ -74,10 +80,12 @@ impl ErrorCode {
             Self::IdempotencyInProgress => "idempotency_in_progress",
             Self::AlreadyRefunded => "already_refunded",
             Self::HoldNotActive => "hold_not_active",
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BalanceOverflow => "balance_overflow",
             Self::NotRefundable => "not_refundable",
+            Self::BatchRejected => "batch_rejected",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

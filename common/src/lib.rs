@@ -7,6 +7,7 @@ pub mod apps;
 pub mod broker;
 pub mod command;
 pub mod config;
+pub mod credit_type;
 pub mod db;
 pub mod error_code;
 pub mod limits;

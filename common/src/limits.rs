@@ -9,6 +9,8 @@ pub const AMOUNT_MAX: i64 = 1_000_000_000_000;
 /// Shortest and longest `user_id`, in bytes of UTF-8.
 pub const USER_ID_BYTES_MIN: usize = 1;
 pub const USER_ID_BYTES_MAX: usize = 255;
+/// Longest `credit_type`, in characters (`a-z`, `0-9`, `_`, `-`).
+pub const CREDIT_TYPE_CHARS_MAX: usize = 64;
 /// Longest `description`, in characters.
 pub const DESCRIPTION_CHARS_MAX: usize = 1_000;
 /// Most keys a `metadata` object may have (Stripe's rule).
@@ -22,6 +24,10 @@ pub const IDEMPOTENCY_KEY_CHARS_MIN: usize = 1;
 pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
 /// Largest request body, in bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Most operations in one `POST /credits/batch`.
+pub const BATCH_OPERATIONS_MAX: usize = 1_000;
+/// Largest body of `POST /credits/batch`, in bytes.
+pub const BATCH_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// History and list pages: smallest, default and largest page size.
 pub const PAGE_LIMIT_MIN: i64 = 1;
 pub const PAGE_LIMIT_DEFAULT: i64 = 50;

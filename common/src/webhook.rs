@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::credit_type::CreditType;
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
@@ -72,6 +74,9 @@ pub enum WebhookAction {
         /// What the customer paid, in the currency's minor unit (for proportional clawbacks).
         amount_minor: Option<i64>,
         expires_in_days: Option<i64>,
+        /// The balance credited (metadata `tally_credit_type`; absent: the default type).
+        #[serde(default, skip_serializing_if = "CreditType::is_default")]
+        credit_type: CreditType,
     },
     /// Take back credits of an earlier payment in proportion to the refunded or disputed part.
     Clawback {

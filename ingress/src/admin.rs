@@ -13,8 +13,8 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use tally_common::command::{Command, Origin};
+use tally_common::credit_type::CreditType;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -27,25 +27,26 @@ use crate::AppState;
 
 pub mod manage;
 pub mod queries;
+pub mod token;
 
 /// A request that presented the admin token.
 #[derive(Clone, Copy, Debug)]
 pub struct Admin;
 
-/// Whether `presented` is the configured admin token (constant time; never when unset).
+/// Whether `presented` is the configured admin token (by digest, in constant time; never when
+/// unset).
 pub fn token_matches(state: &AppState, presented: &str) -> bool {
-    match &state.config.admin_token {
-        Some(token) if !token.is_empty() => {
-            presented.len() == token.len()
-                && bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
-        }
-        _ => false,
-    }
+    state
+        .admin
+        .as_ref()
+        .is_some_and(|token| token.matches(presented))
 }
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
+    /// A wrong or missing token is a failed authentication of the client's address
+    /// ([`crate::throttle`]); the right one passes even when that address is over budget.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
@@ -59,13 +60,16 @@ impl FromRequestParts<AppState> for Admin {
                     .strip_prefix("Bearer ")
                     .or_else(|| header.strip_prefix("bearer "))
             })
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
-        if token_matches(state, presented) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
+            .map(str::trim);
+        if presented.is_some_and(|presented| token_matches(state, presented)) {
+            return Ok(Admin);
         }
+        let client = state.throttle.client(&parts.extensions, &parts.headers);
+        state.throttle.check(client)?;
+        state
+            .throttle
+            .failed(client, crate::throttle::Failure::AdminToken);
+        Err(ApiError::Unauthorized)
     }
 }
 
@@ -284,6 +288,8 @@ pub async fn submit_for(
 pub struct AdminWriteRequest {
     user_id: String,
     amount: i64,
+    /// Default `credits`.
+    credit_type: Option<String>,
     description: Option<String>,
 }
 
@@ -315,13 +321,20 @@ pub async fn add(
 ) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/add", app.id);
-    let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
+    let UserWrite {
+        user_id,
+        amount,
+        credit_type,
+        description,
+        idempotency,
+    } = user_write(&headers, body, &path).await?;
     submit_for(
         &state,
         app.id,
         Command::Add {
             user_id,
             amount,
+            credit_type,
             description,
             metadata: Default::default(),
             expires_at: None,
@@ -348,13 +361,20 @@ pub async fn deduct(
 ) -> Result<Answer, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
     let path = format!("/admin/apps/{}/credits/deduct", app.id);
-    let (user_id, amount, description, idempotency) = user_write(&headers, body, &path).await?;
+    let UserWrite {
+        user_id,
+        amount,
+        credit_type,
+        description,
+        idempotency,
+    } = user_write(&headers, body, &path).await?;
     submit_for(
         &state,
         app.id,
         Command::Deduct {
             user_id,
             amount,
+            credit_type,
             description,
             metadata: Default::default(),
         },
@@ -364,29 +384,40 @@ pub async fn deduct(
 }
 
 /// The fields of an add or deduct, and its `Idempotency-Key` with the request's hash.
-async fn user_write(
-    headers: &HeaderMap,
-    body: Body,
-    path: &str,
-) -> Result<(String, i64, Option<String>, Option<(String, String)>), ApiError> {
+struct UserWrite {
+    user_id: String,
+    amount: i64,
+    credit_type: CreditType,
+    description: Option<String>,
+    idempotency: Option<(String, String)>,
+}
+
+async fn user_write(headers: &HeaderMap, body: Body, path: &str) -> Result<UserWrite, ApiError> {
     let key = validate::idempotency_key(headers)?;
     let object = validate::json_object(headers, body).await?;
     let idempotency = key.map(|key| (key, validate::request_hash("POST", path, &object)));
-    let (user_id, amount, description) = write_fields(object)?;
-    Ok((user_id, amount, description, idempotency))
+    let (user_id, amount, credit_type, description) = write_fields(object)?;
+    Ok(UserWrite {
+        user_id,
+        amount,
+        credit_type,
+        description,
+        idempotency,
+    })
 }
 
-/// The user, amount and description of an admin add or deduct (`400` naming the field
-/// otherwise).
+/// The user, amount, credit type and description of an admin add or deduct (`400` naming the
+/// field otherwise).
 pub(crate) fn write_fields(
     object: serde_json::Map<String, serde_json::Value>,
-) -> Result<(String, i64, Option<String>), ApiError> {
-    let mut fields = Fields::new(object, &["user_id", "amount", "description"])?;
+) -> Result<(String, i64, CreditType, Option<String>), ApiError> {
+    let mut fields = Fields::new(object, &["user_id", "amount", "description", "credit_type"])?;
     let user_id = fields.user_id("user_id")?;
     let amount = fields.amount("amount")?;
+    let credit_type = fields.credit_type()?;
     let description = fields.description()?;
     fields.finish()?;
-    Ok((user_id, amount, description))
+    Ok((user_id, amount, credit_type, description))
 }
 
 /// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`,

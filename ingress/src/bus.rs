@@ -86,10 +86,15 @@ impl PublishError {
     }
 }
 
-/// A command waiting for the publisher, and where its caller waits for the result.
+/// Commands waiting for the publisher, and where their caller waits for the result. They are
+/// published in one message, never split: a request's group of commands is accepted or
+/// refused whole.
 struct Pending {
-    /// One element of the batch's `commands` array, already serialized by the caller's task.
+    /// Elements of the batch's `commands` array, comma-separated, serialized by the caller's
+    /// task.
     json: Bytes,
+    /// How many commands `json` holds.
+    commands: usize,
     done: oneshot::Sender<Result<(), PublishError>>,
 }
 
@@ -184,6 +189,67 @@ impl Bus {
         envelope: &Envelope,
         waiter: Option<&Waiter>,
     ) -> Result<(), PublishError> {
+        let mut results = self.publish_many(&[(envelope, waiter)]).await;
+        results.pop().expect("one group").1
+    }
+
+    /// Publishes `commands` in their order, in as few messages as [`BATCH_BYTES_MAX`] allows
+    /// (one, unless they are many and large), and waits for the broker's acks. Returns each
+    /// message's result with how many of the commands, in order, it carried: a message is
+    /// accepted or refused whole, so a caller refuses exactly the commands of a refused one.
+    pub async fn publish_many(
+        &self,
+        commands: &[(&Envelope, Option<&Waiter>)],
+    ) -> Vec<(usize, Result<(), PublishError>)> {
+        let mut groups: Vec<(Pending, oneshot::Receiver<Result<(), PublishError>>)> = Vec::new();
+        let mut json = BytesMut::new();
+        let mut count = 0;
+        for (envelope, waiter) in commands {
+            let element = self.element(envelope, *waiter);
+            if count > 0 && json.len() + element.len() + 1 > BATCH_BYTES_MAX {
+                groups.push(pending(std::mem::take(&mut json), count));
+                count = 0;
+            }
+            if count > 0 {
+                json.put_u8(b',');
+            }
+            json.put_slice(&element);
+            count += 1;
+        }
+        if count > 0 {
+            groups.push(pending(json, count));
+        }
+        // Enqueued in order, so the commands keep their order in the stream.
+        let mut results = Vec::with_capacity(groups.len());
+        let mut receivers = Vec::with_capacity(groups.len());
+        for (group, receiver) in groups {
+            let commands = group.commands;
+            // Not enqueued means not published: the caller may safely refuse the commands.
+            let queued =
+                match tokio::time::timeout(PUBLISH_QUEUE_TIMEOUT, self.queue.send(group)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(PublishError("the publisher has stopped".into())),
+                    Err(_) => Err(PublishError("the publish queue stayed full".into())),
+                };
+            receivers.push((commands, queued.map(|()| receiver)));
+        }
+        for (commands, receiver) in receivers {
+            let result = match receiver {
+                // The batch task answers within its attempts' timeouts; a closed channel means
+                // it died.
+                Ok(receiver) => receiver.await.unwrap_or_else(|_| {
+                    Err(PublishError("the publisher dropped the command".into()))
+                }),
+                Err(error) => Err(error),
+            };
+            results.push((commands, result));
+        }
+        results
+    }
+
+    /// One element of a batch message's `commands` array: the command, its partition, and
+    /// where its answer goes.
+    fn element(&self, envelope: &Envelope, waiter: Option<&Waiter>) -> Vec<u8> {
         let partition = partition_of(envelope.app_id, envelope.command.user_id(), self.partitions);
         let command = tally_common::command::BatchedCommand {
             partition,
@@ -193,23 +259,7 @@ impl Bus {
             }),
             envelope,
         };
-        let (done, result) = oneshot::channel();
-        let pending = Pending {
-            json: serde_json::to_vec(&command)
-                .expect("commands serialize")
-                .into(),
-            done,
-        };
-        // Not enqueued means not published: the caller may safely refuse the command.
-        match tokio::time::timeout(PUBLISH_QUEUE_TIMEOUT, self.queue.send(pending)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(PublishError("the publisher has stopped".into())),
-            Err(_) => return Err(PublishError("the publish queue stayed full".into())),
-        }
-        // The batch task answers within its attempts' timeouts; a closed channel means it died.
-        result
-            .await
-            .unwrap_or_else(|_| Err(PublishError("the publisher dropped the command".into())))
+        serde_json::to_vec(&command).expect("commands serialize")
     }
 
     /// Whether the broker answers (for `/readyz`).
@@ -219,6 +269,19 @@ impl Bus {
             .await
             .is_ok_and(|result| result.is_ok())
     }
+}
+
+fn pending(
+    json: BytesMut,
+    commands: usize,
+) -> (Pending, oneshot::Receiver<Result<(), PublishError>>) {
+    let (done, result) = oneshot::channel();
+    let pending = Pending {
+        json: json.freeze(),
+        commands,
+        done,
+    };
+    (pending, result)
 }
 
 /// Forms batches from the queue and publishes them, [`BATCHES_IN_FLIGHT`] at most at a time.
@@ -245,16 +308,21 @@ async fn run_publisher(
             },
         };
         let mut bytes = first.json.len();
+        let mut commands = first.commands;
         let mut batch = Vec::with_capacity(BATCH_MAX.min(queue.len() + 1));
         batch.push(first);
-        while batch.len() < BATCH_MAX {
+        while commands < BATCH_MAX {
             match queue.try_recv() {
-                Ok(pending) if bytes + pending.json.len() > BATCH_BYTES_MAX => {
+                Ok(pending)
+                    if bytes + pending.json.len() > BATCH_BYTES_MAX
+                        || commands + pending.commands > BATCH_MAX =>
+                {
                     carried = Some(pending);
                     break;
                 }
                 Ok(pending) => {
                     bytes += pending.json.len();
+                    commands += pending.commands;
                     batch.push(pending);
                 }
                 Err(_) => break,
@@ -270,7 +338,8 @@ async fn run_publisher(
         let client = client.clone();
         let subject = subject.clone();
         tokio::spawn(async move {
-            metrics::histogram!("tally_publish_batch_size").record(batch.len() as f64);
+            let commands: usize = batch.iter().map(|pending| pending.commands).sum();
+            metrics::histogram!("tally_publish_batch_size").record(commands as f64);
             let payload = batch_payload(&batch);
             let batch_id = Uuid::now_v7().simple().to_string();
             // While the connection is down nothing is sent (a publish would sit in the client's
@@ -278,7 +347,7 @@ async fn run_publisher(
             // refused at once instead of after every attempt's timeout.
             let connected =
                 || client.connection_state() == async_nats::connection::State::Connected;
-            let result = with_retries(batch.len(), connected, || {
+            let result = with_retries(commands, connected, || {
                 publish_batch(&js, &subject, &batch_id, payload.clone())
             })
             .await;
@@ -379,6 +448,7 @@ mod tests {
             command: tally_common::command::Command::Deduct {
                 user_id: "u1".into(),
                 amount: 5,
+                credit_type: Default::default(),
                 description: None,
                 metadata: Default::default(),
             },
@@ -394,6 +464,7 @@ mod tests {
             };
             Pending {
                 json: serde_json::to_vec(&command).unwrap().into(),
+                commands: 1,
                 done: oneshot::channel().0,
             }
         };

@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::responses::rfc3339;
 
 /// The select list that reads an [`Entry`]: `SELECT {COLUMNS} FROM ledger_entries …`.
-pub const COLUMNS: &str = "id AS ledger_id, app_id, user_id, seq, type AS entry_type, amount,
+pub const COLUMNS: &str =
+    "id AS ledger_id, app_id, user_id, credit_type, seq, type AS entry_type, amount,
     balance_after, description, metadata, source, refunded_ledger_id, hold_id, lot_id,
     expires_at, created_at";
 
@@ -20,6 +21,8 @@ pub struct Entry {
     pub ledger_id: Uuid,
     pub app_id: Uuid,
     pub user_id: String,
+    /// The balance the entry changed.
+    pub credit_type: String,
     /// The entry's place in its user's history (1, 2, 3 … in the order applied); history
     /// pages by it, so it is not part of the JSON.
     #[serde(skip)]

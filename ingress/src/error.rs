@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
+    /// The first request with this key is still being answered; retry.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyInProgress,
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("request body must be application/json")]
@@ -30,6 +33,12 @@ pub enum ApiError {
     /// The app's request budget is spent; nothing was done.
     #[error("rate limit of {} {} requests/s (burst {}) exceeded; retry in {} s", .0.rate.per_second, .0.budget.as_str(), .0.rate.burst, .0.retry_after_secs())]
     RateLimited(crate::ratelimit::Limited),
+    /// The client address has failed authentication too often; nothing was looked up.
+    #[error("too many failed authentications from this address; retry in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
+    /// The request body sent nothing for too long; nothing was done.
+    #[error("the request body stalled; send it again")]
+    RequestTimeout,
     /// The broker or the database could not be reached; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -60,9 +69,11 @@ impl ApiError {
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            Self::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
-            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::RateLimited(_) | Self::Throttled { .. } => ErrorCode::RateLimited,
+            Self::RequestTimeout => ErrorCode::RequestTimeout,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -106,10 +117,41 @@ fn tally_common_is_unavailable(error: &sqlx::Error) -> bool {
     ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")))
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The same error about a field of an element of a request's list: `operations[3].amount`
+    /// rather than `amount`.
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Self::InvalidRequest {
+                field: Some(field),
+                message,
+            } => {
+                let named = format!("{prefix}.{field}");
+                let message = match message.strip_prefix(&format!("{field}:")) {
+                    Some(rest) => format!("{named}:{rest}"),
+                    None => format!("{named}: {message}"),
+                };
+                Self::InvalidRequest {
+                    field: Some(named),
+                    message,
+                }
+            }
+            Self::InvalidRequest {
+                field: None,
+                message,
+            } => Self::InvalidRequest {
+                field: Some(prefix.to_string()),
+                message: format!("{prefix}: {message}"),
+            },
+            other => other,
+        }
+    }
+
+    /// The status and the JSON body of this error's answer (logging what only the operator
+    /// should see).
+    pub fn status_and_body(&self) -> (u16, Value) {
         let code = self.code();
-        let mut body = match &self {
+        let mut body = match self {
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 code.body("an internal error occurred")
@@ -125,11 +167,18 @@ impl IntoResponse for ApiError {
                 field: Some(field), ..
             },
             Value::Object(object),
-        ) = (&self, &mut body)
+        ) = (self, &mut body)
         {
             object.insert("field".into(), Value::String(field.clone()));
         }
-        let mut response = json_response(code.status(), body);
+        (code.status(), body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        let mut response = json_response(status, body);
         if matches!(self, Self::Unavailable(_)) {
             // Outages this refuses during (a broker or database restart) last seconds.
             response.headers_mut().insert(
@@ -137,10 +186,15 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE_SECONDS),
             );
         }
-        if let Self::RateLimited(limited) = &self {
+        let retry_after = match &self {
+            Self::RateLimited(limited) => Some(limited.retry_after_secs()),
+            Self::Throttled { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(limited.retry_after_secs()),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         response

@@ -14,14 +14,14 @@ use self::constraints::Constraints;
 use self::links::Links;
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
-use crate::routes::{commands, credits, holds};
+use crate::routes::{batch, commands, credits, holds};
 use crate::webhooks;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally", description = "Credits for SaaS and AI products: add, deduct, refund and read, exactly once."),
-    paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::history,
-          holds::hold, holds::capture, holds::release, holds::list,
+    paths(credits::add, credits::deduct, credits::refund, credits::balance, credits::balances, credits::history,
+          holds::hold, holds::capture, holds::release, holds::list, batch::batch,
           commands::command_status, webhooks::stripe_for_app, webhooks::polar_for_app,
           webhooks::list_events,
           admin::apps, admin::users, admin::user, admin::entries, admin::entry,

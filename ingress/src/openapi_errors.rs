@@ -3,7 +3,8 @@
 //!
 //! What an operation may answer follows from what it has: every operation `429 rate_limited`
 //! and `503 unavailable` (both with `Retry-After`); one with a key or token `401`; one with a
-//! body or parameters `400`; one with a body `413` and `415`; one with an id in its path `404`;
+//! body or parameters `400`; one with a body `408`, `413` and `415`; one with an id in its path
+//! `404`;
 //! one with an `Idempotency-Key` the two idempotency `409`s and the `500` of a dead-lettered
 //! command. Handlers declare the rest (`402`, `404`, `409`, `422`); every error response then
 //! gets the [`ErrorResponse`] body with the `error` codes it can carry, listed in its schema
@@ -32,12 +33,16 @@ fn can_answer(code: ErrorCode, path: &str, operation: &Operation) -> bool {
         ErrorCode::InvalidSignature => receives_webhooks(path),
         // The receivers read the body as the provider sends it, whatever its type.
         ErrorCode::UnsupportedMediaType => !receives_webhooks(path),
-        ErrorCode::InsufficientCredits => {
-            is(&["/credits/deduct", "/credits/hold", "/credits/refund"])
-        }
+        ErrorCode::InsufficientCredits => is(&[
+            "/credits/deduct",
+            "/credits/hold",
+            "/credits/refund",
+            "/credits/batch",
+        ]),
         ErrorCode::AlreadyRefunded | ErrorCode::NotRefundable => is(&["/credits/refund"]),
         ErrorCode::HoldNotActive => is(&["/credits/capture", "/credits/release"]),
-        ErrorCode::BalanceOverflow => is(&["/credits/add", "/credits/refund"]),
+        ErrorCode::BalanceOverflow => is(&["/credits/add", "/credits/refund", "/credits/batch"]),
+        ErrorCode::BatchRejected => is(&["/credits/batch"]),
         ErrorCode::IdempotencyConflict | ErrorCode::IdempotencyInProgress | ErrorCode::Internal => {
             idempotent(operation)
         }
@@ -87,6 +92,14 @@ fn meaning(code: ErrorCode, path: &str) -> String {
         }
         ErrorCode::AlreadyRefunded => "the entry has nothing left to refund".into(),
         ErrorCode::HoldNotActive => "the hold was captured, released or has expired".into(),
+        ErrorCode::RequestTimeout => {
+            "the body stalled past the server's deadline; nothing changed".into()
+        }
+        ErrorCode::BatchRejected => {
+            "an operation of the atomic batch was refused (`failed_index` and `failed` say which \
+             and why); nothing was written"
+                .into()
+        }
         ErrorCode::PayloadTooLarge if path.starts_with("/webhooks/") => {
             "the body is over the webhook size limit".into()
         }
@@ -174,7 +187,7 @@ impl Modify for CommonErrors {
                     statuses.push(400);
                 }
                 if has_body {
-                    statuses.extend([413, 415]);
+                    statuses.extend([408, 413, 415]);
                 }
                 if has(ParameterIn::Path) {
                     statuses.push(404);

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tally_common::credit_type::CreditType;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -37,6 +38,7 @@ type Answer = Result<Option<Account>, Arc<sqlx::Error>>;
 struct Read {
     app_id: Uuid,
     user_id: String,
+    credit_type: CreditType,
     done: oneshot::Sender<Answer>,
 }
 
@@ -56,11 +58,12 @@ impl BalanceReads {
         Self { queue }
     }
 
-    /// The account of `user_id` in `app_id`, if it exists.
+    /// The account of `user_id`'s `credit_type` in `app_id`, if it exists.
     pub async fn account(
         &self,
         app_id: Uuid,
         user_id: String,
+        credit_type: CreditType,
     ) -> Result<Option<Account>, ApiError> {
         let (done, answer) = oneshot::channel();
         let unavailable = || ApiError::Unavailable("the balance reader stopped; retry".into());
@@ -68,6 +71,7 @@ impl BalanceReads {
             .send(Read {
                 app_id,
                 user_id,
+                credit_type,
                 done,
             })
             .await
@@ -82,16 +86,20 @@ impl BalanceReads {
 async fn look_up(pool: PgPool, group: Vec<Read>) {
     let apps: Vec<Uuid> = group.iter().map(|read| read.app_id).collect();
     let users: Vec<&str> = group.iter().map(|read| read.user_id.as_str()).collect();
+    let types: Vec<&str> = group.iter().map(|read| read.credit_type.as_str()).collect();
     let rows: Result<Vec<(i32, i64, i64, bool)>, sqlx::Error> = sqlx::query_as(
         "SELECT r.i::int4, a.balance, a.held,
                 EXISTS (SELECT 1 FROM lots l WHERE l.app_id = a.app_id AND l.user_id = a.user_id
-                          AND l.expired_at IS NULL)
-         FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS r(app_id, user_id, i)
-         CROSS JOIN LATERAL (SELECT balance, held, app_id, user_id FROM accounts
-                             WHERE app_id = r.app_id AND user_id = r.user_id LIMIT 1) a",
+                          AND l.credit_type = a.credit_type AND l.expired_at IS NULL)
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[])
+                WITH ORDINALITY AS r(app_id, user_id, credit_type, i)
+         CROSS JOIN LATERAL (SELECT balance, held, app_id, user_id, credit_type FROM accounts
+                             WHERE app_id = r.app_id AND user_id = r.user_id
+                               AND credit_type = r.credit_type LIMIT 1) a",
     )
     .bind(&apps)
     .bind(&users)
+    .bind(&types)
     .fetch_all(&pool)
     .await;
     match rows {

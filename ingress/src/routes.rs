@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod batch;
 pub mod commands;
 pub mod credits;
 pub mod holds;

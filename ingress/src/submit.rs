@@ -12,6 +12,9 @@
 //! 3. Answer 202 at once (`Prefer: respond-async`), or wait for the worker's reply up to the
 //!    sync timeout, then 202.
 
+pub mod batch;
+
+use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::response::{IntoResponse, Response};
@@ -42,16 +45,26 @@ pub enum Answer {
     Accepted { command_id: Uuid },
 }
 
+impl Answer {
+    /// The status and body this answer has as a response of its own.
+    pub fn status_and_body(self) -> (u16, serde_json::Value) {
+        match self {
+            Answer::Finished(outcome) => (outcome.http_status, outcome.body),
+            Answer::Accepted { command_id } => (202, accepted_body(command_id)),
+        }
+    }
+}
+
+/// The body of a `202`: where the command's result will be.
+pub fn accepted_body(command_id: Uuid) -> serde_json::Value {
+    json!({ "success": true, "status": "accepted", "command_id": command_id,
+            "status_url": format!("/commands/{command_id}") })
+}
+
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        match self {
-            Answer::Finished(outcome) => json_response(outcome.http_status, outcome.body),
-            Answer::Accepted { command_id } => json_response(
-                202,
-                json!({ "success": true, "status": "accepted", "command_id": command_id,
-                        "status_url": format!("/commands/{command_id}") }),
-            ),
-        }
+        let (status, body) = self.status_and_body();
+        json_response(status, body)
     }
 }
 
@@ -125,7 +138,17 @@ enum Claim {
     Existing { command_id: Uuid },
 }
 
-async fn claim_key(
+fn claim_key<'a>(
+    state: &'a AppState,
+    app_id: Uuid,
+    key: &'a str,
+    hash: &'a str,
+    command_id: Uuid,
+) -> futures::future::BoxFuture<'a, Result<Claim, ApiError>> {
+    Box::pin(claim_key_once(state, app_id, key, hash, command_id))
+}
+
+async fn claim_key_once(
     state: &AppState,
     app_id: Uuid,
     key: &str,
@@ -157,7 +180,7 @@ async fn claim_key(
         Some((stored_hash, _)) if stored_hash != hash => Err(ApiError::IdempotencyConflict),
         Some((_, command_id)) => Ok(Claim::Existing { command_id }),
         // Released by a cancellation in between: the caller may claim it again.
-        None => Box::pin(claim_key(state, app_id, key, hash, command_id)).await,
+        None => claim_key(state, app_id, key, hash, command_id).await,
     }
 }
 
@@ -168,25 +191,42 @@ async fn finished(
     app_id: Uuid,
     command_id: Uuid,
 ) -> Result<Option<Outcome>, ApiError> {
-    let row: Option<(String, Option<i16>, Option<serde_json::Value>)> = sqlx::query_as(
-        "SELECT status, http_status, response FROM processed_commands WHERE command_id = $1 AND app_id = $2",
+    Ok(finished_many(&state.pool, app_id, &[command_id])
+        .await?
+        .remove(&command_id))
+}
+
+/// The stored answers of the finished commands among `command_ids` (not the unfinished ones,
+/// nor the cancelled ones).
+async fn finished_many(
+    pool: &sqlx::PgPool,
+    app_id: Uuid,
+    command_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Outcome>, ApiError> {
+    let rows: Vec<(Uuid, String, Option<i16>, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT command_id, status, http_status, response FROM processed_commands
+         WHERE command_id = ANY($1) AND app_id = $2 AND status <> 'cancelled'",
     )
-    .bind(command_id)
+    .bind(command_ids)
     .bind(app_id)
-    .fetch_optional(&state.pool)
+    .fetch_all(pool)
     .await?;
-    Ok(row
-        .filter(|(status, _, _)| status != "cancelled")
-        .map(|(status, http_status, body)| Outcome {
-            command_id,
-            status: if status == "applied" {
-                Status::Applied
-            } else {
-                Status::Rejected
-            },
-            http_status: http_status.unwrap_or(200) as u16,
-            body: body.unwrap_or_default(),
-        }))
+    Ok(rows
+        .into_iter()
+        .map(|(command_id, status, http_status, body)| {
+            let outcome = Outcome {
+                command_id,
+                status: if status == "applied" {
+                    Status::Applied
+                } else {
+                    Status::Rejected
+                },
+                http_status: http_status.unwrap_or(200) as u16,
+                body: body.unwrap_or_default(),
+            };
+            (command_id, outcome)
+        })
+        .collect())
 }
 
 /// The broker did not acknowledge: make sure the command can never take effect, then 503.

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tally_common::credit_type::CreditType;
 use tally_common::limits::{
     AMOUNT_MAX, AMOUNT_MIN, BODY_BYTES_MAX, DESCRIPTION_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX,
     IDEMPOTENCY_KEY_CHARS_MIN, METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN,
@@ -19,7 +20,16 @@ use crate::error::ApiError;
 /// Reads a JSON object body: 415 unless `application/json`, 413 past the limit, 400 unless a
 /// JSON object.
 pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body_bytes(headers, body).await?;
+    json_object_within(headers, body, BODY_BYTES_MAX).await
+}
+
+/// [`json_object`] with a body limit of its own (a batch's).
+pub async fn json_object_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body_bytes_within(headers, body, limit).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(ApiError::invalid("request body must be a JSON object")),
@@ -31,6 +41,14 @@ pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, 
 
 /// Reads a body, checking content type and size.
 pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    body_bytes_within(headers, body, BODY_BYTES_MAX).await
+}
+
+async fn body_bytes_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -39,16 +57,20 @@ pub async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes,
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    raw_body(body, BODY_BYTES_MAX).await
+    raw_body(body, limit).await
 }
 
-/// Reads a body of at most `limit` bytes, whatever its type (413 past it).
+/// Reads a body of at most `limit` bytes, whatever its type (413 past it; 408 when it stalls
+/// past the server's deadline, see [`crate::server`]).
 pub async fn raw_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large = std::error::Error::source(&error)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
+        let source = std::error::Error::source(&error);
+        if source.is_some_and(|source| source.is::<http_body_util::LengthLimitError>()) {
             ApiError::PayloadTooLarge(limit)
+        } else if std::iter::successors(source, |error| error.source())
+            .any(|cause| cause.is::<tower_http::timeout::TimeoutError>())
+        {
+            ApiError::RequestTimeout
         } else {
             ApiError::invalid(format!("could not read the request body: {error}"))
         }
@@ -213,6 +235,15 @@ impl Fields {
         }
     }
 
+    /// `credit_type`: optional, [`CreditType::DEFAULT`] when absent.
+    pub fn credit_type(&mut self) -> Result<CreditType, ApiError> {
+        match self.take("credit_type") {
+            None => Ok(CreditType::default()),
+            Some(Value::String(text)) => parse_credit_type("credit_type", &text),
+            Some(_) => Err(ApiError::field("credit_type", "must be a string")),
+        }
+    }
+
     /// Rejects any field not read.
     pub fn finish(self) -> Result<(), ApiError> {
         match self.object.keys().next() {
@@ -239,6 +270,26 @@ pub fn query_user_id(query: &HashMap<String, String>) -> Result<String, ApiError
         .cloned()
         .ok_or_else(|| ApiError::field("user_id", "is required"))?;
     check_user_id("user_id", user_id)
+}
+
+/// The `credit_type` query parameter of a read of one balance: [`CreditType::DEFAULT`] when
+/// absent.
+pub fn query_credit_type(query: &HashMap<String, String>) -> Result<CreditType, ApiError> {
+    Ok(query_optional_credit_type(query)?.unwrap_or_default())
+}
+
+/// The `credit_type` query parameter of a filter: `None` (every type) when absent.
+pub fn query_optional_credit_type(
+    query: &HashMap<String, String>,
+) -> Result<Option<CreditType>, ApiError> {
+    query
+        .get("credit_type")
+        .map(|text| parse_credit_type("credit_type", text))
+        .transpose()
+}
+
+pub fn parse_credit_type(field: &str, text: &str) -> Result<CreditType, ApiError> {
+    CreditType::parse(text).map_err(|invalid| ApiError::field(field, invalid))
 }
 
 pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {
@@ -274,20 +325,31 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let bad = || {
-        ApiError::field(
-            "Idempotency-Key",
-            format!("must be {IDEMPOTENCY_KEY_CHARS_MIN} to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
-        )
-    };
-    let text = value.to_str().map_err(|_| bad())?;
-    let length = IDEMPOTENCY_KEY_CHARS_MIN..=IDEMPOTENCY_KEY_CHARS_MAX;
+    let text = value
+        .to_str()
+        .map_err(|_| bad_idempotency_key("Idempotency-Key"))?;
     // HTTP trims a header value's surrounding white space, so a key of white space alone
     // arrives empty; refused here too for any transport that would not.
-    if !length.contains(&text.chars().count()) || text.trim_matches([' ', '\t']).is_empty() {
-        return Err(bad());
+    if text.trim_matches(' ').is_empty() {
+        return Err(bad_idempotency_key("Idempotency-Key"));
     }
-    Ok(Some(text.to_string()))
+    check_idempotency_key("Idempotency-Key", text.to_string()).map(Some)
+}
+
+/// An idempotency key from `field`: 1 to [`IDEMPOTENCY_KEY_CHARS_MAX`] printable characters.
+pub fn check_idempotency_key(field: &str, key: String) -> Result<String, ApiError> {
+    let length = IDEMPOTENCY_KEY_CHARS_MIN..=IDEMPOTENCY_KEY_CHARS_MAX;
+    if !length.contains(&key.chars().count()) || key.chars().any(char::is_control) {
+        return Err(bad_idempotency_key(field));
+    }
+    Ok(key)
+}
+
+fn bad_idempotency_key(field: &str) -> ApiError {
+    ApiError::field(
+        field,
+        format!("must be {IDEMPOTENCY_KEY_CHARS_MIN} to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
+    )
 }
 
 /// Whether the client asked not to wait for the result (`Prefer: respond-async`).

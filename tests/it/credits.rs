@@ -13,7 +13,8 @@ async fn add_answers_the_new_balance_and_ledger_id() {
     assert_eq!(body["user_id"], "user_abc123");
     assert_eq!(body["balance_after"], 500);
     assert!(uuid::Uuid::parse_str(body["ledger_id"].as_str().unwrap()).is_ok());
-    assert_eq!(body.as_object().unwrap().len(), 4, "exact shape: {body}");
+    assert_eq!(body["credit_type"], "credits");
+    assert_eq!(body.as_object().unwrap().len(), 5, "exact shape: {body}");
 }
 
 #[tokio::test]
@@ -64,7 +65,8 @@ async fn refund_of_a_deduct_gives_credits_back_until_nothing_is_left() {
     assert_eq!(body["balance_after"], 90);
     assert_eq!(body["refunded_ledger_id"], ledger_id);
     assert_eq!(body["user_id"], "u1");
-    assert_eq!(body.as_object().unwrap().len(), 5);
+    assert_eq!(body["credit_type"], "credits");
+    assert_eq!(body.as_object().unwrap().len(), 6);
 
     let (status, body) = app
         .post(

@@ -3,10 +3,13 @@
 
 mod harness;
 
+mod abuse;
 mod admin;
+mod batches;
 mod commands;
 mod concurrency;
 mod crash;
+mod credit_types;
 mod credits;
 mod dead_letters;
 mod faults;

@@ -538,3 +538,47 @@ async fn a_large_provider_event_is_accepted() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(wait_event(&app, "evt_big").await["outcome"], "credited");
 }
+
+#[tokio::test]
+async fn a_payment_credits_the_credit_type_its_metadata_names_and_a_refund_claws_it_back() {
+    let app = spawn_app().await;
+    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    let mut event = payment_intent("evt_typed", "pi_typed", "user_1", "500");
+    event["data"]["object"]["metadata"]["tally_credit_type"] = json!("image");
+    let (status, body) = send_stripe(&app, &event).await;
+    assert_eq!(status, 200, "{body}");
+    let credited = wait_event(&app, "evt_typed").await;
+    assert_eq!(credited["outcome"], "credited", "{credited}");
+    let (_, image) = app
+        .get("/credits/balance?user_id=user_1&credit_type=image")
+        .await;
+    assert_eq!(image["balance"], 500);
+    assert_eq!(
+        app.balance("user_1").await,
+        0,
+        "the default type is untouched"
+    );
+
+    let (status, _) =
+        send_stripe(&app, &charge_refunded("evt_typed_refund", "pi_typed", 400)).await;
+    assert_eq!(status, 200);
+    wait_event(&app, "evt_typed_refund").await;
+    let (_, image) = app
+        .get("/credits/balance?user_id=user_1&credit_type=image")
+        .await;
+    assert_eq!(
+        image["balance"], 300,
+        "40% of the payment is clawed back from its type"
+    );
+
+    let mut bad = payment_intent("evt_bad_type", "pi_bad_type", "user_1", "5");
+    bad["data"]["object"]["metadata"]["tally_credit_type"] = json!("Not A Type");
+    send_stripe(&app, &bad).await;
+    let rejected = wait_event(&app, "evt_bad_type").await;
+    assert_eq!(rejected["outcome"], "rejected", "{rejected}");
+    assert!(rejected["reason"]
+        .as_str()
+        .unwrap()
+        .contains("tally_credit_type"));
+    app.assert_verified().await;
+}

@@ -10,18 +10,26 @@
 //! holds and take-backs burn lots soonest-expiring first and the pool last; what a deduct or a
 //! hold drew from is recorded ([`Allocation`]) so that a refund or a release returns credits to
 //! the lots they came from — and a lot that expired meanwhile expires them again at once.
+//!
+//! A user may hold several credit types; each has its own account row (balance and held), lots
+//! and holds, and a command acts on one type (a refund or a capture on its entry's or hold's).
+//! The user's entries are numbered once across all types (`seq`), so the fold keeps each
+//! user's last number apart from the per-type rows.
 
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tally_common::command::{Command, Envelope, Outcome, Status};
+use tally_common::credit_type::CreditType;
 use tally_common::error_code::ErrorCode;
 use tally_common::webhook::{Provider, WebhookAction, WebhookEvent};
 use uuid::Uuid;
 
-/// An (app, user) pair: the unit that owns a balance.
+/// An (app, user) pair: the unit whose commands are ordered and whose entries are numbered.
 pub type UserKey = (Uuid, String);
+/// An (app, user, credit type) triple: the unit that owns a balance.
+pub type AccountKey = (Uuid, String, CreditType);
 /// An (app, provider, payment reference) triple: the unit a payment credits once.
 pub type PaymentKey = (Uuid, Provider, String);
 
@@ -63,12 +71,13 @@ impl EntryType {
     }
 }
 
-/// A user's balance as the batch sees it.
+/// A user's balance of one credit type as the batch sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Account {
     pub balance: i64,
     pub held: i64,
-    /// Sequence number of the user's last entry.
+    /// Sequence number of the user's last entry of this type (0: none yet). The user's last
+    /// number is the largest over the user's types ([`State::last_seq`]).
     pub entry_count: i64,
 }
 
@@ -83,6 +92,7 @@ impl Account {
 pub struct EntryRef {
     pub app_id: Uuid,
     pub user_id: String,
+    pub credit_type: CreditType,
     pub entry_type: EntryType,
     /// Signed, as written.
     pub amount: i64,
@@ -95,6 +105,7 @@ pub struct EntryRef {
 pub struct Payment {
     pub ledger_id: Uuid,
     pub user_id: String,
+    pub credit_type: CreditType,
     pub credits: i64,
     pub amount_minor: Option<i64>,
     pub refunded_minor: i64,
@@ -109,6 +120,7 @@ pub struct Lot {
     pub id: Uuid,
     pub app_id: Uuid,
     pub user_id: String,
+    pub credit_type: CreditType,
     pub amount: i64,
     /// Credits of the lot neither spent nor reserved by a hold.
     pub remaining: i64,
@@ -158,6 +170,7 @@ pub struct Hold {
     pub id: Uuid,
     pub app_id: Uuid,
     pub user_id: String,
+    pub credit_type: CreditType,
     pub amount: i64,
     pub captured: i64,
     pub status: HoldStatus,
@@ -189,7 +202,11 @@ pub struct Prior {
 #[derive(Clone, Debug, Default)]
 pub struct State {
     pub now: DateTime<Utc>,
-    pub accounts: HashMap<UserKey, Account>,
+    /// The account rows of the batch's users: every credit type each user has (see
+    /// [`State::insert_account`]).
+    pub accounts: HashMap<AccountKey, Account>,
+    /// Each loaded user's last entry number, the largest `entry_count` of the user's rows.
+    pub last_seq: HashMap<UserKey, i64>,
     pub entries: HashMap<Uuid, EntryRef>,
     pub payments: HashMap<PaymentKey, Payment>,
     pub processed: HashMap<Uuid, Prior>,
@@ -201,12 +218,23 @@ pub struct State {
     pub allocations: HashMap<Uuid, Vec<Allocation>>,
 }
 
+impl State {
+    /// Adds a loaded account row, keeping its user's last entry number up to date. Every row of
+    /// a user must be inserted before the fold numbers that user's next entry.
+    pub fn insert_account(&mut self, key: AccountKey, account: Account) {
+        let last = self.last_seq.entry((key.0, key.1.clone())).or_default();
+        *last = (*last).max(account.entry_count);
+        self.accounts.insert(key, account);
+    }
+}
+
 /// A ledger row to append.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEntry {
     pub id: Uuid,
     pub app_id: Uuid,
     pub user_id: String,
+    pub credit_type: CreditType,
     pub seq: i64,
     pub entry_type: EntryType,
     pub amount: i64,
@@ -236,7 +264,7 @@ pub struct WebhookRecord {
 }
 
 /// What the batch writes, and what each of its commands answers (one per command, in order).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Effects {
     pub entries: Vec<NewEntry>,
     /// Commands finished by this batch, to record as processed.
@@ -256,16 +284,22 @@ pub struct Effects {
 
 impl Effects {
     /// The accounts this batch changed, with their final state.
-    pub fn changed_accounts<'a>(&self, state: &'a State) -> Vec<(&'a UserKey, &'a Account)> {
-        let mut keys: Vec<UserKey> = self
+    pub fn changed_accounts<'a>(&self, state: &'a State) -> Vec<(&'a AccountKey, &'a Account)> {
+        let mut keys: Vec<AccountKey> = self
             .entries
             .iter()
-            .map(|entry| (entry.app_id, entry.user_id.clone()))
+            .map(|entry| {
+                (
+                    entry.app_id,
+                    entry.user_id.clone(),
+                    entry.credit_type.clone(),
+                )
+            })
             .chain(
                 self.holds
                     .iter()
                     .filter_map(|id| state.holds.get(id))
-                    .map(|h| (h.app_id, h.user_id.clone())),
+                    .map(|h| (h.app_id, h.user_id.clone(), h.credit_type.clone())),
             )
             .collect();
         keys.sort();
@@ -470,16 +504,24 @@ impl<'a> Step<'a> {
             Command::Add {
                 user_id,
                 amount,
+                credit_type,
                 description,
                 metadata,
                 expires_at,
-            } => self.add(user_id, *amount, description, metadata, *expires_at),
+            } => {
+                let key = self.key(user_id, credit_type);
+                self.add(&key, *amount, description, metadata, *expires_at)
+            }
             Command::Deduct {
                 user_id,
                 amount,
+                credit_type,
                 description,
                 metadata,
-            } => self.deduct(user_id, *amount, description, metadata),
+            } => {
+                let key = self.key(user_id, credit_type);
+                self.deduct(&key, *amount, description, metadata)
+            }
             Command::Refund {
                 user_id,
                 ledger_id,
@@ -490,10 +532,14 @@ impl<'a> Step<'a> {
             Command::Hold {
                 user_id,
                 amount,
+                credit_type,
                 expires_in_seconds,
                 description,
                 metadata,
-            } => self.hold(user_id, *amount, *expires_in_seconds, description, metadata),
+            } => {
+                let key = self.key(user_id, credit_type);
+                self.hold(&key, *amount, *expires_in_seconds, description, metadata)
+            }
             Command::Capture {
                 user_id,
                 hold_id,
@@ -501,6 +547,7 @@ impl<'a> Step<'a> {
             } => self.capture(user_id, *hold_id, *amount),
             Command::Release { user_id, hold_id } => self.release(user_id, *hold_id),
             Command::Webhook(event) => self.webhook(event),
+            Command::AtomicBatch { operations, .. } => self.atomic_batch(operations),
         }
     }
 
@@ -508,27 +555,36 @@ impl<'a> Step<'a> {
         self.command_id
     }
 
-    fn account(&mut self, user_id: &str) -> Account {
-        let key = (self.app_id, user_id.to_string());
-        *self.state.accounts.entry(key).or_default()
+    /// The account of this command's app, `user_id` and `credit_type`.
+    fn key(&self, user_id: &str, credit_type: &CreditType) -> AccountKey {
+        (self.app_id, user_id.to_string(), credit_type.clone())
     }
 
-    fn account_mut(&mut self, user_id: &str) -> &mut Account {
-        self.state
-            .accounts
-            .entry((self.app_id, user_id.to_string()))
-            .or_default()
+    fn account(&mut self, key: &AccountKey) -> Account {
+        *self.account_mut(key)
     }
 
-    /// Appends an entry and updates the account. The caller has checked that the balance stays
-    /// within `held..=i64::MAX`.
-    fn write(&mut self, user_id: &str, draft: Draft) -> NewEntry {
-        let app_id = self.app_id;
-        let account = self
-            .state
-            .accounts
-            .entry((app_id, user_id.to_string()))
-            .or_default();
+    fn account_mut(&mut self, key: &AccountKey) -> &mut Account {
+        if !self.state.accounts.contains_key(key) {
+            self.state.insert_account(key.clone(), Account::default());
+        }
+        self.state.accounts.get_mut(key).expect("inserted above")
+    }
+
+    /// Appends an entry, numbered after the user's last one of any type, and updates the
+    /// account. The caller has checked that the balance stays within `held..=i64::MAX`.
+    fn write(&mut self, key: &AccountKey, draft: Draft) -> NewEntry {
+        let (app_id, user_id, credit_type) = key;
+        let seq = {
+            let last = self
+                .state
+                .last_seq
+                .entry((*app_id, user_id.clone()))
+                .or_default();
+            *last += 1;
+            *last
+        };
+        let account = self.account_mut(key);
         let balance_after = account
             .balance
             .checked_add(draft.amount)
@@ -538,12 +594,13 @@ impl<'a> Step<'a> {
             "balance may never fall below what is held"
         );
         account.balance = balance_after;
-        account.entry_count += 1;
+        account.entry_count = seq;
         let entry = NewEntry {
             id: draft.id.unwrap_or_else(Uuid::now_v7),
-            app_id,
-            user_id: user_id.to_string(),
-            seq: account.entry_count,
+            app_id: *app_id,
+            user_id: user_id.clone(),
+            credit_type: credit_type.clone(),
+            seq,
             entry_type: draft.entry_type,
             amount: draft.amount,
             balance_after,
@@ -559,8 +616,9 @@ impl<'a> Step<'a> {
         self.state.entries.insert(
             entry.id,
             EntryRef {
-                app_id,
-                user_id: user_id.to_string(),
+                app_id: *app_id,
+                user_id: user_id.clone(),
+                credit_type: credit_type.clone(),
                 entry_type: draft.entry_type,
                 amount: draft.amount,
                 reversed: 0,
@@ -574,7 +632,7 @@ impl<'a> Step<'a> {
     /// entry's.
     fn grant(
         &mut self,
-        user_id: &str,
+        key: &AccountKey,
         mut draft: Draft,
         expires_at: Option<DateTime<Utc>>,
     ) -> NewEntry {
@@ -584,7 +642,7 @@ impl<'a> Step<'a> {
             draft.id = Some(id);
             draft.lot_id = Some(id);
         }
-        let entry = self.write(user_id, draft);
+        let entry = self.write(key, draft);
         if let Some(expires_at) = expires_at {
             self.grant_lot(&entry, expires_at);
         }
@@ -597,6 +655,7 @@ impl<'a> Step<'a> {
             id: entry.id,
             app_id: entry.app_id,
             user_id: entry.user_id.clone(),
+            credit_type: entry.credit_type.clone(),
             amount: entry.amount,
             remaining: entry.amount,
             expires_at,
@@ -616,33 +675,38 @@ impl<'a> Step<'a> {
             return;
         };
         let left = lot.remaining;
-        let user_id = lot.user_id.clone();
+        let key = (lot.app_id, lot.user_id.clone(), lot.credit_type.clone());
         lot.remaining = 0;
         lot.expired_at = Some(now);
         self.effects.lots.insert(lot_id);
         if left > 0 {
-            self.write_expiry(&user_id, lot_id, left);
+            self.write_expiry(&key, lot_id, left);
         }
     }
 
-    fn write_expiry(&mut self, user_id: &str, lot_id: Uuid, amount: i64) {
+    fn write_expiry(&mut self, key: &AccountKey, lot_id: Uuid, amount: i64) {
         let mut draft = Draft::new(EntryType::Expire, -amount, "system");
         draft.description = Some("credits expired".into());
         draft.lot_id = Some(lot_id);
-        self.write(user_id, draft);
+        self.write(key, draft);
     }
 
-    /// Takes `amount` of the user's spendable credits out of lots (soonest-expiring first,
-    /// `prefer` before all) and then the pool. The caller has checked `available >= amount`.
-    fn burn(&mut self, user_id: &str, amount: i64, prefer: Option<Uuid>) -> Vec<Allocation> {
+    /// Takes `amount` of the account's spendable credits out of its lots (soonest-expiring
+    /// first, `prefer` before all) and then its pool. The caller has checked
+    /// `available >= amount`.
+    fn burn(&mut self, key: &AccountKey, amount: i64, prefer: Option<Uuid>) -> Vec<Allocation> {
         let now = self.state.now;
-        let app_id = self.app_id;
+        let (app_id, user_id, credit_type) = key;
         let mut candidates: Vec<(bool, DateTime<Utc>, Uuid)> = self
             .state
             .lots
             .values()
             .filter(|lot| {
-                lot.app_id == app_id && lot.user_id == user_id && lot.live(now) && lot.remaining > 0
+                lot.app_id == *app_id
+                    && lot.user_id == *user_id
+                    && lot.credit_type == *credit_type
+                    && lot.live(now)
+                    && lot.remaining > 0
             })
             .map(|lot| (Some(lot.id) != prefer, lot.expires_at, lot.id))
             .collect();
@@ -726,51 +790,54 @@ impl<'a> Step<'a> {
 
     fn add(
         &mut self,
-        user_id: &str,
+        key: &AccountKey,
         amount: i64,
         description: &Option<String>,
         metadata: &Map<String, Value>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Outcome {
-        let account = self.account(user_id);
+        let account = self.account(key);
         if account.balance.checked_add(amount).is_none() {
-            return self.overflow(user_id, account, amount);
+            return self.overflow(key, account, amount);
         }
         let mut draft = Draft::new(EntryType::Add, amount, self.source);
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
-        let entry = self.grant(user_id, draft, expires_at);
+        let entry = self.grant(key, draft, expires_at);
         applied(
             self.id(),
-            json!({ "success": true, "user_id": user_id, "balance_after": entry.balance_after,
-                    "ledger_id": entry.id }),
+            json!({ "success": true, "user_id": key.1, "credit_type": key.2,
+                    "balance_after": entry.balance_after, "ledger_id": entry.id }),
         )
     }
 
-    fn overflow(&self, user_id: &str, account: Account, amount: i64) -> Outcome {
+    fn overflow(&self, key: &AccountKey, account: Account, amount: i64) -> Outcome {
         rejection(
             self.id(),
             ErrorCode::BalanceOverflow,
             format!(
-                "{user_id} has {} credits; adding {amount} would pass the largest balance ({})",
-                account.balance,
+                "{} has {}; adding {amount} would pass the largest balance ({})",
+                key.1,
+                credits_of(account.balance, &key.2),
                 i64::MAX
             ),
             balance_fields(account),
         )
     }
 
-    fn insufficient(&self, user_id: &str, account: Account, amount: i64) -> Outcome {
+    fn insufficient(&self, key: &AccountKey, account: Account, amount: i64) -> Outcome {
         let message = if account.held > 0 {
             format!(
-                "{user_id} has {} credits available ({} held), {amount} requested",
-                account.available(),
+                "{} has {} available ({} held), {amount} requested",
+                key.1,
+                credits_of(account.available(), &key.2),
                 account.held
             )
         } else {
             format!(
-                "{user_id} has {} credits, {amount} requested",
-                account.balance
+                "{} has {}, {amount} requested",
+                key.1,
+                credits_of(account.balance, &key.2)
             )
         };
         rejection(
@@ -783,25 +850,25 @@ impl<'a> Step<'a> {
 
     fn deduct(
         &mut self,
-        user_id: &str,
+        key: &AccountKey,
         amount: i64,
         description: &Option<String>,
         metadata: &Map<String, Value>,
     ) -> Outcome {
-        let account = self.account(user_id);
+        let account = self.account(key);
         if account.available() < amount {
-            return self.insufficient(user_id, account, amount);
+            return self.insufficient(key, account, amount);
         }
-        let allocations = self.burn(user_id, amount, None);
+        let allocations = self.burn(key, amount, None);
         let mut draft = Draft::new(EntryType::Deduct, -amount, self.source);
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
-        let entry = self.write(user_id, draft);
+        let entry = self.write(key, draft);
         self.record_allocations(entry.id, allocations);
         applied(
             self.id(),
-            json!({ "success": true, "user_id": user_id, "balance_after": entry.balance_after,
-                    "ledger_id": entry.id }),
+            json!({ "success": true, "user_id": key.1, "credit_type": key.2,
+                    "balance_after": entry.balance_after, "ledger_id": entry.id }),
         )
     }
 
@@ -854,24 +921,26 @@ impl<'a> Step<'a> {
                 field_error("amount", json!({ "refundable": left })),
             );
         }
-        let account = self.account(user_id);
+        // A refund acts on the balance of the entry's own type.
+        let key = self.key(user_id, &target.credit_type);
+        let account = self.account(&key);
         let (signed, expired, drawn) = if target.entry_type == EntryType::Deduct {
             if account.balance.checked_add(amount).is_none() {
-                return self.overflow(user_id, account, amount);
+                return self.overflow(&key, account, amount);
             }
             (amount, self.give_back(ledger_id, amount), Vec::new())
         } else {
             if account.available() < amount {
-                return self.insufficient(user_id, account, amount);
+                return self.insufficient(&key, account, amount);
             }
-            let drawn = self.burn(user_id, amount, Some(ledger_id));
+            let drawn = self.burn(&key, amount, Some(ledger_id));
             (-amount, Vec::new(), drawn)
         };
         let mut draft = Draft::new(EntryType::Refund, signed, self.source);
         draft.description = description.clone();
         draft.metadata = Value::Object(metadata.clone());
         draft.refunded_ledger_id = Some(ledger_id);
-        let entry = self.write(user_id, draft);
+        let entry = self.write(&key, draft);
         // Never given back (a refund is not refundable), but kept so every lot's credits are
         // accounted for (`tally verify`: lot conservation).
         self.record_allocations(entry.id, drawn);
@@ -879,32 +948,34 @@ impl<'a> Step<'a> {
             target.reversed += amount;
         }
         for (lot_id, credits) in expired {
-            self.write_expiry(user_id, lot_id, credits);
+            self.write_expiry(&key, lot_id, credits);
         }
         applied(
             self.id(),
-            json!({ "success": true, "user_id": user_id, "balance_after": entry.balance_after,
-                    "ledger_id": entry.id, "refunded_ledger_id": ledger_id }),
+            json!({ "success": true, "user_id": user_id, "credit_type": key.2,
+                    "balance_after": entry.balance_after, "ledger_id": entry.id,
+                    "refunded_ledger_id": ledger_id }),
         )
     }
 
     fn hold(
         &mut self,
-        user_id: &str,
+        key: &AccountKey,
         amount: i64,
         expires_in_seconds: i64,
         description: &Option<String>,
         metadata: &Map<String, Value>,
     ) -> Outcome {
-        let account = self.account(user_id);
+        let account = self.account(key);
         if account.available() < amount {
-            return self.insufficient(user_id, account, amount);
+            return self.insufficient(key, account, amount);
         }
-        let allocations = self.burn(user_id, amount, None);
+        let allocations = self.burn(key, amount, None);
         let hold = Hold {
             id: Uuid::now_v7(),
             app_id: self.app_id,
-            user_id: user_id.to_string(),
+            user_id: key.1.clone(),
+            credit_type: key.2.clone(),
             amount,
             captured: 0,
             status: HoldStatus::Active,
@@ -915,13 +986,14 @@ impl<'a> Step<'a> {
             command_id: self.command_id,
             finished_at: None,
         };
-        let account = self.account_mut(user_id);
+        let account = self.account_mut(key);
         account.held += amount;
         let account = *account;
         self.record_allocations(hold.id, allocations);
         self.effects.holds.insert(hold.id);
-        let body = json!({ "success": true, "user_id": user_id, "hold_id": hold.id, "amount": amount,
-                           "balance": account.balance, "available": account.available(),
+        let body = json!({ "success": true, "user_id": key.1, "credit_type": key.2,
+                           "hold_id": hold.id, "amount": amount, "balance": account.balance,
+                           "available": account.available(),
                            "expires_at": rfc3339(hold.expires_at) });
         self.state.holds.insert(hold.id, hold);
         applied(self.id(), body)
@@ -974,11 +1046,13 @@ impl<'a> Step<'a> {
         let ledger_id = self
             .settle_hold(hold_id, amount, HoldStatus::Captured)
             .expect("a capture writes a deduct");
-        let account = self.account(user_id);
+        let key = self.key(user_id, &hold.credit_type);
+        let account = self.account(&key);
         applied(
             self.id(),
-            json!({ "success": true, "user_id": user_id, "hold_id": hold_id, "ledger_id": ledger_id,
-                    "captured": amount, "released": hold.amount - amount, "balance_after": account.balance }),
+            json!({ "success": true, "user_id": user_id, "credit_type": key.2,
+                    "hold_id": hold_id, "ledger_id": ledger_id, "captured": amount,
+                    "released": hold.amount - amount, "balance_after": account.balance }),
         )
     }
 
@@ -988,11 +1062,13 @@ impl<'a> Step<'a> {
             Err(answer) => return answer,
         };
         self.settle_hold(hold_id, 0, HoldStatus::Released);
-        let account = self.account(user_id);
+        let key = self.key(user_id, &hold.credit_type);
+        let account = self.account(&key);
         applied(
             self.id(),
-            json!({ "success": true, "user_id": user_id, "hold_id": hold_id, "released": hold.amount,
-                    "balance": account.balance, "available": account.available() }),
+            json!({ "success": true, "user_id": user_id, "credit_type": key.2,
+                    "hold_id": hold_id, "released": hold.amount, "balance": account.balance,
+                    "available": account.available() }),
         )
     }
 
@@ -1006,8 +1082,8 @@ impl<'a> Step<'a> {
             .get(&hold_id)
             .cloned()
             .expect("settled holds are loaded");
-        let user_id = hold.user_id.clone();
-        self.account_mut(&user_id).held -= hold.amount;
+        let key = (hold.app_id, hold.user_id.clone(), hold.credit_type.clone());
+        self.account_mut(&key).held -= hold.amount;
         // The captured part moves, lot by lot, from the hold to the deduct entry.
         let mut moved = Vec::new();
         if let Some(allocations) = self.state.allocations.get_mut(&hold_id) {
@@ -1032,12 +1108,12 @@ impl<'a> Step<'a> {
             draft.description = hold.description.clone();
             draft.metadata = hold.metadata.clone();
             draft.hold_id = Some(hold_id);
-            let entry = self.write(&user_id, draft);
+            let entry = self.write(&key, draft);
             self.record_allocations(entry.id, moved);
             entry.id
         });
         for (lot_id, credits) in expired {
-            self.write_expiry(&user_id, lot_id, credits);
+            self.write_expiry(&key, lot_id, credits);
         }
         hold.captured = captured;
         hold.status = status;
@@ -1048,6 +1124,36 @@ impl<'a> Step<'a> {
         ledger_id
     }
 
+    /// Applies adds, deducts and holds of one user in order, all or none: the first rejection
+    /// undoes what the earlier operations did and answers `422 batch_rejected` naming it.
+    fn atomic_batch(&mut self, operations: &[Command]) -> Outcome {
+        let saved_state = self.state.clone();
+        let saved_effects = self.effects.clone();
+        let mut results = Vec::with_capacity(operations.len());
+        for (index, operation) in operations.iter().enumerate() {
+            let outcome = self.apply(operation);
+            if outcome.status != Status::Applied {
+                *self.state = saved_state;
+                *self.effects = saved_effects;
+                let mut body = ErrorCode::BatchRejected.body(format!(
+                    "operations[{index}] was refused ({}); nothing of the batch was applied",
+                    outcome.body["error"].as_str().unwrap_or("rejected")
+                ));
+                body["failed_index"] = json!(index);
+                body["failed"] = outcome.body;
+                return Outcome {
+                    command_id: self.id(),
+                    status: Status::Rejected,
+                    http_status: ErrorCode::BatchRejected.status(),
+                    body,
+                };
+            }
+            results.push(json!({ "index": index, "status": outcome.http_status,
+                                 "body": outcome.body }));
+        }
+        applied(self.id(), json!({ "results": results }))
+    }
+
     fn webhook(&mut self, event: &WebhookEvent) -> Outcome {
         let (outcome, reason, user_id, ledger_id) = match &event.action {
             WebhookAction::Credit {
@@ -1056,14 +1162,18 @@ impl<'a> Step<'a> {
                 credits,
                 amount_minor,
                 expires_in_days,
-            } => self.credit_payment(
-                event,
-                payment_ref,
-                user_id,
-                *credits,
-                *amount_minor,
-                *expires_in_days,
-            ),
+                credit_type,
+            } => {
+                let key = self.key(user_id, credit_type);
+                self.credit_payment(
+                    event,
+                    payment_ref,
+                    &key,
+                    *credits,
+                    *amount_minor,
+                    *expires_in_days,
+                )
+            }
             WebhookAction::Clawback {
                 payment_ref,
                 user_id,
@@ -1112,13 +1222,13 @@ impl<'a> Step<'a> {
         &mut self,
         event: &WebhookEvent,
         payment_ref: &str,
-        user_id: &str,
+        key: &AccountKey,
         credits: i64,
         amount_minor: Option<i64>,
         expires_in_days: Option<i64>,
     ) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
-        let key = (self.app_id, event.provider, payment_ref.to_string());
-        if let Some(payment) = self.state.payments.get(&key) {
+        let payment_key = (self.app_id, event.provider, payment_ref.to_string());
+        if let Some(payment) = self.state.payments.get(&payment_key) {
             return (
                 "duplicate",
                 None,
@@ -1126,14 +1236,15 @@ impl<'a> Step<'a> {
                 Some(payment.ledger_id),
             );
         }
-        let account = self.account(user_id);
+        let user_id = &key.1;
+        let account = self.account(key);
         if account.balance.checked_add(credits).is_none() {
             return (
                 "rejected",
                 Some(format!(
                     "crediting {credits} would pass the largest balance"
                 )),
-                Some(user_id.to_string()),
+                Some(user_id.clone()),
                 None,
             );
         }
@@ -1143,10 +1254,11 @@ impl<'a> Step<'a> {
         draft.description = Some(format!("{} payment {payment_ref}", event.provider.as_str()));
         draft.metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
                                  "event_id": event.event_id });
-        let entry = self.grant(user_id, draft, expires_at);
+        let entry = self.grant(key, draft, expires_at);
         let payment = Payment {
             ledger_id: entry.id,
-            user_id: user_id.to_string(),
+            user_id: user_id.clone(),
+            credit_type: key.2.clone(),
             credits,
             amount_minor,
             refunded_minor: 0,
@@ -1154,9 +1266,11 @@ impl<'a> Step<'a> {
             clawed_credits: 0,
             unrecovered_credits: 0,
         };
-        self.state.payments.insert(key.clone(), payment.clone());
-        self.effects.payments.insert(key, payment);
-        ("credited", None, Some(user_id.to_string()), Some(entry.id))
+        self.state
+            .payments
+            .insert(payment_key.clone(), payment.clone());
+        self.effects.payments.insert(payment_key, payment);
+        ("credited", None, Some(user_id.clone()), Some(entry.id))
     }
 
     fn claw_back(
@@ -1168,8 +1282,8 @@ impl<'a> Step<'a> {
         disputed_minor: Option<i64>,
         amount_minor: Option<i64>,
     ) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
-        let key = (self.app_id, event.provider, payment_ref.to_string());
-        let Some(mut payment) = self.state.payments.get(&key).cloned() else {
+        let payment_key = (self.app_id, event.provider, payment_ref.to_string());
+        let Some(mut payment) = self.state.payments.get(&payment_key).cloned() else {
             return (
                 "ignored",
                 Some(format!("no credited payment {payment_ref}")),
@@ -1192,15 +1306,19 @@ impl<'a> Step<'a> {
         let due = (target - already).min(reversible);
         let owner = payment.user_id.clone();
         if due <= 0 {
-            self.state.payments.insert(key.clone(), payment.clone());
-            self.effects.payments.insert(key, payment);
+            self.state
+                .payments
+                .insert(payment_key.clone(), payment.clone());
+            self.effects.payments.insert(payment_key, payment);
             return ("duplicate", None, Some(owner), None);
         }
-        let account = self.account(&owner);
+        // A clawback takes back the kind of credits the payment granted.
+        let key = self.key(&owner, &payment.credit_type);
+        let account = self.account(&key);
         let taken = due.min(account.available().max(0));
         let unrecovered = due - taken;
         let drawn = if taken > 0 {
-            self.burn(&owner, taken, Some(payment.ledger_id))
+            self.burn(&key, taken, Some(payment.ledger_id))
         } else {
             Vec::new()
         };
@@ -1213,7 +1331,7 @@ impl<'a> Step<'a> {
         draft.metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
                                  "event_id": event.event_id, "unrecovered": unrecovered.to_string() });
         draft.refunded_ledger_id = Some(payment.ledger_id);
-        let entry = self.write(&owner, draft);
+        let entry = self.write(&key, draft);
         // Kept, like a refund's, so every lot's credits are accounted for.
         self.record_allocations(entry.id, drawn);
         if let Some(target_entry) = self.state.entries.get_mut(&payment.ledger_id) {
@@ -1221,9 +1339,21 @@ impl<'a> Step<'a> {
         }
         payment.clawed_credits += taken;
         payment.unrecovered_credits += unrecovered;
-        self.state.payments.insert(key.clone(), payment.clone());
-        self.effects.payments.insert(key, payment);
+        self.state
+            .payments
+            .insert(payment_key.clone(), payment.clone());
+        self.effects.payments.insert(payment_key, payment);
         ("clawed_back", None, Some(owner), Some(entry.id))
+    }
+}
+
+/// "40 credits" for the default type, "40 credits of type image" for another: the default's
+/// messages read exactly as before types existed.
+fn credits_of(amount: i64, credit_type: &CreditType) -> String {
+    if credit_type.is_default() {
+        format!("{amount} credits")
+    } else {
+        format!("{amount} credits of type {credit_type}")
     }
 }
 
@@ -1275,6 +1405,7 @@ mod tests {
         envelope(Command::Add {
             user_id: user.into(),
             amount,
+            credit_type: CreditType::default(),
             description: None,
             metadata: Map::new(),
             expires_at: None,
@@ -1285,6 +1416,7 @@ mod tests {
         envelope(Command::Deduct {
             user_id: user.into(),
             amount,
+            credit_type: CreditType::default(),
             description: None,
             metadata: Map::new(),
         })
@@ -1300,8 +1432,12 @@ mod tests {
         })
     }
 
+    fn key(user: &str) -> AccountKey {
+        (APP, user.to_string(), CreditType::default())
+    }
+
     fn balance(state: &State, user: &str) -> i64 {
-        state.accounts[&(APP, user.to_string())].balance
+        state.accounts[&key(user)].balance
     }
 
     #[test]
@@ -1350,8 +1486,8 @@ mod tests {
     #[test]
     fn add_past_the_largest_balance_is_rejected() {
         let mut state = State::default();
-        state.accounts.insert(
-            (APP, "u".into()),
+        state.insert_account(
+            key("u"),
             Account {
                 balance: i64::MAX - 5,
                 held: 0,
@@ -1463,6 +1599,7 @@ mod tests {
                 credits,
                 amount_minor: Some(1000),
                 expires_in_days: None,
+                credit_type: CreditType::default(),
             },
         )
     }
@@ -1544,6 +1681,7 @@ mod tests {
         envelope(Command::Add {
             user_id: user.into(),
             amount,
+            credit_type: CreditType::default(),
             description: None,
             metadata: Map::new(),
             expires_at: Some(expires_at),
@@ -1554,6 +1692,7 @@ mod tests {
         envelope(Command::Hold {
             user_id: user.into(),
             amount,
+            credit_type: CreditType::default(),
             expires_in_seconds: 900,
             description: None,
             metadata: Map::new(),
@@ -1592,7 +1731,7 @@ mod tests {
             (Some(25), Some(35), Some(75))
         );
         assert_eq!(effects.entries[0].hold_id, Some(id));
-        assert_eq!(state.accounts[&(APP, "u".to_string())].held, 0);
+        assert_eq!(state.accounts[&key("u")].held, 0);
         let again = envelope(Command::Release {
             user_id: "u".into(),
             hold_id: id,
@@ -1724,7 +1863,7 @@ mod tests {
         let effects = fold(&mut state, &[]);
         assert_eq!(state.holds[&id].status, HoldStatus::Expired);
         assert!(effects.holds.contains(&id));
-        assert_eq!(state.accounts[&(APP, "u".to_string())].held, 0);
+        assert_eq!(state.accounts[&key("u")].held, 0);
         let effects = fold(&mut state, &[]);
         assert!(effects.holds.is_empty());
         let effects = fold(
@@ -1759,5 +1898,269 @@ mod tests {
         let amounts: Vec<i64> = effects.entries.iter().map(|e| e.amount).collect();
         assert_eq!(amounts, vec![-2, -8]);
         assert_eq!(balance(&state, "u"), 0);
+    }
+
+    fn typed(command: Command, credit_type: &str) -> Command {
+        let credit_type = CreditType::parse(credit_type).unwrap();
+        match command {
+            Command::Add {
+                user_id,
+                amount,
+                description,
+                metadata,
+                expires_at,
+                ..
+            } => Command::Add {
+                user_id,
+                amount,
+                credit_type,
+                description,
+                metadata,
+                expires_at,
+            },
+            Command::Deduct {
+                user_id,
+                amount,
+                description,
+                metadata,
+                ..
+            } => Command::Deduct {
+                user_id,
+                amount,
+                credit_type,
+                description,
+                metadata,
+            },
+            Command::Hold {
+                user_id,
+                amount,
+                expires_in_seconds,
+                description,
+                metadata,
+                ..
+            } => Command::Hold {
+                user_id,
+                amount,
+                credit_type,
+                expires_in_seconds,
+                description,
+                metadata,
+            },
+            other => other,
+        }
+    }
+
+    fn of_type(envelope: Envelope, credit_type: &str) -> Envelope {
+        Envelope {
+            command: typed(envelope.command, credit_type),
+            ..envelope
+        }
+    }
+
+    fn typed_key(user: &str, credit_type: &str) -> AccountKey {
+        (
+            APP,
+            user.to_string(),
+            CreditType::parse(credit_type).unwrap(),
+        )
+    }
+
+    #[test]
+    fn each_credit_type_has_its_own_balance_and_entries_share_one_numbering() {
+        let mut state = State::default();
+        let effects = fold(
+            &mut state,
+            &[
+                add("u", 100),
+                of_type(add("u", 5), "image"),
+                of_type(deduct("u", 3), "image"),
+                of_type(deduct("u", 10), "image"),
+                deduct("u", 10),
+            ],
+        );
+        let seqs: Vec<i64> = effects.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(effects.answers[2].body["balance_after"], 2);
+        assert_eq!(effects.answers[2].body["credit_type"], "image");
+        assert_eq!(effects.answers[3].http_status, 402);
+        assert_eq!(
+            effects.answers[3].body["message"],
+            "u has 2 credits of type image, 10 requested"
+        );
+        assert_eq!(effects.answers[4].body["balance_after"], 90);
+        assert_eq!(effects.answers[4].body["credit_type"], "credits");
+        assert_eq!(state.accounts[&typed_key("u", "image")].balance, 2);
+        assert_eq!(state.accounts[&typed_key("u", "image")].entry_count, 3);
+        assert_eq!(state.accounts[&key("u")].entry_count, 4);
+        assert_eq!(state.last_seq[&(APP, "u".to_string())], 4);
+    }
+
+    #[test]
+    fn a_user_loaded_with_several_types_numbers_after_the_largest() {
+        let mut state = State::default();
+        state.insert_account(
+            key("u"),
+            Account {
+                balance: 10,
+                held: 0,
+                entry_count: 7,
+            },
+        );
+        state.insert_account(
+            typed_key("u", "chat"),
+            Account {
+                balance: 10,
+                held: 0,
+                entry_count: 9,
+            },
+        );
+        let effects = fold(&mut state, &[deduct("u", 1)]);
+        assert_eq!(effects.entries[0].seq, 10);
+        assert_eq!(effects.entries[0].balance_after, 9);
+    }
+
+    #[test]
+    fn refunds_captures_and_expiries_act_on_their_own_type() {
+        let mut state = State {
+            now: at(0),
+            ..State::default()
+        };
+        let effects = fold(
+            &mut state,
+            &[
+                of_type(add("u", 50), "image"),
+                add("u", 50),
+                of_type(add_expiring("u", 20, at(100)), "image"),
+                of_type(deduct("u", 10), "image"),
+                Envelope {
+                    accepted_at: at(0),
+                    ..of_type(hold("u", 10), "image")
+                },
+            ],
+        );
+        let image_deduct = effects.entries[3].id;
+        assert_eq!(
+            state.lots[&effects.entries[2].id].remaining, 0,
+            "the image deduct and hold burned the image lot first"
+        );
+        let hold = hold_id(&effects.answers[4]);
+        let effects = fold(
+            &mut state,
+            &[
+                refund("u", image_deduct, Some(5)),
+                envelope(Command::Capture {
+                    user_id: "u".into(),
+                    hold_id: hold,
+                    amount: Some(4),
+                }),
+            ],
+        );
+        assert_eq!(effects.answers[0].body["credit_type"], "image");
+        assert_eq!(effects.answers[1].body["credit_type"], "image");
+        assert!(effects
+            .entries
+            .iter()
+            .all(|entry| entry.credit_type.as_str() == "image"));
+        assert_eq!(balance(&state, "u"), 50, "the default balance is untouched");
+        assert_eq!(state.accounts[&typed_key("u", "image")].balance, 61);
+        assert_eq!(state.accounts[&typed_key("u", "image")].held, 0);
+        state.now = at(150);
+        let effects = fold(&mut state, &[]);
+        assert_eq!(
+            effects.entries.len(),
+            1,
+            "what went back to the lot expires"
+        );
+        assert_eq!(effects.entries[0].credit_type.as_str(), "image");
+        assert_eq!(effects.entries[0].amount, -11);
+        assert_eq!(state.accounts[&typed_key("u", "image")].balance, 50);
+    }
+
+    #[test]
+    fn a_payment_credits_its_named_type_and_its_clawback_takes_from_it() {
+        let mut state = State::default();
+        let mut payment = credit("evt_1", "pi_1", 100);
+        if let Command::Webhook(event) = &mut payment.command {
+            if let WebhookAction::Credit { credit_type, .. } = &mut event.action {
+                *credit_type = CreditType::parse("chat").unwrap();
+            }
+        }
+        fold(&mut state, &[add("u", 10), payment, refunded("evt_2", 500)]);
+        assert_eq!(state.accounts[&typed_key("u", "chat")].balance, 50);
+        assert_eq!(balance(&state, "u"), 10);
+    }
+
+    fn atomic(operations: Vec<Envelope>) -> Envelope {
+        envelope(Command::AtomicBatch {
+            user_id: "u".into(),
+            operations: operations.into_iter().map(|e| e.command).collect(),
+        })
+    }
+
+    #[test]
+    fn an_atomic_batch_applies_every_operation_in_one_command() {
+        let mut state = State::default();
+        let effects = fold(
+            &mut state,
+            &[atomic(vec![
+                add("u", 10),
+                of_type(add("u", 4), "image"),
+                deduct("u", 3),
+                of_type(hold("u", 4), "image"),
+            ])],
+        );
+        let answer = &effects.answers[0];
+        assert_eq!(answer.http_status, 200);
+        let results = answer.body["results"].as_array().unwrap();
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[2]["index"], 2);
+        assert_eq!(results[2]["status"], 200);
+        assert_eq!(results[2]["body"]["balance_after"], 7);
+        assert_eq!(results[3]["body"]["available"], 0);
+        assert_eq!(effects.entries.len(), 3);
+        assert!(effects
+            .entries
+            .iter()
+            .all(|entry| entry.command_id == answer.command_id));
+        assert_eq!(effects.finished.len(), 1);
+    }
+
+    #[test]
+    fn an_atomic_batch_with_one_refusal_writes_nothing() {
+        let mut state = State::default();
+        fold(&mut state, &[add("u", 5)]);
+        let before = state.accounts.clone();
+        let effects = fold(
+            &mut state,
+            &[
+                atomic(vec![
+                    add("u", 10),
+                    of_type(add("u", 4), "image"),
+                    deduct("u", 100),
+                    deduct("u", 1),
+                ]),
+                deduct("u", 1),
+            ],
+        );
+        let answer = &effects.answers[0];
+        assert_eq!(answer.status, Status::Rejected);
+        assert_eq!(answer.http_status, 422);
+        assert_eq!(answer.body["error"], "batch_rejected");
+        assert_eq!(answer.body["failed_index"], 2);
+        assert_eq!(answer.body["failed"]["error"], "insufficient_credits");
+        assert_eq!(answer.body["failed"]["balance"], 15);
+        assert_eq!(effects.entries.len(), 1, "only the deduct after the batch");
+        assert_eq!(effects.entries[0].seq, 2);
+        assert_eq!(effects.entries[0].balance_after, 4);
+        assert!(!state.accounts.contains_key(&typed_key("u", "image")));
+        assert_eq!(
+            state.accounts[&key("u")].balance,
+            before[&key("u")].balance - 1
+        );
+        assert_eq!(
+            effects.finished.len(),
+            2,
+            "the refusal is recorded as an answer"
+        );
     }
 }

@@ -7,8 +7,8 @@
 //! worker's locks vanish with its connection — and gives it up when the hash says so.
 //!
 //! The lock is only the polite half of exclusivity. The other half, which needs no timing
-//! assumption, is the fence in [`crate::store::apply_batch`]: a batch commits only if every
-//! partition's offset is still where this worker last left it.
+//! assumption, is the fence in [`crate::store::Store::apply_batch`]: a batch commits only if
+//! every partition's offset is still where this worker last left it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -96,7 +96,9 @@ pub struct AppFigures {
     pub created_at: DateTime<Utc>,
     /// Accounts the app has.
     pub users: i64,
-    /// Credits on every balance of the app.
+    /// Credits on every balance of the app. This and the other sums stop at `i64::MAX`: each
+    /// balance fits in an `i64`, their sum over many users may not, and one app's figure must
+    /// not fail the page of every app.
     pub outstanding: i64,
     /// Credits added in the last 24 hours.
     pub added_24h: i64,
@@ -112,10 +114,10 @@ pub async fn apps(pool: &PgPool) -> Result<Vec<AppFigures>, ApiError> {
     Ok(sqlx::query_as(
         "SELECT a.id AS app_id, a.name, a.created_at,
                 (SELECT count(*) FROM accounts c WHERE c.app_id = a.id) AS users,
-                (SELECT COALESCE(sum(balance), 0)::bigint FROM accounts c WHERE c.app_id = a.id) AS outstanding,
-                (SELECT COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)::bigint FROM ledger_entries e
+                (SELECT LEAST(COALESCE(sum(balance), 0), 9223372036854775807)::bigint FROM accounts c WHERE c.app_id = a.id) AS outstanding,
+                (SELECT LEAST(COALESCE(sum(amount) FILTER (WHERE amount > 0), 0), 9223372036854775807)::bigint FROM ledger_entries e
                   WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours') AS added_24h,
-                (SELECT COALESCE(-sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')), 0)::bigint
+                (SELECT LEAST(COALESCE(-sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')), 0), 9223372036854775807)::bigint
                    FROM ledger_entries e WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours') AS spent_24h,
                 (SELECT count(*) FROM holds h WHERE h.app_id = a.id AND h.status = 'active') AS active_holds,
                 (SELECT count(*) FROM webhook_events w WHERE w.app_id = a.id AND w.outcome = 'rejected'
@@ -527,8 +529,8 @@ pub struct Day {
 pub async fn daily(pool: &PgPool, app_id: Uuid, days: i64) -> Result<Vec<Day>, ApiError> {
     Ok(sqlx::query_as(
         "SELECT d::date AS day,
-                COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0)::bigint AS added,
-                COALESCE(-sum(e.amount) FILTER (WHERE e.type = 'deduct'), 0)::bigint AS spent
+                LEAST(COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0), 9223372036854775807)::bigint AS added,
+                LEAST(COALESCE(-sum(e.amount) FILTER (WHERE e.type = 'deduct'), 0), 9223372036854775807)::bigint AS spent
          FROM generate_series((now() AT TIME ZONE 'UTC')::date - ($2::int - 1), (now() AT TIME ZONE 'UTC')::date, interval '1 day') d
          LEFT JOIN ledger_entries e ON e.app_id = $1
               AND e.created_at >= d AT TIME ZONE 'UTC' AND e.created_at < (d + interval '1 day') AT TIME ZONE 'UTC'

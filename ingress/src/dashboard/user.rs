@@ -8,11 +8,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use tally_common::command::Command;
+use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
 use super::app::parse_app;
 use super::forms;
+use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, url, Notice};
 use crate::admin::{self, queries};
 use crate::validate;
@@ -84,12 +86,20 @@ pub async fn adjust(
             .and_then(|amount| Ok((amount.expect("required"), forms::description(&form)?)));
         let (amount, description) = match input {
             Ok(input) => input,
-            Err(message) => return Ok(redirect_with(&back, Err(message))),
+            Err(code) => return Ok(redirect_with(&back, Said::new(code))),
+        };
+        let credit_type = match form.get("credit_type").map(String::as_str) {
+            None | Some("") => CreditType::default(),
+            Some(text) => match CreditType::parse(text.trim()) {
+                Ok(credit_type) => credit_type,
+                Err(_) => return Ok(redirect_with(&back, Said::new(Code::CreditTypeInvalid))),
+            },
         };
         let command = match form.get("action").map(String::as_str) {
             Some("add") => Command::Add {
                 user_id,
                 amount,
+                credit_type,
                 description,
                 metadata: Default::default(),
                 expires_at: None,
@@ -97,19 +107,15 @@ pub async fn adjust(
             Some("deduct") => Command::Deduct {
                 user_id,
                 amount,
+                credit_type,
                 description,
                 metadata: Default::default(),
             },
-            _ => {
-                return Ok(redirect_with(
-                    &back,
-                    Err("action: choose add or deduct".into()),
-                ))
-            }
+            _ => return Ok(redirect_with(&back, Said::new(Code::ActionMissing))),
         };
         let idempotency = forms::idempotency(&form, &format!("{back}/adjust"));
         let answer = admin::submit_for(&state, app.id, command, idempotency).await;
-        Ok(redirect_with(&back, forms::outcome_message(answer)))
+        Ok(redirect_with(&back, forms::outcome_notice(answer)))
     })
     .await
 }

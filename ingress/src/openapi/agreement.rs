@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use super::constraints::{body_rule, parameter_rule, Rule, EXCLUSIVE, OPEN_BODIES};
 use super::links::LINKS;
 use crate::error::ApiError;
+use crate::operations::Operation;
 use crate::{admin, routes, validate, webhooks};
 
 fn document() -> Value {
@@ -45,6 +46,25 @@ fn component<'a>(document: &'a Value, reference: &Value) -> (&'a str, &'a Value)
         .get_key_value(name)
         .expect("the component exists");
     (name.as_str(), schema)
+}
+
+/// `schema` with every `$ref` replaced by what it names (the document's schemas have no cycles).
+fn resolve(document: &Value, schema: &Value) -> Value {
+    match schema {
+        Value::Object(object) => match object.get("$ref") {
+            Some(_) => resolve(document, component(document, schema).1),
+            None => Value::Object(
+                object
+                    .iter()
+                    .map(|(key, value)| (key.clone(), resolve(document, value)))
+                    .collect(),
+            ),
+        },
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|item| resolve(document, item)).collect())
+        }
+        other => other.clone(),
+    }
 }
 
 fn location(name: &str) -> utoipa::openapi::path::ParameterIn {
@@ -91,6 +111,13 @@ fn valid(schema: &Value, value: &Value) -> bool {
     if let Some(branches) = schema["anyOf"].as_array() {
         return branches.iter().any(|branch| valid(branch, value));
     }
+    if let Some(branches) = schema["oneOf"].as_array() {
+        return branches
+            .iter()
+            .filter(|branch| valid(branch, value))
+            .count()
+            == 1;
+    }
     if schema["not"].is_object() && valid(&schema["not"], value) {
         return false;
     }
@@ -125,6 +152,16 @@ fn valid(schema: &Value, value: &Value) -> bool {
                     Some("date-time") => chrono::DateTime::parse_from_rfc3339(text).is_ok(),
                     _ => true,
                 }
+        }
+        Value::Array(items) => {
+            schema["minItems"]
+                .as_u64()
+                .is_none_or(|min| items.len() as u64 >= min)
+                && schema["maxItems"]
+                    .as_u64()
+                    .is_none_or(|max| items.len() as u64 <= max)
+                && (schema["items"].is_null()
+                    || items.iter().all(|item| valid(&schema["items"], item)))
         }
         Value::Object(object) => {
             schema["maxProperties"]
@@ -278,12 +315,13 @@ type QueryParser = fn(&HashMap<String, String>) -> Result<(), ApiError>;
 /// The function each operation's handler reads its JSON body with.
 fn body_parser(operation: &str) -> Option<BodyParser> {
     Some(match operation {
-        "POST /credits/add" => |o| routes::credits::add_command(o).map(drop),
-        "POST /credits/deduct" => |o| routes::credits::deduct_command(o).map(drop),
-        "POST /credits/refund" => |o| routes::credits::RefundFields::read(o).map(drop),
-        "POST /credits/hold" => |o| routes::holds::hold_command(o).map(drop),
-        "POST /credits/capture" => |o| routes::holds::capture_fields(o).map(drop),
-        "POST /credits/release" => |o| routes::holds::release_fields(o).map(drop),
+        "POST /credits/add" => |o| Operation::Add.read(o).map(drop),
+        "POST /credits/deduct" => |o| Operation::Deduct.read(o).map(drop),
+        "POST /credits/refund" => |o| Operation::Refund.read(o).map(drop),
+        "POST /credits/hold" => |o| Operation::Hold.read(o).map(drop),
+        "POST /credits/capture" => |o| Operation::Capture.read(o).map(drop),
+        "POST /credits/release" => |o| Operation::Release.read(o).map(drop),
+        "POST /credits/batch" => |o| routes::batch::read_batch(o).map(drop),
         "POST /admin/apps" => |o| admin::manage::app_name(o).map(drop),
         "POST /admin/apps/{app_id}/webhook-secrets" => {
             |o| admin::manage::secret_fields(o).map(drop)
@@ -300,7 +338,8 @@ fn body_parser(operation: &str) -> Option<BodyParser> {
 fn query_parser(operation: &str) -> Option<QueryParser> {
     use crate::admin::queries::{EventsRequest, HistoryRequest, UsersRequest};
     Some(match operation {
-        "GET /credits/balance" => |q| validate::query_user_id(q).map(drop),
+        "GET /credits/balance" => |q| routes::credits::balance_query(q).map(drop),
+        "GET /credits/balances" => |q| validate::query_user_id(q).map(drop),
         "GET /credits/history" => |q| routes::credits::HistoryQuery::parse(q).map(drop),
         "GET /credits/holds" => |q| routes::holds::HoldsQuery::parse(q).map(drop),
         "GET /webhooks/events" => |q| webhooks::EventsQuery::parse(q).map(drop),
@@ -363,6 +402,124 @@ fn stated_in_words_only(rule: Option<Rule>, value: &Value) -> bool {
     }
 }
 
+/// A valid value of a property, other than `null`.
+fn sample(schema: &Value) -> Value {
+    probes(schema)
+        .into_iter()
+        .find(|probe| !probe.is_null() && valid(schema, probe))
+        .unwrap_or_else(|| panic!("no valid probe for {schema}"))
+}
+
+/// The body with only the required properties, each a valid value.
+fn minimal(schema: &Value) -> Map<String, Value> {
+    schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|property| {
+            (
+                property.to_string(),
+                sample(&schema["properties"][property]),
+            )
+        })
+        .collect()
+}
+
+/// `POST /credits/batch`: every operation of both kinds of batch, probed field by field as the
+/// batch's only operation; the error names `operations[0].<field>`. Returns the probes run.
+fn probe_batch(document: &Value, parse: BodyParser) -> usize {
+    let schema = resolve(document, &document["components"]["schemas"]["BatchRequest"]);
+    let mut checked = 0;
+    for branch in schema["oneOf"].as_array().unwrap() {
+        let atomic = branch["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("atomic"));
+        let wrap = |operation: Map<String, Value>| -> Map<String, Value> {
+            let mut batch = Map::new();
+            if atomic {
+                batch.insert("atomic".into(), json!(true));
+            }
+            batch.insert("operations".into(), json!([operation]));
+            batch
+        };
+        for variant in branch["properties"]["operations"]["items"]["oneOf"]
+            .as_array()
+            .unwrap()
+        {
+            let op = variant["properties"]["op"]["enum"][0].as_str().unwrap();
+            let body = Operation::parse(op)
+                .map(super::constraints::body_schema)
+                .unwrap();
+            let base = minimal(variant);
+            let batch = wrap(base.clone());
+            assert!(
+                valid(&schema, &Value::Object(batch.clone())),
+                "{op}: {batch:?}"
+            );
+            parse(batch).unwrap_or_else(|error| panic!("batch {op}: {error}"));
+            for (property, property_schema) in variant["properties"].as_object().unwrap() {
+                for probe in probes(property_schema) {
+                    if stated_in_words_only(body_rule(body, property), &probe) {
+                        continue;
+                    }
+                    let mut operation = base.clone();
+                    operation.insert(property.clone(), probe.clone());
+                    let batch = wrap(operation);
+                    let expected = valid(&schema, &Value::Object(batch.clone()));
+                    let result = parse(batch);
+                    assert_eq!(
+                        result.is_ok(),
+                        expected,
+                        "batch (atomic: {atomic}) {op}: {property} = {probe}: {result:?}"
+                    );
+                    if let Err(error) = &result {
+                        assert_eq!(
+                            names(error),
+                            Some(format!("operations[0].{property}").as_str()),
+                            "{error}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+            let mut unknown = base.clone();
+            unknown.insert("ammount".into(), json!(5));
+            let error = parse(wrap(unknown)).expect_err("an unknown field");
+            assert_eq!(names(&error), Some("operations[0].ammount"));
+        }
+    }
+    // The batch itself: `atomic` and the number of operations.
+    let add = {
+        let variant = &schema["oneOf"][0]["properties"]["operations"]["items"]["oneOf"][0];
+        Value::Object(minimal(variant))
+    };
+    let max = schema["oneOf"][0]["properties"]["operations"]["maxItems"]
+        .as_u64()
+        .unwrap() as usize;
+    for (atomic, operations) in [
+        (json!(null), json!([add])),
+        (json!(false), json!([add])),
+        (json!("yes"), json!([add])),
+        (json!(false), json!([])),
+        (json!(false), json!(vec![add.clone(); max])),
+        (json!(false), json!(vec![add.clone(); max + 1])),
+        (json!(false), json!({})),
+    ] {
+        let batch = json!({ "atomic": atomic, "operations": operations });
+        let result = parse(batch.as_object().unwrap().clone());
+        assert_eq!(
+            result.is_ok(),
+            valid(&schema, &batch),
+            "batch atomic {atomic}, {} operations: {result:?}",
+            operations.as_array().map_or(0, Vec::len)
+        );
+        checked += 1;
+    }
+    checked
+}
+
 // --- the tests ---------------------------------------------------------------------------------
 
 #[test]
@@ -391,6 +548,30 @@ fn every_request_field_and_parameter_has_a_rule_and_states_it() {
             "{method} {path}: a JSON body"
         );
         let (name, schema) = component(&document, &body["application/json"]["schema"]);
+        if name == "BatchRequest" {
+            // Each operation is a write body with `op` and `idempotency_key`.
+            let operations = resolve(
+                &document,
+                &document["components"]["schemas"]["BatchOperation"],
+            );
+            for variant in operations["oneOf"].as_array().unwrap() {
+                let op = variant["properties"]["op"]["enum"][0].as_str().unwrap();
+                let (_, body) = component(
+                    &document,
+                    &json!({ "$ref": format!("#/components/schemas/{}",
+                        super::constraints::body_schema(Operation::parse(op).unwrap())) }),
+                );
+                let mut properties = variant["properties"].as_object().unwrap().clone();
+                properties.remove("op");
+                properties.remove("idempotency_key");
+                assert_eq!(
+                    &Value::Object(properties),
+                    &body["properties"],
+                    "batch {op}"
+                );
+            }
+            continue;
+        }
         let open = OPEN_BODIES.contains(&name);
         assert_eq!(
             schema["additionalProperties"] == json!(false),
@@ -500,6 +681,10 @@ fn the_handlers_accept_what_the_document_allows_and_refuse_the_rest() {
         }
         let parse =
             body_parser(&label).unwrap_or_else(|| panic!("{label}: add it to `body_parser`"));
+        if name == "BatchRequest" {
+            checked += probe_batch(&document, parse);
+            continue;
+        }
         let properties = schema["properties"].as_object().unwrap();
         let required: BTreeSet<&str> = schema["required"]
             .as_array()
@@ -507,16 +692,8 @@ fn the_handlers_accept_what_the_document_allows_and_refuse_the_rest() {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        let sample = |property: &str| -> Value {
-            probes(&properties[property])
-                .into_iter()
-                .find(|probe| !probe.is_null() && valid(&properties[property], probe))
-                .unwrap_or_else(|| panic!("{name}.{property}: no valid probe"))
-        };
-        let minimal: Map<String, Value> = required
-            .iter()
-            .map(|property| (property.to_string(), sample(property)))
-            .collect();
+        let sample = |property: &str| sample(&properties[property]);
+        let minimal = minimal(schema);
         assert!(valid(schema, &Value::Object(minimal.clone())), "{name}");
         parse(minimal.clone()).unwrap_or_else(|error| panic!("{label}: {minimal:?}: {error}"));
         for (property, property_schema) in properties {

@@ -12,23 +12,28 @@
 //! document's boundaries (`openapi::agreement`).
 
 use tally_common::apps::{APP_NAME_CHARS_MAX, WEBHOOK_SECRET_CHARS_MAX};
+use tally_common::credit_type::CreditType;
 use tally_common::limits::{
-    AMOUNT_MAX, AMOUNT_MIN, CREDIT_LIFETIME_SECONDS_MAX, CREDIT_LIFETIME_SECONDS_MIN,
-    DESCRIPTION_CHARS_MAX, HOLD_SECONDS_DEFAULT, HOLD_SECONDS_MAX, HOLD_SECONDS_MIN,
-    IDEMPOTENCY_KEY_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MIN, METADATA_KEYS_MAX,
-    METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN, METADATA_VALUE_CHARS_MAX, PAGE_LIMIT_DEFAULT,
-    PAGE_LIMIT_MAX, PAGE_LIMIT_MIN, USER_ID_BYTES_MAX, USER_ID_BYTES_MIN,
+    AMOUNT_MAX, AMOUNT_MIN, BATCH_OPERATIONS_MAX, CREDIT_LIFETIME_SECONDS_MAX,
+    CREDIT_LIFETIME_SECONDS_MIN, CREDIT_TYPE_CHARS_MAX, DESCRIPTION_CHARS_MAX,
+    HOLD_SECONDS_DEFAULT, HOLD_SECONDS_MAX, HOLD_SECONDS_MIN, IDEMPOTENCY_KEY_CHARS_MAX,
+    IDEMPOTENCY_KEY_CHARS_MIN, METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN,
+    METADATA_VALUE_CHARS_MAX, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PAGE_LIMIT_MIN,
+    USER_ID_BYTES_MAX, USER_ID_BYTES_MIN,
 };
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::SchemaType;
-use utoipa::openapi::schema::{AdditionalProperties, AnyOfBuilder, Object, ObjectBuilder};
-use utoipa::openapi::{KnownFormat, RefOr, Schema, SchemaFormat, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, OneOfBuilder,
+};
+use utoipa::openapi::{Components, KnownFormat, Ref, RefOr, Schema, SchemaFormat, Type};
 use utoipa::Modify;
 
 use crate::admin::queries::{
     ENTRY_TYPES, OUTCOMES, PAGE_INDEX_MAX, PROVIDERS, SOURCES, STATS_DAYS_DEFAULT, STATS_DAYS_MAX,
     STATS_DAYS_MIN, USER_SORTS,
 };
+use crate::operations::Operation as Write;
 use crate::routes::holds::HOLD_STATUSES;
 
 /// A string without the NUL character, which Postgres text cannot hold: the validator refuses
@@ -90,6 +95,10 @@ pub(crate) enum Rule {
     Prefer,
     /// A string without NUL (the ids and types of providers' events).
     Text,
+    /// A credit type: 1 to 64 of `a-z 0-9 _ -`; `credits` when absent if `defaulted`.
+    CreditType { defaulted: bool },
+    /// The `idempotency_key` of a batch's operation: 1 to 255 characters, no control character.
+    OperationKey,
     /// A provider's signature header: checked against the body with the app's secrets.
     Signature,
 }
@@ -114,6 +123,7 @@ pub(crate) fn body_rule(schema: &str, property: &str) -> Option<Rule> {
         },
         ("WebhookSecretRequest", "secret") => Rule::WebhookSecret,
         ("StripeEvent", "id" | "type") | ("PolarEvent", "type") => Rule::Text,
+        (_, "credit_type") => Rule::CreditType { defaulted: true },
         (_, "user_id") => Rule::UserId,
         (_, "amount") => Rule::Amount,
         (_, "description") => Rule::Description,
@@ -145,6 +155,10 @@ pub(crate) fn parameter_rule(path: &str, location: &ParameterIn, name: &str) -> 
         (ParameterIn::Path, "command_id" | "app_id" | "key_id" | "ledger_id") => Rule::Id,
         (ParameterIn::Path | ParameterIn::Query, "user_id") => Rule::UserId,
         (ParameterIn::Query, "limit") => Rule::PageLimit,
+        // One balance reads `credits` when absent; a list filters by it only when given.
+        (ParameterIn::Query, "credit_type") => Rule::CreditType {
+            defaulted: path == "/credits/balance",
+        },
         (ParameterIn::Query, "cursor") => Rule::Cursor { blank: admin },
         (ParameterIn::Query, "status") if path == "/credits/holds" => Rule::OneOf {
             values: HOLD_STATUSES,
@@ -378,6 +392,29 @@ impl Rule {
                 "Without the NUL character.".to_string(),
             ),
             Rule::Signature => (object(string()), String::new()),
+            Rule::CreditType { defaulted } => (
+                object(
+                    string()
+                        .min_length(Some(1))
+                        .max_length(Some(CREDIT_TYPE_CHARS_MAX))
+                        .pattern(Some(format!("^[a-z0-9_-]{{1,{CREDIT_TYPE_CHARS_MAX}}}$")))
+                        .default(defaulted.then(|| CreditType::DEFAULT.into())),
+                ),
+                format!("1 to {CREDIT_TYPE_CHARS_MAX} characters of `a-z`, `0-9`, `_` and `-`."),
+            ),
+            Rule::OperationKey => (
+                object(
+                    string()
+                        .min_length(Some(IDEMPOTENCY_KEY_CHARS_MIN))
+                        .max_length(Some(IDEMPOTENCY_KEY_CHARS_MAX))
+                        .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]*$")),
+                ),
+                format!(
+                    "Works like the `Idempotency-Key` of the operation sent alone: \
+                     {IDEMPOTENCY_KEY_CHARS_MIN} to {IDEMPOTENCY_KEY_CHARS_MAX} characters, no \
+                     control character."
+                ),
+            ),
             Rule::Prefer => (
                 object(string().examples(["respond-async"])),
                 "`respond-async`: answer `202` as soon as the command is durably accepted, \
@@ -416,6 +453,8 @@ impl Modify for Constraints {
         let Some(components) = openapi.components.as_mut() else {
             return;
         };
+        // A batch's body is the write bodies again, one per operation: built from them below.
+        bodies.remove("BatchRequest");
         for name in bodies {
             let Some(RefOr::T(Schema::Object(body))) = components.schemas.get_mut(&name) else {
                 continue;
@@ -433,6 +472,7 @@ impl Modify for Constraints {
                 exclude_both(body, first, second);
             }
         }
+        batch_schemas(components);
     }
 }
 
@@ -479,6 +519,130 @@ pub(crate) fn request_body_schema(operation: &Operation) -> Option<String> {
             .map(str::to_string),
         RefOr::T(_) => None,
     }
+}
+
+/// The request body schema of each write operation.
+pub(crate) fn body_schema(operation: Write) -> &'static str {
+    match operation {
+        Write::Add => "AddRequest",
+        Write::Deduct => "DeductRequest",
+        Write::Refund => "RefundRequest",
+        Write::Hold => "HoldRequest",
+        Write::Capture => "CaptureRequest",
+        Write::Release => "ReleaseRequest",
+    }
+}
+
+/// The operations an atomic batch takes.
+pub(crate) const ATOMIC_OPERATIONS: [Write; 3] = [Write::Add, Write::Deduct, Write::Hold];
+
+/// `POST /credits/batch`'s body from the write bodies: an operation is `op` and that
+/// endpoint's body (a `oneOf` by `op`); a batch is either not atomic, its operations with their
+/// own `idempotency_key`, or atomic, only adds, deducts and holds without one.
+fn batch_schemas(components: &mut Components) {
+    let variant = |operation: Write, key: Schema| -> Option<Schema> {
+        let RefOr::T(Schema::Object(body)) = components.schemas.get(body_schema(operation))? else {
+            return None;
+        };
+        let mut variant = body.clone();
+        variant.properties.insert(
+            "op".into(),
+            string().enum_values(Some([operation.name()])).into(),
+        );
+        variant
+            .properties
+            .insert("idempotency_key".into(), key.into());
+        variant.required.insert(0, "op".into());
+        variant.description = Some(format!(
+            "`op: \"{}\"` and the body of `POST {}`.",
+            operation.name(),
+            operation.path()
+        ));
+        Some(Schema::Object(variant))
+    };
+    let mut key = rule_schema(Rule::OperationKey);
+    if let Schema::Object(object) = &mut key {
+        make_nullable(object);
+    }
+    let no_key = Schema::Object(ObjectBuilder::new().schema_type(Type::Null).build());
+    let mut any = OneOfBuilder::new().description(Some(
+        "One operation: `op` names the endpoint and the other fields are its body.",
+    ));
+    for operation in Write::ALL {
+        if let Some(schema) = variant(operation, key.clone()) {
+            any = any.item(schema);
+        }
+    }
+    let mut atomic = OneOfBuilder::new().description(Some(
+        "One operation of an atomic batch: an add, a deduct or a hold, without its own key.",
+    ));
+    for operation in ATOMIC_OPERATIONS {
+        if let Some(schema) = variant(operation, no_key.clone()) {
+            atomic = atomic.item(schema);
+        }
+    }
+    let batch = |atomic_flag: ObjectBuilder, items: &str, atomic_required: bool| {
+        let mut builder = ObjectBuilder::new()
+            .property("atomic", atomic_flag)
+            .property(
+                "operations",
+                ArrayBuilder::new()
+                    .items(Ref::from_schema_name(items))
+                    .min_items(Some(1))
+                    .max_items(Some(BATCH_OPERATIONS_MAX)),
+            )
+            .required("operations")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        if atomic_required {
+            builder = builder.required("atomic");
+        }
+        builder
+    };
+    let not_atomic = batch(
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
+            .enum_values(Some([
+                serde_json::Value::Bool(false),
+                serde_json::Value::Null,
+            ])),
+        "BatchOperation",
+        false,
+    )
+    .description(Some(
+        "Each operation its own command, exactly as if sent alone, applied in order for each \
+         user.",
+    ));
+    let all_or_none = batch(
+        ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .enum_values(Some([true])),
+        "AtomicBatchOperation",
+        true,
+    )
+    .description(Some(
+        "Adds, deducts and holds of one user (every operation names the same `user_id`), \
+         applied in one transaction or not at all.",
+    ));
+    let request = OneOfBuilder::new()
+        .description(Some(format!(
+            "Body of `POST /credits/batch`: 1 to {BATCH_OPERATIONS_MAX} operations."
+        )))
+        .item(not_atomic)
+        .item(all_or_none);
+    components
+        .schemas
+        .insert("BatchOperation".into(), Schema::OneOf(any.build()).into());
+    components.schemas.insert(
+        "AtomicBatchOperation".into(),
+        Schema::OneOf(atomic.build()).into(),
+    );
+    components
+        .schemas
+        .insert("BatchRequest".into(), Schema::OneOf(request.build()).into());
+}
+
+fn rule_schema(rule: Rule) -> Schema {
+    rule.schema().0
 }
 
 /// `not: both given`: both present and neither `null`. utoipa's `Object` has no `not`; its

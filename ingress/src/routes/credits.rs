@@ -9,18 +9,18 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
-use tally_common::command::Command;
-use tally_common::limits::{CREDIT_LIFETIME_SECONDS_MAX, CREDIT_LIFETIME_SECONDS_MIN};
+use serde_json::Value;
+use tally_common::credit_type::CreditType;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::operations::Operation;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::reads;
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::validate::{self, Fields};
+use crate::validate;
 use crate::write_request::WriteRequest;
 use crate::AppState;
 
@@ -40,6 +40,8 @@ pub struct AddRequest {
     expires_at: Option<String>,
     /// Seconds from now until these credits expire.
     expires_in_seconds: Option<i64>,
+    /// Which of the user's balances.
+    credit_type: Option<String>,
 }
 
 /// Body of `POST /credits/deduct`.
@@ -50,6 +52,8 @@ pub struct DeductRequest {
     amount: i64,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
+    /// Which of the user's balances.
+    credit_type: Option<String>,
 }
 
 /// Body of `POST /credits/refund`.
@@ -69,6 +73,9 @@ pub struct RefundRequest {
 pub struct WriteResponse {
     success: bool,
     user_id: String,
+    /// The balance written.
+    credit_type: String,
+    /// The balance of `credit_type` after the write.
     balance_after: i64,
     ledger_id: Uuid,
 }
@@ -78,6 +85,8 @@ pub struct WriteResponse {
 pub struct RefundResponse {
     success: bool,
     user_id: String,
+    /// The refunded entry's type: a refund acts on that balance.
+    credit_type: String,
     balance_after: i64,
     ledger_id: Uuid,
     refunded_ledger_id: Uuid,
@@ -97,59 +106,23 @@ pub async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/add").await?;
-    let command = add_command(write.object.clone())?;
-    write.submit(&state, command).await
+    write(&state, auth, headers, body, Operation::Add).await
 }
 
-/// The command a `POST /credits/add` body asks for (`400` naming the field otherwise).
-pub(crate) fn add_command(object: Map<String, Value>) -> Result<Command, ApiError> {
-    let mut fields = Fields::new(
-        object,
-        &[
-            "user_id",
-            "amount",
-            "description",
-            "metadata",
-            "expires_at",
-            "expires_in_seconds",
-        ],
-    )?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    let expires_at = expiry(&mut fields)?;
-    fields.finish()?;
-    Ok(Command::Add {
-        user_id,
-        amount,
-        description,
-        metadata,
-        expires_at,
-    })
-}
-
-/// `expires_at` or `expires_in_seconds` of an add: at most one, in the future.
-fn expiry(fields: &mut Fields) -> Result<Option<DateTime<Utc>>, ApiError> {
-    let at = fields.optional_time("expires_at")?;
-    let in_seconds = fields.optional_integer(
-        "expires_in_seconds",
-        CREDIT_LIFETIME_SECONDS_MIN,
-        CREDIT_LIFETIME_SECONDS_MAX,
-    )?;
-    match (at, in_seconds) {
-        (Some(_), Some(_)) => Err(ApiError::field(
-            "expires_at",
-            "give expires_at or expires_in_seconds, not both",
-        )),
-        (Some(at), None) if at <= Utc::now() => {
-            Err(ApiError::field("expires_at", "must be in the future"))
-        }
-        (Some(at), None) => Ok(Some(at)),
-        (None, Some(seconds)) => Ok(Some(Utc::now() + chrono::Duration::seconds(seconds))),
-        (None, None) => Ok(None),
-    }
+/// Reads a write request of `operation`, routes it to its user and submits it.
+pub(crate) async fn write(
+    state: &AppState,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Body,
+    operation: Operation,
+) -> Result<Response, ApiError> {
+    let write = WriteRequest::read(auth, headers, body, operation.path()).await?;
+    let command = operation
+        .read(write.object.clone())?
+        .route(&state.pool, write.auth.app_id)
+        .await?;
+    write.submit(state, command).await
 }
 
 #[utoipa::path(post, path = "/credits/deduct", request_body = DeductRequest,
@@ -166,25 +139,7 @@ pub async fn deduct(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/deduct").await?;
-    let command = deduct_command(write.object.clone())?;
-    write.submit(&state, command).await
-}
-
-/// The command a `POST /credits/deduct` body asks for (`400` naming the field otherwise).
-pub(crate) fn deduct_command(object: Map<String, Value>) -> Result<Command, ApiError> {
-    let mut fields = Fields::new(object, &["user_id", "amount", "description", "metadata"])?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    fields.finish()?;
-    Ok(Command::Deduct {
-        user_id,
-        amount,
-        description,
-        metadata,
-    })
+    write(&state, auth, headers, body, Operation::Deduct).await
 }
 
 #[utoipa::path(post, path = "/credits/refund", request_body = RefundRequest,
@@ -203,58 +158,14 @@ pub async fn refund(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/refund").await?;
-    let refund = RefundFields::read(write.object.clone())?;
-    // The entry names its user, whose partition orders the refund.
-    let user_id: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM ledger_entries WHERE id = $1 AND app_id = $2")
-            .bind(refund.ledger_id)
-            .bind(write.auth.app_id)
-            .fetch_optional(&state.pool)
-            .await?;
-    let user_id = user_id
-        .ok_or_else(|| ApiError::NotFound(format!("no ledger entry {}", refund.ledger_id)))?;
-    let command = refund.command(user_id);
-    write.submit(&state, command).await
+    write(&state, auth, headers, body, Operation::Refund).await
 }
 
-/// The fields of a `POST /credits/refund` body; the entry's user comes from the ledger.
-pub(crate) struct RefundFields {
-    ledger_id: Uuid,
-    amount: Option<i64>,
-    description: Option<String>,
-    metadata: Map<String, Value>,
-}
-
-impl RefundFields {
-    /// Reads the body (`400` naming the field otherwise).
-    pub(crate) fn read(object: Map<String, Value>) -> Result<Self, ApiError> {
-        let mut fields = Fields::new(object, &["ledger_id", "amount", "description", "metadata"])?;
-        let refund = Self {
-            ledger_id: fields.uuid("ledger_id")?,
-            amount: fields.optional_amount("amount")?,
-            description: fields.description()?,
-            metadata: fields.metadata()?,
-        };
-        fields.finish()?;
-        Ok(refund)
-    }
-
-    fn command(self, user_id: String) -> Command {
-        Command::Refund {
-            user_id,
-            ledger_id: self.ledger_id,
-            amount: self.amount,
-            description: self.description,
-            metadata: self.metadata,
-        }
-    }
-}
-
-/// A user's balance.
+/// A user's balance of one credit type.
 #[derive(Serialize, ToSchema)]
 pub struct BalanceResponse {
     user_id: String,
+    credit_type: String,
     /// Credits the user owns.
     balance: i64,
     /// Credits reserved by active holds.
@@ -265,14 +176,95 @@ pub struct BalanceResponse {
     next_expiry: Option<NextExpiry>,
 }
 
-#[derive(sqlx::FromRow, Default)]
+/// One balance of `GET /credits/balances`.
+#[derive(Serialize, ToSchema)]
+pub struct TypeBalance {
+    credit_type: String,
+    balance: i64,
+    held: i64,
+    available: i64,
+    next_expiry: Option<NextExpiry>,
+}
+
+/// Every credit type a user has.
+#[derive(Serialize, ToSchema)]
+pub struct BalancesResponse {
+    user_id: String,
+    /// One per credit type the user has ever been written, ordered by type.
+    balances: Vec<TypeBalance>,
+}
+
+#[derive(sqlx::FromRow)]
 struct BalanceRow {
+    credit_type: String,
     balance: i64,
     held: i64,
     /// Credits of lots past their expiry that the worker has not expired yet.
     expired: i64,
     next_amount: Option<i64>,
     next_at: Option<DateTime<Utc>>,
+}
+
+impl BalanceRow {
+    fn empty(credit_type: &CreditType) -> Self {
+        Self {
+            credit_type: credit_type.to_string(),
+            balance: 0,
+            held: 0,
+            expired: 0,
+            next_amount: None,
+            next_at: None,
+        }
+    }
+
+    /// The balance as reads show it: credits of a lot past its expiry leave the balance through
+    /// the worker's expire entry within a second or so; until then reads already leave them out.
+    fn into_balance(self) -> TypeBalance {
+        let balance = self.balance - self.expired;
+        TypeBalance {
+            credit_type: self.credit_type,
+            balance,
+            held: self.held,
+            available: balance - self.held,
+            next_expiry: self
+                .next_amount
+                .zip(self.next_at)
+                .map(|(amount, at)| NextExpiry {
+                    amount,
+                    expires_at: rfc3339(at),
+                }),
+        }
+    }
+}
+
+/// The account rows of a user (of one type, or all), with what their lots add to a read.
+async fn balance_rows(
+    pool: &sqlx::PgPool,
+    app_id: Uuid,
+    user_id: &str,
+    credit_type: Option<&CreditType>,
+) -> Result<Vec<BalanceRow>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT a.credit_type, a.balance, a.held,
+                COALESCE((SELECT sum(remaining) FROM lots l
+                          WHERE l.app_id = a.app_id AND l.user_id = a.user_id
+                            AND l.credit_type = a.credit_type
+                            AND l.expired_at IS NULL AND l.expires_at <= now()), 0)::bigint AS expired,
+                n.remaining AS next_amount, n.expires_at AS next_at
+         FROM accounts a
+         LEFT JOIN LATERAL (SELECT remaining, expires_at FROM lots l
+                            WHERE l.app_id = a.app_id AND l.user_id = a.user_id
+                              AND l.credit_type = a.credit_type AND l.expired_at IS NULL
+                              AND l.expires_at > now() AND l.remaining > 0
+                            ORDER BY expires_at, id LIMIT 1) n ON true
+         WHERE a.app_id = $1 AND a.user_id = $2 AND ($3::text IS NULL OR a.credit_type = $3)
+         ORDER BY a.credit_type",
+    )
+    .bind(app_id)
+    .bind(user_id)
+    .bind(credit_type.map(CreditType::as_str))
+    .fetch_all(pool)
+    .await?)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -282,7 +274,7 @@ pub struct NextExpiry {
 }
 
 #[utoipa::path(get, path = "/credits/balance",
-    params(("user_id" = String, Query)),
+    params(("user_id" = String, Query), ("credit_type" = Option<String>, Query)),
     responses((status = 200, body = BalanceResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
     security(("api_key" = [])))]
@@ -291,13 +283,16 @@ pub async fn balance(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<BalanceResponse>, ApiError> {
-    let user_id = validate::query_user_id(&query)?;
+    let (user_id, credit_type) = balance_query(&query)?;
     // Most users have no expiring credits: one lookup of the account (and a probe of the lots
     // index), grouped with concurrent reads, answers them; only a user with open lots costs the
     // second query.
-    let account = state.balances.account(auth.app_id, user_id.clone()).await?;
+    let account = state
+        .balances
+        .account(auth.app_id, user_id.clone(), credit_type.clone())
+        .await?;
     let row = match account {
-        None => BalanceRow::default(),
+        None => BalanceRow::empty(&credit_type),
         Some(reads::Account {
             balance,
             held,
@@ -305,47 +300,57 @@ pub async fn balance(
         }) => BalanceRow {
             balance,
             held,
-            ..BalanceRow::default()
+            ..BalanceRow::empty(&credit_type)
         },
-        // Credits of a lot past its expiry leave the balance through the worker's expire entry
-        // within a second or so; until then reads already leave them out.
-        Some(_) => sqlx::query_as(
-            "SELECT a.balance, a.held,
-                    COALESCE((SELECT sum(remaining) FROM lots l WHERE l.app_id = a.app_id AND l.user_id = a.user_id
-                                AND l.expired_at IS NULL AND l.expires_at <= now()), 0)::bigint AS expired,
-                    n.remaining AS next_amount, n.expires_at AS next_at
-             FROM accounts a
-             LEFT JOIN LATERAL (SELECT remaining, expires_at FROM lots l
-                                WHERE l.app_id = a.app_id AND l.user_id = a.user_id AND l.expired_at IS NULL
-                                  AND l.expires_at > now() AND l.remaining > 0
-                                ORDER BY expires_at, id LIMIT 1) n ON true
-             WHERE a.app_id = $1 AND a.user_id = $2",
-        )
-        .bind(auth.app_id)
-        .bind(&user_id)
-        .fetch_optional(&state.pool)
-        .await?
-        .unwrap_or_default(),
+        Some(_) => balance_rows(&state.pool, auth.app_id, &user_id, Some(&credit_type))
+            .await?
+            .pop()
+            .unwrap_or_else(|| BalanceRow::empty(&credit_type)),
     };
-    let BalanceRow {
+    let TypeBalance {
+        credit_type,
         balance,
         held,
-        expired,
-        next_amount,
-        next_at,
-    } = row;
-    let balance = balance - expired;
-    let next_expiry = next_amount.zip(next_at).map(|(amount, at)| NextExpiry {
-        amount,
-        expires_at: rfc3339(at),
-    });
+        available,
+        next_expiry,
+    } = row.into_balance();
     Ok(Json(BalanceResponse {
         user_id,
+        credit_type,
         balance,
         held,
-        available: balance - held,
+        available,
         next_expiry,
     }))
+}
+
+/// The user and credit type of `GET /credits/balance` (`400` naming the parameter otherwise).
+pub(crate) fn balance_query(
+    query: &HashMap<String, String>,
+) -> Result<(String, CreditType), ApiError> {
+    Ok((
+        validate::query_user_id(query)?,
+        validate::query_credit_type(query)?,
+    ))
+}
+
+#[utoipa::path(get, path = "/credits/balances",
+    params(("user_id" = String, Query)),
+    responses((status = 200, body = BalancesResponse), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse)),
+    security(("api_key" = [])))]
+pub async fn balances(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<BalancesResponse>, ApiError> {
+    let user_id = validate::query_user_id(&query)?;
+    let balances = balance_rows(&state.pool, auth.app_id, &user_id, None)
+        .await?
+        .into_iter()
+        .map(BalanceRow::into_balance)
+        .collect();
+    Ok(Json(BalancesResponse { user_id, balances }))
 }
 
 /// One ledger entry as history shows it.
@@ -355,8 +360,11 @@ pub struct HistoryEntry {
     /// add, deduct, refund, payment, expire or clawback.
     #[serde(rename = "type")]
     entry_type: String,
+    /// The balance the entry changed.
+    credit_type: String,
     /// Signed: negative for what left the balance.
     amount: i64,
+    /// The balance of `credit_type` after the entry.
     balance_after: i64,
     description: Option<String>,
     #[schema(value_type = Object)]
@@ -386,6 +394,8 @@ const HISTORY_CURSOR: &str = "h1";
 /// The parameters of `GET /credits/history`.
 pub(crate) struct HistoryQuery {
     user_id: String,
+    /// Only entries of this type; every type when absent.
+    credit_type: Option<CreditType>,
     limit: i64,
     /// The `seq` the page starts below (from `cursor`).
     before: Option<i64>,
@@ -395,6 +405,7 @@ impl HistoryQuery {
     /// Reads the query (`400` naming the parameter otherwise).
     pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
         let user_id = validate::query_user_id(query)?;
+        let credit_type = validate::query_optional_credit_type(query)?;
         let limit = page_limit(query)?;
         let before = match query.get("cursor") {
             None => None,
@@ -408,6 +419,7 @@ impl HistoryQuery {
         };
         Ok(Self {
             user_id,
+            credit_type,
             limit,
             before,
         })
@@ -416,7 +428,8 @@ impl HistoryQuery {
 
 #[utoipa::path(get, path = "/credits/history",
     params(("user_id" = String, Query), ("limit" = Option<i64>, Query),
-           ("cursor" = Option<String>, Query)),
+           ("cursor" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only entries of this type; every type when absent.")),
     responses((status = 200, body = HistoryResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
     security(("api_key" = [])))]
@@ -427,14 +440,16 @@ pub async fn history(
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let HistoryQuery {
         user_id,
+        credit_type,
         limit,
         before,
     } = HistoryQuery::parse(&query)?;
-    // Entries are numbered per user in the order they were applied, so paging by that number
-    // never skips or repeats an entry while new ones arrive.
+    // Entries are numbered per user (across credit types) in the order they were applied, so
+    // paging by that number never skips or repeats an entry while new ones arrive.
     let rows = sqlx::query_as::<_, crate::entries::Entry>(&format!(
         "SELECT {} FROM ledger_entries
          WHERE app_id = $1 AND user_id = $2 AND ($3::bigint IS NULL OR seq < $3)
+           AND ($5::text IS NULL OR credit_type = $5)
          ORDER BY seq DESC LIMIT $4",
         crate::entries::COLUMNS
     ))
@@ -442,6 +457,7 @@ pub async fn history(
     .bind(&user_id)
     .bind(before)
     .bind(limit + 1)
+    .bind(credit_type.as_ref().map(CreditType::as_str))
     .fetch_all(&state.pool)
     .await?;
     let (rows, more) = split_page(rows, limit);
@@ -456,6 +472,7 @@ pub async fn history(
         .map(|entry| HistoryEntry {
             ledger_id: entry.ledger_id,
             entry_type: entry.entry_type,
+            credit_type: entry.credit_type,
             amount: entry.amount,
             balance_after: entry.balance_after,
             description: entry.description,

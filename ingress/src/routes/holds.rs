@@ -9,18 +9,17 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
-use tally_common::command::Command;
-use tally_common::limits::{HOLD_SECONDS_DEFAULT, HOLD_SECONDS_MAX, HOLD_SECONDS_MIN};
+use tally_common::credit_type::CreditType;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::operations::Operation;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::responses::{rfc3339, AcceptedResponse, ErrorResponse};
-use crate::validate::{self, Fields};
-use crate::write_request::WriteRequest;
+use crate::routes::credits::write;
+use crate::validate;
 use crate::AppState;
 
 /// Body of `POST /credits/hold`.
@@ -33,6 +32,8 @@ pub struct HoldRequest {
     expires_in_seconds: Option<i64>,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
+    /// Which of the user's balances to reserve from.
+    credit_type: Option<String>,
 }
 
 /// Answer to a hold.
@@ -40,6 +41,7 @@ pub struct HoldRequest {
 pub struct HoldResponse {
     success: bool,
     user_id: String,
+    credit_type: String,
     hold_id: Uuid,
     amount: i64,
     balance: i64,
@@ -61,6 +63,8 @@ pub struct CaptureRequest {
 pub struct CaptureResponse {
     success: bool,
     user_id: String,
+    /// The hold's type: a capture charges that balance.
+    credit_type: String,
     hold_id: Uuid,
     /// The deduct entry the capture wrote.
     ledger_id: Uuid,
@@ -81,6 +85,7 @@ pub struct ReleaseRequest {
 pub struct ReleaseResponse {
     success: bool,
     user_id: String,
+    credit_type: String,
     hold_id: Uuid,
     released: i64,
     balance: i64,
@@ -99,49 +104,7 @@ pub async fn hold(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/hold").await?;
-    let command = hold_command(write.object.clone())?;
-    write.submit(&state, command).await
-}
-
-/// The command a `POST /credits/hold` body asks for (`400` naming the field otherwise).
-pub(crate) fn hold_command(object: Map<String, Value>) -> Result<Command, ApiError> {
-    let mut fields = Fields::new(
-        object,
-        &[
-            "user_id",
-            "amount",
-            "expires_in_seconds",
-            "description",
-            "metadata",
-        ],
-    )?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let expires_in_seconds = fields
-        .optional_integer("expires_in_seconds", HOLD_SECONDS_MIN, HOLD_SECONDS_MAX)?
-        .unwrap_or(HOLD_SECONDS_DEFAULT);
-    let description = fields.description()?;
-    let metadata = fields.metadata()?;
-    fields.finish()?;
-    Ok(Command::Hold {
-        user_id,
-        amount,
-        expires_in_seconds,
-        description,
-        metadata,
-    })
-}
-
-/// The user of the app's hold `hold_id` (its partition orders the settlement); 404 otherwise.
-async fn hold_user(state: &AppState, app_id: Uuid, hold_id: Uuid) -> Result<String, ApiError> {
-    let user: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM holds WHERE id = $1 AND app_id = $2")
-            .bind(hold_id)
-            .bind(app_id)
-            .fetch_optional(&state.pool)
-            .await?;
-    user.ok_or_else(|| ApiError::NotFound(format!("no hold {hold_id}")))
+    write(&state, auth, headers, body, Operation::Hold).await
 }
 
 #[utoipa::path(post, path = "/credits/capture", request_body = CaptureRequest,
@@ -157,28 +120,7 @@ pub async fn capture(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/capture").await?;
-    let (hold_id, amount) = capture_fields(write.object.clone())?;
-    let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
-    write
-        .submit(
-            &state,
-            Command::Capture {
-                user_id,
-                hold_id,
-                amount,
-            },
-        )
-        .await
-}
-
-/// The hold and amount of a `POST /credits/capture` body (`400` naming the field otherwise).
-pub(crate) fn capture_fields(object: Map<String, Value>) -> Result<(Uuid, Option<i64>), ApiError> {
-    let mut fields = Fields::new(object, &["hold_id", "amount"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    let amount = fields.optional_amount("amount")?;
-    fields.finish()?;
-    Ok((hold_id, amount))
+    write(&state, auth, headers, body, Operation::Capture).await
 }
 
 #[utoipa::path(post, path = "/credits/release", request_body = ReleaseRequest,
@@ -194,26 +136,14 @@ pub async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let write = WriteRequest::read(auth, headers, body, "/credits/release").await?;
-    let hold_id = release_fields(write.object.clone())?;
-    let user_id = hold_user(&state, write.auth.app_id, hold_id).await?;
-    write
-        .submit(&state, Command::Release { user_id, hold_id })
-        .await
-}
-
-/// The hold of a `POST /credits/release` body (`400` naming the field otherwise).
-pub(crate) fn release_fields(object: Map<String, Value>) -> Result<Uuid, ApiError> {
-    let mut fields = Fields::new(object, &["hold_id"])?;
-    let hold_id = fields.uuid("hold_id")?;
-    fields.finish()?;
-    Ok(hold_id)
+    write(&state, auth, headers, body, Operation::Release).await
 }
 
 /// One hold as listed.
 #[derive(Serialize, ToSchema)]
 pub struct HoldRecord {
     hold_id: Uuid,
+    credit_type: String,
     amount: i64,
     captured: i64,
     /// active, captured, released or expired.
@@ -234,6 +164,7 @@ const HOLDS_CURSOR: &str = "k1";
 #[derive(sqlx::FromRow)]
 struct HoldRow {
     id: Uuid,
+    credit_type: String,
     amount: i64,
     captured: i64,
     status: String,
@@ -248,6 +179,8 @@ pub const HOLD_STATUSES: &[&str] = &["active", "captured", "released", "expired"
 pub(crate) struct HoldsQuery {
     user_id: String,
     status: Option<String>,
+    /// Only holds of this type; every type when absent.
+    credit_type: Option<CreditType>,
     limit: i64,
     /// `created_at` and id of the last hold of the previous page (from `cursor`).
     before: Option<(DateTime<Utc>, Uuid)>,
@@ -267,6 +200,7 @@ impl HoldsQuery {
                 ))
             }
         };
+        let credit_type = validate::query_optional_credit_type(query)?;
         let limit = page_limit(query)?;
         let before = match query.get("cursor") {
             None => None,
@@ -285,6 +219,7 @@ impl HoldsQuery {
         Ok(Self {
             user_id,
             status,
+            credit_type,
             limit,
             before,
         })
@@ -293,6 +228,7 @@ impl HoldsQuery {
 
 #[utoipa::path(get, path = "/credits/holds",
     params(("user_id" = String, Query), ("status" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only holds of this type; every type when absent."),
            ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = HoldsResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
@@ -305,17 +241,19 @@ pub async fn list(
     let HoldsQuery {
         user_id,
         status,
+        credit_type,
         limit,
         before,
     } = HoldsQuery::parse(&query)?;
     let rows: Vec<HoldRow> = sqlx::query_as(
         // A hold past its expiry is expired, even in the second before a sweep settles it.
-        "SELECT id, amount, captured, status, expires_at, created_at FROM (
-             SELECT id, amount, captured, expires_at, created_at,
+        "SELECT id, credit_type, amount, captured, status, expires_at, created_at FROM (
+             SELECT id, credit_type, amount, captured, expires_at, created_at,
                     CASE WHEN status = 'active' AND expires_at <= now() THEN 'expired' ELSE status END AS status
              FROM holds WHERE app_id = $1 AND user_id = $2) h
          WHERE ($3::text IS NULL OR status = $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+           AND ($7::text IS NULL OR credit_type = $7)
          ORDER BY created_at DESC, id DESC LIMIT $6",
     )
     .bind(auth.app_id)
@@ -324,6 +262,7 @@ pub async fn list(
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1).unwrap_or_default())
     .bind(limit + 1)
+    .bind(credit_type.as_ref().map(CreditType::as_str))
     .fetch_all(&state.pool)
     .await?;
     let (rows, more) = split_page(rows, limit);
@@ -338,6 +277,7 @@ pub async fn list(
         .iter()
         .map(|row| HoldRecord {
             hold_id: row.id,
+            credit_type: row.credit_type.clone(),
             amount: row.amount,
             captured: row.captured,
             status: row.status.clone(),

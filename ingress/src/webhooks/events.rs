@@ -10,6 +10,7 @@
 //! positive integer, as a string or a number).
 
 use serde_json::Value;
+use tally_common::credit_type::CreditType;
 use tally_common::limits::{AMOUNT_MAX, USER_ID_BYTES_MAX};
 use tally_common::webhook::WebhookAction;
 
@@ -97,6 +98,19 @@ fn credit_from_metadata(
             }
         },
     };
+    let credit_type = match metadata.get("tally_credit_type") {
+        None | Some(Value::Null) => CreditType::default(),
+        Some(Value::String(text)) => match CreditType::parse(text) {
+            Ok(credit_type) => credit_type,
+            Err(invalid) => {
+                return Some(reject(
+                    format!("tally_credit_type {invalid}"),
+                    Some(user_id),
+                ))
+            }
+        },
+        Some(_) => return Some(reject("tally_credit_type must be a string", Some(user_id))),
+    };
     match credits {
         Some(credits) if (1..=AMOUNT_MAX).contains(&credits) => Some(WebhookAction::Credit {
             payment_ref: payment_ref.to_string(),
@@ -104,6 +118,7 @@ fn credit_from_metadata(
             credits,
             amount_minor,
             expires_in_days,
+            credit_type,
         }),
         _ => Some(reject(
             format!("tally_credits must be an integer from 1 to {AMOUNT_MAX}"),
@@ -257,7 +272,8 @@ mod tests {
                 user_id: "u1".into(),
                 credits: 500,
                 amount_minor: Some(1000),
-                expires_in_days: None
+                expires_in_days: None,
+                credit_type: CreditType::default(),
             })
         );
     }

@@ -198,6 +198,11 @@ export interface components {
              * @description Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
             /** @description Read back in history (`null` when absent). At most 1000 characters, without the NUL character. */
             description?: string | null;
             /**
@@ -217,7 +222,7 @@ export interface components {
             /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
-        /** @description A user's balance. */
+        /** @description A user's balance of one credit type. */
         BalanceResponse: {
             /**
              * Format: int64
@@ -229,6 +234,7 @@ export interface components {
              * @description Credits the user owns.
              */
             balance: number;
+            credit_type: string;
             /**
              * Format: int64
              * @description Credits reserved by active holds.
@@ -256,6 +262,8 @@ export interface components {
             balance_after: number;
             /** Format: int64 */
             captured: number;
+            /** @description The hold's type: a capture charges that balance. */
+            credit_type: string;
             /** Format: uuid */
             hold_id: string;
             /**
@@ -302,6 +310,11 @@ export interface components {
              * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
             /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
             /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
@@ -324,7 +337,7 @@ export interface components {
              * @description Stable machine-readable code, e.g. `insufficient_credits`.
              * @enum {string}
              */
-            error: "invalid_request" | "invalid_signature" | "unauthorized" | "insufficient_credits" | "not_found" | "idempotency_conflict" | "idempotency_in_progress" | "already_refunded" | "hold_not_active" | "payload_too_large" | "unsupported_media_type" | "balance_overflow" | "not_refundable" | "rate_limited" | "unavailable" | "internal";
+            error: "invalid_request" | "invalid_signature" | "unauthorized" | "insufficient_credits" | "not_found" | "idempotency_conflict" | "idempotency_in_progress" | "already_refunded" | "hold_not_active" | "request_timeout" | "payload_too_large" | "unsupported_media_type" | "balance_overflow" | "not_refundable" | "batch_rejected" | "rate_limited" | "unavailable" | "internal";
             /** @description For `invalid_request`: the field at fault. */
             field?: string | null;
             message: string;
@@ -337,9 +350,14 @@ export interface components {
              * @description Signed: negative for what left the balance.
              */
             amount: number;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description The balance of `credit_type` after the entry.
+             */
             balance_after: number;
             created_at: string;
+            /** @description The balance the entry changed. */
+            credit_type: string;
             description?: string | null;
             /** @description When an add's credits expire (null: never). */
             expires_at?: string | null;
@@ -376,6 +394,7 @@ export interface components {
             /** Format: int64 */
             captured: number;
             created_at: string;
+            credit_type: string;
             expires_at: string;
             /** Format: uuid */
             hold_id: string;
@@ -389,6 +408,11 @@ export interface components {
              * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount: number;
+            /**
+             * @description Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
             /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
             /**
@@ -412,6 +436,7 @@ export interface components {
             available: number;
             /** Format: int64 */
             balance: number;
+            credit_type: string;
             expires_at: string;
             /** Format: uuid */
             hold_id: string;
@@ -451,6 +476,8 @@ export interface components {
         RefundResponse: {
             /** Format: int64 */
             balance_after: number;
+            /** @description The refunded entry's type: a refund acts on that balance. */
+            credit_type: string;
             /** Format: uuid */
             ledger_id: string;
             /** Format: uuid */
@@ -472,6 +499,7 @@ export interface components {
             available: number;
             /** Format: int64 */
             balance: number;
+            credit_type: string;
             /** Format: uuid */
             hold_id: string;
             /** Format: int64 */
@@ -501,8 +529,13 @@ export interface components {
         };
         /** @description Answer to an applied add or deduct. */
         WriteResponse: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description The balance of `credit_type` after the write.
+             */
             balance_after: number;
+            /** @description The balance written. */
+            credit_type: string;
             /** Format: uuid */
             ledger_id: string;
             success: boolean;
@@ -572,6 +605,18 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"] & {
                         /** @enum {string} */
                         error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
                     };
                 };
             };
@@ -735,6 +780,18 @@ export interface operations {
                     };
                 };
             };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
             /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
@@ -892,6 +949,18 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"] & {
                         /** @enum {string} */
                         error?: "not_found";
+                    };
+                };
+            };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
                     };
                 };
             };
@@ -1055,6 +1124,18 @@ export interface operations {
                     };
                 };
             };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
             /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
@@ -1200,6 +1281,18 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"] & {
                         /** @enum {string} */
                         error?: "not_found";
+                    };
+                };
+            };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
                     };
                 };
             };
@@ -1351,6 +1444,18 @@ export interface operations {
                     };
                 };
             };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
             /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry; `hold_not_active`: the hold was captured, released or has expired */
             409: {
                 headers: {
@@ -1434,6 +1539,8 @@ export interface operations {
             query: {
                 /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
+                /** @description 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
+                credit_type?: string;
             };
             header?: never;
             path?: never;
@@ -1512,6 +1619,8 @@ export interface operations {
                 limit?: number;
                 /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
+                /** @description Only entries of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
+                credit_type?: string;
             };
             header?: never;
             path?: never;
@@ -1587,6 +1696,8 @@ export interface operations {
                 /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
                 status?: "active" | "captured" | "released" | "expired";
+                /** @description Only holds of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
+                credit_type?: string;
                 /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
                 /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */

@@ -1,0 +1,61 @@
+"""tally-credits-sdk: a client for Tally's HTTP API, the self-hostable credit ledger.
+
+    from tally_credits import Tally, InsufficientCreditsError
+
+    with Tally() as tally:  # TALLY_API_KEY, TALLY_BASE_URL
+        tally.credits.add(user_id="user_abc123", amount=500)
+
+`Tally` is synchronous, `AsyncTally` the same calls awaited. `tally_credits.webhooks.verify`
+checks the signed events Tally sends to your endpoints.
+"""
+
+# Before the imports: _core reads it for the User-Agent.
+__version__ = "0.1.0"
+
+from . import _generated, webhooks
+from ._async_client import AsyncCommandHandle, AsyncCommands, AsyncCredits, AsyncTally, AsyncWebhooks
+from ._client import CommandHandle, Commands, Credits, Tally, Webhooks
+from ._generated import *  # noqa: F403 - the API's types, listed in _generated.__all__
+from ._model import Model
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    ConnectionError,
+    IdempotencyConflictError,
+    InsufficientCreditsError,
+    NotFoundError,
+    RateLimitError,
+    TallyError,
+    UnavailableError,
+    WaitTimeoutError,
+    WebhookVerificationError,
+)
+
+__all__ = [
+    "AsyncCommandHandle",
+    "AsyncCommands",
+    "AsyncCredits",
+    "AsyncTally",
+    "AsyncWebhooks",
+    "AuthenticationError",
+    "BadRequestError",
+    "CommandHandle",
+    "Commands",
+    "ConflictError",
+    "ConnectionError",
+    "Credits",
+    "IdempotencyConflictError",
+    "InsufficientCreditsError",
+    "Model",
+    "NotFoundError",
+    "RateLimitError",
+    "Tally",
+    "TallyError",
+    "UnavailableError",
+    "WaitTimeoutError",
+    "WebhookVerificationError",
+    "Webhooks",
+    "webhooks",
+]
+__all__ += _generated.__all__

@@ -1,0 +1,325 @@
+"""`Tally`: the synchronous client (httpx.Client). `AsyncTally` in `_async_client` mirrors it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Literal, Self, TypeVar, Unpack, overload
+
+import httpx
+
+from . import _core as core
+from ._generated import (
+    AddRequest,
+    BalanceQuery,
+    BalanceResponse,
+    CaptureRequest,
+    CaptureResponse,
+    CommandStatus,
+    DeductRequest,
+    HistoryEntry,
+    HistoryQuery,
+    HistoryResponse,
+    HoldRequest,
+    HoldResponse,
+    HoldsQuery,
+    HoldsResponse,
+    RefundRequest,
+    RefundResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    WebhookEventsQuery,
+    WebhookEventsResponse,
+    WriteResponse,
+)
+from ._model import Model
+from .errors import ConnectionError
+
+M = TypeVar("M", bound=Model)
+T = TypeVar("T")
+
+
+class Tally:
+    """The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`.
+
+    `api_key` and `base_url` default to the `TALLY_API_KEY` and `TALLY_BASE_URL` environment
+    variables (explicit arguments win). `timeout` (seconds, default 30) is how long each attempt
+    may wait to connect and for the answer; `max_retries` (default 2) counts retries after the
+    first attempt. `http_client` replaces the httpx.Client the SDK would make (it is then yours
+    to close). Use the client as a context manager, or call `close()`, to release its connections.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = core.DEFAULT_TIMEOUT_SECONDS,
+        max_retries: int = core.DEFAULT_MAX_RETRIES,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._config = core.Config.resolve(api_key, base_url, timeout, max_retries)
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.Client()
+        self.credits = Credits(self)
+        self.commands = Commands(self)
+        self.webhooks = Webhooks(self)
+
+    def close(self) -> None:
+        """Closes the connections (not those of an `http_client` you passed)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Tally(base_url={self._config.base_url!r})"
+
+    # --- running plans ------------------------------------------------------------------------
+
+    def _run(self, plan: core.Plan[T]) -> T:
+        outcome: core.Outcome = None
+        while True:
+            try:
+                step = plan.send(outcome)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            if isinstance(step, core.Sleep):
+                time.sleep(step.seconds)
+                outcome = None
+            else:
+                outcome = self._attempt(step)
+
+    def _attempt(self, request: core.Request) -> core.Answer | ConnectionError:
+        try:
+            response = self._http.request(
+                request.method,
+                request.url(self._config),
+                params=request.query,
+                content=request.body,
+                headers=request.headers(self._config),
+                timeout=self._config.timeout_seconds,
+            )
+        except httpx.TransportError as error:
+            return core.connection_error(request, error)
+        return core.Answer.of(response)
+
+    def _read(self, model: type[M], path: str, query: Mapping[str, object]) -> M:
+        return self._run(core.read(self._config, model, path, query))
+
+    def _write(
+        self,
+        model: type[M],
+        path: str,
+        params: Mapping[str, object],
+        idempotency_key: str | None,
+        respond_async: bool,
+    ) -> M | CommandHandle[M]:
+        if respond_async:
+            plan = core.submit(self._config, model, path, params, idempotency_key, respond_async=True)
+            return CommandHandle(self, model, self._run(plan))
+        return self._run(core.write(self._config, model, path, params, idempotency_key))
+
+
+class CommandHandle(core.HandleState[M]):
+    """A write sent with `respond_async=True`: the command is durable; `wait()` for its result.
+
+    `command_id` and `status_url` are None when the server answered with the command's final
+    result at once (a retry, or a repeated idempotency key, after the command had finished);
+    `wait()` then returns that result.
+    """
+
+    def __init__(self, client: Tally, model: type[M], outcome: M | core.Accepted) -> None:
+        super().__init__(model, outcome)
+        self._client = client
+
+    def wait(
+        self,
+        *,
+        timeout: float = core.WAIT_DEFAULT_TIMEOUT_SECONDS,
+        poll_interval: float = core.WAIT_DEFAULT_POLL_SECONDS,
+    ) -> M:
+        """Polls `/commands/{id}` until the command is applied (returns what the synchronous call
+        would have) or rejected (raises its typed error, e.g. InsufficientCreditsError).
+        WaitTimeoutError after `timeout` seconds; the first pause is `poll_interval`, doubling
+        up to 1 s."""
+        if not isinstance(self._outcome, core.Accepted):
+            return self._outcome
+        return self._client._run(core.wait(self._client._config, self._model, self._outcome, timeout, poll_interval))
+
+
+class Credits:
+    """`tally.credits`: add, deduct, refund, hold, capture, release; balance, history, holds.
+
+    Writes take the API's fields as keyword arguments, plus `idempotency_key=` (default: a fresh
+    UUID per call, the same on each of its retries) and `respond_async=True` (answer as soon as
+    the command is durable, with a CommandHandle to wait on).
+    """
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    @overload
+    def add(
+        self, *, idempotency_key: str | None = None, respond_async: Literal[False] = False, **params: Unpack[AddRequest]
+    ) -> WriteResponse: ...
+    @overload
+    def add(
+        self, *, idempotency_key: str | None = None, respond_async: Literal[True], **params: Unpack[AddRequest]
+    ) -> CommandHandle[WriteResponse]: ...
+    def add(
+        self, *, idempotency_key: str | None = None, respond_async: bool = False, **params: Unpack[AddRequest]
+    ) -> WriteResponse | CommandHandle[WriteResponse]:
+        """`POST /credits/add`: `user_id`, `amount`, and optionally `description`, `metadata`,
+        `expires_at` or `expires_in_seconds`."""
+        return self._client._write(WriteResponse, "/credits/add", params, idempotency_key, respond_async)
+
+    @overload
+    def deduct(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        respond_async: Literal[False] = False,
+        **params: Unpack[DeductRequest],
+    ) -> WriteResponse: ...
+    @overload
+    def deduct(
+        self, *, idempotency_key: str | None = None, respond_async: Literal[True], **params: Unpack[DeductRequest]
+    ) -> CommandHandle[WriteResponse]: ...
+    def deduct(
+        self, *, idempotency_key: str | None = None, respond_async: bool = False, **params: Unpack[DeductRequest]
+    ) -> WriteResponse | CommandHandle[WriteResponse]:
+        """`POST /credits/deduct`: `user_id`, `amount`, and optionally `description`, `metadata`.
+        InsufficientCreditsError (402) when the user's available credits are fewer."""
+        return self._client._write(WriteResponse, "/credits/deduct", params, idempotency_key, respond_async)
+
+    @overload
+    def refund(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        respond_async: Literal[False] = False,
+        **params: Unpack[RefundRequest],
+    ) -> RefundResponse: ...
+    @overload
+    def refund(
+        self, *, idempotency_key: str | None = None, respond_async: Literal[True], **params: Unpack[RefundRequest]
+    ) -> CommandHandle[RefundResponse]: ...
+    def refund(
+        self, *, idempotency_key: str | None = None, respond_async: bool = False, **params: Unpack[RefundRequest]
+    ) -> RefundResponse | CommandHandle[RefundResponse]:
+        """`POST /credits/refund`: `ledger_id`, and optionally `amount` (default: all that is left),
+        `description`, `metadata`."""
+        return self._client._write(RefundResponse, "/credits/refund", params, idempotency_key, respond_async)
+
+    @overload
+    def hold(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        respond_async: Literal[False] = False,
+        **params: Unpack[HoldRequest],
+    ) -> HoldResponse: ...
+    @overload
+    def hold(
+        self, *, idempotency_key: str | None = None, respond_async: Literal[True], **params: Unpack[HoldRequest]
+    ) -> CommandHandle[HoldResponse]: ...
+    def hold(
+        self, *, idempotency_key: str | None = None, respond_async: bool = False, **params: Unpack[HoldRequest]
+    ) -> HoldResponse | CommandHandle[HoldResponse]:
+        """`POST /credits/hold`: reserve `amount` of `user_id`'s credits (`expires_in_seconds`,
+        default 900), to capture or release later."""
+        return self._client._write(HoldResponse, "/credits/hold", params, idempotency_key, respond_async)
+
+    @overload
+    def capture(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        respond_async: Literal[False] = False,
+        **params: Unpack[CaptureRequest],
+    ) -> CaptureResponse: ...
+    @overload
+    def capture(
+        self, *, idempotency_key: str | None = None, respond_async: Literal[True], **params: Unpack[CaptureRequest]
+    ) -> CommandHandle[CaptureResponse]: ...
+    def capture(
+        self, *, idempotency_key: str | None = None, respond_async: bool = False, **params: Unpack[CaptureRequest]
+    ) -> CaptureResponse | CommandHandle[CaptureResponse]:
+        """`POST /credits/capture`: charge `amount` (default: all held) of hold `hold_id` and
+        release the rest."""
+        return self._client._write(CaptureResponse, "/credits/capture", params, idempotency_key, respond_async)
+
+    @overload
+    def release(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        respond_async: Literal[False] = False,
+        **params: Unpack[ReleaseRequest],
+    ) -> ReleaseResponse: ...
+    @overload
+    def release(
+        self, *, idempotency_key: str | None = None, respond_async: Literal[True], **params: Unpack[ReleaseRequest]
+    ) -> CommandHandle[ReleaseResponse]: ...
+    def release(
+        self, *, idempotency_key: str | None = None, respond_async: bool = False, **params: Unpack[ReleaseRequest]
+    ) -> ReleaseResponse | CommandHandle[ReleaseResponse]:
+        """`POST /credits/release`: release all of hold `hold_id`."""
+        return self._client._write(ReleaseResponse, "/credits/release", params, idempotency_key, respond_async)
+
+    def balance(self, **query: Unpack[BalanceQuery]) -> BalanceResponse:
+        """`GET /credits/balance`: `balance`, `held`, `available` and `next_expiry` of `user_id`."""
+        return self._client._read(BalanceResponse, "/credits/balance", query)
+
+    def history(self, **query: Unpack[HistoryQuery]) -> HistoryResponse:
+        """One page of `GET /credits/history`, newest first; pass `next_cursor` as `cursor` for
+        the next."""
+        return self._client._read(HistoryResponse, "/credits/history", query)
+
+    def history_all(self, **query: Unpack[HistoryQuery]) -> Iterator[HistoryEntry]:
+        """Every history entry of `user_id`, newest first, following `next_cursor` page by page
+        (`limit` per page, default 200)."""
+        page_query = core.history_all_query(query)
+        while True:
+            page = self._client._read(HistoryResponse, "/credits/history", page_query)
+            yield from page.entries
+            if page.next_cursor is None:
+                return
+            page_query["cursor"] = page.next_cursor
+
+    def holds(self, **query: Unpack[HoldsQuery]) -> HoldsResponse:
+        """`GET /credits/holds`: a user's holds, optionally by `status`."""
+        return self._client._read(HoldsResponse, "/credits/holds", query)
+
+
+class Commands:
+    """`tally.commands`: the state of a write."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def get(self, *, command_id: str) -> CommandStatus:
+        """`GET /commands/{command_id}`: pending, applied or rejected, with the synchronous
+        call's answer (`http_status`, `result`)."""
+        return self._client._read(CommandStatus, core.command_path(command_id), {})
+
+
+class Webhooks:
+    """`tally.webhooks`: the payment webhooks Tally received (to verify the events Tally sends,
+    see `tally_credits.webhooks.verify`)."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def events(self, **query: Unpack[WebhookEventsQuery]) -> WebhookEventsResponse:
+        """`GET /webhooks/events`: received payment webhooks, newest first, with their outcome."""
+        return self._client._read(WebhookEventsResponse, "/webhooks/events", query)
