@@ -1,9 +1,9 @@
 """Schemathesis hooks for ./scripts/api-fuzz: signed webhooks, and the API's rules that JSON
 Schema cannot state.
 
-Every id a `2xx` answer to a POST names (`ledger_id`, `hold_id`, `command_id`) is appended to
-TALLY_FUZZ_ACCEPTED, so that ./scripts/api-fuzz can check that nothing else was written: a
-request the API refused never writes.
+Every id a `2xx` answer to a POST names (`ledger_id`, `hold_id`, `command_id`, in a batch's
+results too) is appended to TALLY_FUZZ_ACCEPTED, so that ./scripts/api-fuzz can check that
+nothing else was written: a request the API refused never writes.
 
 The payment webhook receivers authenticate a request by its signature over the exact body,
 which no schema can generate: every schema-valid request to them is signed here with the fuzz
@@ -23,7 +23,10 @@ the answer names the field:
 - an `expires_at` that is not in the future;
 - a `cursor` the endpoint did not issue (every `next_cursor` answered in the run is kept);
 - a refund's or a capture's `amount` above what the entry or the hold has left, which the
-  answer states.
+  answer states;
+- an atomic batch whose operations name more than one user.
+
+A field may be one of a batch's operations' (`operations[2].amount`).
 
 Every other refusal of a schema-valid request still fails the run.
 """
@@ -100,18 +103,51 @@ def after_call(context, case, response):
     if isinstance(body.get("next_cursor"), str):
         ISSUED_CURSORS.add(body["next_cursor"])
     if ACCEPTED and case.method.upper() == "POST" and 200 <= response.status_code < 300:
-        ids = [body[key] for key in ("ledger_id", "hold_id", "command_id") if isinstance(body.get(key), str)]
+        # A batch answers each operation's body in `results`.
+        answers = [body] + [
+            result["body"]
+            for result in body.get("results") or []
+            if isinstance(result, dict) and isinstance(result.get("body"), dict)
+        ]
+        ids = [
+            answer[key]
+            for answer in answers
+            for key in ("ledger_id", "hold_id", "command_id")
+            if isinstance(answer.get(key), str)
+        ]
         if ids:
             with open(ACCEPTED, "a", encoding="utf-8") as accepted:
                 accepted.write("".join(f"{id}\n" for id in ids))
 
 
 def _sent(case, field):
-    """The value the request sent for `field`: in its body, its query or its path."""
+    """The value the request sent for `field`: in its body (`operations[2].amount` in a
+    batch's), its query or its path."""
+    if not isinstance(field, str):
+        return None
+    nested = re.fullmatch(r"operations\[(\d+)\]\.(.+)", field)
+    if nested and isinstance(case.body, dict):
+        operations = case.body.get("operations")
+        index = int(nested.group(1))
+        if isinstance(operations, list) and index < len(operations) and isinstance(operations[index], dict):
+            return operations[index].get(nested.group(2))
+        return None
     for container in (case.body, case.query, case.path_parameters):
         if isinstance(container, dict) and field in container:
             return container[field]
     return None
+
+
+def _field_name(field):
+    """`amount` for `amount` and for a batch's `operations[2].amount`."""
+    return field.rsplit(".", 1)[-1] if isinstance(field, str) else field
+
+
+def _one_user(case):
+    """Whether every operation of the batch names the same user."""
+    operations = case.body.get("operations") if isinstance(case.body, dict) else None
+    users = {op.get("user_id") for op in operations or [] if isinstance(op, dict)}
+    return len(users) <= 1
 
 
 def _in_the_past(text):
@@ -126,9 +162,11 @@ def _in_the_past(text):
 
 def _rule_stated_in_words(case, answer):
     """The rule stated in words that the request broke and the answer names, if any."""
-    field = answer.get("field")
     message = answer.get("message") or ""
-    sent = _sent(case, field)
+    sent = _sent(case, answer.get("field"))
+    field = _field_name(answer.get("field"))
+    if field == "user_id" and message.endswith("must name the same user") and not _one_user(case):
+        return "an atomic batch of several users"
     if isinstance(sent, float) and sent.is_integer():
         return "a JSON integer written with a fraction"
     if field in ("user_id", "prefix") and isinstance(sent, str):

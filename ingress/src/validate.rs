@@ -319,8 +319,7 @@ pub fn parse_uuid(field: &str, text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::field(field, "must be a UUID"))
 }
 
-/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters (spaces and tabs
-/// inside).
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters (spaces inside).
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);

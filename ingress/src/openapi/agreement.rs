@@ -204,6 +204,7 @@ fn string_probes(schema: &Value) -> Vec<Value> {
         "\t".into(),
         "\u{3000}a\u{3000}".into(),
         "a b".into(),
+        "a\tb".into(),
         "é".into(),
         "a\0b".into(),
         "Z9_-".into(),

@@ -376,12 +376,12 @@ impl Rule {
                         .min_length(Some(IDEMPOTENCY_KEY_CHARS_MIN))
                         .max_length(Some(IDEMPOTENCY_KEY_CHARS_MAX))
                         .pattern(Some(
-                            "^[\\t\\u0020-\\u007E]*[\\u0021-\\u007E][\\t\\u0020-\\u007E]*$",
+                            "^[\\u0020-\\u007E]*[\\u0021-\\u007E][\\u0020-\\u007E]*$",
                         )),
                 ),
                 format!(
                     "{IDEMPOTENCY_KEY_CHARS_MIN} to {IDEMPOTENCY_KEY_CHARS_MAX} characters of \
-                     visible ASCII (spaces and tabs inside), scoped to the app. A later request \
+                     visible ASCII (spaces inside), scoped to the app. A later request \
                      with the same key, path and body replays the first answer exactly; with \
                      another body or path it is `409 idempotency_conflict`, and while the first \
                      is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours."

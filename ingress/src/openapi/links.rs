@@ -44,6 +44,10 @@ const fn link(
 const HOLD_ID: &[(&str, &str)] = &[("body.hold_id", "$response.body#/hold_id")];
 const LEDGER_ID: &[(&str, &str)] = &[("body.ledger_id", "$response.body#/ledger_id")];
 const USER_ID: &[(&str, &str)] = &[("query.user_id", "$response.body#/user_id")];
+const USER_AND_TYPE: &[(&str, &str)] = &[
+    ("query.user_id", "$response.body#/user_id"),
+    ("query.credit_type", "$response.body#/credit_type"),
+];
 const SAME_USER: &[(&str, &str)] = &[("body.user_id", "$response.body#/user_id")];
 const HOLD_THE_BALANCE: &[(&str, &str)] = &[
     ("body.user_id", "$response.body#/user_id"),
@@ -72,7 +76,13 @@ pub(crate) const LINKS: &[Link] = &[
         "POST /credits/hold",
         HOLD_THE_BALANCE,
     ),
-    link("POST /credits/add", 200, "GET /credits/balance", USER_ID),
+    link(
+        "POST /credits/add",
+        200,
+        "GET /credits/balance",
+        USER_AND_TYPE,
+    ),
+    link("POST /credits/add", 200, "GET /credits/balances", USER_ID),
     link("POST /credits/add", 200, "GET /credits/history", USER_ID),
     link(
         "POST /credits/deduct",
