@@ -554,7 +554,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
                 "Idempotency-Key"?: string;
                 /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
                 Prefer?: string;
@@ -714,7 +714,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
                 "Idempotency-Key"?: string;
                 /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
                 Prefer?: string;
@@ -874,7 +874,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
                 "Idempotency-Key"?: string;
                 /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
                 Prefer?: string;
@@ -1058,7 +1058,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
                 "Idempotency-Key"?: string;
                 /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
                 Prefer?: string;
@@ -1218,7 +1218,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
                 "Idempotency-Key"?: string;
                 /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
                 Prefer?: string;
@@ -1378,7 +1378,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 characters of visible ASCII (spaces and tabs inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
                 "Idempotency-Key"?: string;
                 /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
                 Prefer?: string;
