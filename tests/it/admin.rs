@@ -606,3 +606,71 @@ fn hidden_field(html: &str, name: &str) -> String {
         + marker.len();
     html[start..start + html[start..].find('"').unwrap()].to_string()
 }
+
+#[tokio::test]
+async fn the_dashboard_user_page_adds_credits_of_a_type_and_shows_each_balance() {
+    let app = spawn_app().await;
+    app.add("erin", 40).await;
+    let (client, session) = dashboard_session(&app).await;
+    let user_page = format!("/dashboard/apps/{}/users/erin", app.app_id);
+    let get = |path: String| {
+        let request = client.get(app.url(&path)).header("cookie", &session);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let html = get(user_page.clone()).await;
+    assert!(
+        html.contains(r#"name="credit_type" value="credits""#),
+        "{html}"
+    );
+    let adjust = |fields: &[(&str, &str)]| {
+        client
+            .post(app.url(&format!("{user_page}/adjust")))
+            .header("cookie", &session)
+            .form(fields)
+            .send()
+    };
+    let (csrf, key) = (
+        hidden_field(&html, "csrf"),
+        hidden_field(&html, "idempotency_key"),
+    );
+    let posted = adjust(&[
+        ("csrf", &csrf),
+        ("idempotency_key", &key),
+        ("action", "add"),
+        ("credit_type", "image"),
+        ("amount", "7"),
+        ("description", "image pack"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(posted.status().as_u16(), 303);
+    let (_, image) = app
+        .get("/credits/balance?user_id=erin&credit_type=image")
+        .await;
+    assert_eq!(image["balance"], 7);
+
+    let html = get(user_page.clone()).await;
+    assert!(html.contains(r#"<dd id="balance">40</dd>"#), "{html}");
+    assert!(html.contains(r#"<dd id="balance-image">7</dd>"#), "{html}");
+    assert!(
+        html.contains(r#"<option>image</option>"#),
+        "the filter offers the user's types"
+    );
+    let filtered = get(format!("{user_page}?credit_type=image")).await;
+    assert!(filtered.contains("image pack"), "{filtered}");
+    assert!(
+        !filtered.contains(r#"data-label="Credit type">credits<"#),
+        "{filtered}"
+    );
+    let bad = adjust(&[
+        ("csrf", &csrf),
+        ("action", "add"),
+        ("credit_type", "Not A Type"),
+        ("amount", "7"),
+    ])
+    .await
+    .unwrap();
+    let location = bad.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("error=credit_type"), "{location}");
+    app.assert_verified().await;
+}

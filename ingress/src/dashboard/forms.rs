@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use tally_common::credit_type::CreditType;
 use tally_common::limits::{AMOUNT_MAX, AMOUNT_MIN, DESCRIPTION_CHARS_MAX};
 
 use super::render::credits;
@@ -63,10 +64,15 @@ pub fn description(form: &HashMap<String, String>) -> Result<Option<String>, Str
 /// The notice a write submitted for the dashboard leaves on the next page.
 pub fn outcome_message(submitted: Result<Answer, ApiError>) -> Result<String, String> {
     match submitted.map_err(|error| error.to_string())? {
-        Answer::Finished(outcome) if outcome.http_status == 200 => Ok(format!(
-            "Done: the balance is now {}.",
-            credits(outcome.body["balance_after"].as_i64().unwrap_or_default())
-        )),
+        Answer::Finished(outcome) if outcome.http_status == 200 => {
+            let balance = credits(outcome.body["balance_after"].as_i64().unwrap_or_default());
+            Ok(match outcome.body["credit_type"].as_str() {
+                Some(credit_type) if credit_type != CreditType::DEFAULT => {
+                    format!("Done: the {credit_type} balance is now {balance}.")
+                }
+                _ => format!("Done: the balance is now {balance}."),
+            })
+        }
         Answer::Finished(outcome) => Err(outcome.body["message"]
             .as_str()
             .unwrap_or("the write was not accepted")
@@ -104,6 +110,26 @@ mod tests {
         assert_eq!(description(&form(&[("description", "   ")])), Ok(None));
         let long = "a".repeat(DESCRIPTION_CHARS_MAX + 1);
         assert!(description(&form(&[("description", &long)])).is_err());
+    }
+
+    #[test]
+    fn the_notice_names_the_balance_written_unless_it_is_the_default_one() {
+        let applied = |body: Value| {
+            outcome_message(Ok(Answer::Finished(tally_common::command::Outcome {
+                command_id: uuid::Uuid::nil(),
+                status: tally_common::command::Status::Applied,
+                http_status: 200,
+                body,
+            })))
+        };
+        assert_eq!(
+            applied(serde_json::json!({ "balance_after": 1500, "credit_type": "image" })),
+            Ok("Done: the image balance is now 1\u{202f}500.".into())
+        );
+        assert_eq!(
+            applied(serde_json::json!({ "balance_after": 5, "credit_type": "credits" })),
+            Ok("Done: the balance is now 5.".into())
+        );
     }
 
     #[test]
