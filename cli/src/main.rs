@@ -4,7 +4,7 @@ mod dead_letters;
 mod rate_limit;
 mod verify;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use sqlx::PgPool;
@@ -84,8 +84,10 @@ enum AppCommand {
         app: Uuid,
         #[arg(long)]
         provider: String,
+        /// The secret. Without it, it is read from standard input, which keeps it out of `ps`
+        /// and the shell's history.
         #[arg(long)]
-        secret: String,
+        secret: Option<String>,
     },
     /// Set one app's API rate limit (requests/s and burst), or make it unlimited, or go back to
     /// the ingresses' default; effective within 2 s.
@@ -182,6 +184,10 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
             provider,
             secret,
         }) => {
+            let secret = match secret {
+                Some(secret) => secret,
+                None => read_stdin().context("cannot read the secret from standard input")?,
+            };
             let (provider, secret) = apps::check_secret(&provider, &secret).map_err(flag_error)?;
             ensure_app(&pool, app).await?;
             apps::add_webhook_secret(&pool, app, provider, &secret).await?;
@@ -247,6 +253,13 @@ async fn ensure_app(pool: &PgPool, app: Uuid) -> anyhow::Result<()> {
 }
 
 /// A refused value, named as the flag that carried it.
+/// A secret piped in: standard input up to its end, without the line break that ends it.
+fn read_stdin() -> std::io::Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
 fn flag_error(invalid: apps::Invalid) -> anyhow::Error {
     anyhow::anyhow!("--{} {}", invalid.field, invalid.message)
 }

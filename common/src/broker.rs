@@ -44,10 +44,30 @@ pub async fn connect(nats_url: &str, name: &str) -> anyhow::Result<async_nats::C
         .map(|url| url.trim().parse())
         .collect::<Result<_, _>>()
         .context("TALLY_NATS_URL is not a valid list of NATS URLs")?;
+    let shown = redact(nats_url);
     tokio::time::timeout(STARTUP_CONNECT_TIMEOUT, options.connect(servers))
         .await
-        .map_err(|_| anyhow::anyhow!("cannot reach NATS at {nats_url}: timed out"))?
-        .with_context(|| format!("cannot reach NATS at {nats_url}"))
+        .map_err(|_| anyhow::anyhow!("cannot reach NATS at {shown}: timed out"))?
+        .with_context(|| format!("cannot reach NATS at {shown}"))
+}
+
+/// `TALLY_NATS_URL` fit for a log line or an error: the credentials of every URL (a user and
+/// password, or a token in the user's place) replaced by `***`.
+pub fn redact(nats_url: &str) -> String {
+    nats_url
+        .split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            match entry.rsplit_once('@') {
+                Some((credentials, host)) => match credentials.split_once("://") {
+                    Some((scheme, _)) => format!("{scheme}://***@{host}"),
+                    None => format!("***@{host}"),
+                },
+                None => entry.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The command stream's configuration.
@@ -145,4 +165,19 @@ pub async fn provision(
         config.name,
         last_error.map(|e| e.to_string()).unwrap_or_default()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_credentials_never_show() {
+        assert_eq!(
+            redact("nats://tally:s3cret@nats:4222, nats://t0ken@n2:4222,nats://n3:4222"),
+            "nats://***@nats:4222,nats://***@n2:4222,nats://n3:4222"
+        );
+        assert_eq!(redact("tally:s3cret@nats:4222"), "***@nats:4222");
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
 }

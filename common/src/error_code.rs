@@ -14,6 +14,8 @@ pub enum ErrorCode {
     IdempotencyInProgress,
     AlreadyRefunded,
     HoldNotActive,
+    /// The request body stalled past the server's deadline.
+    RequestTimeout,
     PayloadTooLarge,
     UnsupportedMediaType,
     BalanceOverflow,
@@ -35,6 +37,7 @@ impl ErrorCode {
             | Self::IdempotencyInProgress
             | Self::AlreadyRefunded
             | Self::HoldNotActive => 409,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::BalanceOverflow | Self::NotRefundable | Self::BatchRejected => 422,
@@ -55,6 +58,7 @@ impl ErrorCode {
             Self::IdempotencyInProgress => "idempotency_in_progress",
             Self::AlreadyRefunded => "already_refunded",
             Self::HoldNotActive => "hold_not_active",
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BalanceOverflow => "balance_overflow",

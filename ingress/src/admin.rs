@@ -13,7 +13,6 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use tally_common::command::{Command, Origin};
 use tally_common::credit_type::CreditType;
 use uuid::Uuid;
@@ -26,25 +25,26 @@ use crate::AppState;
 
 pub mod manage;
 pub mod queries;
+pub mod token;
 
 /// A request that presented the admin token.
 #[derive(Clone, Copy, Debug)]
 pub struct Admin;
 
-/// Whether `presented` is the configured admin token (constant time; never when unset).
+/// Whether `presented` is the configured admin token (by digest, in constant time; never when
+/// unset).
 pub fn token_matches(state: &AppState, presented: &str) -> bool {
-    match &state.config.admin_token {
-        Some(token) if !token.is_empty() => {
-            presented.len() == token.len()
-                && bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
-        }
-        _ => false,
-    }
+    state
+        .admin
+        .as_ref()
+        .is_some_and(|token| token.matches(presented))
 }
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
+    /// A wrong or missing token is a failed authentication of the client's address
+    /// ([`crate::throttle`]); the right one passes even when that address is over budget.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
@@ -58,13 +58,16 @@ impl FromRequestParts<AppState> for Admin {
                     .strip_prefix("Bearer ")
                     .or_else(|| header.strip_prefix("bearer "))
             })
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
-        if token_matches(state, presented) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
+            .map(str::trim);
+        if presented.is_some_and(|presented| token_matches(state, presented)) {
+            return Ok(Admin);
         }
+        let client = state.throttle.client(&parts.extensions, &parts.headers);
+        state.throttle.check(client)?;
+        state
+            .throttle
+            .failed(client, crate::throttle::Failure::AdminToken);
+        Err(ApiError::Unauthorized)
     }
 }
 

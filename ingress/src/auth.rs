@@ -1,6 +1,12 @@
 //! API key authentication: `Authorization: Bearer tk_…`, looked up by SHA-256 and cached for a
 //! few seconds so that a hot key costs no query, while a revocation still takes effect within
 //! [`KEY_CACHE_TTL`].
+//!
+//! Only a well-formed key ([`tally_common::apikey::is_well_formed`]) is looked up. Every
+//! failure is charged to the client address's budget ([`crate::throttle`]); an address that
+//! has spent it gets `429` without a lookup, unless its key is one this ingress has seen to be
+//! valid (in the cache, even past its freshness), so a client that shares its address with an
+//! attacker keeps working.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +18,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::throttle::Failure;
 use crate::AppState;
 
 /// How long a verified key is trusted without asking the database again. Revocation is
@@ -40,6 +47,18 @@ impl KeyCache {
             .map(|(app, _)| *app)
     }
 
+    /// Whether the key was valid when last looked up (fresh or not).
+    fn known(&self, hash: &[u8; 32]) -> bool {
+        let entries = self.entries.lock().expect("key cache lock");
+        entries.contains_key(hash)
+    }
+
+    /// Forgets a key that no longer resolves (revoked).
+    fn forget(&self, hash: &[u8; 32]) {
+        let mut entries = self.entries.lock().expect("key cache lock");
+        entries.remove(hash);
+    }
+
     fn put(&self, hash: [u8; 32], app_id: Uuid) {
         let mut entries = self.entries.lock().expect("key cache lock");
         if entries.len() >= KEY_CACHE_ENTRIES_MAX {
@@ -56,20 +75,29 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
+        let client = state.throttle.client(&parts.extensions, &parts.headers);
+        let key = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .and_then(|header| {
+                header
+                    .strip_prefix("Bearer ")
+                    .or_else(|| header.strip_prefix("bearer "))
+            })
             .map(str::trim)
-            .filter(|key| !key.is_empty() && key.len() <= 200)
-            .ok_or(ApiError::Unauthorized)?;
+            .filter(|key| tally_common::apikey::is_well_formed(key));
+        let Some(key) = key else {
+            state.throttle.check(client)?;
+            state.throttle.failed(client, Failure::ApiKey);
+            return Err(ApiError::Unauthorized);
+        };
         let hash = tally_common::apikey::hash(key);
         if let Some(app_id) = state.keys.get(&hash) {
             return admit(state, app_id);
+        }
+        if !state.keys.known(&hash) {
+            state.throttle.check(client)?;
         }
         let row: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
             "SELECT app_id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -82,7 +110,11 @@ impl FromRequestParts<AppState> for Auth {
                 state.keys.put(hash, app_id);
                 admit(state, app_id)
             }
-            _ => Err(ApiError::Unauthorized),
+            _ => {
+                state.keys.forget(&hash);
+                state.throttle.failed(client, Failure::ApiKey);
+                Err(ApiError::Unauthorized)
+            }
         }
     }
 }

@@ -1,10 +1,11 @@
 //! `/dashboard`: server-rendered HTML over the admin queries ([`crate::admin::queries`]).
 //!
-//! - Login: a form takes `TALLY_ADMIN_TOKEN`; success sets a session cookie (`HttpOnly`,
-//!   `SameSite=Strict`, `Secure` behind TLS) holding an expiry, a nonce and an HMAC of both
-//!   keyed by the token, so every ingress accepts it and changing the token ends every session.
-//!   Logging out records the nonce, so every copy of the cookie is refused. The token never
-//!   travels in a URL ([`session`], [`access`]).
+//! - Login: a form takes `TALLY_ADMIN_TOKEN` (failures throttled per client address); success
+//!   sets a session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` but on a loopback host)
+//!   holding an expiry, a nonce and an HMAC of both keyed by a key derived from the token, so
+//!   every ingress accepts it and changing the token ends every session. Logging out records
+//!   the nonce, so every copy of the cookie is refused. The token never travels in a URL
+//!   ([`session`], [`access`]).
 //! - Every form carries a CSRF token (an HMAC of the session) and is a POST.
 //! - Writes go through [`crate::admin::submit_for`]: the API's pipeline, `source: "dashboard"`;
 //!   the command's answer becomes the notice on the next page ([`forms`]).
@@ -15,6 +16,7 @@
 //!   content security policy allows nothing from another origin. The script refreshes the
 //!   parts of a page marked `data-live` every few seconds.
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +30,7 @@ mod apps;
 mod entry;
 mod events;
 mod forms;
+mod notice;
 mod render;
 mod session;
 mod user;
@@ -66,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/dashboard/entries/{ledger_id}", get(entry::entry_page))
         .route("/dashboard/entries/{ledger_id}/refund", post(entry::refund))
+        .layer(DefaultBodyLimit::max(access::FORM_BYTES_MAX))
 }
 
 async fn css() -> Response {

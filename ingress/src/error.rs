@@ -33,6 +33,12 @@ pub enum ApiError {
     /// The app's request budget is spent; nothing was done.
     #[error("rate limit of {} {} requests/s (burst {}) exceeded; retry in {} s", .0.rate.per_second, .0.budget.as_str(), .0.rate.burst, .0.retry_after_secs())]
     RateLimited(crate::ratelimit::Limited),
+    /// The client address has failed authentication too often; nothing was looked up.
+    #[error("too many failed authentications from this address; retry in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
+    /// The request body sent nothing for too long; nothing was done.
+    #[error("the request body stalled; send it again")]
+    RequestTimeout,
     /// The broker or the database could not be reached; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -66,7 +72,8 @@ impl ApiError {
             Self::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
-            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::RateLimited(_) | Self::Throttled { .. } => ErrorCode::RateLimited,
+            Self::RequestTimeout => ErrorCode::RequestTimeout,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -179,10 +186,15 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE_SECONDS),
             );
         }
-        if let Self::RateLimited(limited) = &self {
+        let retry_after = match &self {
+            Self::RateLimited(limited) => Some(limited.retry_after_secs()),
+            Self::Throttled { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(limited.retry_after_secs()),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         response

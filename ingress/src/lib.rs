@@ -21,7 +21,9 @@ pub mod reads;
 pub mod receipts;
 pub mod responses;
 pub mod routes;
+pub mod server;
 pub mod submit;
+pub mod throttle;
 pub mod validate;
 pub mod webhooks;
 pub mod write_request;
@@ -68,7 +70,8 @@ pub struct IngressConfig {
     )]
     pub sync_timeout_ms: u64,
 
-    /// Bearer token for `/admin/*` and the login of `/dashboard` (unset: both disabled).
+    /// Bearer token for `/admin/*` and the login of `/dashboard`, at least 32 characters
+    /// (unset or empty: both disabled).
     #[arg(long, visible_alias = "tally-admin-token", env = "TALLY_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 
@@ -84,6 +87,101 @@ pub struct IngressConfig {
     /// Rate limits of every app (unset: unlimited); see [`ratelimit`].
     #[command(flatten)]
     pub rate_limits: RateLimitConfig,
+
+    /// Deadlines, the connection cap and the failed-authentication budgets; see [`server`] and
+    /// [`throttle`].
+    #[command(flatten)]
+    pub abuse: AbuseConfig,
+}
+
+/// What a client may cost the ingress before it is cut off or throttled. The defaults are the
+/// contract's figures.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AbuseConfig {
+    /// Comma-separated addresses and CIDRs of proxies whose `X-Forwarded-For` names the client
+    /// address (for per-address throttling). Unset: the client is the socket's peer.
+    #[arg(
+        long,
+        visible_alias = "tally-trusted-proxies",
+        env = "TALLY_TRUSTED_PROXIES"
+    )]
+    pub trusted_proxies: Option<String>,
+
+    /// Failed authentications (bad API keys, admin tokens or webhook signatures) each client
+    /// address may make a minute before its requests get 429.
+    #[arg(
+        long,
+        visible_alias = "tally-auth-failures-per-minute",
+        env = "TALLY_AUTH_FAILURES_PER_MINUTE",
+        default_value_t = throttle::AUTH_FAILURES_PER_MINUTE_DEFAULT,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub auth_failures_per_minute: u32,
+
+    /// Failed dashboard logins each client address may make a minute before logins get 429.
+    #[arg(
+        long,
+        visible_alias = "tally-login-failures-per-minute",
+        env = "TALLY_LOGIN_FAILURES_PER_MINUTE",
+        default_value_t = throttle::LOGIN_FAILURES_PER_MINUTE_DEFAULT,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub login_failures_per_minute: u32,
+
+    /// Most connections served at once; past it new ones wait until one closes.
+    #[arg(
+        long,
+        visible_alias = "tally-max-connections",
+        env = "TALLY_MAX_CONNECTIONS",
+        default_value_t = server::CONNECTIONS_MAX_DEFAULT,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's headers (and a kept-alive connection may
+    /// stay idle), in milliseconds.
+    #[arg(
+        long,
+        visible_alias = "tally-header-read-timeout-ms",
+        env = "TALLY_HEADER_READ_TIMEOUT_MS",
+        default_value_t = server::HEADER_READ_TIMEOUT_DEFAULT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// How long a request body may send nothing before the request fails with 408, in
+    /// milliseconds.
+    #[arg(
+        long,
+        visible_alias = "tally-body-stall-timeout-ms",
+        env = "TALLY_BODY_STALL_TIMEOUT_MS",
+        default_value_t = server::BODY_STALL_TIMEOUT_DEFAULT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub body_stall_timeout_ms: u64,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: None,
+            auth_failures_per_minute: throttle::AUTH_FAILURES_PER_MINUTE_DEFAULT,
+            login_failures_per_minute: throttle::LOGIN_FAILURES_PER_MINUTE_DEFAULT,
+            max_connections: server::CONNECTIONS_MAX_DEFAULT,
+            header_read_timeout_ms: server::HEADER_READ_TIMEOUT_DEFAULT.as_millis() as u64,
+            body_stall_timeout_ms: server::BODY_STALL_TIMEOUT_DEFAULT.as_millis() as u64,
+        }
+    }
+}
+
+impl AbuseConfig {
+    pub fn server_limits(&self) -> server::ServerLimits {
+        server::ServerLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_stall_timeout: Duration::from_millis(self.body_stall_timeout_ms),
+            connections_max: self.max_connections,
+        }
+    }
 }
 
 /// Default rate limits, per app and per ingress. `tally app set-rate-limit` overrides the API
@@ -144,6 +242,7 @@ impl IngressConfig {
             admin_token: None,
             webhook_tolerance_secs: 300,
             rate_limits: RateLimitConfig::default(),
+            abuse: AbuseConfig::default(),
         }
     }
 
@@ -163,6 +262,11 @@ pub struct AppState {
     pub keys: Arc<auth::KeyCache>,
     pub metrics: PrometheusHandle,
     pub limits: Arc<ratelimit::RateLimits>,
+    /// The admin token's digest and the keys derived from it; `None`: admin API and dashboard
+    /// off.
+    pub admin: Option<Arc<admin::token::AdminToken>>,
+    /// Client addresses and their failed-authentication budgets.
+    pub throttle: Arc<throttle::Throttle>,
 }
 
 /// The process-wide metrics recorder (installed once, shared by every ingress in the process).
@@ -240,6 +344,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Configuration first: a bad token or proxy list stops the ingress before it connects.
+    let admin = admin::token::AdminToken::from_config(config.admin_token.as_deref())?.map(Arc::new);
+    let throttle = Arc::new(throttle::Throttle::from_config(&config.abuse)?);
     let pool = tally_common::db::connect(
         &config.common.database_url,
         config.common.db_pool_size,
@@ -270,10 +377,11 @@ pub async fn run(
         config: Arc::new(config),
         keys: Arc::default(),
         metrics: metrics_handle(),
+        admin,
+        throttle,
     };
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = state.config.abuse.server_limits();
+    server::serve(listener, router(state), limits, shutdown).await;
     Ok(())
 }

@@ -63,13 +63,17 @@ async fn body_bytes_within(
     raw_body(body, limit).await
 }
 
-/// Reads a body of at most `limit` bytes, whatever its type (413 past it).
+/// Reads a body of at most `limit` bytes, whatever its type (413 past it; 408 when it stalls
+/// past the server's deadline, see [`crate::server`]).
 pub async fn raw_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large = std::error::Error::source(&error)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
+        let source = std::error::Error::source(&error);
+        if source.is_some_and(|source| source.is::<http_body_util::LengthLimitError>()) {
             ApiError::PayloadTooLarge(limit)
+        } else if std::iter::successors(source, |error| error.source())
+            .any(|cause| cause.is::<tower_http::timeout::TimeoutError>())
+        {
+            ApiError::RequestTimeout
         } else {
             ApiError::invalid(format!("could not read the request body: {error}"))
         }

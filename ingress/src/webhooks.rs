@@ -5,11 +5,17 @@
 //! every retry of one event is the same command, so it takes effect once. The provider gets
 //! `200` only once JetStream has durably stored the event, and `503` otherwise — so it retries,
 //! and the retry (same id) can never add a second effect.
+//!
+//! A delivery that names no app, or whose signature does not hold, is a failed authentication
+//! of its client address ([`crate::throttle`]); an address over that budget gets `429` before
+//! anything is looked up. The app's webhook budget is charged only once the signature holds, so
+//! forged deliveries never delay genuine ones.
 
 pub mod events;
 pub mod signature;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -28,6 +34,7 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, page_limit, split_page};
 use crate::responses::{json_response, rfc3339, ErrorResponse};
+use crate::throttle::{ClientAddr, Failure};
 use crate::validate;
 use crate::AppState;
 
@@ -59,22 +66,24 @@ fn invalid(provider: Provider, error: impl std::fmt::Display, reason: &'static s
               (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 pub async fn stripe_for_app(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Path(app_id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let app_id = app_from_path(&state, &app_id).await?;
-    receive(&state, Provider::Stripe, app_id, &headers, body).await
+    let app_id = app_from_path(&state, client, &app_id).await?;
+    receive(&state, client, Provider::Stripe, app_id, &headers, body).await
 }
 
 /// `POST /webhooks/stripe` for a deployment with exactly one app.
 pub async fn stripe_single(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let app_id = single_app(&state).await?;
-    receive(&state, Provider::Stripe, app_id, &headers, body).await
+    let app_id = single_app(&state, client).await?;
+    receive(&state, client, Provider::Stripe, app_id, &headers, body).await
 }
 
 #[utoipa::path(post, path = "/webhooks/polar/{app_id}", params(("app_id" = Uuid, Path)),
@@ -83,44 +92,57 @@ pub async fn stripe_single(
               (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 pub async fn polar_for_app(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Path(app_id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let app_id = app_from_path(&state, &app_id).await?;
-    receive(&state, Provider::Polar, app_id, &headers, body).await
+    let app_id = app_from_path(&state, client, &app_id).await?;
+    receive(&state, client, Provider::Polar, app_id, &headers, body).await
 }
 
 /// `POST /webhooks/polar` for a deployment with exactly one app.
 pub async fn polar_single(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let app_id = single_app(&state).await?;
-    receive(&state, Provider::Polar, app_id, &headers, body).await
+    let app_id = single_app(&state, client).await?;
+    receive(&state, client, Provider::Polar, app_id, &headers, body).await
 }
 
-async fn app_from_path(state: &AppState, app_id: &str) -> Result<Uuid, ApiError> {
-    let app_id = validate::parse_uuid("app_id", app_id)?;
+/// The app a delivery names. An unknown app is a failed authentication: looking it up costs a
+/// query, like an unknown key.
+async fn app_from_path(state: &AppState, client: IpAddr, app_id: &str) -> Result<Uuid, ApiError> {
+    state.throttle.check(client)?;
+    let app_id = validate::parse_uuid("app_id", app_id).inspect_err(|_| {
+        state.throttle.failed(client, Failure::WebhookSignature);
+    })?;
     let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM apps WHERE id = $1")
         .bind(app_id)
         .fetch_optional(&state.pool)
         .await?;
-    found.ok_or_else(|| ApiError::NotFound(format!("no app {app_id}")))
+    found.ok_or_else(|| {
+        state.throttle.failed(client, Failure::WebhookSignature);
+        ApiError::NotFound(format!("no app {app_id}"))
+    })
 }
 
-async fn single_app(state: &AppState) -> Result<Uuid, ApiError> {
+async fn single_app(state: &AppState, client: IpAddr) -> Result<Uuid, ApiError> {
+    state.throttle.check(client)?;
     let apps: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM apps ORDER BY id LIMIT 2")
         .fetch_all(&state.pool)
         .await?;
-    match apps.as_slice() {
-        [only] => Ok(*only),
-        [] => Err(ApiError::NotFound("no app exists yet".into())),
-        _ => Err(ApiError::NotFound(
+    let refused = match apps.as_slice() {
+        [only] => return Ok(*only),
+        [] => ApiError::NotFound("no app exists yet".into()),
+        _ => ApiError::NotFound(
             "this deployment has several apps: use /webhooks/<provider>/{app_id}".into(),
-        )),
-    }
+        ),
+    };
+    state.throttle.failed(client, Failure::WebhookSignature);
+    Err(refused)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -129,16 +151,16 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 async fn receive(
     state: &AppState,
+    client: IpAddr,
     provider: Provider,
     app_id: Uuid,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Webhooks draw on a budget of their own: a flood of API calls never refuses a payment.
-    state
-        .limits
-        .check(app_id, crate::ratelimit::Budget::Webhook)
-        .map_err(ApiError::RateLimited)?;
+    let forged = |error: ApiError| {
+        state.throttle.failed(client, Failure::WebhookSignature);
+        error
+    };
     let secrets: Vec<String> = sqlx::query_scalar(
         "SELECT secret FROM webhook_secrets WHERE app_id = $1 AND provider = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
     )
@@ -148,11 +170,11 @@ async fn receive(
     .fetch_all(&state.pool)
     .await?;
     if secrets.is_empty() {
-        return Err(invalid(
+        return Err(forged(invalid(
             provider,
             "no webhook secret is set for this app (tally app set-webhook-secret)",
             "no_secret",
-        ));
+        )));
     }
     let bytes = validate::raw_body(body, WEBHOOK_BODY_BYTES_MAX).await?;
     let now = Utc::now().timestamp();
@@ -176,8 +198,14 @@ async fn receive(
         ),
     };
     if let Err(error) = verified {
-        return Err(invalid(provider, &error, error.reason()));
+        return Err(forged(invalid(provider, &error, error.reason())));
     }
+    // Only a signed delivery draws on the app's webhook budget (its own: a flood of API calls
+    // never refuses a payment), so forgeries never delay genuine deliveries.
+    state
+        .limits
+        .check(app_id, crate::ratelimit::Budget::Webhook)
+        .map_err(ApiError::RateLimited)?;
     let event: Value = serde_json::from_slice(&bytes)
         .map_err(|_| invalid(provider, "body is not JSON", "not_json"))?;
     let parsed = match provider {

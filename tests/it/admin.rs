@@ -239,10 +239,12 @@ async fn admin_writes_go_through_the_pipeline_as_the_dashboard() {
 async fn dashboard_login_sets_a_strict_http_only_cookie_and_rejects_a_wrong_token() {
     let app = spawn_app().await;
     let client = dashboard_client();
+    // Without a session the dashboard answers 200 with the login form.
     let page = client.get(app.url("/dashboard")).send().await.unwrap();
-    assert_eq!(page.status().as_u16(), 401);
+    assert_eq!(page.status().as_u16(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"type="password""#), "{html}");
+    assert!(!html.contains(&app.app_id.to_string()));
 
     let wrong = post_login(&app, &client, "not-the-token").await;
     assert_eq!(wrong.status().as_u16(), 401);
@@ -286,14 +288,16 @@ async fn dashboard_login_sets_a_strict_http_only_cookie_and_rejects_a_wrong_toke
         .unwrap();
     assert_eq!(forged.status().as_u16(), 400);
     assert_eq!(app.ledger_rows().await, 0);
-    // A tampered session is no session.
+    // A tampered session is no session: the login form again.
     let tampered = client
         .get(app.url("/dashboard"))
         .header("cookie", format!("{session}0"))
         .send()
         .await
         .unwrap();
-    assert_eq!(tampered.status().as_u16(), 401);
+    assert_eq!(tampered.status().as_u16(), 200);
+    let html = tampered.text().await.unwrap();
+    assert!(html.contains(r#"type="password""#) && !html.contains(&app.app_id.to_string()));
 }
 
 #[tokio::test]
@@ -367,7 +371,8 @@ async fn a_resent_dashboard_form_or_admin_write_with_its_key_applies_once() {
 
     // A dashboard form carries the key drawn when its page was rendered: sent twice (a double
     // click), it applies once.
-    let (client, session) = dashboard_session(&app).await;
+    let client = dashboard_client();
+    let (session, _) = dashboard_session(&app, None).await;
     let user_page = format!("/dashboard/apps/{}/users/dora", app.app_id);
     let html = client
         .get(app.url(&user_page))
@@ -408,7 +413,7 @@ async fn logging_out_ends_the_session_for_every_copy_of_its_cookie() {
     let client = dashboard_client();
     let mut sessions = Vec::new();
     for _ in 0..2 {
-        sessions.push(log_in(&app, &client).await);
+        sessions.push(dashboard_session(&app, None).await.0);
     }
     assert_ne!(sessions[0], sessions[1], "two logins share a session");
     let page = |session: String| {
@@ -437,9 +442,126 @@ async fn logging_out_ends_the_session_for_every_copy_of_its_cookie() {
         .await
         .unwrap();
     assert_eq!(logout.status().as_u16(), 303);
-    // A copy of the logged-out cookie is refused; the other session lives on.
-    assert_eq!(page(sessions[0].clone()).await.0, 401);
-    assert_eq!(page(sessions[1].clone()).await.0, 200);
+    // A copy of the logged-out cookie is refused (the login form); the other session lives on.
+    let (status, html) = page(sessions[0].clone()).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(r#"type="password""#) && !html.contains(&app.app_id.to_string()));
+    let (status, html) = page(sessions[1].clone()).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&app.app_id.to_string()));
+}
+
+/// Logs in to the dashboard as a browser on `host` would: the session cookie (`name=value`) and
+/// the whole `Set-Cookie` line.
+async fn dashboard_session(app: &TestApp, host: Option<&str>) -> (String, String) {
+    let mut request = dashboard_client()
+        .post(app.url("/dashboard/login"))
+        .form(&[("token", ADMIN_TOKEN)]);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    let login = request.send().await.unwrap();
+    assert_eq!(login.status().as_u16(), 303);
+    let line = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    (line.split(';').next().unwrap().to_string(), line)
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_except_on_a_loopback_host() {
+    let app = spawn_app().await;
+    let (_, remote) = dashboard_session(&app, Some("tally.example.com")).await;
+    assert!(remote.contains("; Secure"), "{remote}");
+    let (_, local) = dashboard_session(&app, None).await;
+    assert!(!local.contains("Secure"), "{local}");
+}
+
+#[tokio::test]
+async fn a_notice_shows_only_the_dashboards_own_messages() {
+    let app = spawn_app().await;
+    let (session, _) = dashboard_session(&app, None).await;
+    let page = |query: &'static str| {
+        let (app, session) = (&app, session.clone());
+        async move {
+            reqwest::Client::new()
+                .get(app.url(&format!("/dashboard{query}")))
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let forged = page(
+        "?ok=Call%20support%20at%20555-0100&error=Your%20account%20is%20locked&notice=Call%20us",
+    )
+    .await;
+    assert!(
+        !forged.contains("555-0100") && !forged.contains("locked") && !forged.contains("Call us")
+    );
+    assert!(!forged.contains("role=\"alert\""), "{forged}");
+    let real = page("?notice=insufficient_credits&balance=40").await;
+    assert!(
+        real.contains("Not enough credits: 40 can be spent"),
+        "{real}"
+    );
+}
+
+#[tokio::test]
+async fn dashboard_forms_are_read_only_with_a_session_and_only_up_to_their_limit() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let big = "n".repeat(200 * 1024);
+    // Without a session a form is refused as it arrives: the login page, nothing created.
+    let anonymous = client
+        .post(app.url("/dashboard/apps"))
+        .form(&[("name", big.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    assert!(anonymous
+        .text()
+        .await
+        .unwrap()
+        .contains(r#"type="password""#));
+    // With one, a form past 64 KiB is 413.
+    let (session, _) = dashboard_session(&app, None).await;
+    let oversized = client
+        .post(app.url("/dashboard/apps"))
+        .header("cookie", &session)
+        .form(&[("name", big.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status().as_u16(), 413);
+    let apps: i64 = sqlx::query_scalar("SELECT count(*) FROM apps")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(apps, 1);
+}
+
+#[tokio::test]
+async fn app_figures_past_i64_stop_at_its_largest_value_instead_of_failing() {
+    let app = spawn_app().await;
+    // Two balances that each fit, whose sum does not (written directly: no API can add that
+    // much in a test's time).
+    sqlx::query(
+        "INSERT INTO accounts (app_id, user_id, balance) VALUES ($1, 'rich_a', $2), ($1, 'rich_b', $2)",
+    )
+    .bind(app.app_id)
+    .bind(i64::MAX - 1)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let (status, body) = app.admin_get("/admin/apps").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["apps"][0]["outstanding"], i64::MAX);
 }
 
 #[tokio::test]
@@ -583,20 +705,6 @@ async fn post_login(app: &TestApp, client: &reqwest::Client, token: &str) -> req
         .unwrap()
 }
 
-/// Logs in with the admin token; the session cookie (`name=value`).
-async fn log_in(app: &TestApp, client: &reqwest::Client) -> String {
-    let login = post_login(app, client, ADMIN_TOKEN).await;
-    let cookie = login.headers()["set-cookie"].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_string()
-}
-
-/// A logged-in dashboard client and its session cookie.
-async fn dashboard_session(app: &TestApp) -> (reqwest::Client, String) {
-    let client = dashboard_client();
-    let session = log_in(app, &client).await;
-    (client, session)
-}
-
 /// The value of the hidden field `name` in a page's HTML.
 fn hidden_field(html: &str, name: &str) -> String {
     let marker = format!(r#"name="{name}" value=""#);
@@ -611,7 +719,8 @@ fn hidden_field(html: &str, name: &str) -> String {
 async fn the_dashboard_user_page_adds_credits_of_a_type_and_shows_each_balance() {
     let app = spawn_app().await;
     app.add("erin", 40).await;
-    let (client, session) = dashboard_session(&app).await;
+    let client = dashboard_client();
+    let (session, _) = dashboard_session(&app, None).await;
     let user_page = format!("/dashboard/apps/{}/users/erin", app.app_id);
     let get = |path: String| {
         let request = client.get(app.url(&path)).header("cookie", &session);
@@ -671,6 +780,9 @@ async fn the_dashboard_user_page_adds_credits_of_a_type_and_shows_each_balance()
     .await
     .unwrap();
     let location = bad.headers()["location"].to_str().unwrap().to_string();
-    assert!(location.contains("error=credit_type"), "{location}");
+    assert!(
+        location.ends_with("?notice=credit_type_invalid"),
+        "{location}"
+    );
     app.assert_verified().await;
 }

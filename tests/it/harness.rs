@@ -298,8 +298,8 @@ pub struct TestApp {
     ingress: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// `TALLY_ADMIN_TOKEN` of every test ingress.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// `TALLY_ADMIN_TOKEN` of every test ingress (at least 32 characters, as the ingress demands).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 pub struct Options {
     pub workers: usize,
@@ -311,6 +311,8 @@ pub struct Options {
     pub stream_replicas: u16,
     /// Postgres server to create the test database on (default: `TALLY_TEST_DATABASE_URL`).
     pub database_server: Option<String>,
+    /// Changes to the ingress's configuration (short deadlines, small budgets).
+    pub ingress: fn(&mut tally_ingress::IngressConfig),
 }
 
 impl Default for Options {
@@ -322,6 +324,7 @@ impl Default for Options {
             nats_nodes: 1,
             stream_replicas: 1,
             database_server: None,
+            ingress: |_| {},
         }
     }
 }
@@ -362,6 +365,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let mut ingress_config = tally_ingress::IngressConfig::new(common);
     ingress_config.sync_timeout_ms = options.sync_timeout_ms;
     ingress_config.admin_token = Some(ADMIN_TOKEN.into());
+    (options.ingress)(&mut ingress_config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind ingress");

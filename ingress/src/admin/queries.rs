@@ -99,7 +99,9 @@ pub struct AppFigures {
     pub created_at: DateTime<Utc>,
     /// Users with a balance of any type.
     pub users: i64,
-    /// Credits of the default type on every balance of the app.
+    /// Credits of the default type on every balance of the app. This and the other sums stop
+    /// at `i64::MAX`: each balance fits in an `i64`, their sum over many users may not, and one
+    /// app's figure must not fail the page of every app.
     pub outstanding: i64,
     /// Credits of the default type added in the last 24 hours.
     pub added_24h: i64,
@@ -132,12 +134,12 @@ pub async fn apps(pool: &PgPool) -> Result<Vec<AppFigures>, ApiError> {
     let mut apps: Vec<AppFigures> = sqlx::query_as(
         "SELECT a.id AS app_id, a.name, a.created_at,
                 (SELECT count(DISTINCT user_id) FROM accounts c WHERE c.app_id = a.id) AS users,
-                (SELECT COALESCE(sum(balance), 0)::bigint FROM accounts c
+                (SELECT LEAST(COALESCE(sum(balance), 0), 9223372036854775807)::bigint FROM accounts c
                   WHERE c.app_id = a.id AND c.credit_type = $1) AS outstanding,
-                (SELECT COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)::bigint FROM ledger_entries e
-                  WHERE e.app_id = a.id AND e.credit_type = $1
+                (SELECT LEAST(COALESCE(sum(amount) FILTER (WHERE amount > 0), 0), 9223372036854775807)::bigint
+                   FROM ledger_entries e WHERE e.app_id = a.id AND e.credit_type = $1
                     AND e.created_at > now() - interval '24 hours') AS added_24h,
-                (SELECT COALESCE(-sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')), 0)::bigint
+                (SELECT LEAST(COALESCE(-sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')), 0), 9223372036854775807)::bigint
                    FROM ledger_entries e WHERE e.app_id = a.id AND e.credit_type = $1
                     AND e.created_at > now() - interval '24 hours') AS spent_24h,
                 (SELECT count(*) FROM holds h WHERE h.app_id = a.id AND h.status = 'active') AS active_holds,
@@ -150,8 +152,10 @@ pub async fn apps(pool: &PgPool) -> Result<Vec<AppFigures>, ApiError> {
     .await?;
     // Every entry has its account, so the types of the accounts are all the types there are.
     let types: Vec<TypeFigures> = sqlx::query_as(
-        "SELECT c.app_id, c.credit_type, count(*) AS users, COALESCE(sum(c.balance), 0)::bigint AS outstanding,
-                COALESCE(max(r.added), 0)::bigint AS added_24h, COALESCE(max(r.spent), 0)::bigint AS spent_24h
+        "SELECT c.app_id, c.credit_type, count(*) AS users,
+                LEAST(COALESCE(sum(c.balance), 0), 9223372036854775807)::bigint AS outstanding,
+                LEAST(COALESCE(max(r.added), 0), 9223372036854775807)::bigint AS added_24h,
+                LEAST(COALESCE(max(r.spent), 0), 9223372036854775807)::bigint AS spent_24h
          FROM accounts c
          LEFT JOIN (SELECT app_id, credit_type, sum(amount) FILTER (WHERE amount > 0) AS added,
                            -sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')) AS spent
@@ -638,8 +642,8 @@ pub struct Day {
 pub async fn daily(pool: &PgPool, app_id: Uuid, days: i64) -> Result<Vec<Day>, ApiError> {
     Ok(sqlx::query_as(
         "SELECT d::date AS day,
-                COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0)::bigint AS added,
-                COALESCE(-sum(e.amount) FILTER (WHERE e.type = 'deduct'), 0)::bigint AS spent
+                LEAST(COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0), 9223372036854775807)::bigint AS added,
+                LEAST(COALESCE(-sum(e.amount) FILTER (WHERE e.type = 'deduct'), 0), 9223372036854775807)::bigint AS spent
          FROM generate_series((now() AT TIME ZONE 'UTC')::date - ($2::int - 1), (now() AT TIME ZONE 'UTC')::date, interval '1 day') d
          LEFT JOIN ledger_entries e ON e.app_id = $1
               AND e.created_at >= d AT TIME ZONE 'UTC' AND e.created_at < (d + interval '1 day') AT TIME ZONE 'UTC'

@@ -13,6 +13,7 @@ use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
+use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, Notice};
 use super::session::Session;
 use crate::admin::{self, queries};
@@ -205,7 +206,7 @@ pub async fn revoke_key(
         admin::manage::revoke_key(&state.pool, app.id, key_id).await?;
         Ok(redirect_with(
             &format!("/dashboard/apps/{}", app.id),
-            Ok("Key revoked: it stops working within 5 seconds.".into()),
+            Said::new(Code::KeyRevoked),
         ))
     })
     .await
@@ -220,16 +221,14 @@ pub async fn add_secret(
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let back = format!("/dashboard/apps/{}", app.id);
         let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
-        let result = match admin::manage::check_secret(field("provider"), field("secret")) {
+        let said = match admin::manage::check_secret(field("provider"), field("secret")) {
             Ok((provider, secret)) => {
                 admin::manage::add_secret(&state.pool, app.id, provider, &secret).await?;
-                Ok(format!(
-                    "The {provider} secret was added; it is accepted within 5 seconds."
-                ))
+                Said::new(Code::SecretAdded(provider))
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => Said::new(Code::for_invalid(&error)),
         };
-        Ok(redirect_with(&back, result))
+        Ok(redirect_with(&back, said))
     })
     .await
 }

@@ -10,6 +10,7 @@ use tally_common::credit_type::CreditType;
 
 use super::access::{page, SignedForm, SignedIn};
 use super::app::new_key_page;
+use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, Notice};
 use crate::admin::{self, queries};
 use crate::AppState;
@@ -52,7 +53,12 @@ pub async fn create_app(
         let name = form.get("name").map(String::as_str).unwrap_or_default();
         let name = match admin::manage::check_name(name) {
             Ok(name) => name,
-            Err(error) => return Ok(redirect_with("/dashboard", Err(error.to_string()))),
+            Err(error) => {
+                return Ok(redirect_with(
+                    "/dashboard",
+                    Said::new(Code::for_invalid(&error)),
+                ))
+            }
         };
         let (app_id, key) = admin::manage::create_app(&state.pool, &name).await?;
         Ok(new_key_page(&session, app_id, &name, &key))

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
 use super::forms;
+use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, Notice};
 use crate::admin::{self, queries};
 use crate::entries::Entry;
@@ -110,10 +111,7 @@ pub async fn refund(
         let ledger_id = validate::parse_uuid("ledger_id", &ledger_id)?;
         let back = format!("/dashboard/entries/{ledger_id}");
         if form.get("confirm").map(String::as_str) != Some("yes") {
-            return Ok(redirect_with(
-                &back,
-                Err("confirm: tick the box to refund".into()),
-            ));
+            return Ok(redirect_with(&back, Said::new(Code::ConfirmMissing)));
         }
         let app_id: Option<Uuid> =
             sqlx::query_scalar("SELECT app_id FROM ledger_entries WHERE id = $1")
@@ -126,12 +124,12 @@ pub async fn refund(
             forms::amount(&form, false).and_then(|amount| Ok((amount, forms::description(&form)?)));
         let (amount, description) = match input {
             Ok(input) => input,
-            Err(message) => return Ok(redirect_with(&back, Err(message))),
+            Err(code) => return Ok(redirect_with(&back, Said::new(code))),
         };
         let idempotency = forms::idempotency(&form, &format!("{back}/refund"));
         let answer =
             admin::refund_entry(&state, app_id, ledger_id, amount, description, idempotency).await;
-        Ok(redirect_with(&back, forms::outcome_message(answer)))
+        Ok(redirect_with(&back, forms::outcome_notice(answer)))
     })
     .await
 }

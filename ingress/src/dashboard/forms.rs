@@ -1,14 +1,14 @@
 //! What a ledger write form carries and what it leaves behind: its amount and description
-//! (checked, with the message a notice shows when wrong), its idempotency key, and the notice
-//! the write's answer leaves on the next page.
+//! (checked, with the notice shown when wrong), its idempotency key, and the notice the write's
+//! answer leaves on the next page.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
-use tally_common::credit_type::CreditType;
+use tally_common::error_code::ErrorCode;
 use tally_common::limits::{AMOUNT_MAX, AMOUNT_MIN, DESCRIPTION_CHARS_MAX};
 
-use super::render::credits;
+use super::notice::{Code, Said};
 use crate::error::ApiError;
 use crate::submit::Answer;
 use crate::validate;
@@ -30,54 +30,52 @@ pub fn idempotency(form: &HashMap<String, String>, path: &str) -> Option<(String
 
 /// The form's `amount`: a whole number of credits within the API's limits; `None` when empty
 /// and not `required`.
-pub fn amount(form: &HashMap<String, String>, required: bool) -> Result<Option<i64>, String> {
+pub fn amount(form: &HashMap<String, String>, required: bool) -> Result<Option<i64>, Code> {
     match form
         .get("amount")
         .map(|a| a.trim())
         .filter(|a| !a.is_empty())
     {
-        None if required => Err("amount: is required".into()),
+        None if required => Err(Code::AmountRequired),
         None => Ok(None),
         Some(text) => match text.parse::<i64>() {
             Ok(amount) if (AMOUNT_MIN..=AMOUNT_MAX).contains(&amount) => Ok(Some(amount)),
-            _ => Err(format!(
-                "amount: must be a whole number from {AMOUNT_MIN} to {AMOUNT_MAX}"
-            )),
+            _ => Err(Code::AmountInvalid),
         },
     }
 }
 
 /// The form's `description`, trimmed; `None` when empty.
-pub fn description(form: &HashMap<String, String>) -> Result<Option<String>, String> {
+pub fn description(form: &HashMap<String, String>) -> Result<Option<String>, Code> {
     let text = form
         .get("description")
         .map(|d| d.trim().to_string())
         .filter(|d| !d.is_empty());
     match text {
-        Some(text) if text.chars().count() > DESCRIPTION_CHARS_MAX => {
-            Err("description: is longer than 1,000 characters".into())
-        }
+        Some(text) if text.chars().count() > DESCRIPTION_CHARS_MAX => Err(Code::DescriptionTooLong),
         text => Ok(text),
     }
 }
 
 /// The notice a write submitted for the dashboard leaves on the next page.
-pub fn outcome_message(submitted: Result<Answer, ApiError>) -> Result<String, String> {
-    match submitted.map_err(|error| error.to_string())? {
-        Answer::Finished(outcome) if outcome.http_status == 200 => {
-            let balance = credits(outcome.body["balance_after"].as_i64().unwrap_or_default());
-            Ok(match outcome.body["credit_type"].as_str() {
-                Some(credit_type) if credit_type != CreditType::DEFAULT => {
-                    format!("Done: the {credit_type} balance is now {balance}.")
-                }
-                _ => format!("Done: the balance is now {balance}."),
-            })
+pub fn outcome_notice(submitted: Result<Answer, ApiError>) -> Said {
+    match submitted {
+        Ok(Answer::Finished(outcome)) if outcome.http_status == 200 => {
+            Said::with_balance(Code::Done, outcome.body["balance_after"].as_i64())
         }
-        Answer::Finished(outcome) => Err(outcome.body["message"]
-            .as_str()
-            .unwrap_or("the write was not accepted")
-            .to_string()),
-        Answer::Accepted { .. } => Ok("Accepted: it will be applied in a moment.".to_string()),
+        Ok(Answer::Finished(outcome)) => {
+            let code = outcome.body["error"]
+                .as_str()
+                .and_then(Code::parse)
+                .filter(|code| matches!(code, Code::Refused(_)))
+                .unwrap_or(Code::Refused(ErrorCode::Internal));
+            let spendable = outcome.body["available"]
+                .as_i64()
+                .or(outcome.body["balance"].as_i64());
+            Said::with_balance(code, spendable)
+        }
+        Ok(Answer::Accepted { .. }) => Said::new(Code::Accepted),
+        Err(error) => Said::new(Code::Refused(error.code())),
     }
 }
 
@@ -110,26 +108,6 @@ mod tests {
         assert_eq!(description(&form(&[("description", "   ")])), Ok(None));
         let long = "a".repeat(DESCRIPTION_CHARS_MAX + 1);
         assert!(description(&form(&[("description", &long)])).is_err());
-    }
-
-    #[test]
-    fn the_notice_names_the_balance_written_unless_it_is_the_default_one() {
-        let applied = |body: Value| {
-            outcome_message(Ok(Answer::Finished(tally_common::command::Outcome {
-                command_id: uuid::Uuid::nil(),
-                status: tally_common::command::Status::Applied,
-                http_status: 200,
-                body,
-            })))
-        };
-        assert_eq!(
-            applied(serde_json::json!({ "balance_after": 1500, "credit_type": "image" })),
-            Ok("Done: the image balance is now 1\u{202f}500.".into())
-        );
-        assert_eq!(
-            applied(serde_json::json!({ "balance_after": 5, "credit_type": "credits" })),
-            Ok("Done: the balance is now 5.".into())
-        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use askama::Template;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::notice::Said;
+
 /// A rendered page with the dashboard's headers: HTML, nothing from another origin, never
 /// framed or cached.
 pub fn html(status: StatusCode, page: &impl Template) -> Response {
@@ -57,13 +59,9 @@ pub fn redirect(to: &str) -> Response {
     response
 }
 
-/// 303 to `path` with the message of a write for its notice (`?ok=` or `?error=`).
-pub fn redirect_with(path: &str, result: Result<String, String>) -> Response {
-    let (kind, message) = match result {
-        Ok(message) => ("ok", message),
-        Err(message) => ("error", message),
-    };
-    redirect(&format!("{path}?{kind}={}", url(&message)))
+/// 303 to `path` with what a write said, as a notice code ([`super::notice`]).
+pub fn redirect_with(path: &str, said: Said) -> Response {
+    redirect(&format!("{path}?{}", said.query()))
 }
 
 /// Percent-encodes a path segment or query value.
@@ -75,25 +73,18 @@ pub fn url(text: &str) -> String {
 
 /// What the previous write said, shown at the top of the page it redirected to.
 pub struct Notice {
-    /// A success (`?ok=`) rather than a failure (`?error=`).
+    /// A success rather than a failure.
     pub ok: bool,
     pub message: String,
 }
 
 impl Notice {
-    /// The notice a page's query carries; `ok` wins over `error`.
+    /// The notice a page's query carries (`notice`, `balance`), if it names a known code.
     pub fn from_query(query: &HashMap<String, String>) -> Option<Self> {
-        match (query.get("ok"), query.get("error")) {
-            (Some(message), _) => Some(Self {
-                ok: true,
-                message: message.clone(),
-            }),
-            (_, Some(message)) => Some(Self {
-                ok: false,
-                message: message.clone(),
-            }),
-            _ => None,
-        }
+        Said::from_query(query.get("notice"), query.get("balance")).map(|said| Self {
+            ok: said.ok(),
+            message: said.message(),
+        })
     }
 }
 
@@ -168,6 +159,8 @@ pub mod filters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dashboard::notice::Code;
+    use tally_common::error_code::ErrorCode;
 
     #[test]
     fn credits_group_thousands_with_a_narrow_space_and_keep_the_sign() {
@@ -178,24 +171,29 @@ mod tests {
     }
 
     #[test]
-    fn a_notice_prefers_ok_over_error() {
+    fn a_notice_is_read_from_its_code_and_unknown_codes_say_nothing() {
         let query = HashMap::from([
-            ("ok".to_string(), "done".to_string()),
-            ("error".to_string(), "failed".to_string()),
+            ("notice".to_string(), "done".to_string()),
+            ("balance".to_string(), "1000".to_string()),
         ]);
         let notice = Notice::from_query(&query).expect("a notice");
         assert!(notice.ok);
-        assert_eq!(notice.message, "done");
+        assert_eq!(notice.message, "Done: the balance is now 1\u{202f}000.");
+        let forged = HashMap::from([("notice".to_string(), "Call us now".to_string())]);
+        assert!(Notice::from_query(&forged).is_none());
         assert!(Notice::from_query(&HashMap::new()).is_none());
     }
 
     #[test]
-    fn a_redirect_carries_its_message_percent_encoded() {
-        let response = redirect_with("/dashboard/x", Err("amount: is <required>".into()));
+    fn a_redirect_carries_a_code_not_text() {
+        let response = redirect_with(
+            "/dashboard/x",
+            Said::with_balance(Code::Refused(ErrorCode::InsufficientCredits), Some(40)),
+        );
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         assert_eq!(
             response.headers()[header::LOCATION],
-            "/dashboard/x?error=amount%3A%20is%20%3Crequired%3E"
+            "/dashboard/x?notice=insufficient_credits&balance=40"
         );
     }
 }

@@ -1,13 +1,14 @@
-//! The dashboard session: a cookie signed with the admin token, the CSRF token derived from
-//! it, and the logout records (`dashboard_logouts`) that end it before it expires.
+//! The dashboard session: a signed cookie, the CSRF token derived from it, and the logout
+//! records (`dashboard_logouts`) that end it before it expires.
 //!
 //! The cookie value is `expiry.nonce.mac`, the MAC an HMAC-SHA256 of `session:{expiry}:{nonce}`
-//! keyed by the admin token: every ingress accepts it, and changing the token ends every
-//! session. The token itself never travels in a cookie or a URL.
+//! keyed by a key derived from the admin token ([`crate::admin::token`]): every ingress accepts
+//! it, and changing the token ends every session. The token itself never travels in a cookie or
+//! a URL, nor keys a MAC a client sees.
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -32,32 +33,30 @@ pub struct Session {
 }
 
 impl Session {
-    /// Whether a form's `csrf` field is this session's token (constant time).
+    /// Whether a form's `csrf` field is this session's token (their digests compared in
+    /// constant time, so not even the length shows).
     pub fn csrf_matches(&self, presented: Option<&String>) -> bool {
         presented.is_some_and(|presented| {
-            presented.len() == self.csrf.len()
-                && bool::from(presented.as_bytes().ct_eq(self.csrf.as_bytes()))
+            let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+            let expected: [u8; 32] = Sha256::digest(self.csrf.as_bytes()).into();
+            bool::from(presented.ct_eq(&expected))
         })
     }
 }
 
-fn sign(token: &str, message: &str) -> String {
-    let mut mac = HmacSha256::new_from_slice(token.as_bytes()).expect("hmac takes any key");
+fn mac(key: &[u8; 32], message: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key");
     mac.update(message.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    mac
 }
 
-fn admin_token(state: &AppState) -> Option<&str> {
-    state
-        .config
-        .admin_token
-        .as_deref()
-        .filter(|token| !token.is_empty())
+fn sign(key: &[u8; 32], message: &str) -> String {
+    hex::encode(mac(key, message).finalize().into_bytes())
 }
 
 /// The session a request carries, if its signature holds and it has not expired.
 fn signed(state: &AppState, headers: &HeaderMap) -> Option<Session> {
-    let token = admin_token(state)?;
+    let keys = state.admin.as_ref()?;
     let value = headers
         .get_all(header::COOKIE)
         .iter()
@@ -66,15 +65,18 @@ fn signed(state: &AppState, headers: &HeaderMap) -> Option<Session> {
         .filter_map(|cookie| cookie.trim().strip_prefix("tally_session="))
         .next()?;
     let mut parts = value.splitn(3, '.');
-    let (expiry, nonce, mac) = (parts.next()?, parts.next()?, parts.next()?);
+    let (expiry, nonce, presented) = (parts.next()?, parts.next()?, parts.next()?);
     let expiry: i64 = expiry.parse().ok()?;
-    let expected = sign(token, &format!("session:{expiry}:{nonce}"));
-    let valid =
-        expected.len() == mac.len() && bool::from(expected.as_bytes().ct_eq(mac.as_bytes()));
+    let presented = hex::decode(presented).ok()?;
+    // `verify_slice` compares in constant time; a tag of the wrong length is refused whatever
+    // it holds (its length is no secret: every tag is 32 bytes).
+    let valid = mac(keys.session_key(), &format!("session:{expiry}:{nonce}"))
+        .verify_slice(&presented)
+        .is_ok();
     (valid && expiry > chrono::Utc::now().timestamp()).then(|| Session {
         expiry,
         nonce: nonce.to_string(),
-        csrf: sign(token, &format!("csrf:{value}")),
+        csrf: sign(keys.csrf_key(), &format!("csrf:{value}")),
     })
 }
 
@@ -91,17 +93,18 @@ pub async fn current(state: &AppState, headers: &HeaderMap) -> Option<Session> {
     (!logged_out).then_some(session)
 }
 
-/// The `Set-Cookie` value of a new session (`Secure` when the request came over TLS), or
-/// `None` when the dashboard is off.
+/// The `Set-Cookie` value of a new session, or `None` when the dashboard is off. The cookie is
+/// `Secure` unless the dashboard is reached on a loopback host (`localhost`, `127.0.0.1`,
+/// `[::1]`), which browsers treat as secure without TLS.
 pub fn start(state: &AppState, headers: &HeaderMap) -> Option<HeaderValue> {
-    let token = admin_token(state)?;
+    let keys = state.admin.as_ref()?;
     let expiry = chrono::Utc::now().timestamp() + SESSION_SECONDS;
     let nonce = Uuid::new_v4().simple().to_string();
     let value = format!(
         "{expiry}.{nonce}.{}",
-        sign(token, &format!("session:{expiry}:{nonce}"))
+        sign(keys.session_key(), &format!("session:{expiry}:{nonce}"))
     );
-    let secure = if behind_tls(headers) { "; Secure" } else { "" };
+    let secure = if on_loopback(headers) { "" } else { "; Secure" };
     HeaderValue::from_str(&format!(
         "{COOKIE}={value}; Path=/dashboard; Max-Age={SESSION_SECONDS}; HttpOnly; SameSite=Strict{secure}"
     ))
@@ -132,9 +135,50 @@ pub async fn end(state: &AppState, session: &Session) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-fn behind_tls(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+/// Whether the browser addressed the dashboard by a loopback name or address.
+fn on_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|addr| addr.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_loopback_hosts_go_without_secure() {
+        for loopback in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "LOCALHOST",
+        ] {
+            assert!(on_loopback(&host(loopback)), "{loopback}");
+        }
+        for remote in [
+            "tally.example.com",
+            "192.168.1.5:8080",
+            "[2001:db8::1]:443",
+            "localhost.example.com",
+        ] {
+            assert!(!on_loopback(&host(remote)), "{remote}");
+        }
+        assert!(!on_loopback(&HeaderMap::new()));
+    }
 }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::access::{page, SignedForm, SignedIn};
 use super::app::parse_app;
 use super::forms;
+use super::notice::{Code, Said};
 use super::render::{filters, html, redirect_with, url, Notice};
 use crate::admin::{self, queries};
 use crate::validate;
@@ -103,15 +104,13 @@ pub async fn adjust(
             .and_then(|amount| Ok((amount.expect("required"), forms::description(&form)?)));
         let (amount, description) = match input {
             Ok(input) => input,
-            Err(message) => return Ok(redirect_with(&back, Err(message))),
+            Err(code) => return Ok(redirect_with(&back, Said::new(code))),
         };
         let credit_type = match form.get("credit_type").map(String::as_str) {
             None | Some("") => CreditType::default(),
             Some(text) => match CreditType::parse(text.trim()) {
                 Ok(credit_type) => credit_type,
-                Err(invalid) => {
-                    return Ok(redirect_with(&back, Err(format!("credit_type: {invalid}"))))
-                }
+                Err(_) => return Ok(redirect_with(&back, Said::new(Code::CreditTypeInvalid))),
             },
         };
         let command = match form.get("action").map(String::as_str) {
@@ -130,16 +129,11 @@ pub async fn adjust(
                 description,
                 metadata: Default::default(),
             },
-            _ => {
-                return Ok(redirect_with(
-                    &back,
-                    Err("action: choose add or deduct".into()),
-                ))
-            }
+            _ => return Ok(redirect_with(&back, Said::new(Code::ActionMissing))),
         };
         let idempotency = forms::idempotency(&form, &format!("{back}/adjust"));
         let answer = admin::submit_for(&state, app.id, command, idempotency).await;
-        Ok(redirect_with(&back, forms::outcome_message(answer)))
+        Ok(redirect_with(&back, forms::outcome_notice(answer)))
     })
     .await
 }
