@@ -716,7 +716,7 @@ fn hidden_field(html: &str, name: &str) -> String {
 }
 
 #[tokio::test]
-async fn the_dashboard_user_page_adds_credits_of_a_type_and_shows_each_balance() {
+async fn the_dashboard_adds_credits_of_a_type_and_shows_each_balance() {
     let app = spawn_app().await;
     app.add("erin", 40).await;
     let client = dashboard_client();
@@ -770,6 +770,17 @@ async fn the_dashboard_user_page_adds_credits_of_a_type_and_shows_each_balance()
     assert!(
         !filtered.contains(r#"data-label="Credit type">credits<"#),
         "{filtered}"
+    );
+    // The apps page and the users list name the other type beside the default one.
+    let apps = get("/dashboard".to_string()).await;
+    assert!(
+        apps.contains(r#"<span class="muted">image 7</span>"#),
+        "{apps}"
+    );
+    let users = get(format!("/dashboard/apps/{}", app.app_id)).await;
+    assert!(
+        users.contains(r#"<span class="tag">image</span> 7"#),
+        "{users}"
     );
     let bad = adjust(&[
         ("csrf", &csrf),
