@@ -98,6 +98,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/credits/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["batch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/credits/balance": {
         parameters: {
             query?: never;
@@ -106,6 +122,22 @@ export interface paths {
             cookie?: never;
         };
         get: operations["balance"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/credits/balances": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["balances"];
         put?: never;
         post?: never;
         delete?: never;
@@ -236,6 +268,41 @@ export interface components {
             held: number;
             next_expiry?: null | components["schemas"]["NextExpiry"];
             user_id: string;
+        };
+        /** @description Every credit type a user has. */
+        BalancesResponse: {
+            /** @description One per credit type the user has ever been written, ordered by type. */
+            balances: components["schemas"]["TypeBalance"][];
+            user_id: string;
+        };
+        /**
+         * @description One operation: `op` names the endpoint (`add` → `POST /credits/add` …) and the other fields
+         *     are that endpoint's body. `idempotency_key` works like that request's `Idempotency-Key`
+         *     (not in an atomic batch).
+         */
+        BatchOperation: {
+            /** @description 1..=255 characters. */
+            idempotency_key?: string | null;
+            /** @description add, deduct, refund, hold, capture or release. */
+            op: string;
+        };
+        /** @description One operation's answer: the status and body that request would have had alone. */
+        BatchOperationResult: {
+            body: Record<string, unknown>;
+            index: number;
+            /** Format: int32 */
+            status: number;
+        };
+        /** @description Body of `POST /credits/batch`. */
+        BatchRequest: {
+            /** @description `true`: only `add`, `deduct` and `hold` of one user, applied all or none. Default false. */
+            atomic?: boolean | null;
+            /** @description 1..=1000 operations, each `{ "op", "idempotency_key"?, ...that endpoint's body }`. */
+            operations: components["schemas"]["BatchOperation"][];
+        };
+        /** @description Answer to a batch: one result per operation, in request order. */
+        BatchResponse: {
+            results: components["schemas"]["BatchOperationResult"][];
         };
         /** @description Body of `POST /credits/capture`. */
         CaptureRequest: {
@@ -470,6 +537,17 @@ export interface components {
             released: number;
             success: boolean;
             user_id: string;
+        };
+        /** @description One balance of `GET /credits/balances`. */
+        TypeBalance: {
+            /** Format: int64 */
+            available: number;
+            /** Format: int64 */
+            balance: number;
+            credit_type: string;
+            /** Format: int64 */
+            held: number;
+            next_expiry?: null | components["schemas"]["NextExpiry"];
         };
         /** @description One received webhook event. */
         WebhookEventRecord: {
@@ -1162,6 +1240,113 @@ export interface operations {
             };
         };
     };
+    batch: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description replays the whole answer */
+                "Idempotency-Key"?: string | null;
+                /** @description `respond-async`: every result a 202 body (atomic: one 202) */
+                Prefer?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BatchRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchResponse"];
+                };
+            };
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AcceptedResponse"];
+                };
+            };
+            /** @description an invalid operation: nothing was sent */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description idempotency_conflict or idempotency_in_progress */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description unsupported_media_type: send application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description batch_rejected (atomic): nothing was written */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
     balance: {
         parameters: {
             query: {
@@ -1181,6 +1366,54 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["BalanceResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    balances: {
+        parameters: {
+            query: {
+                user_id: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BalancesResponse"];
                 };
             };
             400: {

@@ -9,7 +9,7 @@ read fields as attributes (`result.balance_after`); `to_dict()` gives the body a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, Self, TypedDict
 
@@ -22,12 +22,18 @@ __all__ = [
     "HoldRequest",
     "CaptureRequest",
     "ReleaseRequest",
+    "BatchRequest",
+    "BatchOperation",
     "BalanceQuery",
+    "BalancesQuery",
     "HistoryQuery",
     "HoldsQuery",
     "WebhookEventsQuery",
     "AcceptedResponse",
     "BalanceResponse",
+    "BalancesResponse",
+    "BatchOperationResult",
+    "BatchResponse",
     "CaptureResponse",
     "CommandStatus",
     "DeadLetter",
@@ -39,6 +45,7 @@ __all__ = [
     "NextExpiry",
     "RefundResponse",
     "ReleaseResponse",
+    "TypeBalance",
     "WebhookEventRecord",
     "WebhookEventsResponse",
     "WriteResponse",
@@ -113,12 +120,36 @@ class ReleaseRequest(TypedDict):
     hold_id: str
 
 
+class BatchRequest(TypedDict):
+    """Body of `POST /credits/batch`."""
+
+    operations: Sequence[BatchOperation]
+    """1..=1000 operations, each `{ "op", "idempotency_key"?, ...that endpoint's body }`."""
+    atomic: NotRequired[bool | None]
+    """`true`: only `add`, `deduct` and `hold` of one user, applied all or none. Default false."""
+
+
+class BatchOperation(TypedDict):
+    """One operation: `op` names the endpoint (`add` → `POST /credits/add` …) and the other fields are that endpoint's body. `idempotency_key` works like that request's `Idempotency-Key` (not in an atomic batch)."""
+
+    op: str
+    """add, deduct, refund, hold, capture or release."""
+    idempotency_key: NotRequired[str | None]
+    """1..=255 characters."""
+
+
 class BalanceQuery(TypedDict):
     """Query of `GET /credits/balance`."""
 
     user_id: str
     credit_type: NotRequired[str | None]
     """default `credits`"""
+
+
+class BalancesQuery(TypedDict):
+    """Query of `GET /credits/balances`."""
+
+    user_id: str
 
 
 class HistoryQuery(TypedDict):
@@ -200,6 +231,55 @@ class BalanceResponse(Model):
             held=body["held"],
             available=body["available"],
             next_expiry=None if body.get("next_expiry") is None else NextExpiry.from_dict(body["next_expiry"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancesResponse(Model):
+    """Every credit type a user has."""
+
+    user_id: str
+    balances: list[TypeBalance]
+    """One per credit type the user has ever been written, ordered by type."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            user_id=body["user_id"],
+            balances=[TypeBalance.from_dict(item) for item in body["balances"]],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOperationResult(Model):
+    """One operation's answer: the status and body that request would have had alone."""
+
+    index: int
+    status: int
+    body: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            index=body["index"],
+            status=body["status"],
+            body=body["body"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResponse(Model):
+    """Answer to a batch: one result per operation, in request order."""
+
+    results: list[BatchOperationResult]
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            results=[BatchOperationResult.from_dict(item) for item in body["results"]],
         )
 
 
@@ -483,6 +563,28 @@ class ReleaseResponse(Model):
             released=body["released"],
             balance=body["balance"],
             available=body["available"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TypeBalance(Model):
+    """One balance of `GET /credits/balances`."""
+
+    credit_type: str
+    balance: int
+    held: int
+    available: int
+    next_expiry: NextExpiry | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            credit_type=body["credit_type"],
+            balance=body["balance"],
+            held=body["held"],
+            available=body["available"],
+            next_expiry=None if body.get("next_expiry") is None else NextExpiry.from_dict(body["next_expiry"]),
         )
 
 
