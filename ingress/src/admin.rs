@@ -105,7 +105,7 @@ fn app_id(text: &str) -> Result<Uuid, ApiError> {
 
 /// Every app with its figures.
 #[utoipa::path(get, path = "/admin/apps", tag = "admin",
-    responses((status = 200, description = "{ apps: [ { app_id, name, created_at, users, outstanding, added_24h, spent_24h, active_holds, webhooks_rejected_24h } ] }"),
+    responses((status = 200, description = "{ apps: [ { app_id, name, created_at, users, outstanding, added_24h, spent_24h, active_holds, webhooks_rejected_24h, credit_types: [ { credit_type, users, outstanding, added_24h, spent_24h } ] } ] } (amounts at the top level: the default type `credits`)"),
               (status = 401, description = "missing or wrong admin token")),
     security(("admin_token" = [])))]
 pub async fn apps(_: Admin, State(state): State<AppState>) -> Result<Json<AppsBody>, ApiError> {
@@ -120,10 +120,12 @@ pub struct AppsBody {
 }
 
 /// Users of an app: `prefix` (of the user id), `sort=balance|activity`, `limit`, `page` (0-based).
+/// One row per user: `balance` and `held` (and the sort by balance) are the default type's
+/// (`credits`); `balances` has every type's.
 #[utoipa::path(get, path = "/admin/apps/{app_id}/users", tag = "admin",
     params(("app_id" = Uuid, Path), ("prefix" = Option<String>, Query), ("sort" = Option<String>, Query),
            ("limit" = Option<i64>, Query), ("page" = Option<i64>, Query)),
-    responses((status = 200, description = "{ users: [ { user_id, balance, held, last_activity } ], next_page }"),
+    responses((status = 200, description = "{ users: [ { user_id, balance, held, last_activity, balances: [ { credit_type, balance, held } ] } ], next_page }"),
               (status = 400, description = "bad parameter"), (status = 401, description = "missing or wrong admin token"),
               (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]
@@ -138,12 +140,14 @@ pub async fn users(
     Ok(Json(queries::users(&state.pool, app.id, &request).await?))
 }
 
-/// A user: balance, held, available, next expiry, active holds, lots, and a page of history
-/// (`limit`, `cursor`, `type`, `source`).
+/// A user: balance, held, available and next expiry of the default type (`credits`), the same
+/// per credit type (`balances`), active holds, lots, and a page of history (`limit`, `cursor`,
+/// `type`, `source`, `credit_type`).
 #[utoipa::path(get, path = "/admin/apps/{app_id}/users/{user_id}", tag = "admin",
     params(("app_id" = Uuid, Path), ("user_id" = String, Path), ("limit" = Option<i64>, Query),
-           ("cursor" = Option<String>, Query), ("type" = Option<String>, Query), ("source" = Option<String>, Query)),
-    responses((status = 200, description = "{ user_id, balance, held, available, next_expiry, holds, lots, entries, next_cursor }"),
+           ("cursor" = Option<String>, Query), ("type" = Option<String>, Query), ("source" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only entries of this type; every type when absent.")),
+    responses((status = 200, description = "{ user_id, balance, held, available, next_expiry, balances: [ { credit_type, balance, held, available, next_expiry } ], holds, lots, entries, next_cursor }"),
               (status = 400, description = "bad parameter"), (status = 401, description = "missing or wrong admin token"),
               (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]
@@ -171,10 +175,12 @@ pub struct UserBody {
     history: queries::EntriesPage,
 }
 
-/// An app's entries of every user, newest first (`limit`, `cursor`, `type`, `source`).
+/// An app's entries of every user, newest first (`limit`, `cursor`, `type`, `source`,
+/// `credit_type`).
 #[utoipa::path(get, path = "/admin/apps/{app_id}/entries", tag = "admin",
     params(("app_id" = Uuid, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query),
-           ("type" = Option<String>, Query), ("source" = Option<String>, Query)),
+           ("type" = Option<String>, Query), ("source" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only entries of this type; every type when absent.")),
     responses((status = 200, description = "{ entries, next_cursor }"), (status = 400, description = "bad parameter"),
               (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]

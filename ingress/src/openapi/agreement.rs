@@ -109,14 +109,19 @@ fn matches(pattern: &str, text: &str) -> bool {
 /// Whether `value` is valid against `schema` (the subset of JSON Schema the document uses).
 fn valid(schema: &Value, value: &Value) -> bool {
     if let Some(branches) = schema["anyOf"].as_array() {
-        return branches.iter().any(|branch| valid(branch, value));
+        if !branches.iter().any(|branch| valid(branch, value)) {
+            return false;
+        }
     }
     if let Some(branches) = schema["oneOf"].as_array() {
-        return branches
+        if branches
             .iter()
             .filter(|branch| valid(branch, value))
             .count()
-            == 1;
+            != 1
+        {
+            return false;
+        }
     }
     if schema["not"].is_object() && valid(&schema["not"], value) {
         return false;
@@ -126,7 +131,7 @@ fn valid(schema: &Value, value: &Value) -> bool {
         return false;
     }
     if let Some(allowed) = schema["enum"].as_array() {
-        if !value.is_null() && !allowed.contains(value) {
+        if !allowed.contains(value) {
             return false;
         }
     }
@@ -432,11 +437,15 @@ fn minimal(schema: &Value) -> Map<String, Value> {
 fn probe_batch(document: &Value, parse: BodyParser) -> usize {
     let schema = resolve(document, &document["components"]["schemas"]["BatchRequest"]);
     let mut checked = 0;
-    for branch in schema["oneOf"].as_array().unwrap() {
-        let atomic = branch["required"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("atomic"));
+    // Every operation, then an atomic batch's (its mode narrows the operations).
+    let kinds = [
+        (false, &schema["properties"]["operations"]["items"]["oneOf"]),
+        (
+            true,
+            &schema["oneOf"][1]["properties"]["operations"]["items"]["oneOf"],
+        ),
+    ];
+    for (atomic, variants) in kinds {
         let wrap = |operation: Map<String, Value>| -> Map<String, Value> {
             let mut batch = Map::new();
             if atomic {
@@ -445,10 +454,7 @@ fn probe_batch(document: &Value, parse: BodyParser) -> usize {
             batch.insert("operations".into(), json!([operation]));
             batch
         };
-        for variant in branch["properties"]["operations"]["items"]["oneOf"]
-            .as_array()
-            .unwrap()
-        {
+        for variant in variants.as_array().unwrap() {
             let op = variant["properties"]["op"]["enum"][0].as_str().unwrap();
             let body = Operation::parse(op)
                 .map(super::constraints::body_schema)
@@ -492,11 +498,10 @@ fn probe_batch(document: &Value, parse: BodyParser) -> usize {
         }
     }
     // The batch itself: `atomic` and the number of operations.
-    let add = {
-        let variant = &schema["oneOf"][0]["properties"]["operations"]["items"]["oneOf"][0];
-        Value::Object(minimal(variant))
-    };
-    let max = schema["oneOf"][0]["properties"]["operations"]["maxItems"]
+    let add = Value::Object(minimal(
+        &schema["properties"]["operations"]["items"]["oneOf"][0],
+    ));
+    let max = schema["properties"]["operations"]["maxItems"]
         .as_u64()
         .unwrap() as usize;
     for (atomic, operations) in [
@@ -551,10 +556,7 @@ fn every_request_field_and_parameter_has_a_rule_and_states_it() {
         let (name, schema) = component(&document, &body["application/json"]["schema"]);
         if name == "BatchRequest" {
             // Each operation is a write body with `op` and `idempotency_key`.
-            let operations = resolve(
-                &document,
-                &document["components"]["schemas"]["BatchOperation"],
-            );
+            let operations = resolve(&document, &schema["properties"]["operations"]["items"]);
             for variant in operations["oneOf"].as_array().unwrap() {
                 let op = variant["properties"]["op"]["enum"][0].as_str().unwrap();
                 let (_, body) = component(

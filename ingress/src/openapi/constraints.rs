@@ -95,8 +95,9 @@ pub(crate) enum Rule {
     Prefer,
     /// A string without NUL (the ids and types of providers' events).
     Text,
-    /// A credit type: 1 to 64 of `a-z 0-9 _ -`; `credits` when absent if `defaulted`.
-    CreditType { defaulted: bool },
+    /// A credit type: 1 to 64 of `a-z 0-9 _ -`; `credits` when absent if `defaulted`; with
+    /// `blank`, an empty value counts as absent.
+    CreditType { defaulted: bool, blank: bool },
     /// The `idempotency_key` of a batch's operation: 1 to 255 characters, no control character.
     OperationKey,
     /// A provider's signature header: checked against the body with the app's secrets.
@@ -123,7 +124,10 @@ pub(crate) fn body_rule(schema: &str, property: &str) -> Option<Rule> {
         },
         ("WebhookSecretRequest", "secret") => Rule::WebhookSecret,
         ("StripeEvent", "id" | "type") | ("PolarEvent", "type") => Rule::Text,
-        (_, "credit_type") => Rule::CreditType { defaulted: true },
+        (_, "credit_type") => Rule::CreditType {
+            defaulted: true,
+            blank: false,
+        },
         (_, "user_id") => Rule::UserId,
         (_, "amount") => Rule::Amount,
         (_, "description") => Rule::Description,
@@ -158,6 +162,7 @@ pub(crate) fn parameter_rule(path: &str, location: &ParameterIn, name: &str) -> 
         // One balance reads `credits` when absent; a list filters by it only when given.
         (ParameterIn::Query, "credit_type") => Rule::CreditType {
             defaulted: path == "/credits/balance",
+            blank: admin,
         },
         (ParameterIn::Query, "cursor") => Rule::Cursor { blank: admin },
         (ParameterIn::Query, "status") if path == "/credits/holds" => Rule::OneOf {
@@ -392,15 +397,25 @@ impl Rule {
                 "Without the NUL character.".to_string(),
             ),
             Rule::Signature => (object(string()), String::new()),
-            Rule::CreditType { defaulted } => (
-                object(
-                    string()
-                        .min_length(Some(1))
-                        .max_length(Some(CREDIT_TYPE_CHARS_MAX))
-                        .pattern(Some(format!("^[a-z0-9_-]{{1,{CREDIT_TYPE_CHARS_MAX}}}$")))
-                        .default(defaulted.then(|| CreditType::DEFAULT.into())),
+            Rule::CreditType { defaulted, blank } => (
+                with_blank(
+                    object(
+                        string()
+                            .min_length(Some(1))
+                            .max_length(Some(CREDIT_TYPE_CHARS_MAX))
+                            .pattern(Some(format!("^[a-z0-9_-]{{1,{CREDIT_TYPE_CHARS_MAX}}}$")))
+                            .default(defaulted.then(|| CreditType::DEFAULT.into())),
+                    ),
+                    blank,
                 ),
-                format!("1 to {CREDIT_TYPE_CHARS_MAX} characters of `a-z`, `0-9`, `_` and `-`."),
+                if blank {
+                    format!(
+                        "1 to {CREDIT_TYPE_CHARS_MAX} characters of `a-z`, `0-9`, `_` and `-`; \
+                         empty: as if absent."
+                    )
+                } else {
+                    format!("1 to {CREDIT_TYPE_CHARS_MAX} characters of `a-z`, `0-9`, `_` and `-`.")
+                },
             ),
             Rule::OperationKey => (
                 object(
@@ -536,9 +551,18 @@ pub(crate) fn body_schema(operation: Write) -> &'static str {
 /// The operations an atomic batch takes.
 pub(crate) const ATOMIC_OPERATIONS: [Write; 3] = [Write::Add, Write::Deduct, Write::Hold];
 
-/// `POST /credits/batch`'s body from the write bodies: an operation is `op` and that
-/// endpoint's body (a `oneOf` by `op`); a batch is either not atomic, its operations with their
-/// own `idempotency_key`, or atomic, only adds, deducts and holds without one.
+/// The component name of a batch's operation of `operation`: `BatchAdd`, or `AtomicBatchAdd`
+/// for an atomic batch's.
+pub(crate) fn batch_variant(operation: Write, atomic: bool) -> String {
+    let name = operation.name();
+    let capitalized = name[..1].to_uppercase() + &name[1..];
+    format!("{}Batch{capitalized}", if atomic { "Atomic" } else { "" })
+}
+
+/// `POST /credits/batch`'s body from the write bodies. An operation is `op` and that endpoint's
+/// body (`BatchAdd` …, one component each, so generators name them); `operations` takes any of
+/// them. Two modes narrow it (`oneOf`): not atomic, each operation with its own
+/// `idempotency_key`; or atomic, only adds, deducts and holds, without one (`AtomicBatchAdd` …).
 fn batch_schemas(components: &mut Components) {
     let variant = |operation: Write, key: Schema| -> Option<Schema> {
         let RefOr::T(Schema::Object(body)) = components.schemas.get(body_schema(operation))? else {
@@ -565,80 +589,74 @@ fn batch_schemas(components: &mut Components) {
         make_nullable(object);
     }
     let no_key = Schema::Object(ObjectBuilder::new().schema_type(Type::Null).build());
-    let mut any = OneOfBuilder::new().description(Some(
-        "One operation: `op` names the endpoint and the other fields are its body.",
-    ));
-    for operation in Write::ALL {
-        if let Some(schema) = variant(operation, key.clone()) {
-            any = any.item(schema);
+    let mut variants = Vec::new();
+    for (operations, atomic, key) in [
+        (&Write::ALL[..], false, &key),
+        (&ATOMIC_OPERATIONS[..], true, &no_key),
+    ] {
+        for operation in operations {
+            if let Some(schema) = variant(*operation, key.clone()) {
+                variants.push((batch_variant(*operation, atomic), schema));
+            }
         }
     }
-    let mut atomic = OneOfBuilder::new().description(Some(
-        "One operation of an atomic batch: an add, a deduct or a hold, without its own key.",
-    ));
-    for operation in ATOMIC_OPERATIONS {
-        if let Some(schema) = variant(operation, no_key.clone()) {
-            atomic = atomic.item(schema);
-        }
-    }
-    let batch = |atomic_flag: ObjectBuilder, items: &str, atomic_required: bool| {
-        let mut builder = ObjectBuilder::new()
-            .property("atomic", atomic_flag)
-            .property(
-                "operations",
-                ArrayBuilder::new()
-                    .items(Ref::from_schema_name(items))
-                    .min_items(Some(1))
-                    .max_items(Some(BATCH_OPERATIONS_MAX)),
-            )
-            .required("operations")
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        if atomic_required {
-            builder = builder.required("atomic");
-        }
-        builder
+    // One of the variants of a batch of each kind, by reference.
+    let one_of = |atomic: bool| -> OneOfBuilder {
+        variants
+            .iter()
+            .filter(|(name, _)| name.starts_with("Atomic") == atomic)
+            .fold(OneOfBuilder::new(), |one_of, (name, _)| {
+                one_of.item(Ref::from_schema_name(name))
+            })
     };
-    let not_atomic = batch(
-        ObjectBuilder::new()
-            .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
-            .enum_values(Some([
-                serde_json::Value::Bool(false),
-                serde_json::Value::Null,
-            ])),
-        "BatchOperation",
-        false,
-    )
-    .description(Some(
-        "Each operation its own command, exactly as if sent alone, applied in order for each \
-         user.",
-    ));
-    let all_or_none = batch(
-        ObjectBuilder::new()
-            .schema_type(Type::Boolean)
-            .enum_values(Some([true])),
-        "AtomicBatchOperation",
-        true,
-    )
-    .description(Some(
-        "Adds, deducts and holds of one user (every operation names the same `user_id`), \
-         applied in one transaction or not at all.",
-    ));
-    let request = OneOfBuilder::new()
+    let any_of = |atomic: bool| -> serde_json::Value {
+        serde_json::to_value(Schema::OneOf(one_of(atomic).build())).unwrap_or_default()
+    };
+    let modes = serde_json::json!([
+        { "properties": { "atomic": { "enum": [false, null] } } },
+        {
+            "required": ["atomic"],
+            "properties": { "atomic": { "enum": [true] }, "operations": { "items": any_of(true) } },
+        },
+    ]);
+    let mut request = ObjectBuilder::new()
         .description(Some(format!(
-            "Body of `POST /credits/batch`: 1 to {BATCH_OPERATIONS_MAX} operations."
+            "Body of `POST /credits/batch`: 1 to {BATCH_OPERATIONS_MAX} operations. Not atomic: \
+             each its own command, exactly as if sent alone, applied in order for each user. \
+             Atomic: adds, deducts and holds of one user (every operation names the same \
+             `user_id`), without their own `idempotency_key`, applied in one transaction or not \
+             at all."
         )))
-        .item(not_atomic)
-        .item(all_or_none);
+        .property(
+            "atomic",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
+                .description(Some("`true`: all or none (default `false`).")),
+        )
+        .property(
+            "operations",
+            ArrayBuilder::new()
+                .items(one_of(false))
+                .min_items(Some(1))
+                .max_items(Some(BATCH_OPERATIONS_MAX)),
+        )
+        .required("operations")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .build();
+    // utoipa's `Object` has no `oneOf` beside its properties: it is written through its
+    // flattened extensions, as `not` is.
+    request
+        .extensions
+        .get_or_insert_with(Default::default)
+        .insert("oneOf".into(), modes);
+    for (name, schema) in variants {
+        components.schemas.insert(name, schema.into());
+    }
+    // The derived `BatchOperation` (just `op` and `idempotency_key`) is replaced by the variants.
+    components.schemas.remove("BatchOperation");
     components
         .schemas
-        .insert("BatchOperation".into(), Schema::OneOf(any.build()).into());
-    components.schemas.insert(
-        "AtomicBatchOperation".into(),
-        Schema::OneOf(atomic.build()).into(),
-    );
-    components
-        .schemas
-        .insert("BatchRequest".into(), Schema::OneOf(request.build()).into());
+        .insert("BatchRequest".into(), Schema::Object(request).into());
 }
 
 fn rule_schema(rule: Rule) -> Schema {

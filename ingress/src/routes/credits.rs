@@ -194,15 +194,16 @@ pub struct BalancesResponse {
     balances: Vec<TypeBalance>,
 }
 
+/// An account row with what its lots add to a read (also the admin reads' source).
 #[derive(sqlx::FromRow)]
-struct BalanceRow {
-    credit_type: String,
+pub(crate) struct BalanceRow {
+    pub(crate) credit_type: String,
     balance: i64,
-    held: i64,
+    pub(crate) held: i64,
     /// Credits of lots past their expiry that the worker has not expired yet.
     expired: i64,
-    next_amount: Option<i64>,
-    next_at: Option<DateTime<Utc>>,
+    pub(crate) next_amount: Option<i64>,
+    pub(crate) next_at: Option<DateTime<Utc>>,
 }
 
 impl BalanceRow {
@@ -219,8 +220,12 @@ impl BalanceRow {
 
     /// The balance as reads show it: credits of a lot past its expiry leave the balance through
     /// the worker's expire entry within a second or so; until then reads already leave them out.
+    pub(crate) fn balance(&self) -> i64 {
+        self.balance - self.expired
+    }
+
     fn into_balance(self) -> TypeBalance {
-        let balance = self.balance - self.expired;
+        let balance = self.balance();
         TypeBalance {
             credit_type: self.credit_type,
             balance,
@@ -238,7 +243,7 @@ impl BalanceRow {
 }
 
 /// The account rows of a user (of one type, or all), with what their lots add to a read.
-async fn balance_rows(
+pub(crate) async fn balance_rows(
     pool: &sqlx::PgPool,
     app_id: Uuid,
     user_id: &str,

@@ -98,6 +98,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/credits/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["batch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/credits/balance": {
         parameters: {
             query?: never;
@@ -106,6 +122,22 @@ export interface paths {
             cookie?: never;
         };
         get: operations["balance"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/credits/balances": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["balances"];
         put?: never;
         post?: never;
         delete?: never;
@@ -222,6 +254,94 @@ export interface components {
             /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
+        /** @description `op: "add"` and the body of `POST /credits/add`. */
+        AtomicBatchAdd: {
+            /**
+             * Format: int64
+             * @description Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description Read back in history (`null` when absent). At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: date-time
+             * @description When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future.
+             */
+            expires_at?: string | null;
+            /**
+             * Format: int64
+             * @description Seconds from now until these credits expire. A JSON integer from 1 to 315360000.
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: null;
+            /** @description Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "add";
+            /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "deduct"` and the body of `POST /credits/deduct`. */
+        AtomicBatchDeduct: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            idempotency_key?: null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "deduct";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "hold"` and the body of `POST /credits/hold`. */
+        AtomicBatchHold: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: int64
+             * @description Released automatically after this long. A JSON integer from 1 to 86400 (default 900).
+             * @default 900
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "hold";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
         /** @description A user's balance of one credit type. */
         BalanceResponse: {
             /**
@@ -242,6 +362,173 @@ export interface components {
             held: number;
             next_expiry?: null | components["schemas"]["NextExpiry"];
             user_id: string;
+        };
+        /** @description Every credit type a user has. */
+        BalancesResponse: {
+            /** @description One per credit type the user has ever been written, ordered by type. */
+            balances: components["schemas"]["TypeBalance"][];
+            user_id: string;
+        };
+        /** @description `op: "add"` and the body of `POST /credits/add`. */
+        BatchAdd: {
+            /**
+             * Format: int64
+             * @description Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description Read back in history (`null` when absent). At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: date-time
+             * @description When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future.
+             */
+            expires_at?: string | null;
+            /**
+             * Format: int64
+             * @description Seconds from now until these credits expire. A JSON integer from 1 to 315360000.
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: string | null;
+            /** @description Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "add";
+            /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "capture"` and the body of `POST /credits/capture`. */
+        BatchCapture: {
+            /**
+             * Format: int64
+             * @description Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount?: number | null;
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
+            hold_id: string;
+            idempotency_key?: string | null;
+            /** @enum {string} */
+            op: "capture";
+        };
+        /** @description `op: "deduct"` and the body of `POST /credits/deduct`. */
+        BatchDeduct: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            idempotency_key?: string | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "deduct";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "hold"` and the body of `POST /credits/hold`. */
+        BatchHold: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: int64
+             * @description Released automatically after this long. A JSON integer from 1 to 86400 (default 900).
+             * @default 900
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: string | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "hold";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description One operation's answer: the status and body that request would have had alone. */
+        BatchOperationResult: {
+            body: Record<string, unknown>;
+            index: number;
+            /** Format: int32 */
+            status: number;
+        };
+        /** @description `op: "refund"` and the body of `POST /credits/refund`. */
+        BatchRefund: {
+            /**
+             * Format: int64
+             * @description Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount?: number | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            idempotency_key?: string | null;
+            /**
+             * Format: uuid
+             * @description The add, deduct or payment entry to reverse. A UUID.
+             */
+            ledger_id: string;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "refund";
+        };
+        /** @description `op: "release"` and the body of `POST /credits/release`. */
+        BatchRelease: {
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
+            hold_id: string;
+            idempotency_key?: string | null;
+            /** @enum {string} */
+            op: "release";
+        };
+        /** @description Body of `POST /credits/batch`: 1 to 1000 operations. Not atomic: each its own command, exactly as if sent alone, applied in order for each user. Atomic: adds, deducts and holds of one user (every operation names the same `user_id`), without their own `idempotency_key`, applied in one transaction or not at all. */
+        BatchRequest: {
+            /** @description `true`: all or none (default `false`). */
+            atomic?: boolean | null;
+            operations: (components["schemas"]["BatchAdd"] | components["schemas"]["BatchDeduct"] | components["schemas"]["BatchRefund"] | components["schemas"]["BatchHold"] | components["schemas"]["BatchCapture"] | components["schemas"]["BatchRelease"])[];
+        } & ({
+            /** @enum {unknown} */
+            atomic?: false | null;
+        } | {
+            /** @enum {unknown} */
+            atomic: true;
+            operations?: unknown;
+        });
+        /** @description Answer to a batch: one result per operation, in request order. */
+        BatchResponse: {
+            results: components["schemas"]["BatchOperationResult"][];
         };
         /** @description Body of `POST /credits/capture`. */
         CaptureRequest: {
@@ -506,6 +793,17 @@ export interface components {
             released: number;
             success: boolean;
             user_id: string;
+        };
+        /** @description One balance of `GET /credits/balances`. */
+        TypeBalance: {
+            /** Format: int64 */
+            available: number;
+            /** Format: int64 */
+            balance: number;
+            credit_type: string;
+            /** Format: int64 */
+            held: number;
+            next_expiry?: null | components["schemas"]["NextExpiry"];
         };
         /** @description One received webhook event. */
         WebhookEventRecord: {
@@ -1534,6 +1832,166 @@ export interface operations {
             };
         };
     };
+    batch: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description replays the whole answer 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: every result a 202 body (atomic: one 202) `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BatchRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchResponse"];
+                };
+            };
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AcceptedResponse"];
+                };
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
+                };
+            };
+            /** @description `payload_too_large`: the body is over 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `unsupported_media_type`: the body is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description `balance_overflow`: the balance would pass 2^63 - 1; nothing written; `batch_rejected`: an operation of the atomic batch was refused (`failed_index` and `failed` say which and why); nothing was written */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "balance_overflow" | "batch_rejected";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
     balance: {
         parameters: {
             query: {
@@ -1554,6 +2012,80 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["BalanceResponse"];
+                };
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    balances: {
+        parameters: {
+            query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+                user_id: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BalancesResponse"];
                 };
             };
             /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
