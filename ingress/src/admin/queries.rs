@@ -16,7 +16,8 @@ use crate::paging::{decode_cursor, encode_cursor, split_page};
 use crate::routes::credits::{balance_rows, BalanceRow};
 use crate::validate;
 
-/// Most days the chart and `/admin/apps/{id}/stats` cover.
+/// Fewest and most days the chart and `/admin/apps/{id}/stats` cover.
+pub const STATS_DAYS_MIN: i64 = 1;
 pub const STATS_DAYS_MAX: i64 = 90;
 pub const STATS_DAYS_DEFAULT: i64 = 14;
 /// Most pages `page=` may skip (offset paging of users and events stays cheap).
@@ -28,6 +29,8 @@ pub const ENTRY_TYPES: &[&str] = &["add", "deduct", "refund", "payment", "expire
 pub const SOURCES: &[&str] = &["api", "stripe", "polar", "system", "dashboard"];
 /// The webhook providers `provider=` filters by.
 pub const PROVIDERS: &[&str] = &["stripe", "polar"];
+/// The orders `sort=` of the users list takes.
+pub const USER_SORTS: &[&str] = &["balance", "activity"];
 /// The webhook outcomes `outcome=` filters by.
 pub const OUTCOMES: &[&str] = &[
     "credited",
@@ -190,10 +193,10 @@ impl UsersRequest {
         if prefix.len() > tally_common::limits::USER_ID_BYTES_MAX {
             return Err(ApiError::field("prefix", "is longer than a user id"));
         }
+        crate::validate::reject_nul("prefix", &prefix)?;
         Ok(Self {
             prefix,
-            sort: one_of(query, "sort", &["balance", "activity"])?
-                .unwrap_or_else(|| "activity".into()),
+            sort: one_of(query, "sort", USER_SORTS)?.unwrap_or_else(|| "activity".into()),
             limit: super::limit(query)?,
             page: integer(query, "page", 0, PAGE_INDEX_MAX)?.unwrap_or(0),
         })

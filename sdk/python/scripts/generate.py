@@ -176,6 +176,9 @@ class Generator:
         names = types if isinstance(types, list) else [types]
         nullable = "null" in names
         names = [n for n in names if n != "null"]
+        if not names and nullable:
+            # Only `null` (an atomic batch's operation takes no `idempotency_key`).
+            return "None", False
         if len(names) != 1:
             raise GenerateError(f"unsupported type {json.dumps(schema)}")
         kind = names[0]
