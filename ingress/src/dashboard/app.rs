@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
+use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
@@ -29,6 +30,8 @@ struct AppPage {
     chart: Chart,
     request: queries::UsersRequest,
     users: queries::UsersPage,
+    /// The type the users list shows and sorts by; other types are listed beside it.
+    default_type: &'static str,
     credentials: Credentials,
 }
 
@@ -149,6 +152,7 @@ pub async fn app_page(
                 chart: Chart::new(&days),
                 request,
                 users,
+                default_type: CreditType::DEFAULT,
                 credentials,
             },
         ))

@@ -19,6 +19,7 @@
 //! on each retry, so a retried write takes effect once. Calls are retried only on network
 //! errors, timeouts, 429, 503 and `409 idempotency_in_progress`.
 
+mod batch;
 mod error;
 mod resources;
 mod retry;
@@ -32,6 +33,10 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use batch::{
+    BatchHandle, BatchItem, BatchOperation, BatchRequest, BatchResponse, BatchResult,
+    OperationAnswer,
+};
 pub use error::{ApiError, Error};
 pub use resources::{CommandHandle, Commands, Credits, WaitOptions, Webhooks, WriteRequest};
 pub use retry::{
@@ -157,7 +162,7 @@ impl Client {
         ClientBuilder::default()
     }
 
-    /// Add, deduct, refund, hold, capture, release; balance, history, holds.
+    /// Add, deduct, refund, hold, capture, release, batch; balance(s), history, holds.
     pub fn credits(&self) -> Credits<'_> {
         Credits::new(self)
     }

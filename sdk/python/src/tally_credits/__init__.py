@@ -13,13 +13,38 @@ checks the signed events Tally sends to your endpoints.
 __version__ = "0.1.0"
 
 from . import _generated, webhooks
-from ._async_client import AsyncCommandHandle, AsyncCommands, AsyncCredits, AsyncTally, AsyncWebhooks
-from ._client import CommandHandle, Commands, Credits, Tally, Webhooks
+from ._async_client import (
+    AsyncBatchHandle,
+    AsyncCommandHandle,
+    AsyncCommands,
+    AsyncCredits,
+    AsyncTally,
+    AsyncWebhooks,
+)
+from ._batch import (
+    AddOperation,
+    AddResult,
+    BatchResult,
+    CaptureOperation,
+    CaptureResult,
+    DeductOperation,
+    DeductResult,
+    HoldOperation,
+    HoldResult,
+    Operation,
+    OperationResult,
+    RefundOperation,
+    RefundResult,
+    ReleaseOperation,
+    ReleaseResult,
+)
+from ._client import BatchHandle, CommandHandle, Commands, Credits, Tally, Webhooks
 from ._generated import *  # noqa: F403 - the API's types, listed in _generated.__all__
 from ._model import Model
 from .errors import (
     AuthenticationError,
     BadRequestError,
+    BatchRejectedError,
     ConflictError,
     ConnectionError,
     IdempotencyConflictError,
@@ -33,6 +58,9 @@ from .errors import (
 )
 
 __all__ = [
+    "AddOperation",
+    "AddResult",
+    "AsyncBatchHandle",
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncCredits",
@@ -40,16 +68,31 @@ __all__ = [
     "AsyncWebhooks",
     "AuthenticationError",
     "BadRequestError",
+    "BatchHandle",
+    "BatchRejectedError",
+    "BatchResult",
+    "CaptureOperation",
+    "CaptureResult",
     "CommandHandle",
     "Commands",
     "ConflictError",
     "ConnectionError",
     "Credits",
+    "DeductOperation",
+    "DeductResult",
+    "HoldOperation",
+    "HoldResult",
     "IdempotencyConflictError",
     "InsufficientCreditsError",
     "Model",
     "NotFoundError",
+    "Operation",
+    "OperationResult",
     "RateLimitError",
+    "RefundOperation",
+    "RefundResult",
+    "ReleaseOperation",
+    "ReleaseResult",
     "Tally",
     "TallyError",
     "UnavailableError",

@@ -9,9 +9,9 @@ read fields as attributes (`result.balance_after`); `to_dict()` gives the body a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NotRequired, Self, TypedDict
+from typing import Any, Literal, NotRequired, Self, TypedDict
 
 from ._model import Model
 
@@ -22,12 +22,26 @@ __all__ = [
     "HoldRequest",
     "CaptureRequest",
     "ReleaseRequest",
+    "BatchRequest",
+    "AtomicBatchAdd",
+    "AtomicBatchDeduct",
+    "AtomicBatchHold",
+    "BatchAdd",
+    "BatchDeduct",
+    "BatchRefund",
+    "BatchHold",
+    "BatchCapture",
+    "BatchRelease",
     "BalanceQuery",
+    "BalancesQuery",
     "HistoryQuery",
     "HoldsQuery",
     "WebhookEventsQuery",
     "AcceptedResponse",
     "BalanceResponse",
+    "BalancesResponse",
+    "BatchOperationResult",
+    "BatchResponse",
     "CaptureResponse",
     "CommandStatus",
     "DeadLetter",
@@ -39,6 +53,7 @@ __all__ = [
     "NextExpiry",
     "RefundResponse",
     "ReleaseResponse",
+    "TypeBalance",
     "WebhookEventRecord",
     "WebhookEventsResponse",
     "WriteResponse",
@@ -46,113 +61,293 @@ __all__ = [
 
 
 class AddRequest(TypedDict):
-    """Body of `POST /credits/add`."""
+    """Body of `POST /credits/add`. Give `expires_at` or `expires_in_seconds`, not both."""
 
     user_id: str
-    """The integrator's id for the user (1..=255 bytes)."""
+    """The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     amount: int
-    """Credits to add, 1..=10^12."""
+    """Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credit_type: NotRequired[str | None]
-    """Which of the user's balances (1..=64 of `a-z 0-9 _ -`; default `"credits"`)."""
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     description: NotRequired[str | None]
-    """At most 1,000 characters."""
+    """Read back in history (`null` when absent). At most 1000 characters, without the NUL character."""
     expires_at: NotRequired[str | None]
-    """When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`."""
+    """When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future."""
     expires_in_seconds: NotRequired[int | None]
-    """Seconds from now until these credits expire."""
+    """Seconds from now until these credits expire. A JSON integer from 1 to 315360000."""
     metadata: NotRequired[Mapping[str, str] | None]
-    """At most 50 keys, string values."""
+    """Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class DeductRequest(TypedDict):
     """Body of `POST /credits/deduct`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credit_type: NotRequired[str | None]
-    """Which of the user's balances (default `"credits"`)."""
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
     metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class RefundRequest(TypedDict):
     """Body of `POST /credits/refund`."""
 
     ledger_id: str
-    """The add, deduct or payment entry to reverse."""
+    """The add, deduct or payment entry to reverse. A UUID."""
     amount: NotRequired[int | None]
-    """Default: all that is left to refund."""
+    """Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
     metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class HoldRequest(TypedDict):
     """Body of `POST /credits/hold`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credit_type: NotRequired[str | None]
-    """Which of the user's balances to reserve from (default `"credits"`)."""
+    """Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
     expires_in_seconds: NotRequired[int | None]
-    """1..=86400, default 900: released automatically after this long."""
+    """Released automatically after this long. A JSON integer from 1 to 86400 (default 900)."""
     metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class CaptureRequest(TypedDict):
     """Body of `POST /credits/capture`."""
 
     hold_id: str
+    """A UUID."""
     amount: NotRequired[int | None]
-    """Default: all held; more than held is 400."""
+    """Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
 
 
 class ReleaseRequest(TypedDict):
     """Body of `POST /credits/release`."""
 
     hold_id: str
+    """A UUID."""
+
+
+class BatchRequest(TypedDict):
+    """Body of `POST /credits/batch`: 1 to 1000 operations. Not atomic: each its own command, exactly as if sent alone, applied in order for each user. Atomic: adds, deducts and holds of one user (every operation names the same `user_id`), without their own `idempotency_key`, applied in one transaction or not at all."""
+
+    operations: Sequence[BatchAdd | BatchDeduct | BatchRefund | BatchHold | BatchCapture | BatchRelease]
+    atomic: NotRequired[bool | None]
+    """`true`: all or none (default `false`)."""
+
+
+class AtomicBatchAdd(TypedDict):
+    """`op: "add"` and the body of `POST /credits/add`."""
+
+    op: Literal["add"]
+    user_id: str
+    """The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """Read back in history (`null` when absent). At most 1000 characters, without the NUL character."""
+    expires_at: NotRequired[str | None]
+    """When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future."""
+    expires_in_seconds: NotRequired[int | None]
+    """Seconds from now until these credits expire. A JSON integer from 1 to 315360000."""
+    idempotency_key: NotRequired[None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class AtomicBatchDeduct(TypedDict):
+    """`op: "deduct"` and the body of `POST /credits/deduct`."""
+
+    op: Literal["deduct"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    idempotency_key: NotRequired[None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class AtomicBatchHold(TypedDict):
+    """`op: "hold"` and the body of `POST /credits/hold`."""
+
+    op: Literal["hold"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    expires_in_seconds: NotRequired[int | None]
+    """Released automatically after this long. A JSON integer from 1 to 86400 (default 900)."""
+    idempotency_key: NotRequired[None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchAdd(TypedDict):
+    """`op: "add"` and the body of `POST /credits/add`."""
+
+    op: Literal["add"]
+    user_id: str
+    """The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """Read back in history (`null` when absent). At most 1000 characters, without the NUL character."""
+    expires_at: NotRequired[str | None]
+    """When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future."""
+    expires_in_seconds: NotRequired[int | None]
+    """Seconds from now until these credits expire. A JSON integer from 1 to 315360000."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchDeduct(TypedDict):
+    """`op: "deduct"` and the body of `POST /credits/deduct`."""
+
+    op: Literal["deduct"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchRefund(TypedDict):
+    """`op: "refund"` and the body of `POST /credits/refund`."""
+
+    op: Literal["refund"]
+    ledger_id: str
+    """The add, deduct or payment entry to reverse. A UUID."""
+    amount: NotRequired[int | None]
+    """Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchHold(TypedDict):
+    """`op: "hold"` and the body of `POST /credits/hold`."""
+
+    op: Literal["hold"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    expires_in_seconds: NotRequired[int | None]
+    """Released automatically after this long. A JSON integer from 1 to 86400 (default 900)."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchCapture(TypedDict):
+    """`op: "capture"` and the body of `POST /credits/capture`."""
+
+    op: Literal["capture"]
+    hold_id: str
+    """A UUID."""
+    amount: NotRequired[int | None]
+    """Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    idempotency_key: NotRequired[str | None]
+
+
+class BatchRelease(TypedDict):
+    """`op: "release"` and the body of `POST /credits/release`."""
+
+    op: Literal["release"]
+    hold_id: str
+    """A UUID."""
+    idempotency_key: NotRequired[str | None]
 
 
 class BalanceQuery(TypedDict):
     """Query of `GET /credits/balance`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     credit_type: NotRequired[str | None]
-    """default `credits`"""
+    """1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+
+
+class BalancesQuery(TypedDict):
+    """Query of `GET /credits/balances`."""
+
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
 
 
 class HistoryQuery(TypedDict):
     """Query of `GET /credits/history`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     limit: NotRequired[int | None]
-    """1..=200, default 50"""
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
-    """next_cursor of the previous page"""
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
     credit_type: NotRequired[str | None]
-    """only entries of this type (absent: every type)"""
+    """Only entries of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
 
 
 class HoldsQuery(TypedDict):
     """Query of `GET /credits/holds`."""
 
     user_id: str
-    status: NotRequired[str | None]
-    """active, captured, released or expired"""
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    status: NotRequired[Literal["active", "captured", "released", "expired"] | None]
     credit_type: NotRequired[str | None]
-    """only holds of this type (absent: every type)"""
+    """Only holds of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     limit: NotRequired[int | None]
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
 
 
 class WebhookEventsQuery(TypedDict):
     """Query of `GET /webhooks/events`."""
 
-    provider: NotRequired[str | None]
-    """stripe or polar"""
+    provider: NotRequired[Literal["stripe", "polar"] | None]
     limit: NotRequired[int | None]
-    """1..=200, default 50"""
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +395,55 @@ class BalanceResponse(Model):
             held=body["held"],
             available=body["available"],
             next_expiry=None if body.get("next_expiry") is None else NextExpiry.from_dict(body["next_expiry"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancesResponse(Model):
+    """Every credit type a user has."""
+
+    user_id: str
+    balances: list[TypeBalance]
+    """One per credit type the user has ever been written, ordered by type."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            user_id=body["user_id"],
+            balances=[TypeBalance.from_dict(item) for item in body["balances"]],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOperationResult(Model):
+    """One operation's answer: the status and body that request would have had alone."""
+
+    index: int
+    status: int
+    body: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            index=body["index"],
+            status=body["status"],
+            body=body["body"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResponse(Model):
+    """Answer to a batch: one result per operation, in request order."""
+
+    results: list[BatchOperationResult]
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            results=[BatchOperationResult.from_dict(item) for item in body["results"]],
         )
 
 
@@ -483,6 +727,28 @@ class ReleaseResponse(Model):
             released=body["released"],
             balance=body["balance"],
             available=body["available"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TypeBalance(Model):
+    """One balance of `GET /credits/balances`."""
+
+    credit_type: str
+    balance: int
+    held: int
+    available: int
+    next_expiry: NextExpiry | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            credit_type=body["credit_type"],
+            balance=body["balance"],
+            held=body["held"],
+            available=body["available"],
+            next_expiry=None if body.get("next_expiry") is None else NextExpiry.from_dict(body["next_expiry"]),
         )
 
 
