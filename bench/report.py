@@ -23,7 +23,14 @@ for line in open(path):
     run["per_publish"] = delta.get("published", 0) / max(delta.get("publishes", 0), 1)
     run["per_batch"] = delta.get("applied", 0) / max(delta.get("batches", 0), 1)
     commands = run["requests"]
-    if scenario == "async" and system == "tally":
+    if scenario == "batch":
+        # Every operation is a command; the rate is what was applied.
+        commands = max(run.get("applied", 0), 1)
+        run["rate"] = run["applied"] / max(run["applied_ms"], 1) * 1000
+        expected = run["requests"] * run["ops"]
+        if run["applied"] < expected:
+            failures.append(f"batch: {expected:.0f} operations answered, {run['applied']:.0f} applied")
+    elif scenario == "async" and system == "tally":
         commands = max(run.get("applied", 0), 1)
         run["rate"] = run["applied"] / max(run["applied_ms"], 1) * 1000
         if run["applied"] < run["requests"]:
@@ -54,6 +61,18 @@ for scenario in ["sync-10k", "sync-hot", "async", "balance"]:
           f"| {med([r['us_peer'] for r in p]):.0f} / {med([r['us_postgres'] for r in p]):.0f} "
           f"| {med([r['us_wrk'] for r in t]):.0f} / {med([r['us_wrk'] for r in p]):.0f} "
           f"| {med([r['per_publish'] for r in t]):.1f} / {med([r['per_batch'] for r in t]):.1f} |")
+batches = runs.get(("batch", "tally"), [])
+if batches:
+    singles = runs.get(("sync-10k", "tally"), [])
+    peers = runs.get(("sync-10k", "peer"), [])
+    vs = lambda others: (f"{med([r['rate'] for r in batches]) / med([r['rate'] for r in others]):.2f}x"
+                         if others else "n/a")
+    print(f"| batch of {batches[0]['ops']:.0f} deducts | {med([r['rate'] for r in peers]):,.0f} single deducts "
+          f"| {med([r['rate'] for r in batches]):,.0f} applied ({med([r['rps'] for r in batches]):,.0f} requests, p99 {med([r['p99_ms'] for r in batches]):.1f}) "
+          f"| {vs(peers)} (vs Tally single: {vs(singles)}) "
+          f"| {' / '.join(f'{med([r[chr(117) + chr(115) + chr(95) + q] for r in batches]):.1f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} "
+          f"| | {med([r['us_wrk'] for r in batches]) / batches[0]['ops']:.1f} per operation "
+          f"| {med([r['per_publish'] for r in batches]):.1f} / {med([r['per_batch'] for r in batches]):.1f} |")
 before, after = runs.get(("growth-before", "tally")), runs.get(("growth-after", "tally"))
 if before and after:
     print(f"| growth | | {before[0]['rate']:,.0f} -> {after[0]['rate']:,.0f} /s "

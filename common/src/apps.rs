@@ -32,8 +32,12 @@ impl Invalid {
     }
 }
 
-/// An app name as stored: trimmed, 1 to [`APP_NAME_CHARS_MAX`] characters.
+/// An app name as stored: trimmed, 1 to [`APP_NAME_CHARS_MAX`] characters, without the NUL
+/// character (which Postgres text cannot hold).
 pub fn check_name(name: &str) -> Result<String, Invalid> {
+    if name.contains('\0') {
+        return Err(Invalid::new("name", "must not contain the NUL character"));
+    }
     let name = name.trim();
     if name.is_empty() || name.chars().count() > APP_NAME_CHARS_MAX {
         return Err(Invalid::new(
@@ -45,10 +49,13 @@ pub fn check_name(name: &str) -> Result<String, Invalid> {
 }
 
 /// A webhook secret as stored: a known provider, and the secret trimmed, 1 to
-/// [`WEBHOOK_SECRET_CHARS_MAX`] characters.
+/// [`WEBHOOK_SECRET_CHARS_MAX`] characters, without the NUL character.
 pub fn check_secret(provider: &str, secret: &str) -> Result<(Provider, String), Invalid> {
     let provider = Provider::parse(provider)
         .ok_or_else(|| Invalid::new("provider", "must be stripe or polar"))?;
+    if secret.contains('\0') {
+        return Err(Invalid::new("secret", "must not contain the NUL character"));
+    }
     let secret = secret.trim();
     if secret.is_empty() || secret.chars().count() > WEBHOOK_SECRET_CHARS_MAX {
         return Err(Invalid::new(
@@ -228,6 +235,7 @@ mod tests {
         assert_eq!(check_name("   ").unwrap_err().field, "name");
         assert!(check_name(&"x".repeat(APP_NAME_CHARS_MAX)).is_ok());
         assert!(check_name(&"x".repeat(APP_NAME_CHARS_MAX + 1)).is_err());
+        assert_eq!(check_name("a\0b").unwrap_err().field, "name");
     }
 
     #[test]
@@ -239,6 +247,10 @@ mod tests {
         assert_eq!(check_secret("paypal", "x").unwrap_err().field, "provider");
         assert_eq!(check_secret("polar", "  ").unwrap_err().field, "secret");
         assert!(check_secret("polar", &"x".repeat(WEBHOOK_SECRET_CHARS_MAX + 1)).is_err());
+        assert_eq!(
+            check_secret("stripe", "whsec_\0").unwrap_err().field,
+            "secret"
+        );
     }
 
     #[test]

@@ -27,6 +27,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (the OpenAPI document lists them from here).
+    pub const ALL: [ErrorCode; 18] = [
+        Self::InvalidRequest,
+        Self::InvalidSignature,
+        Self::Unauthorized,
+        Self::InsufficientCredits,
+        Self::NotFound,
+        Self::IdempotencyConflict,
+        Self::IdempotencyInProgress,
+        Self::AlreadyRefunded,
+        Self::HoldNotActive,
+        Self::RequestTimeout,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::BalanceOverflow,
+        Self::NotRefundable,
+        Self::BatchRejected,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
     pub fn status(self) -> u16 {
         match self {
             Self::InvalidRequest | Self::InvalidSignature => 400,
@@ -73,5 +95,22 @@ impl ErrorCode {
     /// The error body every response uses: `{success: false, error, message, ..extra}`.
     pub fn body(self, message: impl Into<String>) -> serde_json::Value {
         serde_json::json!({ "success": false, "error": self.as_str(), "message": message.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_code_once_in_declaration_order() {
+        // A code added before `Internal` moves its discriminant and fails here until listed;
+        // keep `Internal` last.
+        assert_eq!(ErrorCode::ALL.len(), ErrorCode::Internal as usize + 1);
+        for (index, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, index, "{code:?}");
+            let wire: ErrorCode = serde_json::from_value(serde_json::json!(code.as_str())).unwrap();
+            assert_eq!(wire, code, "as_str and serde agree");
+        }
     }
 }

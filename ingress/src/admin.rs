@@ -15,10 +15,12 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tally_common::command::{Command, Origin};
 use tally_common::credit_type::CreditType;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::paging::page_limit;
+use crate::responses::{AcceptedResponse, ErrorResponse};
 use crate::submit::{answer, Answer, Submission};
 use crate::validate::{self, Fields};
 use crate::AppState;
@@ -103,7 +105,7 @@ fn app_id(text: &str) -> Result<Uuid, ApiError> {
 
 /// Every app with its figures.
 #[utoipa::path(get, path = "/admin/apps", tag = "admin",
-    responses((status = 200, description = "{ apps: [ { app_id, name, created_at, users, outstanding, added_24h, spent_24h, active_holds, webhooks_rejected_24h } ] }"),
+    responses((status = 200, description = "{ apps: [ { app_id, name, created_at, users, outstanding, added_24h, spent_24h, active_holds, webhooks_rejected_24h, credit_types: [ { credit_type, users, outstanding, added_24h, spent_24h } ] } ] } (amounts at the top level: the default type `credits`)"),
               (status = 401, description = "missing or wrong admin token")),
     security(("admin_token" = [])))]
 pub async fn apps(_: Admin, State(state): State<AppState>) -> Result<Json<AppsBody>, ApiError> {
@@ -118,10 +120,12 @@ pub struct AppsBody {
 }
 
 /// Users of an app: `prefix` (of the user id), `sort=balance|activity`, `limit`, `page` (0-based).
+/// One row per user: `balance` and `held` (and the sort by balance) are the default type's
+/// (`credits`); `balances` has every type's.
 #[utoipa::path(get, path = "/admin/apps/{app_id}/users", tag = "admin",
-    params(("app_id" = Uuid, Path), ("prefix" = Option<String>, Query), ("sort" = Option<String>, Query, description = "balance | activity"),
+    params(("app_id" = Uuid, Path), ("prefix" = Option<String>, Query), ("sort" = Option<String>, Query),
            ("limit" = Option<i64>, Query), ("page" = Option<i64>, Query)),
-    responses((status = 200, description = "{ users: [ { user_id, balance, held, last_activity } ], next_page }"),
+    responses((status = 200, description = "{ users: [ { user_id, balance, held, last_activity, balances: [ { credit_type, balance, held } ] } ], next_page }"),
               (status = 400, description = "bad parameter"), (status = 401, description = "missing or wrong admin token"),
               (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]
@@ -136,12 +140,14 @@ pub async fn users(
     Ok(Json(queries::users(&state.pool, app.id, &request).await?))
 }
 
-/// A user: balance, held, available, next expiry, active holds, lots, and a page of history
-/// (`limit`, `cursor`, `type`, `source`).
+/// A user: balance, held, available and next expiry of the default type (`credits`), the same
+/// per credit type (`balances`), active holds, lots, and a page of history (`limit`, `cursor`,
+/// `type`, `source`, `credit_type`).
 #[utoipa::path(get, path = "/admin/apps/{app_id}/users/{user_id}", tag = "admin",
     params(("app_id" = Uuid, Path), ("user_id" = String, Path), ("limit" = Option<i64>, Query),
-           ("cursor" = Option<String>, Query), ("type" = Option<String>, Query), ("source" = Option<String>, Query)),
-    responses((status = 200, description = "{ user_id, balance, held, available, next_expiry, holds, lots, entries, next_cursor }"),
+           ("cursor" = Option<String>, Query), ("type" = Option<String>, Query), ("source" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only entries of this type; every type when absent.")),
+    responses((status = 200, description = "{ user_id, balance, held, available, next_expiry, balances: [ { credit_type, balance, held, available, next_expiry } ], holds, lots, entries, next_cursor }"),
               (status = 400, description = "bad parameter"), (status = 401, description = "missing or wrong admin token"),
               (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]
@@ -169,10 +175,12 @@ pub struct UserBody {
     history: queries::EntriesPage,
 }
 
-/// An app's entries of every user, newest first (`limit`, `cursor`, `type`, `source`).
+/// An app's entries of every user, newest first (`limit`, `cursor`, `type`, `source`,
+/// `credit_type`).
 #[utoipa::path(get, path = "/admin/apps/{app_id}/entries", tag = "admin",
     params(("app_id" = Uuid, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query),
-           ("type" = Option<String>, Query), ("source" = Option<String>, Query)),
+           ("type" = Option<String>, Query), ("source" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only entries of this type; every type when absent.")),
     responses((status = 200, description = "{ entries, next_cursor }"), (status = 400, description = "bad parameter"),
               (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]
@@ -237,10 +245,19 @@ pub async fn stats(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<StatsBody>, ApiError> {
     let app = queries::app(&state.pool, app_id(&app)?).await?;
-    let days = queries::integer(&query, "days", 1, queries::STATS_DAYS_MAX)?
-        .unwrap_or(queries::STATS_DAYS_DEFAULT);
-    let days = queries::daily(&state.pool, app.id, days).await?;
+    let days = queries::daily(&state.pool, app.id, stats_days(&query)?).await?;
     Ok(Json(StatsBody { days }))
+}
+
+/// The `days` of `GET /admin/apps/{app_id}/stats` (`400` naming it otherwise).
+pub(crate) fn stats_days(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    Ok(queries::integer(
+        query,
+        "days",
+        queries::STATS_DAYS_MIN,
+        queries::STATS_DAYS_MAX,
+    )?
+    .unwrap_or(queries::STATS_DAYS_DEFAULT))
 }
 
 /// `GET /admin/apps/{app_id}/stats`'s body.
@@ -270,11 +287,36 @@ pub async fn submit_for(
     .await
 }
 
+/// Body of the admin add and deduct: as `POST /credits/add` and `/credits/deduct`, without
+/// metadata or expiry.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AdminWriteRequest {
+    user_id: String,
+    amount: i64,
+    /// Default `credits`.
+    credit_type: Option<String>,
+    description: Option<String>,
+}
+
+/// Body of the admin refund: as `POST /credits/refund`, without metadata.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AdminRefundRequest {
+    /// The add, deduct or payment entry to reverse.
+    ledger_id: Uuid,
+    /// Default: all that is left to refund; more than is left is `400`.
+    amount: Option<i64>,
+    description: Option<String>,
+}
+
 /// Adds credits to a user of the app (body as `POST /credits/add`, without expiry).
-#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/add", tag = "admin",
-    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::DeductRequest,
-    responses((status = 200, body = crate::routes::credits::WriteResponse), (status = 400, description = "bad input"),
-              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/add", tag = "admin", operation_id = "admin_add",
+    params(("app_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AdminWriteRequest,
+    responses((status = 200, body = crate::routes::credits::WriteResponse),
+              (status = 202, description = "accepted; not applied within the sync timeout", body = AcceptedResponse),
+              (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)),
     security(("admin_token" = [])))]
 pub async fn add(
     _: Admin,
@@ -308,12 +350,13 @@ pub async fn add(
     .await
 }
 
-/// Deducts credits from a user of the app (body as `POST /credits/deduct`).
-#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/deduct", tag = "admin",
-    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::DeductRequest,
-    responses((status = 200, body = crate::routes::credits::WriteResponse), (status = 400, description = "bad input"),
-              (status = 401, description = "missing or wrong admin token"), (status = 402, description = "insufficient_credits"),
-              (status = 404, description = "unknown app")),
+/// Deducts credits from a user of the app (body as `POST /credits/deduct`, without metadata).
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/deduct", tag = "admin", operation_id = "admin_deduct",
+    params(("app_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AdminWriteRequest,
+    responses((status = 200, body = crate::routes::credits::WriteResponse),
+              (status = 202, description = "accepted; not applied within the sync timeout", body = AcceptedResponse),
+              (status = 402, body = ErrorResponse), (status = 404, body = ErrorResponse)),
     security(("admin_token" = [])))]
 pub async fn deduct(
     _: Admin,
@@ -359,12 +402,7 @@ async fn user_write(headers: &HeaderMap, body: Body, path: &str) -> Result<UserW
     let key = validate::idempotency_key(headers)?;
     let object = validate::json_object(headers, body).await?;
     let idempotency = key.map(|key| (key, validate::request_hash("POST", path, &object)));
-    let mut fields = Fields::new(object, &["user_id", "amount", "description", "credit_type"])?;
-    let user_id = fields.user_id("user_id")?;
-    let amount = fields.amount("amount")?;
-    let credit_type = fields.credit_type()?;
-    let description = fields.description()?;
-    fields.finish()?;
+    let (user_id, amount, credit_type, description) = write_fields(object)?;
     Ok(UserWrite {
         user_id,
         amount,
@@ -374,13 +412,29 @@ async fn user_write(headers: &HeaderMap, body: Body, path: &str) -> Result<UserW
     })
 }
 
-/// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`).
-#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/refund", tag = "admin",
-    params(("app_id" = Uuid, Path)), request_body = crate::routes::credits::RefundRequest,
-    responses((status = 200, body = crate::routes::credits::RefundResponse), (status = 400, description = "bad input"),
-              (status = 401, description = "missing or wrong admin token"), (status = 402, description = "insufficient_credits"),
-              (status = 404, description = "unknown app or entry"), (status = 409, description = "already_refunded"),
-              (status = 422, description = "not_refundable")),
+/// The user, amount, credit type and description of an admin add or deduct (`400` naming the
+/// field otherwise).
+pub(crate) fn write_fields(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<(String, i64, CreditType, Option<String>), ApiError> {
+    let mut fields = Fields::new(object, &["user_id", "amount", "description", "credit_type"])?;
+    let user_id = fields.user_id("user_id")?;
+    let amount = fields.amount("amount")?;
+    let credit_type = fields.credit_type()?;
+    let description = fields.description()?;
+    fields.finish()?;
+    Ok((user_id, amount, credit_type, description))
+}
+
+/// Refunds an entry of the app, all that is left or `amount` (body as `POST /credits/refund`,
+/// without metadata).
+#[utoipa::path(post, path = "/admin/apps/{app_id}/credits/refund", tag = "admin", operation_id = "admin_refund",
+    params(("app_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AdminRefundRequest,
+    responses((status = 200, body = crate::routes::credits::RefundResponse),
+              (status = 202, description = "accepted; not applied within the sync timeout", body = AcceptedResponse),
+              (status = 402, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse)),
     security(("admin_token" = [])))]
 pub async fn refund(
     _: Admin,
@@ -394,12 +448,20 @@ pub async fn refund(
     let object = validate::json_object(&headers, body).await?;
     let path = format!("/admin/apps/{}/credits/refund", app.id);
     let idempotency = key.map(|key| (key, validate::request_hash("POST", &path, &object)));
+    let (ledger_id, amount, description) = refund_fields(object)?;
+    refund_entry(&state, app.id, ledger_id, amount, description, idempotency).await
+}
+
+/// The entry, amount and description of an admin refund (`400` naming the field otherwise).
+pub(crate) fn refund_fields(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<(Uuid, Option<i64>, Option<String>), ApiError> {
     let mut fields = Fields::new(object, &["ledger_id", "amount", "description"])?;
     let ledger_id = fields.uuid("ledger_id")?;
     let amount = fields.optional_amount("amount")?;
     let description = fields.description()?;
     fields.finish()?;
-    refund_entry(&state, app.id, ledger_id, amount, description, idempotency).await
+    Ok((ledger_id, amount, description))
 }
 
 /// Submits the refund of `ledger_id` (an entry of `app_id`) through the pipeline.

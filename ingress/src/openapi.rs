@@ -1,8 +1,17 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations, then completed by
+//! modifiers: the validator's constraints ([`constraints`]), the error answers
+//! ([`crate::openapi_errors`]) and the links between operations ([`links`]).
+
+#[cfg(test)]
+mod agreement;
+pub(crate) mod constraints;
+pub(crate) mod links;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use self::constraints::Constraints;
+use self::links::Links;
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
 use crate::routes::{alerts, batch, commands, credits, deliveries, endpoints, events, holds};
@@ -24,9 +33,15 @@ use crate::webhooks;
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,
           admin::manage::revoke, admin::manage::create_secret),
-    modifiers(&BearerKey, &CommonErrors)
+    modifiers(&BearerKey, &Constraints, &CommonErrors, &Links)
 )]
 pub struct ApiDoc;
+
+/// The document as served: its JSON with every object's keys in order, so that it reads the
+/// same on every request (some of utoipa's maps are hash maps).
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).expect("an OpenAPI document is plain JSON")
+}
 
 struct BearerKey;
 

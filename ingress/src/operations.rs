@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 use tally_common::command::Command;
-use tally_common::limits::{CREDIT_LIFETIME_SECONDS_MAX, HOLD_SECONDS_DEFAULT, HOLD_SECONDS_MAX};
+use tally_common::limits::{
+    CREDIT_LIFETIME_SECONDS_MAX, CREDIT_LIFETIME_SECONDS_MIN, HOLD_SECONDS_DEFAULT,
+    HOLD_SECONDS_MAX, HOLD_SECONDS_MIN,
+};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -240,8 +243,11 @@ fn add(object: Map<String, Value>) -> Result<Command, ApiError> {
 /// `expires_at` or `expires_in_seconds` of an add: at most one, in the future.
 fn expiry(fields: &mut Fields) -> Result<Option<DateTime<Utc>>, ApiError> {
     let at = fields.optional_time("expires_at")?;
-    let in_seconds =
-        fields.optional_integer("expires_in_seconds", 1, CREDIT_LIFETIME_SECONDS_MAX)?;
+    let in_seconds = fields.optional_integer(
+        "expires_in_seconds",
+        CREDIT_LIFETIME_SECONDS_MIN,
+        CREDIT_LIFETIME_SECONDS_MAX,
+    )?;
     match (at, in_seconds) {
         (Some(_), Some(_)) => Err(ApiError::field(
             "expires_at",
@@ -313,7 +319,7 @@ fn hold(object: Map<String, Value>) -> Result<Command, ApiError> {
     let amount = fields.amount("amount")?;
     let credit_type = fields.credit_type()?;
     let expires_in_seconds = fields
-        .optional_integer("expires_in_seconds", 1, HOLD_SECONDS_MAX)?
+        .optional_integer("expires_in_seconds", HOLD_SECONDS_MIN, HOLD_SECONDS_MAX)?
         .unwrap_or(HOLD_SECONDS_DEFAULT);
     let description = fields.description()?;
     let metadata = fields.metadata()?;

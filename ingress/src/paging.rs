@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use tally_common::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use tally_common::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PAGE_LIMIT_MIN};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -15,10 +15,10 @@ pub fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     match query.get("limit") {
         None => Ok(PAGE_LIMIT_DEFAULT),
         Some(text) => match text.parse::<i64>() {
-            Ok(limit) if (1..=PAGE_LIMIT_MAX).contains(&limit) => Ok(limit),
+            Ok(limit) if (PAGE_LIMIT_MIN..=PAGE_LIMIT_MAX).contains(&limit) => Ok(limit),
             _ => Err(ApiError::field(
                 "limit",
-                format!("must be an integer from 1 to {PAGE_LIMIT_MAX}"),
+                format!("must be an integer from {PAGE_LIMIT_MIN} to {PAGE_LIMIT_MAX}"),
             )),
         },
     }

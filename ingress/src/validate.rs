@@ -10,15 +10,12 @@ use sha2::{Digest, Sha256};
 use tally_common::credit_type::CreditType;
 use tally_common::limits::{
     AMOUNT_MAX, AMOUNT_MIN, BODY_BYTES_MAX, DESCRIPTION_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX,
-    METADATA_KEYS_MAX, USER_ID_BYTES_MAX,
+    IDEMPOTENCY_KEY_CHARS_MIN, METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN,
+    METADATA_VALUE_CHARS_MAX, USER_ID_BYTES_MAX, USER_ID_BYTES_MIN,
 };
 use uuid::Uuid;
 
 use crate::error::ApiError;
-
-/// Longest metadata key and value, in characters (Stripe's limits).
-pub const METADATA_KEY_CHARS_MAX: usize = 40;
-pub const METADATA_VALUE_CHARS_MAX: usize = 500;
 
 /// Reads a JSON object body: 415 unless `application/json`, 413 past the limit, 400 unless a
 /// JSON object.
@@ -236,10 +233,13 @@ impl Fields {
             if let Value::String(text) = value {
                 reject_nul("metadata", text)?;
             }
-            if key.is_empty() || key.chars().count() > METADATA_KEY_CHARS_MAX {
+            let key_chars = key.chars().count();
+            if !(METADATA_KEY_CHARS_MIN..=METADATA_KEY_CHARS_MAX).contains(&key_chars) {
                 return Err(ApiError::field(
                     "metadata",
-                    format!("keys must be 1 to {METADATA_KEY_CHARS_MAX} characters"),
+                    format!(
+                        "keys must be {METADATA_KEY_CHARS_MIN} to {METADATA_KEY_CHARS_MAX} characters"
+                    ),
                 ));
             }
             match value {
@@ -335,10 +335,10 @@ pub fn parse_credit_type(field: &str, text: &str) -> Result<CreditType, ApiError
 
 pub fn check_user_id(field: &str, text: String) -> Result<String, ApiError> {
     reject_nul(field, &text)?;
-    if text.is_empty() || text.len() > USER_ID_BYTES_MAX {
+    if !(USER_ID_BYTES_MIN..=USER_ID_BYTES_MAX).contains(&text.len()) {
         Err(ApiError::field(
             field,
-            format!("must be 1 to {USER_ID_BYTES_MAX} bytes"),
+            format!("must be {USER_ID_BYTES_MIN} to {USER_ID_BYTES_MAX} bytes"),
         ))
     } else {
         Ok(text)
@@ -361,7 +361,7 @@ pub fn parse_uuid(field: &str, text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::field(field, "must be a UUID"))
 }
 
-/// The `Idempotency-Key` header, if any: 1 to 255 printable characters.
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters (spaces inside).
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -369,15 +369,18 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     let text = value
         .to_str()
         .map_err(|_| bad_idempotency_key("Idempotency-Key"))?;
+    // HTTP trims a header value's surrounding white space, so a key of white space alone
+    // arrives empty; refused here too for any transport that would not.
+    if text.trim_matches(' ').is_empty() {
+        return Err(bad_idempotency_key("Idempotency-Key"));
+    }
     check_idempotency_key("Idempotency-Key", text.to_string()).map(Some)
 }
 
 /// An idempotency key from `field`: 1 to [`IDEMPOTENCY_KEY_CHARS_MAX`] printable characters.
 pub fn check_idempotency_key(field: &str, key: String) -> Result<String, ApiError> {
-    if key.is_empty()
-        || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX
-        || key.chars().any(char::is_control)
-    {
+    let length = IDEMPOTENCY_KEY_CHARS_MIN..=IDEMPOTENCY_KEY_CHARS_MAX;
+    if !length.contains(&key.chars().count()) || key.chars().any(char::is_control) {
         return Err(bad_idempotency_key(field));
     }
     Ok(key)
@@ -386,7 +389,7 @@ pub fn check_idempotency_key(field: &str, key: String) -> Result<String, ApiErro
 fn bad_idempotency_key(field: &str) -> ApiError {
     ApiError::field(
         field,
-        format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
+        format!("must be {IDEMPOTENCY_KEY_CHARS_MIN} to {IDEMPOTENCY_KEY_CHARS_MAX} printable characters"),
     )
 }
 

@@ -60,10 +60,52 @@ fn invalid(provider: Provider, error: impl std::fmt::Display, reason: &'static s
     ApiError::InvalidSignature(format!("{} webhook refused: {error}", provider.as_str()))
 }
 
-#[utoipa::path(post, path = "/webhooks/stripe/{app_id}", params(("app_id" = Uuid, Path)),
-    request_body(content = Object, description = "A Stripe event, signed with Stripe-Signature"),
-    responses((status = 200, description = "durably received"), (status = 400, body = ErrorResponse),
-              (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+/// A Stripe event as Tally reads it; its other fields are read by event type, and any field
+/// may be there.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StripeEvent {
+    /// The event's id: every delivery of one event is one command.
+    id: String,
+    /// The event type; types Tally does not act on are answered `200` and ignored.
+    #[schema(rename = "type")]
+    event_type: String,
+    data: StripeEventData,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StripeEventData {
+    /// The event's object (a payment intent, a checkout session, a charge, a dispute …).
+    object: Value,
+}
+
+/// A Polar event as Tally reads it (Standard Webhooks); any other field may be there.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PolarEvent {
+    /// The event type; types Tally does not act on are answered `200` and ignored.
+    #[schema(rename = "type")]
+    event_type: String,
+    /// The event's object (an order …).
+    data: Value,
+}
+
+/// Answer to a webhook the broker has durably accepted.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookReceived {
+    received: bool,
+    /// The command that applies the event; the same for every delivery of the event.
+    command_id: Uuid,
+}
+
+#[utoipa::path(post, path = "/webhooks/stripe/{app_id}",
+    params(("app_id" = Uuid, Path),
+           ("Stripe-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"{t}.{body}\">`, keyed with one of the app's two newest Stripe secrets (`whsec_…`); at most 5 minutes old")),
+    request_body(content = StripeEvent, description = "A Stripe event, as Stripe sends it"),
+    responses((status = 200, description = "durably received", body = WebhookReceived),
+              (status = 404, body = ErrorResponse)))]
 pub async fn stripe_for_app(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -86,10 +128,14 @@ pub async fn stripe_single(
     receive(&state, client, Provider::Stripe, app_id, &headers, body).await
 }
 
-#[utoipa::path(post, path = "/webhooks/polar/{app_id}", params(("app_id" = Uuid, Path)),
-    request_body(content = Object, description = "A Polar event, signed per Standard Webhooks"),
-    responses((status = 200, description = "durably received"), (status = 400, body = ErrorResponse),
-              (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/webhooks/polar/{app_id}",
+    params(("app_id" = Uuid, Path),
+           ("webhook-id" = String, Header, description = "The event's id: every delivery of one event is one command"),
+           ("webhook-timestamp" = String, Header, description = "Unix seconds; at most 5 minutes old"),
+           ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256 of \"{webhook-id}.{webhook-timestamp}.{body}\">` (space-separated when several), keyed with one of the app's two newest Polar secrets")),
+    request_body(content = PolarEvent, description = "A Polar event, as Polar sends it (Standard Webhooks)"),
+    responses((status = 200, description = "durably received", body = WebhookReceived),
+              (status = 404, body = ErrorResponse)))]
 pub async fn polar_for_app(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -327,9 +373,52 @@ pub(crate) type EventRow = (
     DateTime<Utc>,
 );
 
+/// The parameters of `GET /webhooks/events`.
+pub(crate) struct EventsQuery {
+    provider: Option<Provider>,
+    limit: i64,
+    /// Received at, provider and event id of the last event of the previous page (`cursor`).
+    after: Option<(DateTime<Utc>, String, String)>,
+}
+
+impl EventsQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let provider = match query.get("provider") {
+            None => None,
+            Some(text) => Some(
+                Provider::parse(text)
+                    .ok_or_else(|| ApiError::field("provider", "must be stripe or polar"))?,
+            ),
+        };
+        let limit = page_limit(query)?;
+        let after: Option<(DateTime<Utc>, String, String)> = match query.get("cursor") {
+            None => None,
+            Some(cursor) => {
+                let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
+                let position = decode_cursor(EVENTS_CURSOR, cursor)?;
+                let mut parts = position.splitn(3, '|');
+                let micros: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let provider = parts.next().ok_or_else(bad)?.to_string();
+                let event_id = parts.next().ok_or_else(bad)?.to_string();
+                Some((
+                    DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+                    provider,
+                    event_id,
+                ))
+            }
+        };
+        Ok(Self {
+            provider,
+            limit,
+            after,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/webhooks/events",
-    params(("provider" = Option<String>, Query, description = "stripe or polar"),
-           ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
+    params(("provider" = Option<String>, Query),
+           ("limit" = Option<i64>, Query),
            ("cursor" = Option<String>, Query)),
     responses((status = 200, body = WebhookEventsResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
@@ -339,30 +428,11 @@ pub async fn list_events(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<WebhookEventsResponse>, ApiError> {
-    let provider = match query.get("provider") {
-        None => None,
-        Some(text) => Some(
-            Provider::parse(text)
-                .ok_or_else(|| ApiError::field("provider", "must be stripe or polar"))?,
-        ),
-    };
-    let limit = page_limit(&query)?;
-    let after: Option<(DateTime<Utc>, String, String)> = match query.get("cursor") {
-        None => None,
-        Some(cursor) => {
-            let bad = || ApiError::field("cursor", "is not a cursor issued by this endpoint");
-            let position = decode_cursor(EVENTS_CURSOR, cursor)?;
-            let mut parts = position.splitn(3, '|');
-            let micros: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-            let provider = parts.next().ok_or_else(bad)?.to_string();
-            let event_id = parts.next().ok_or_else(bad)?.to_string();
-            Some((
-                DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
-                provider,
-                event_id,
-            ))
-        }
-    };
+    let EventsQuery {
+        provider,
+        limit,
+        after,
+    } = EventsQuery::parse(&query)?;
     let rows = sqlx::query_as::<_, EventRow>(
         "SELECT event_id, provider, event_type, outcome, reason, user_id, ledger_id, received_at
          FROM webhook_events

@@ -6,7 +6,8 @@ against a running stack. Standard library only.
 
 Logs in (after a wrong token is refused), opens the app, finds a user, reads the history,
 refunds an entry and sees the balance change, adds credits by hand, sees credits added through
-the API appear without a reload, adds a webhook endpoint (a receiver on 127.0.0.1: the stack
+the API appear without a reload, adds credits of a second credit type and sees both balances
+and the history filtered by type, adds a webhook endpoint (a receiver on 127.0.0.1: the stack
 allows private endpoints) and sees it listed with its test ping, sets the app's and a user's
 balance alert thresholds, checks the page fits 390 px, that no request left the origin and
 that no script error was logged; saves a screenshot of each view.
@@ -240,6 +241,26 @@ def run(base, token, api_key, shots):
         wait_for("the live update", lambda: "Live top-up" in browser.text("#history")
                  and browser.text("#balance") == "430", LIVE_WAIT_SECONDS)
         check(browser.js("return window.tallyMarker") == marker, "the page was not reloaded")
+
+        # Credits of a second type, through the form: each type has its own balance.
+        browser.click("details summary")
+        check(browser.js("return document.querySelector('#credit-type').value") == "credits",
+              "the form's credit type defaults to credits")
+        browser.type("#credit-type", "image")
+        browser.type("#amount", "15")
+        browser.type("#description", "Image pack")
+        browser.click("details button[type=submit]")
+        wait_for("the image balance", lambda: browser.js(
+            "return (document.querySelector('#balance-image') || {}).textContent") == "15", 15)
+        check(browser.text("#balance") == "430", f"the credits balance: {browser.text('#balance')}")
+        check("image" in browser.text("#history"), "history rows show the credit type")
+        browser.screenshot(shots, "user-types")
+        # The history filter offers the user's types.
+        browser.js("var s = document.querySelector('#credit_type'); s.value = 'image';"
+                   " s.form.submit()")
+        wait_for("the credit type filter", lambda: "credit_type=image" in browser.url(), 10)
+        history = browser.text("#history")
+        check("Image pack" in history and "Live top-up" not in history, f"filtered: {history}")
 
         # Other views.
         app_url = browser.js("return document.querySelector('.crumbs a:last-child').href")

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::credit_types::write;
 use crate::harness::{create_app, spawn_app, TestApp, ADMIN_TOKEN};
 
 impl TestApp {
@@ -237,10 +238,7 @@ async fn admin_writes_go_through_the_pipeline_as_the_dashboard() {
 #[tokio::test]
 async fn dashboard_login_sets_a_strict_http_only_cookie_and_rejects_a_wrong_token() {
     let app = spawn_app().await;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = dashboard_client();
     // Without a session the dashboard answers 200 with the login form.
     let page = client.get(app.url("/dashboard")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
@@ -248,28 +246,13 @@ async fn dashboard_login_sets_a_strict_http_only_cookie_and_rejects_a_wrong_toke
     assert!(html.contains(r#"type="password""#), "{html}");
     assert!(!html.contains(&app.app_id.to_string()));
 
-    let wrong = client
-        .post(app.url("/dashboard/login"))
-        .form(&[("token", "not-the-token")])
-        .send()
-        .await
-        .unwrap();
+    let wrong = post_login(&app, &client, "not-the-token").await;
     assert_eq!(wrong.status().as_u16(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
-    let with_key = client
-        .post(app.url("/dashboard/login"))
-        .form(&[("token", app.api_key.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let with_key = post_login(&app, &client, &app.api_key).await;
     assert_eq!(with_key.status().as_u16(), 401);
 
-    let login = client
-        .post(app.url("/dashboard/login"))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let login = post_login(&app, &client, ADMIN_TOKEN).await;
     assert_eq!(login.status().as_u16(), 303);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
@@ -388,18 +371,8 @@ async fn a_resent_dashboard_form_or_admin_write_with_its_key_applies_once() {
 
     // A dashboard form carries the key drawn when its page was rendered: sent twice (a double
     // click), it applies once.
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let login = client
-        .post(app.url("/dashboard/login"))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap();
-    let session = cookie.split(';').next().unwrap().to_string();
+    let client = dashboard_client();
+    let (session, _) = dashboard_session(&app, None).await;
     let user_page = format!("/dashboard/apps/{}/users/dora", app.app_id);
     let html = client
         .get(app.url(&user_page))
@@ -410,15 +383,10 @@ async fn a_resent_dashboard_form_or_admin_write_with_its_key_applies_once() {
         .text()
         .await
         .unwrap();
-    let hidden = |name: &str| {
-        let marker = format!(r#"name="{name}" value=""#);
-        let start = html
-            .find(&marker)
-            .unwrap_or_else(|| panic!("no {name} in {html}"))
-            + marker.len();
-        html[start..start + html[start..].find('"').unwrap()].to_string()
-    };
-    let (csrf, key) = (hidden("csrf"), hidden("idempotency_key"));
+    let (csrf, key) = (
+        hidden_field(&html, "csrf"),
+        hidden_field(&html, "idempotency_key"),
+    );
     for _ in 0..2 {
         let posted = client
             .post(app.url(&format!("{user_page}/adjust")))
@@ -442,20 +410,10 @@ async fn a_resent_dashboard_form_or_admin_write_with_its_key_applies_once() {
 #[tokio::test]
 async fn logging_out_ends_the_session_for_every_copy_of_its_cookie() {
     let app = spawn_app().await;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = dashboard_client();
     let mut sessions = Vec::new();
     for _ in 0..2 {
-        let login = client
-            .post(app.url("/dashboard/login"))
-            .form(&[("token", ADMIN_TOKEN)])
-            .send()
-            .await
-            .unwrap();
-        let cookie = login.headers()["set-cookie"].to_str().unwrap();
-        sessions.push(cookie.split(';').next().unwrap().to_string());
+        sessions.push(dashboard_session(&app, None).await.0);
     }
     assert_ne!(sessions[0], sessions[1], "two logins share a session");
     let page = |session: String| {
@@ -496,11 +454,7 @@ async fn logging_out_ends_the_session_for_every_copy_of_its_cookie() {
 /// Logs in to the dashboard as a browser on `host` would: the session cookie (`name=value`) and
 /// the whole `Set-Cookie` line.
 async fn dashboard_session(app: &TestApp, host: Option<&str>) -> (String, String) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let mut request = client
+    let mut request = dashboard_client()
         .post(app.url("/dashboard/login"))
         .form(&[("token", ADMIN_TOKEN)]);
     if let Some(host) = host {
@@ -608,4 +562,238 @@ async fn app_figures_past_i64_stop_at_its_largest_value_instead_of_failing() {
     let (status, body) = app.admin_get("/admin/apps").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["apps"][0]["outstanding"], i64::MAX);
+}
+
+#[tokio::test]
+async fn admin_figures_count_each_user_once_and_keep_credit_types_apart() {
+    let app = spawn_app().await;
+    app.add("alice", 100).await;
+    for (user, amount) in [("alice", 30), ("bob", 5)] {
+        let image = json!({ "user_id": user, "amount": amount, "credit_type": "image" });
+        write(&app, "/credits/add", image).await;
+    }
+    let spend = json!({ "user_id": "alice", "amount": 10, "credit_type": "image" });
+    write(&app, "/credits/deduct", spend).await;
+
+    let (_, body) = app.admin_get("/admin/apps").await;
+    let figures = body["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app_id"] == app.app_id.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(figures["users"], 2, "one user with two types is one user");
+    assert_eq!(figures["outstanding"], 100, "the default type's");
+    assert_eq!(figures["added_24h"], 100);
+    assert_eq!(figures["spent_24h"], 0);
+    assert_eq!(
+        figures["credit_types"],
+        json!([
+            { "credit_type": "credits", "users": 1, "outstanding": 100, "added_24h": 100, "spent_24h": 0 },
+            { "credit_type": "image", "users": 2, "outstanding": 25, "added_24h": 35, "spent_24h": 10 }
+        ])
+    );
+
+    let (status, body) = app
+        .admin_get(&format!("/admin/apps/{}/users?sort=balance", app.app_id))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let users = body["users"].as_array().unwrap();
+    assert_eq!(users.len(), 2, "one row per user: {body}");
+    assert_eq!(users[0]["user_id"], "alice");
+    assert_eq!(users[0]["balance"], 100);
+    assert_eq!(
+        users[0]["balances"],
+        json!([
+            { "credit_type": "credits", "balance": 100, "held": 0 },
+            { "credit_type": "image", "balance": 20, "held": 0 }
+        ])
+    );
+    assert_eq!(users[1]["user_id"], "bob");
+    assert_eq!(
+        users[1]["balance"], 0,
+        "bob has no credits of the default type"
+    );
+    assert_eq!(users[1]["balances"][0]["credit_type"], "image");
+}
+
+#[tokio::test]
+async fn admin_user_shows_a_balance_per_credit_type_and_filters_history_by_type() {
+    let app = spawn_app().await;
+    app.add("carol", 50).await;
+    let expiring = json!({ "user_id": "carol", "amount": 8, "credit_type": "image", "expires_in_seconds": 3600 });
+    let lot = write(&app, "/credits/add", expiring).await;
+    let hold = json!({ "user_id": "carol", "amount": 3, "credit_type": "image" });
+    let hold = write(&app, "/credits/hold", hold).await;
+    let base = format!("/admin/apps/{}", app.app_id);
+    // The admin API writes a type too.
+    let chat = json!({ "user_id": "carol", "amount": 2, "credit_type": "chat" });
+    let (status, added) = app.admin_post(&format!("{base}/credits/add"), chat).await;
+    assert_eq!(
+        (status, &added["credit_type"], &added["balance_after"]),
+        (200, &json!("chat"), &json!(2)),
+    );
+
+    let (status, user) = app.admin_get(&format!("{base}/users/carol")).await;
+    assert_eq!(status, 200, "{user}");
+    // The top level is the default type's, as before types existed.
+    assert_eq!(user["balance"], 50);
+    assert_eq!(user["held"], 0);
+    assert_eq!(user["available"], 50);
+    assert_eq!(user["next_expiry"], Value::Null);
+    let balances = user["balances"].as_array().unwrap();
+    let types: Vec<&str> = balances
+        .iter()
+        .map(|b| b["credit_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["chat", "credits", "image"]);
+    let image = &balances[2];
+    assert_eq!(image["balance"], 8);
+    assert_eq!(image["held"], 3);
+    assert_eq!(image["available"], 5);
+    let (_, public) = app
+        .get("/credits/balance?user_id=carol&credit_type=image")
+        .await;
+    assert_eq!(
+        image["next_expiry"], public["next_expiry"],
+        "as the API reads it"
+    );
+    assert!(image["next_expiry"]["amount"].as_i64().unwrap() > 0);
+    assert_eq!(user["holds"][0]["hold_id"], hold["hold_id"]);
+    assert_eq!(user["holds"][0]["credit_type"], "image");
+    assert_eq!(user["lots"][0]["credit_type"], "image");
+    assert_eq!(user["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(user["entries"][0]["credit_type"], "chat");
+
+    let (_, image_only) = app
+        .admin_get(&format!("{base}/users/carol?credit_type=image"))
+        .await;
+    let entries = image_only["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{image_only}");
+    assert_eq!(entries[0]["ledger_id"], lot["ledger_id"]);
+    let (_, app_wide) = app
+        .admin_get(&format!("{base}/entries?credit_type=chat"))
+        .await;
+    assert_eq!(app_wide["entries"].as_array().unwrap().len(), 1);
+    let (status, body) = app
+        .admin_get(&format!("{base}/users/carol?credit_type=Image"))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "credit_type");
+
+    let (_, nobody) = app.admin_get(&format!("{base}/users/nobody")).await;
+    assert_eq!(nobody["balance"], 0);
+    assert_eq!(nobody["balances"], json!([]));
+}
+
+/// A client for the dashboard: redirects are answers to look at, not to follow.
+fn dashboard_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The dashboard's answer to a login with `token`.
+async fn post_login(app: &TestApp, client: &reqwest::Client, token: &str) -> reqwest::Response {
+    client
+        .post(app.url("/dashboard/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The value of the hidden field `name` in a page's HTML.
+fn hidden_field(html: &str, name: &str) -> String {
+    let marker = format!(r#"name="{name}" value=""#);
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn the_dashboard_adds_credits_of_a_type_and_shows_each_balance() {
+    let app = spawn_app().await;
+    app.add("erin", 40).await;
+    let client = dashboard_client();
+    let (session, _) = dashboard_session(&app, None).await;
+    let user_page = format!("/dashboard/apps/{}/users/erin", app.app_id);
+    let get = |path: String| {
+        let request = client.get(app.url(&path)).header("cookie", &session);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let html = get(user_page.clone()).await;
+    assert!(
+        html.contains(r#"name="credit_type" value="credits""#),
+        "{html}"
+    );
+    let adjust = |fields: &[(&str, &str)]| {
+        client
+            .post(app.url(&format!("{user_page}/adjust")))
+            .header("cookie", &session)
+            .form(fields)
+            .send()
+    };
+    let (csrf, key) = (
+        hidden_field(&html, "csrf"),
+        hidden_field(&html, "idempotency_key"),
+    );
+    let posted = adjust(&[
+        ("csrf", &csrf),
+        ("idempotency_key", &key),
+        ("action", "add"),
+        ("credit_type", "image"),
+        ("amount", "7"),
+        ("description", "image pack"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(posted.status().as_u16(), 303);
+    let (_, image) = app
+        .get("/credits/balance?user_id=erin&credit_type=image")
+        .await;
+    assert_eq!(image["balance"], 7);
+
+    let html = get(user_page.clone()).await;
+    assert!(html.contains(r#"<dd id="balance">40</dd>"#), "{html}");
+    assert!(html.contains(r#"<dd id="balance-image">7</dd>"#), "{html}");
+    assert!(
+        html.contains(r#"<option>image</option>"#),
+        "the filter offers the user's types"
+    );
+    let filtered = get(format!("{user_page}?credit_type=image")).await;
+    assert!(filtered.contains("image pack"), "{filtered}");
+    assert!(
+        !filtered.contains(r#"data-label="Credit type">credits<"#),
+        "{filtered}"
+    );
+    // The apps page and the users list name the other type beside the default one.
+    let apps = get("/dashboard".to_string()).await;
+    assert!(
+        apps.contains(r#"<span class="muted">image 7</span>"#),
+        "{apps}"
+    );
+    let users = get(format!("/dashboard/apps/{}", app.app_id)).await;
+    assert!(
+        users.contains(r#"<span class="tag">image</span> 7"#),
+        "{users}"
+    );
+    let bad = adjust(&[
+        ("csrf", &csrf),
+        ("action", "add"),
+        ("credit_type", "Not A Type"),
+        ("amount", "7"),
+    ])
+    .await
+    .unwrap();
+    let location = bad.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.ends_with("?notice=credit_type_invalid"),
+        "{location}"
+    );
+    app.assert_verified().await;
 }

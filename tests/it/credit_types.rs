@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use crate::harness::{spawn_app, TestApp, TestDatabase};
 
-async fn write(app: &TestApp, path: &str, body: Value) -> Value {
+/// A write that must succeed; its answer.
+pub async fn write(app: &TestApp, path: &str, body: Value) -> Value {
     let (status, answer) = app.post(path, body).await;
     assert_eq!(status, 200, "{path}: {answer}");
     answer

@@ -293,6 +293,10 @@ pub struct TestApp {
     /// `TALLY_APPLY_LANES` of the in-process workers.
     pub apply_lanes: usize,
     pub stream_replicas: u16,
+    /// `TALLY_WEBHOOK_ALLOW_PRIVATE` of every service.
+    pub webhook_allow_private: bool,
+    /// Changes to the configuration of every worker started.
+    worker: fn(&mut tally_worker::WorkerConfig),
     /// Dropping it shuts the ingress down.
     _ingress_stop: oneshot::Sender<()>,
     ingress: Option<JoinHandle<anyhow::Result<()>>>,
@@ -313,6 +317,10 @@ pub struct Options {
     pub database_server: Option<String>,
     /// Changes to the ingress's configuration (short deadlines, small budgets).
     pub ingress: fn(&mut tally_ingress::IngressConfig),
+    /// `TALLY_WEBHOOK_ALLOW_PRIVATE`: event endpoints on loopback (the tests' receivers).
+    pub webhook_allow_private: bool,
+    /// Changes to the workers' configuration (a short retry schedule).
+    pub worker: fn(&mut tally_worker::WorkerConfig),
 }
 
 impl Default for Options {
@@ -325,6 +333,8 @@ impl Default for Options {
             stream_replicas: 1,
             database_server: None,
             ingress: |_| {},
+            webhook_allow_private: false,
+            worker: |_| {},
         }
     }
 }
@@ -362,6 +372,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
     let mut common = common_config(&db.url, &nats_url, &namespace);
     common.stream_replicas = options.stream_replicas;
+    common.webhook_allow_private = options.webhook_allow_private;
     let mut ingress_config = tally_ingress::IngressConfig::new(common);
     ingress_config.sync_timeout_ms = options.sync_timeout_ms;
     ingress_config.admin_token = Some(ADMIN_TOKEN.into());
@@ -380,6 +391,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         nats_peers: nats_nodes,
         nats_url,
         stream_replicas: options.stream_replicas,
+        webhook_allow_private: options.webhook_allow_private,
+        worker: options.worker,
         db,
         pool,
         namespace,
@@ -481,6 +494,7 @@ impl TestApp {
     pub fn common_config(&self) -> CommonConfig {
         let mut common = common_config(&self.db.url, &self.nats_url, &self.namespace);
         common.stream_replicas = self.stream_replicas;
+        common.webhook_allow_private = self.webhook_allow_private;
         common
     }
 
@@ -493,6 +507,7 @@ impl TestApp {
     pub fn new_worker(&self) -> WorkerHandle {
         let mut config = tally_worker::WorkerConfig::new(self.common_config());
         config.apply_lanes = self.apply_lanes;
+        (self.worker)(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(tally_worker::run(config, async move {
             let _ = stopped.await;
@@ -517,6 +532,10 @@ impl TestApp {
             .env("TALLY_NAMESPACE", &self.namespace)
             .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
             .env("TALLY_STREAM_REPLICAS", self.stream_replicas.to_string())
+            .env(
+                "TALLY_WEBHOOK_ALLOW_PRIVATE",
+                self.webhook_allow_private.to_string(),
+            )
             .env(
                 "RUST_LOG",
                 if std::env::var_os("TEST_LOG").is_some() {

@@ -11,13 +11,15 @@ use uuid::Uuid;
 use crate::harness::{free_local_addr, spawn_app, spawn_app_with, Options, TestApp};
 
 /// An endpoint of the test app subscribed to `events`, as the endpoints API writes it, with the
-/// app's configuration version bumped so that workers reload.
+/// app's configuration version bumped so that workers reload. Its address is one the workers
+/// refuse to call (loopback, without `TALLY_WEBHOOK_ALLOW_PRIVATE`): their delivery attempts
+/// fail at once and never leave this machine.
 async fn subscribe(app: &TestApp, events: &[&str]) -> Uuid {
     let id = Uuid::now_v7();
     let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, app_id, url, events, secret)
-         VALUES ($1, $2, 'https://hooks.example.com/tally', $3, 'whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=')",
+         VALUES ($1, $2, 'https://127.0.0.1:9/tally', $3, 'whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=')",
     )
     .bind(id)
     .bind(app.app_id)

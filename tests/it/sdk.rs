@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use tally_client::{
-    AddParams, AlertsParams, AlertsQuery, CaptureParams, Client, CreateEndpointParams,
-    DeductParams, DeliveriesParams, Error, EventsParams, HistoryParams, HoldParams, HoldsParams,
-    RefundParams, ReleaseParams, UpdateEndpointParams, WebhookEventsParams,
+    AddParams, AlertsParams, AlertsQuery, BatchOperation, CaptureParams, Client,
+    CreateEndpointParams, DeductParams, DeliveriesParams, Error, EventsParams, HistoryParams,
+    HoldParams, HoldsParams, OperationAnswer, RefundParams, ReleaseParams, UpdateEndpointParams,
+    WebhookEventsParams,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -337,7 +338,7 @@ async fn sdk_pages_through_the_whole_history() {
         .history_all_with(HistoryParams {
             user_id: "pager".into(),
             limit: Some(2),
-            cursor: None,
+            ..Default::default()
         })
         .map_ok(|entry| entry.amount)
         .try_collect()
@@ -355,7 +356,7 @@ async fn sdk_pages_through_the_whole_history() {
         .history(&HistoryParams {
             user_id: "pager".into(),
             limit: Some(3),
-            cursor: None,
+            ..Default::default()
         })
         .await
         .expect("page");
@@ -365,6 +366,7 @@ async fn sdk_pages_through_the_whole_history() {
             user_id: "pager".into(),
             limit: Some(3),
             cursor: first.next_cursor,
+            ..Default::default()
         })
         .await
         .expect("page");
@@ -553,6 +555,282 @@ async fn sdk_retries_503_and_idempotency_in_progress_at_most_max_retries_times()
         "two retries after the first attempt"
     );
     assert_eq!(app.balance("busy").await, 9);
+}
+
+fn image(params: AddParams) -> AddParams {
+    AddParams {
+        credit_type: Some("image".into()),
+        ..params
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_writes_and_reads_each_credit_type_apart() {
+    let app = spawn_app().await;
+    let tally = client(&app);
+    let credits = tally.credits();
+    credits.add(&add("u", 100)).await.expect("add credits");
+
+    let added = credits.add(&image(add("u", 30))).await.expect("add image");
+    assert_eq!(
+        (added.credit_type.as_str(), added.balance_after),
+        ("image", 30)
+    );
+    let spent = credits
+        .deduct(&DeductParams {
+            credit_type: Some("image".into()),
+            ..deduct("u", 10)
+        })
+        .await
+        .expect("deduct image");
+    assert_eq!(
+        (spent.credit_type.as_str(), spent.balance_after),
+        ("image", 20)
+    );
+    let hold = credits
+        .hold(&HoldParams {
+            user_id: "u".into(),
+            amount: 5,
+            credit_type: Some("image".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("hold image");
+    assert_eq!((hold.credit_type.as_str(), hold.available), ("image", 15));
+    let captured = credits
+        .capture(&CaptureParams {
+            hold_id: hold.hold_id,
+            amount: Some(2),
+        })
+        .await
+        .expect("capture");
+    assert_eq!(
+        (captured.credit_type.as_str(), captured.balance_after),
+        ("image", 18),
+        "a capture acts on its hold's type"
+    );
+    let refunded = credits
+        .refund(&RefundParams {
+            ledger_id: spent.ledger_id,
+            ..Default::default()
+        })
+        .await
+        .expect("refund");
+    assert_eq!(
+        (refunded.credit_type.as_str(), refunded.balance_after),
+        ("image", 28)
+    );
+
+    let default = credits.balance("u").await.expect("balance");
+    assert_eq!(
+        (default.credit_type.as_str(), default.balance),
+        ("credits", 100)
+    );
+    let of_image = credits.balance_of("u", "image").await.expect("balance of");
+    assert_eq!((of_image.balance, of_image.available), (28, 28));
+    let none = credits.balance_of("u", "chat").await.expect("balance of");
+    assert_eq!((none.credit_type.as_str(), none.balance), ("chat", 0));
+    let all = credits.balances("u").await.expect("balances");
+    let balances: Vec<(&str, i64)> = all
+        .balances
+        .iter()
+        .map(|b| (b.credit_type.as_str(), b.balance))
+        .collect();
+    assert_eq!(balances, [("credits", 100), ("image", 28)]);
+
+    let history = credits
+        .history(&HistoryParams {
+            user_id: "u".into(),
+            credit_type: Some("image".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    assert_eq!(history.entries.len(), 4, "add, deduct, capture, refund");
+    assert!(history.entries.iter().all(|e| e.credit_type == "image"));
+    let holds = credits
+        .holds(&HoldsParams {
+            user_id: "u".into(),
+            credit_type: Some("credits".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("holds");
+    assert!(holds.holds.is_empty(), "{holds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_batches_type_each_result_by_its_operation() {
+    let app = spawn_app().await;
+    let tally = client(&app);
+    let credits = tally.credits();
+    let earlier = credits.add(&add("ann", 50)).await.expect("add");
+
+    let answer = credits
+        .batch([
+            BatchOperation::Add(image(add("bob", 30))),
+            BatchOperation::Deduct(deduct("bob", 20)),
+            BatchOperation::Refund(RefundParams {
+                ledger_id: earlier.ledger_id,
+                amount: Some(5),
+                ..Default::default()
+            }),
+            BatchOperation::Hold(HoldParams {
+                user_id: "ann".into(),
+                amount: 10,
+                ..Default::default()
+            }),
+            BatchOperation::Refund(RefundParams {
+                ledger_id: Uuid::now_v7(),
+                ..Default::default()
+            }),
+        ])
+        .await
+        .expect("batch");
+    let statuses: Vec<u16> = answer.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 402, 200, 200, 404]);
+    match &answer.results[0].outcome {
+        Ok(OperationAnswer::Add(added)) => {
+            assert_eq!(
+                (added.credit_type.as_str(), added.balance_after),
+                ("image", 30)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(
+            answer.results[1].outcome,
+            Err(Error::InsufficientCredits { balance: 0, .. })
+        ),
+        "no credits of the default type: {:?}",
+        answer.results[1].outcome
+    );
+    match &answer.results[2].outcome {
+        Ok(OperationAnswer::Refund(refund)) => assert_eq!(refund.balance_after, 45),
+        other => panic!("{other:?}"),
+    }
+    let Ok(OperationAnswer::Hold(hold)) = &answer.results[3].outcome else {
+        panic!("{:?}", answer.results[3].outcome);
+    };
+    assert!(matches!(answer.results[4].outcome, Err(Error::NotFound(_))));
+
+    // An operation's own key works like that request's Idempotency-Key.
+    let capture = BatchOperation::Capture(CaptureParams {
+        hold_id: hold.hold_id,
+        amount: Some(4),
+    })
+    .idempotency_key("capture-1");
+    let first = credits.batch([capture.clone()]).await.expect("batch");
+    let again = credits.batch([capture]).await.expect("batch");
+    match (&first.results[0].outcome, &again.results[0].outcome) {
+        (Ok(OperationAnswer::Capture(one)), Ok(OperationAnswer::Capture(two))) => {
+            assert_eq!(one, two);
+            assert_eq!(one.captured, 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        app.balance("ann").await,
+        41,
+        "50 - 5 refunded - 4 captured, once"
+    );
+
+    // All or none.
+    let applied = credits
+        .batch([
+            BatchOperation::Add(add("cat", 10)),
+            BatchOperation::Deduct(deduct("cat", 4)),
+        ])
+        .atomic(true)
+        .await
+        .expect("atomic batch");
+    assert!(matches!(
+        &applied.results[1].outcome,
+        Ok(OperationAnswer::Deduct(deducted)) if deducted.balance_after == 6
+    ));
+    let rows = app.ledger_rows().await;
+    let refused = credits
+        .batch([
+            BatchOperation::Add(add("cat", 100)),
+            BatchOperation::Deduct(DeductParams {
+                credit_type: Some("image".into()),
+                ..deduct("cat", 1)
+            }),
+        ])
+        .atomic(true)
+        .await
+        .expect_err("no image credits");
+    match &refused {
+        Error::BatchRejected {
+            failed_index,
+            failed,
+            error,
+        } => {
+            assert_eq!(*failed_index, 1);
+            assert_eq!((error.status, error.code.as_str()), (422, "batch_rejected"));
+            assert!(
+                matches!(**failed, Error::InsufficientCredits { balance: 0, .. }),
+                "{failed:?}"
+            );
+        }
+        other => panic!("expected a rejected batch: {other:?}"),
+    }
+    assert_eq!(app.ledger_rows().await, rows, "nothing of it was written");
+
+    // Asynchronously: an atomic batch is one command; a batch that is not, one per operation.
+    let handle = credits
+        .batch([BatchOperation::Add(add("cat", 1))])
+        .atomic(true)
+        .respond_async()
+        .await
+        .expect("202");
+    let command_id = handle.command_id().expect("one command");
+    assert_eq!(
+        handle.status_url(),
+        Some(format!("/commands/{command_id}").as_str())
+    );
+    let later = handle.wait().await.expect("applied");
+    assert!(matches!(
+        &later.results[0].outcome,
+        Ok(OperationAnswer::Add(added)) if added.balance_after == 7
+    ));
+    let handle = credits
+        .batch([
+            BatchOperation::Add(add("dan", 3)),
+            BatchOperation::Deduct(deduct("dan", 5)),
+        ])
+        .respond_async()
+        .await
+        .expect("accepted");
+    assert_eq!(handle.command_id(), None);
+    let settled = handle.wait().await.expect("every operation settled");
+    let statuses: Vec<u16> = settled.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 402]);
+    app.assert_verified().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_retries_a_batch_whose_answer_was_lost_with_one_key_and_it_applies_once() {
+    let app = spawn_app().await;
+    let proxy = FaultyProxy::start(&app.base_url, vec![Fault::DropAnswer]).await;
+    let tally = Client::new(&app.api_key, proxy.url()).expect("client");
+
+    let answer = tally
+        .credits()
+        .batch([
+            BatchOperation::Add(add("twice", 8)),
+            BatchOperation::Deduct(deduct("twice", 3)),
+        ])
+        .await
+        .expect("retried batch");
+
+    assert!(answer.results.iter().all(|r| r.status == 200));
+    assert_eq!(app.balance("twice").await, 5);
+    assert_eq!(app.ledger_rows().await, 2);
+    let keys = proxy.idempotency_keys();
+    assert_eq!(keys.len(), 2, "one attempt lost, one retried");
+    assert!(keys[0].is_some() && keys[0] == keys[1], "{keys:?}");
 }
 
 /// What the proxy does to the n-th request it receives; requests past the list pass through.

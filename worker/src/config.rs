@@ -2,12 +2,14 @@
 
 use tally_common::config::CommonConfig;
 
+use crate::deliverer::{RetrySchedule, RETRY_SCHEDULE_DEFAULT};
+
 /// Worker settings.
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
     name = "tally-worker",
     version,
-    about = "Applies Tally's credit commands to Postgres"
+    about = "Applies Tally's credit commands to Postgres and delivers outbound events"
 )]
 pub struct WorkerConfig {
     #[command(flatten)]
@@ -41,6 +43,39 @@ pub struct WorkerConfig {
         env = "TALLY_WORKER_METRICS_ADDR"
     )]
     pub metrics_addr: Option<String>,
+
+    /// Delays between the attempts of an outbound event delivery, comma-separated, each a
+    /// whole number of seconds, minutes or hours (`30s`, `5m`, `2h`): a failed attempt is
+    /// retried after the next delay, and a delivery that fails once more than there are
+    /// delays has failed. In all at most 6 days.
+    #[arg(
+        long,
+        visible_alias = "tally-webhook-retry-schedule",
+        env = "TALLY_WEBHOOK_RETRY_SCHEDULE",
+        default_value = RETRY_SCHEDULE_DEFAULT
+    )]
+    pub webhook_retry_schedule: RetrySchedule,
+
+    /// Most outbound event deliveries this worker attempts at once.
+    #[arg(
+        long,
+        visible_alias = "tally-delivery-concurrency",
+        env = "TALLY_DELIVERY_CONCURRENCY",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=4096)
+    )]
+    pub delivery_concurrency: u32,
+
+    /// Most deliveries this worker attempts at once to any one endpoint, so that a slow
+    /// endpoint never holds every delivery slot.
+    #[arg(
+        long,
+        visible_alias = "tally-delivery-endpoint-concurrency",
+        env = "TALLY_DELIVERY_ENDPOINT_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub delivery_endpoint_concurrency: u32,
 }
 
 impl WorkerConfig {
@@ -51,6 +86,9 @@ impl WorkerConfig {
             batch_max: 256,
             apply_lanes: 1,
             metrics_addr: None,
+            webhook_retry_schedule: RetrySchedule::default(),
+            delivery_concurrency: 64,
+            delivery_endpoint_concurrency: 4,
         }
     }
 }

@@ -15,8 +15,10 @@
 //!
 //! Beside them the **sweeper** (`sweeper`) expires the due lots and holds of users nobody
 //! touches; the **relay** (`relay`) hands the events the batches record to the broker, one
-//! delivery per subscribed endpoint, with [`event_rules`] telling what each app records.
-//! [`store`] holds every statement, [`ledger`] the pure fold, `config` the settings.
+//! delivery per subscribed endpoint, with [`event_rules`] telling what each app records; the
+//! **deliverer** (`deliverer`) calls the apps' endpoints with those deliveries, on connections
+//! and a pool of its own. [`store`] holds every statement, [`ledger`] the pure fold, `config`
+//! the settings.
 //!
 //! Nothing is acknowledged to the broker: the applied position of each partition lives in
 //! Postgres, advanced in the same transaction as the effects, so a crash at any point either
@@ -24,6 +26,7 @@
 
 mod applier;
 mod config;
+mod deliverer;
 pub mod event_rules;
 mod lanes;
 pub mod ledger;
@@ -41,10 +44,12 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream;
 use tally_common::partition::Names;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 pub use crate::config::WorkerConfig;
+use crate::deliverer::Deliverer;
+pub use crate::deliverer::{RetrySchedule, RETRY_SCHEDULE_DEFAULT};
 use crate::lanes::Lanes;
 use crate::manager::{Manager, Resync};
 use crate::ownership::Membership;
@@ -92,6 +97,7 @@ pub async fn run(
         .await
         .context("cannot load the apps' event rules")?;
     let relay = relay::start(pool.clone(), js.clone(), names.clone());
+    let deliverer = Deliverer::start(&config, &names).await?;
 
     let worker_id = Uuid::now_v7();
     let stream_name = names.command_stream();
@@ -123,6 +129,12 @@ pub async fn run(
         client.clone(),
     );
     let sweeper = tokio::spawn(sweeper::sweep_forever(pool.clone(), rules, relay));
+    let (stop_delivering, stop) = watch::channel(false);
+    let deliverer = tokio::spawn(deliverer.run(stop));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_delivering.send(true);
+    };
     let mut membership = manager.run(resync_rx, shutdown).await;
     // A sweep interrupted here rolls back; another worker (or the next start) redoes it.
     sweeper.abort();
@@ -131,6 +143,8 @@ pub async fn run(
         applier.await.context("applier task failed")?;
     }
     membership.leave(&pool).await;
+    // Attempts in flight end within their timeout and are recorded.
+    deliverer.await.context("deliverer task failed")?;
     // Replies are best effort (results are durable in Postgres): never wait long for a broker
     // that may already be gone.
     let _ = tokio::time::timeout(REPLY_FLUSH_TIMEOUT, client.flush()).await;

@@ -5,10 +5,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tally_common::apps::{self, KeyRef};
 use tally_common::webhook::Provider;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{queries, Admin};
@@ -84,10 +85,25 @@ pub async fn credentials(pool: &PgPool, app_id: Uuid) -> Result<Value, ApiError>
     }))
 }
 
+/// Body of `POST /admin/apps`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CreateAppRequest {
+    name: String,
+}
+
+/// Body of `POST /admin/apps/{app_id}/webhook-secrets`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookSecretRequest {
+    /// `stripe` or `polar`.
+    provider: String,
+    secret: String,
+}
+
 /// Creates an app: `{ name }` → `{ app_id, name, api_key }` (the key is shown only now).
-#[utoipa::path(post, path = "/admin/apps", tag = "admin",
-    responses((status = 200, description = "{ app_id, name, api_key }"), (status = 400, description = "bad name"),
-              (status = 401, description = "missing or wrong admin token")),
+#[utoipa::path(post, path = "/admin/apps", tag = "admin", request_body = CreateAppRequest,
+    responses((status = 200, description = "{ app_id, name, api_key }")),
     security(("admin_token" = [])))]
 pub async fn create(
     _: Admin,
@@ -95,17 +111,21 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let object = validate::json_object(&headers, body).await?;
+    let name = app_name(validate::json_object(&headers, body).await?)?;
+    let (app_id, api_key) = create_app(&state.pool, &name).await?;
+    Ok(Json(
+        json!({ "app_id": app_id, "name": name, "api_key": api_key }),
+    ))
+}
+
+/// The name of a `POST /admin/apps` body, as stored (`400` naming the field otherwise).
+pub(crate) fn app_name(object: Map<String, Value>) -> Result<String, ApiError> {
     Fields::new(object.clone(), &["name"])?;
     let name = object
         .get("name")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::field("name", "is required (a string)"))?;
-    let name = check_name(name)?;
-    let (app_id, api_key) = create_app(&state.pool, &name).await?;
-    Ok(Json(
-        json!({ "app_id": app_id, "name": name, "api_key": api_key }),
-    ))
+    check_name(name)
 }
 
 /// The app's keys (prefixes) and webhook secret counts.
@@ -158,9 +178,8 @@ pub async fn revoke(
 
 /// Adds a webhook secret: `{ provider: "stripe" | "polar", secret }`.
 #[utoipa::path(post, path = "/admin/apps/{app_id}/webhook-secrets", tag = "admin",
-    params(("app_id" = Uuid, Path)),
-    responses((status = 200, description = "{ ok: true }"), (status = 400, description = "bad provider or secret"),
-              (status = 401, description = "missing or wrong admin token"), (status = 404, description = "unknown app")),
+    params(("app_id" = Uuid, Path)), request_body = WebhookSecretRequest,
+    responses((status = 200, description = "{ ok: true }"), (status = 404, description = "unknown app")),
     security(("admin_token" = [])))]
 pub async fn create_secret(
     _: Admin,
@@ -170,7 +189,14 @@ pub async fn create_secret(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let app = queries::app(&state.pool, validate::parse_uuid("app_id", &app)?).await?;
-    let object = validate::json_object(&headers, body).await?;
+    let (provider, secret) = secret_fields(validate::json_object(&headers, body).await?)?;
+    add_secret(&state.pool, app.id, provider, &secret).await?;
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// The provider and secret of a `POST /admin/apps/{app_id}/webhook-secrets` body, as stored
+/// (`400` naming the field otherwise).
+pub(crate) fn secret_fields(object: Map<String, Value>) -> Result<(Provider, String), ApiError> {
     Fields::new(object.clone(), &["provider", "secret"])?;
     let text = |field: &str| {
         object
@@ -179,7 +205,5 @@ pub async fn create_secret(
             .map(str::to_string)
             .ok_or_else(|| ApiError::field(field, "is required (a string)"))
     };
-    let (provider, secret) = check_secret(&text("provider")?, &text("secret")?)?;
-    add_secret(&state.pool, app.id, provider, &secret).await?;
-    Ok(Json(json!({ "ok": true })))
+    check_secret(&text("provider")?, &text("secret")?)
 }

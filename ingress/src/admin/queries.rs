@@ -4,15 +4,20 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
 use sqlx::PgPool;
+use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use crate::entries::{self, time_json, Entry};
 use crate::error::ApiError;
 use crate::paging::{decode_cursor, encode_cursor, split_page};
+use crate::routes::credits::{balance_rows, BalanceRow};
+use crate::validate;
 
-/// Most days the chart and `/admin/apps/{id}/stats` cover.
+/// Fewest and most days the chart and `/admin/apps/{id}/stats` cover.
+pub const STATS_DAYS_MIN: i64 = 1;
 pub const STATS_DAYS_MAX: i64 = 90;
 pub const STATS_DAYS_DEFAULT: i64 = 14;
 /// Most pages `page=` may skip (offset paging of users and events stays cheap).
@@ -24,6 +29,8 @@ pub const ENTRY_TYPES: &[&str] = &["add", "deduct", "refund", "payment", "expire
 pub const SOURCES: &[&str] = &["api", "stripe", "polar", "system", "dashboard"];
 /// The webhook providers `provider=` filters by.
 pub const PROVIDERS: &[&str] = &["stripe", "polar"];
+/// The orders `sort=` of the users list takes.
+pub const USER_SORTS: &[&str] = &["balance", "activity"];
 /// The webhook outcomes `outcome=` filters by.
 pub const OUTCOMES: &[&str] = &[
     "credited",
@@ -84,45 +91,92 @@ fn one_of(
     }
 }
 
-/// An app with its figures.
+/// An app with its figures. Amounts are of the default credit type (`credits`, the only one
+/// before types existed), so they never add up different kinds of credits; `credit_types` has
+/// each type's.
 #[derive(Debug, sqlx::FromRow, Serialize)]
 pub struct AppFigures {
     pub app_id: Uuid,
     pub name: String,
     #[serde(serialize_with = "time_json")]
     pub created_at: DateTime<Utc>,
-    /// Accounts the app has.
+    /// Users with a balance of any type.
     pub users: i64,
-    /// Credits on every balance of the app. This and the other sums stop at `i64::MAX`: each
-    /// balance fits in an `i64`, their sum over many users may not, and one app's figure must
-    /// not fail the page of every app.
+    /// Credits of the default type on every balance of the app. This and the other sums stop
+    /// at `i64::MAX`: each balance fits in an `i64`, their sum over many users may not, and one
+    /// app's figure must not fail the page of every app.
     pub outstanding: i64,
-    /// Credits added in the last 24 hours.
+    /// Credits of the default type added in the last 24 hours.
     pub added_24h: i64,
-    /// Credits deducted or expired in the last 24 hours.
+    /// Credits of the default type deducted or expired in the last 24 hours.
     pub spent_24h: i64,
+    /// Active holds of every type.
     pub active_holds: i64,
     pub webhooks_rejected_24h: i64,
+    /// The figures of each credit type the app's users have, ordered by type.
+    #[sqlx(skip)]
+    pub credit_types: Vec<TypeFigures>,
+}
+
+/// An app's figures for one credit type.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct TypeFigures {
+    #[serde(skip)]
+    pub app_id: Uuid,
+    pub credit_type: String,
+    /// Users with a balance of this type.
+    pub users: i64,
+    pub outstanding: i64,
+    pub added_24h: i64,
+    pub spent_24h: i64,
 }
 
 /// Every app with its users, credits outstanding, the last 24 hours' adds and spends, active
 /// holds and rejected webhook events.
 pub async fn apps(pool: &PgPool) -> Result<Vec<AppFigures>, ApiError> {
-    Ok(sqlx::query_as(
+    let mut apps: Vec<AppFigures> = sqlx::query_as(
         "SELECT a.id AS app_id, a.name, a.created_at,
-                (SELECT count(*) FROM accounts c WHERE c.app_id = a.id) AS users,
-                (SELECT LEAST(COALESCE(sum(balance), 0), 9223372036854775807)::bigint FROM accounts c WHERE c.app_id = a.id) AS outstanding,
-                (SELECT LEAST(COALESCE(sum(amount) FILTER (WHERE amount > 0), 0), 9223372036854775807)::bigint FROM ledger_entries e
-                  WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours') AS added_24h,
+                (SELECT count(DISTINCT user_id) FROM accounts c WHERE c.app_id = a.id) AS users,
+                (SELECT LEAST(COALESCE(sum(balance), 0), 9223372036854775807)::bigint FROM accounts c
+                  WHERE c.app_id = a.id AND c.credit_type = $1) AS outstanding,
+                (SELECT LEAST(COALESCE(sum(amount) FILTER (WHERE amount > 0), 0), 9223372036854775807)::bigint
+                   FROM ledger_entries e WHERE e.app_id = a.id AND e.credit_type = $1
+                    AND e.created_at > now() - interval '24 hours') AS added_24h,
                 (SELECT LEAST(COALESCE(-sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')), 0), 9223372036854775807)::bigint
-                   FROM ledger_entries e WHERE e.app_id = a.id AND e.created_at > now() - interval '24 hours') AS spent_24h,
+                   FROM ledger_entries e WHERE e.app_id = a.id AND e.credit_type = $1
+                    AND e.created_at > now() - interval '24 hours') AS spent_24h,
                 (SELECT count(*) FROM holds h WHERE h.app_id = a.id AND h.status = 'active') AS active_holds,
                 (SELECT count(*) FROM webhook_events w WHERE w.app_id = a.id AND w.outcome = 'rejected'
                    AND w.received_at > now() - interval '24 hours') AS webhooks_rejected_24h
          FROM apps a ORDER BY a.created_at, a.id",
     )
+    .bind(CreditType::DEFAULT)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    // Every entry has its account, so the types of the accounts are all the types there are.
+    let types: Vec<TypeFigures> = sqlx::query_as(
+        "SELECT c.app_id, c.credit_type, count(*) AS users,
+                LEAST(COALESCE(sum(c.balance), 0), 9223372036854775807)::bigint AS outstanding,
+                LEAST(COALESCE(max(r.added), 0), 9223372036854775807)::bigint AS added_24h,
+                LEAST(COALESCE(max(r.spent), 0), 9223372036854775807)::bigint AS spent_24h
+         FROM accounts c
+         LEFT JOIN (SELECT app_id, credit_type, sum(amount) FILTER (WHERE amount > 0) AS added,
+                           -sum(amount) FILTER (WHERE amount < 0 AND type IN ('deduct', 'expire')) AS spent
+                    FROM ledger_entries WHERE created_at > now() - interval '24 hours'
+                    GROUP BY app_id, credit_type) r
+           ON r.app_id = c.app_id AND r.credit_type = c.credit_type
+         GROUP BY c.app_id, c.credit_type ORDER BY c.app_id, c.credit_type",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut by_app: HashMap<Uuid, Vec<TypeFigures>> = HashMap::new();
+    for figures in types {
+        by_app.entry(figures.app_id).or_default().push(figures);
+    }
+    for app in &mut apps {
+        app.credit_types = by_app.remove(&app.app_id).unwrap_or_default();
+    }
+    Ok(apps)
 }
 
 pub struct UsersRequest {
@@ -139,10 +193,10 @@ impl UsersRequest {
         if prefix.len() > tally_common::limits::USER_ID_BYTES_MAX {
             return Err(ApiError::field("prefix", "is longer than a user id"));
         }
+        crate::validate::reject_nul("prefix", &prefix)?;
         Ok(Self {
             prefix,
-            sort: one_of(query, "sort", &["balance", "activity"])?
-                .unwrap_or_else(|| "activity".into()),
+            sort: one_of(query, "sort", USER_SORTS)?.unwrap_or_else(|| "activity".into()),
             limit: super::limit(query)?,
             page: integer(query, "page", 0, PAGE_INDEX_MAX)?.unwrap_or(0),
         })
@@ -157,18 +211,32 @@ pub struct UsersPage {
     pub next_page: Option<i64>,
 }
 
-/// A user as the users list shows it.
+/// A user as the users list shows it: the default credit type's figures (what the list sorts
+/// by), and every type's.
 #[derive(Debug, sqlx::FromRow, Serialize)]
 pub struct UserSummary {
     pub user_id: String,
+    /// The balance of the default type (0 when the user has none of it).
     pub balance: i64,
+    /// Held of the default type.
     pub held: i64,
-    /// When the account last changed.
+    /// When one of the user's balances last changed.
     #[serde(serialize_with = "time_json")]
     pub last_activity: DateTime<Utc>,
+    /// Every type the user has, ordered by type.
+    pub balances: Json<Vec<TypeSummary>>,
 }
 
-/// A page of an app's users whose id starts with the prefix.
+/// One of a user's balances, as the users list shows it.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct TypeSummary {
+    pub credit_type: String,
+    pub balance: i64,
+    pub held: i64,
+}
+
+/// A page of an app's users whose id starts with the prefix, one row per user whatever the
+/// number of its credit types.
 pub async fn users(
     pool: &PgPool,
     app_id: Uuid,
@@ -177,17 +245,25 @@ pub async fn users(
     let order = if request.sort == "balance" {
         "balance DESC, user_id"
     } else {
-        "updated_at DESC, user_id"
+        "last_activity DESC, user_id"
     };
     let rows: Vec<UserSummary> = sqlx::query_as(&format!(
-        "SELECT user_id, balance, held, updated_at AS last_activity FROM accounts
+        "SELECT user_id,
+                COALESCE(sum(balance) FILTER (WHERE credit_type = $5), 0)::bigint AS balance,
+                COALESCE(sum(held) FILTER (WHERE credit_type = $5), 0)::bigint AS held,
+                max(updated_at) AS last_activity,
+                jsonb_agg(jsonb_build_object('credit_type', credit_type, 'balance', balance, 'held', held)
+                          ORDER BY credit_type) AS balances
+         FROM accounts
          WHERE app_id = $1 AND starts_with(user_id, $2)
+         GROUP BY user_id
          ORDER BY {order} LIMIT $3 OFFSET $4"
     ))
     .bind(app_id)
     .bind(&request.prefix)
     .bind(request.limit + 1)
     .bind(request.page * request.limit)
+    .bind(CreditType::DEFAULT)
     .fetch_all(pool)
     .await?;
     let (users, more) = split_page(rows, request.limit);
@@ -197,23 +273,67 @@ pub async fn users(
     })
 }
 
-/// A user's figures, active holds and open lots.
+/// A user's figures, active holds and open lots. The top-level figures are the default credit
+/// type's (`credits`, as before types existed); `balances` has every type's.
 #[derive(Debug, Serialize)]
 pub struct UserDetail {
     pub app_id: Uuid,
     pub user_id: String,
+    /// Of the default type, without the credits of lots past their expiry.
+    pub balance: i64,
+    pub held: i64,
+    pub available: i64,
+    /// The default type's next lot to expire with credits left; null when none will.
+    pub next_expiry: Option<Expiry>,
+    /// One per credit type the user has, ordered by type.
+    pub balances: Vec<TypeBalance>,
+    /// Open lots of every type.
+    pub lots: Vec<Lot>,
+    /// Active holds of every type.
+    pub holds: Vec<Hold>,
+}
+
+/// One of a user's balances, as `GET /credits/balances` shows it.
+#[derive(Debug, Serialize)]
+pub struct TypeBalance {
+    pub credit_type: String,
     /// Without the credits of lots past their expiry.
     pub balance: i64,
     pub held: i64,
     pub available: i64,
-    /// The next lot to expire with credits left; null when none will.
+    /// The next lot of this type to expire with credits left; null when none will.
     pub next_expiry: Option<Expiry>,
-    pub lots: Vec<Lot>,
-    pub holds: Vec<Hold>,
+}
+
+impl TypeBalance {
+    /// The figures of a type the user has never been written.
+    pub fn empty(credit_type: &str) -> Self {
+        Self {
+            credit_type: credit_type.to_string(),
+            balance: 0,
+            held: 0,
+            available: 0,
+            next_expiry: None,
+        }
+    }
+
+    fn read(row: BalanceRow) -> Self {
+        let balance = row.balance();
+        Self {
+            available: balance - row.held,
+            balance,
+            held: row.held,
+            next_expiry: row
+                .next_amount
+                .zip(row.next_at)
+                .map(|(amount, expires_at)| Expiry { amount, expires_at }),
+            credit_type: row.credit_type,
+        }
+    }
 }
 
 /// Credits that expire at one time.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Expiry {
     pub amount: i64,
     #[serde(serialize_with = "time_json")]
@@ -224,6 +344,7 @@ pub struct Expiry {
 #[derive(Debug, sqlx::FromRow, Serialize)]
 pub struct Lot {
     pub lot_id: Uuid,
+    pub credit_type: String,
     pub amount: i64,
     pub remaining: i64,
     #[serde(serialize_with = "time_json")]
@@ -234,6 +355,7 @@ pub struct Lot {
 #[derive(Debug, sqlx::FromRow, Serialize)]
 pub struct Hold {
     pub hold_id: Uuid,
+    pub credit_type: String,
     pub amount: i64,
     #[serde(serialize_with = "time_json")]
     pub expires_at: DateTime<Utc>,
@@ -242,41 +364,29 @@ pub struct Hold {
     pub description: Option<String>,
 }
 
-/// A user's balance, held, available, next expiry, active holds and open lots.
+/// A user's balances (the default type's at the top level, and each type's), active holds and
+/// open lots.
 pub async fn user(pool: &PgPool, app_id: Uuid, user_id: &str) -> Result<UserDetail, ApiError> {
-    let account: Option<(i64, i64)> =
-        sqlx::query_as("SELECT balance, held FROM accounts WHERE app_id = $1 AND user_id = $2")
-            .bind(app_id)
-            .bind(user_id)
-            .fetch_optional(pool)
-            .await?;
-    let (balance, held) = account.unwrap_or_default();
+    let balances: Vec<TypeBalance> = balance_rows(pool, app_id, user_id, None)
+        .await?
+        .into_iter()
+        .map(TypeBalance::read)
+        .collect();
+    let (balance, held, next_expiry) = balances
+        .iter()
+        .find(|figures| figures.credit_type == CreditType::DEFAULT)
+        .map(|figures| (figures.balance, figures.held, figures.next_expiry.clone()))
+        .unwrap_or_default();
     let lots: Vec<Lot> = sqlx::query_as(
-        "SELECT id AS lot_id, amount, remaining, expires_at FROM lots
+        "SELECT id AS lot_id, credit_type, amount, remaining, expires_at FROM lots
          WHERE app_id = $1 AND user_id = $2 AND expired_at IS NULL ORDER BY expires_at, id LIMIT 200",
     )
     .bind(app_id)
     .bind(user_id)
     .fetch_all(pool)
     .await?;
-    let now = Utc::now();
-    // Credits of a lot past its expiry leave the balance with the worker's expire entry; reads
-    // leave them out already (as `GET /credits/balance` does).
-    let expired: i64 = lots
-        .iter()
-        .filter(|lot| lot.expires_at <= now)
-        .map(|lot| lot.remaining)
-        .sum();
-    let balance = balance - expired;
-    let next_expiry = lots
-        .iter()
-        .find(|lot| lot.expires_at > now && lot.remaining > 0)
-        .map(|lot| Expiry {
-            amount: lot.remaining,
-            expires_at: lot.expires_at,
-        });
     let holds: Vec<Hold> = sqlx::query_as(
-        "SELECT id AS hold_id, amount, expires_at, created_at, description FROM holds
+        "SELECT id AS hold_id, credit_type, amount, expires_at, created_at, description FROM holds
          WHERE app_id = $1 AND user_id = $2 AND status = 'active' ORDER BY created_at DESC, id DESC LIMIT 200",
     )
     .bind(app_id)
@@ -290,6 +400,7 @@ pub async fn user(pool: &PgPool, app_id: Uuid, user_id: &str) -> Result<UserDeta
         held,
         available: balance - held,
         next_expiry,
+        balances,
         lots,
         holds,
     })
@@ -301,6 +412,8 @@ pub struct HistoryRequest {
     pub before: Option<(i64, Uuid)>,
     pub entry_type: Option<String>,
     pub source: Option<String>,
+    /// Only entries of this credit type (`None`: every type).
+    pub credit_type: Option<CreditType>,
 }
 
 impl HistoryRequest {
@@ -322,6 +435,10 @@ impl HistoryRequest {
             before,
             entry_type: one_of(query, "type", ENTRY_TYPES)?,
             source: one_of(query, "source", SOURCES)?,
+            credit_type: match query.get("credit_type").map(String::as_str) {
+                None | Some("") => None,
+                Some(text) => Some(validate::parse_credit_type("credit_type", text)?),
+            },
         })
     }
 }
@@ -334,8 +451,8 @@ pub struct EntriesPage {
     pub next_cursor: Option<String>,
 }
 
-/// A page of entries of an app (or of one of its users), newest first, filtered by type and
-/// source; paged by `(created_at, id)`.
+/// A page of entries of an app (or of one of its users), newest first, filtered by type,
+/// source and credit type; paged by `(created_at, id)`.
 pub async fn history(
     pool: &PgPool,
     app_id: Uuid,
@@ -349,6 +466,7 @@ pub async fn history(
          WHERE app_id = $1 AND ($2::text IS NULL OR user_id = $2)
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
            AND ($5::text IS NULL OR type = $5) AND ($6::text IS NULL OR source = $6)
+           AND ($8::text IS NULL OR credit_type = $8)
          ORDER BY created_at DESC, id DESC LIMIT $7",
         entries::COLUMNS
     ))
@@ -359,6 +477,7 @@ pub async fn history(
     .bind(&request.entry_type)
     .bind(&request.source)
     .bind(request.limit + 1)
+    .bind(request.credit_type.as_ref().map(CreditType::as_str))
     .fetch_all(pool)
     .await?;
     let (entries, more) = split_page(rows, request.limit);

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
+use tally_common::credit_type::CreditType;
 use tally_common::limits::WEBHOOK_ENDPOINTS_MAX;
 use uuid::Uuid;
 
@@ -34,6 +35,8 @@ struct AppPage {
     chart: Chart,
     request: queries::UsersRequest,
     users: queries::UsersPage,
+    /// The type the users list shows and sorts by; other types are listed beside it.
+    default_type: &'static str,
     credentials: Credentials,
     /// The app's webhook endpoints, and what the form that adds one offers.
     endpoints: Vec<Endpoint>,
@@ -165,6 +168,7 @@ pub async fn app_page(
                 chart: Chart::new(&days),
                 request,
                 users,
+                default_type: CreditType::DEFAULT,
                 credentials,
                 can_add_endpoint: (endpoints.len() as i64) < WEBHOOK_ENDPOINTS_MAX,
                 endpoints,

@@ -6,6 +6,7 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use tally_common::credit_type::CreditType;
 
 use super::access::{page, SignedForm, SignedIn};
 use super::app::new_key_page;
@@ -20,6 +21,8 @@ struct AppsPage {
     csrf: String,
     notice: Option<Notice>,
     apps: Vec<queries::AppFigures>,
+    /// The type of the top-level figures; other types are listed under them.
+    default_type: &'static str,
 }
 
 pub async fn home(
@@ -35,6 +38,7 @@ pub async fn home(
                 csrf: session.csrf.clone(),
                 notice: Notice::from_query(&query),
                 apps,
+                default_type: CreditType::DEFAULT,
             },
         ))
     })

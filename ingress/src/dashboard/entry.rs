@@ -59,6 +59,7 @@ fn fields(entry: &Entry) -> Vec<Field> {
         Field::new("ledger_id", Some(entry.ledger_id.to_string())),
         Field::new("user_id", Some(entry.user_id.clone())),
         Field::new("type", Some(entry.entry_type.clone())),
+        Field::new("credit_type", Some(entry.credit_type.clone())),
         Field::new("amount", Some(entry.amount.to_string())),
         Field::new("balance_after", Some(entry.balance_after.to_string())),
         Field::new("source", Some(entry.source.clone())),

@@ -1,5 +1,5 @@
-//! One user's page (figures, history, holds, expiring credits) and the form that adds or
-//! deducts credits by hand.
+//! One user's page (figures per credit type, history, holds, expiring credits) and the form
+//! that adds or deducts credits of a type by hand.
 
 use std::collections::HashMap;
 
@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use tally_common::command::Command;
+use tally_common::credit_type::CreditType;
 use uuid::Uuid;
 
 use super::access::{page, SignedForm, SignedIn};
@@ -28,6 +29,13 @@ struct UserPage<'a> {
     app: queries::App,
     user_id: String,
     detail: queries::UserDetail,
+    /// A figure block per credit type the user has; the default type's zeros for a user
+    /// without any.
+    balances: Vec<queries::TypeBalance>,
+    /// The type a write names when it names none: its block keeps the `balance` id.
+    default_type: &'static str,
+    /// The user's credit types: the history filter's options and the form's suggestions.
+    credit_types: &'a [&'a str],
     history: queries::EntriesPage,
     /// The first page, which follows new entries live.
     newest: bool,
@@ -36,6 +44,7 @@ struct UserPage<'a> {
     sources: &'static [&'static str],
     entry_type: Option<&'a str>,
     source: Option<&'a str>,
+    credit_type: Option<&'a str>,
     /// The add/deduct form's idempotency key.
     form_key: Uuid,
     /// The balance alert thresholds that apply to the user, per credit type.
@@ -52,9 +61,15 @@ pub async fn user_page(
         let app = queries::app(&state.pool, parse_app(&app_id)?).await?;
         let user_id = validate::check_user_id("user_id", user_id)?;
         let request = queries::HistoryRequest::parse(&query)?;
-        let detail = queries::user(&state.pool, app.id, &user_id).await?;
+        let mut detail = queries::user(&state.pool, app.id, &user_id).await?;
         let history = queries::history(&state.pool, app.id, Some(&user_id), &request).await?;
         let thresholds = alerts::effective(&state.pool, app.id, Some(&user_id), None).await?;
+        let mut balances = std::mem::take(&mut detail.balances);
+        if balances.is_empty() {
+            balances.push(queries::TypeBalance::empty(CreditType::DEFAULT));
+        }
+        let type_names: Vec<String> = balances.iter().map(|b| b.credit_type.clone()).collect();
+        let credit_types: Vec<&str> = type_names.iter().map(String::as_str).collect();
         Ok(html(
             StatusCode::OK,
             &UserPage {
@@ -63,12 +78,16 @@ pub async fn user_page(
                 app,
                 user_id,
                 detail,
+                balances,
+                default_type: CreditType::DEFAULT,
+                credit_types: &credit_types,
                 history,
                 newest: request.before.is_none(),
                 entry_types: queries::ENTRY_TYPES,
                 sources: queries::SOURCES,
                 entry_type: request.entry_type.as_deref(),
                 source: request.source.as_deref(),
+                credit_type: request.credit_type.as_ref().map(CreditType::as_str),
                 form_key: Uuid::new_v4(),
                 thresholds,
             },

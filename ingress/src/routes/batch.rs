@@ -149,14 +149,16 @@ pub async fn batch(
 }
 
 /// One operation as read: its own idempotency key with its request hash, and its parsed body.
-struct ReadOperation {
+pub(crate) struct ReadOperation {
     idempotency: Option<(String, String)>,
     parsed: Parsed,
 }
 
 /// `atomic` and the operations, every one checked: `400` naming `operations[i].field` for the
 /// first that is not valid, before anything is sent.
-fn read_batch(mut object: Map<String, Value>) -> Result<(bool, Vec<ReadOperation>), ApiError> {
+pub(crate) fn read_batch(
+    mut object: Map<String, Value>,
+) -> Result<(bool, Vec<ReadOperation>), ApiError> {
     if let Some(unknown) = object
         .keys()
         .find(|key| !["atomic", "operations"].contains(&key.as_str()))

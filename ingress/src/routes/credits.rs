@@ -28,20 +28,19 @@ use crate::AppState;
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct AddRequest {
-    /// The integrator's id for the user (1..=255 bytes).
+    /// The integrator's id for the user; a user is created, with balance 0, by its first write.
     user_id: String,
-    /// Credits to add, 1..=10^12.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
+    /// Credits to add.
     amount: i64,
-    /// At most 1,000 characters.
+    /// Read back in history (`null` when absent).
     description: Option<String>,
-    /// At most 50 keys, string values.
+    /// Stored on the ledger entry and read back in history (`{}` when absent).
     metadata: Option<HashMap<String, String>>,
-    /// When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`.
+    /// When these credits expire; or give `expires_in_seconds`.
     expires_at: Option<String>,
     /// Seconds from now until these credits expire.
     expires_in_seconds: Option<i64>,
-    /// Which of the user's balances (1..=64 of `a-z 0-9 _ -`; default `"credits"`).
+    /// Which of the user's balances.
     credit_type: Option<String>,
 }
 
@@ -50,11 +49,10 @@ pub struct AddRequest {
 #[allow(dead_code)]
 pub struct DeductRequest {
     user_id: String,
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
     amount: i64,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
-    /// Which of the user's balances (default `"credits"`).
+    /// Which of the user's balances.
     credit_type: Option<String>,
 }
 
@@ -64,8 +62,7 @@ pub struct DeductRequest {
 pub struct RefundRequest {
     /// The add, deduct or payment entry to reverse.
     ledger_id: Uuid,
-    /// Default: all that is left to refund.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
+    /// Default: all that is left to refund; more than is left is `400` naming `amount`.
     amount: Option<i64>,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
@@ -96,8 +93,8 @@ pub struct RefundResponse {
 }
 
 #[utoipa::path(post, path = "/credits/add", request_body = AddRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
-           ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
+    params(("Idempotency-Key" = Option<String>, Header),
+           ("Prefer" = Option<String>, Header)),
     responses((status = 200, body = WriteResponse), (status = 202, body = AcceptedResponse),
               (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
               (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse),
@@ -129,8 +126,8 @@ pub(crate) async fn write(
 }
 
 #[utoipa::path(post, path = "/credits/deduct", request_body = DeductRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
-           ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
+    params(("Idempotency-Key" = Option<String>, Header),
+           ("Prefer" = Option<String>, Header)),
     responses((status = 200, body = WriteResponse), (status = 202, body = AcceptedResponse),
               (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
               (status = 402, description = "insufficient_credits; nothing written", body = ErrorResponse),
@@ -146,8 +143,8 @@ pub async fn deduct(
 }
 
 #[utoipa::path(post, path = "/credits/refund", request_body = RefundRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries"),
-           ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once")),
+    params(("Idempotency-Key" = Option<String>, Header),
+           ("Prefer" = Option<String>, Header)),
     responses((status = 200, body = RefundResponse), (status = 202, body = AcceptedResponse),
               (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
               (status = 402, body = ErrorResponse), (status = 404, body = ErrorResponse),
@@ -197,15 +194,16 @@ pub struct BalancesResponse {
     balances: Vec<TypeBalance>,
 }
 
+/// An account row with what its lots add to a read (also the admin reads' source).
 #[derive(sqlx::FromRow)]
-struct BalanceRow {
-    credit_type: String,
+pub(crate) struct BalanceRow {
+    pub(crate) credit_type: String,
     balance: i64,
-    held: i64,
+    pub(crate) held: i64,
     /// Credits of lots past their expiry that the worker has not expired yet.
     expired: i64,
-    next_amount: Option<i64>,
-    next_at: Option<DateTime<Utc>>,
+    pub(crate) next_amount: Option<i64>,
+    pub(crate) next_at: Option<DateTime<Utc>>,
 }
 
 impl BalanceRow {
@@ -222,8 +220,12 @@ impl BalanceRow {
 
     /// The balance as reads show it: credits of a lot past its expiry leave the balance through
     /// the worker's expire entry within a second or so; until then reads already leave them out.
+    pub(crate) fn balance(&self) -> i64 {
+        self.balance - self.expired
+    }
+
     fn into_balance(self) -> TypeBalance {
-        let balance = self.balance - self.expired;
+        let balance = self.balance();
         TypeBalance {
             credit_type: self.credit_type,
             balance,
@@ -241,7 +243,7 @@ impl BalanceRow {
 }
 
 /// The account rows of a user (of one type, or all), with what their lots add to a read.
-async fn balance_rows(
+pub(crate) async fn balance_rows(
     pool: &sqlx::PgPool,
     app_id: Uuid,
     user_id: &str,
@@ -277,8 +279,7 @@ pub struct NextExpiry {
 }
 
 #[utoipa::path(get, path = "/credits/balance",
-    params(("user_id" = String, Query),
-           ("credit_type" = Option<String>, Query, description = "default `credits`")),
+    params(("user_id" = String, Query), ("credit_type" = Option<String>, Query)),
     responses((status = 200, body = BalanceResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
     security(("api_key" = [])))]
@@ -287,8 +288,7 @@ pub async fn balance(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<BalanceResponse>, ApiError> {
-    let user_id = validate::query_user_id(&query)?;
-    let credit_type = validate::query_credit_type(&query)?;
+    let (user_id, credit_type) = balance_query(&query)?;
     // Most users have no expiring credits: one lookup of the account (and a probe of the lots
     // index), grouped with concurrent reads, answers them; only a user with open lots costs the
     // second query.
@@ -327,6 +327,16 @@ pub async fn balance(
         available,
         next_expiry,
     }))
+}
+
+/// The user and credit type of `GET /credits/balance` (`400` naming the parameter otherwise).
+pub(crate) fn balance_query(
+    query: &HashMap<String, String>,
+) -> Result<(String, CreditType), ApiError> {
+    Ok((
+        validate::query_user_id(query)?,
+        validate::query_credit_type(query)?,
+    ))
 }
 
 #[utoipa::path(get, path = "/credits/balances",
@@ -386,10 +396,45 @@ pub struct HistoryResponse {
 
 const HISTORY_CURSOR: &str = "h1";
 
+/// The parameters of `GET /credits/history`.
+pub(crate) struct HistoryQuery {
+    user_id: String,
+    /// Only entries of this type; every type when absent.
+    credit_type: Option<CreditType>,
+    limit: i64,
+    /// The `seq` the page starts below (from `cursor`).
+    before: Option<i64>,
+}
+
+impl HistoryQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let user_id = validate::query_user_id(query)?;
+        let credit_type = validate::query_optional_credit_type(query)?;
+        let limit = page_limit(query)?;
+        let before = match query.get("cursor") {
+            None => None,
+            Some(cursor) => Some(
+                decode_cursor(HISTORY_CURSOR, cursor)?
+                    .parse::<i64>()
+                    .map_err(|_| {
+                        ApiError::field("cursor", "is not a cursor issued by this endpoint")
+                    })?,
+            ),
+        };
+        Ok(Self {
+            user_id,
+            credit_type,
+            limit,
+            before,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/credits/history",
-    params(("user_id" = String, Query), ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
-           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
-           ("credit_type" = Option<String>, Query, description = "only entries of this type (absent: every type)")),
+    params(("user_id" = String, Query), ("limit" = Option<i64>, Query),
+           ("cursor" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only entries of this type; every type when absent.")),
     responses((status = 200, body = HistoryResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
     security(("api_key" = [])))]
@@ -398,19 +443,12 @@ pub async fn history(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
-    let user_id = validate::query_user_id(&query)?;
-    let credit_type = validate::query_optional_credit_type(&query)?;
-    let limit = page_limit(&query)?;
-    let before: Option<i64> = match query.get("cursor") {
-        None => None,
-        Some(cursor) => Some(
-            decode_cursor(HISTORY_CURSOR, cursor)?
-                .parse::<i64>()
-                .map_err(|_| {
-                    ApiError::field("cursor", "is not a cursor issued by this endpoint")
-                })?,
-        ),
-    };
+    let HistoryQuery {
+        user_id,
+        credit_type,
+        limit,
+        before,
+    } = HistoryQuery::parse(&query)?;
     // Entries are numbered per user (across credit types) in the order they were applied, so
     // paging by that number never skips or repeats an entry while new ones arrive.
     let rows = sqlx::query_as::<_, crate::entries::Entry>(&format!(

@@ -27,13 +27,12 @@ use crate::AppState;
 #[allow(dead_code)]
 pub struct HoldRequest {
     user_id: String,
-    #[schema(minimum = 1, maximum = 1_000_000_000_000i64)]
     amount: i64,
-    /// 1..=86400, default 900: released automatically after this long.
+    /// Released automatically after this long.
     expires_in_seconds: Option<i64>,
     description: Option<String>,
     metadata: Option<HashMap<String, String>>,
-    /// Which of the user's balances to reserve from (default `"credits"`).
+    /// Which of the user's balances to reserve from.
     credit_type: Option<String>,
 }
 
@@ -55,7 +54,7 @@ pub struct HoldResponse {
 #[allow(dead_code)]
 pub struct CaptureRequest {
     hold_id: Uuid,
-    /// Default: all held; more than held is 400.
+    /// Default: all held; more than held is `400` naming `amount`.
     amount: Option<i64>,
 }
 
@@ -173,9 +172,50 @@ struct HoldRow {
     created_at: DateTime<Utc>,
 }
 
+/// The statuses `GET /credits/holds?status=` filters by.
+pub const HOLD_STATUSES: &[&str] = &["active", "captured", "released", "expired"];
+
+/// The parameters of `GET /credits/holds`.
+pub(crate) struct HoldsQuery {
+    user_id: String,
+    status: Option<String>,
+    /// Only holds of this type; every type when absent.
+    credit_type: Option<CreditType>,
+    limit: i64,
+    /// `created_at` and id of the last hold of the previous page (from `cursor`).
+    before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+impl HoldsQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let user_id = validate::query_user_id(query)?;
+        let status = match query.get("status") {
+            None => None,
+            Some(status) if HOLD_STATUSES.contains(&status.as_str()) => Some(status.clone()),
+            Some(_) => {
+                return Err(ApiError::field(
+                    "status",
+                    "must be active, captured, released or expired",
+                ))
+            }
+        };
+        let credit_type = validate::query_optional_credit_type(query)?;
+        let limit = page_limit(query)?;
+        let before = time_cursor(HOLDS_CURSOR, query)?;
+        Ok(Self {
+            user_id,
+            status,
+            credit_type,
+            limit,
+            before,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/credits/holds",
-    params(("user_id" = String, Query), ("status" = Option<String>, Query, description = "active, captured, released or expired"),
-           ("credit_type" = Option<String>, Query, description = "only holds of this type (absent: every type)"),
+    params(("user_id" = String, Query), ("status" = Option<String>, Query),
+           ("credit_type" = Option<String>, Query, description = "Only holds of this type; every type when absent."),
            ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = HoldsResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)),
@@ -185,20 +225,13 @@ pub async fn list(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HoldsResponse>, ApiError> {
-    let user_id = validate::query_user_id(&query)?;
-    let status = match query.get("status").map(String::as_str) {
-        None => None,
-        Some(status @ ("active" | "captured" | "released" | "expired")) => Some(status.to_string()),
-        Some(_) => {
-            return Err(ApiError::field(
-                "status",
-                "must be active, captured, released or expired",
-            ))
-        }
-    };
-    let credit_type = validate::query_optional_credit_type(&query)?;
-    let limit = page_limit(&query)?;
-    let before = time_cursor(HOLDS_CURSOR, &query)?;
+    let HoldsQuery {
+        user_id,
+        status,
+        credit_type,
+        limit,
+        before,
+    } = HoldsQuery::parse(&query)?;
     let rows: Vec<HoldRow> = sqlx::query_as(
         // A hold past its expiry is expired, even in the second before a sweep settles it.
         "SELECT id, credit_type, amount, captured, status, expires_at, created_at FROM (

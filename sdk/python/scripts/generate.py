@@ -9,7 +9,8 @@
 Only the paths the SDK calls are kept (SDK_PATHS), with the schemas they reach, so paths the SDK
 does not wrap (/admin/*, the providers' webhook endpoints) never churn its types. What it writes:
 
-- a `TypedDict` per request body (`AddRequest`, ...) and per query (`HistoryQuery`, ...): the
+- a `TypedDict` per request body (`AddRequest`, ...), per schema a body reaches (a batch's
+  `BatchOperation`) and per query (`HistoryQuery`, ...): the
   calls take them as keyword arguments (`**params: Unpack[AddRequest]`), so a field the API adds
   is a keyword of the call once this is rerun, and mypy checks names and types;
 - a frozen dataclass per answer (`WriteResponse`, ...): fields as attributes, `from_dict` to
@@ -42,7 +43,9 @@ SDK_PATHS = [
     "/credits/hold",
     "/credits/capture",
     "/credits/release",
+    "/credits/batch",
     "/credits/balance",
+    "/credits/balances",
     "/credits/history",
     "/credits/holds",
     "/commands/{command_id}",
@@ -131,14 +134,12 @@ class Generator:
             raise GenerateError(f"the OpenAPI document lacks paths the SDK wraps: {', '.join(missing)}")
         self.paths = {p: paths[p] for p in SDK_PATHS}
         self.schemas: dict[str, Any] = (document.get("components") or {}).get("schemas") or {}
-        self.requests: list[str] = []  # schemas sent as bodies
+        self.requests: list[str] = []  # schemas sent as bodies (and those they reach)
         self.queries: list[tuple[str, str, list[dict[str, Any]]]] = []  # (name, path, parameters)
         self.answers: list[str] = []  # schemas received (and those they reach)
         for path, item in self.paths.items():
             for method, operation in item.items():
-                request = _json_body_ref(operation.get("requestBody"))
-                if request is not None and request not in self.requests:
-                    self.requests.append(request)
+                self._reach(_json_body_ref(operation.get("requestBody")), self.requests)
                 query = [p for p in operation.get("parameters", []) if p.get("in") == "query"]
                 name = QUERY_NAMES.get((method, path)) if query else None
                 if query and name is None:
@@ -147,19 +148,20 @@ class Generator:
                     self.queries.append((name, path, query))
                 for status, response in (operation.get("responses") or {}).items():
                     if status.startswith("2"):
-                        self._reach(_json_body_ref(response))
+                        self._reach(_json_body_ref(response), self.answers)
         overlap = set(self.requests) & set(self.answers)
         if overlap:
             raise GenerateError(f"schemas used both as request and answer: {sorted(overlap)}")
 
-    def _reach(self, name: str | None) -> None:
-        if name is None or name in self.answers or name == ERROR_SCHEMA:
+    def _reach(self, name: str | None, into: list[str]) -> None:
+        """A schema, then those it reaches (an answer's parts, a batch's operations), in `into`."""
+        if name is None or name in into or name == ERROR_SCHEMA:
             return
         if name not in self.schemas:
             raise GenerateError(f"unknown schema {name}")
-        self.answers.append(name)
+        into.append(name)
         for ref in _refs(self.schemas[name]):
-            self._reach(ref)
+            self._reach(ref, into)
 
     @staticmethod
     def _query_name(operation: dict[str, Any], path: str) -> str:
@@ -193,6 +195,9 @@ class Generator:
         names = types if isinstance(types, list) else [types]
         nullable = "null" in names
         names = [n for n in names if n != "null"]
+        if not names and nullable:
+            # Only `null` (an atomic batch's operation takes no `idempotency_key`).
+            return "None", False
         if len(names) != 1:
             raise GenerateError(f"unsupported type {json.dumps(schema)}")
         kind = names[0]

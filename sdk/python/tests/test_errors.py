@@ -50,7 +50,7 @@ def test_every_error_class_is_a_tally_error_and_importable_from_the_package() ->
         assert issubclass(kind, TallyError), name
     assert issubclass(IdempotencyConflictError, ConflictError)
     assert issubclass(TallyError, Exception)
-    assert len(tally_credits.errors.__all__) == 12
+    assert len(tally_credits.errors.__all__) == 13
 
 
 def test_a_deduct_above_what_is_available_is_insufficient_credits_error_with_balance_and_available(

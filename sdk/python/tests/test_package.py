@@ -121,11 +121,15 @@ import os
 from tally_credits import (
     AsyncTally,
     BalanceResponse,
+    BalancesResponse,
+    BatchRejectedError,
+    BatchResult,
     CommandHandle,
     EffectiveAlerts,
     Endpoint,
     EventEnvelope,
     HistoryEntry,
+    HoldOperation,
     InsufficientCreditsError,
     Tally,
     TallyError,
@@ -162,6 +166,35 @@ def sync_calls(tally: Tally) -> int:
     return balance.available + waited
 
 
+def credit_types_and_batches(tally: Tally) -> int:
+    image: BalanceResponse = tally.credits.balance(user_id="u", credit_type="image")
+    balances: BalancesResponse = tally.credits.balances(user_id="u")
+    answer: BatchResult = tally.credits.batch(
+        operations=[
+            {"op": "add", "user_id": "u", "amount": 1, "credit_type": "image"},
+            {"op": "capture", "hold_id": "h", "idempotency_key": "k"},
+        ]
+    )
+    total = 0
+    for result in answer.results:
+        if result.op == "add" and result.answer is not None:
+            total += result.answer.balance_after
+        elif result.op == "capture" and result.answer is not None:
+            total += result.answer.captured
+        elif result.error is not None:
+            print(result.error.code)
+    hold: HoldOperation = {"op": "hold", "user_id": "u", "amount": 1}
+    handle = tally.credits.batch(operations=[hold], atomic=True, respond_async=True)
+    waited: BatchResult = handle.wait(timeout=5)
+    try:
+        tally.credits.batch(operations=[{"op": "deduct", "user_id": "u", "amount": 1}], atomic=True)
+    except BatchRejectedError as error:
+        failed: TallyError = error.failed
+        print(error.failed_index, failed.code)
+    print(image, balances, waited)
+    return total
+
+
 async def async_calls() -> int:
     async with AsyncTally(api_key=os.environ.get("TALLY_API_KEY"), timeout=5.0, max_retries=1) as tally:
         result = await tally.credits.refund(ledger_id="0193a000-0000-7000-8000-000000000001", amount=1)
@@ -169,6 +202,8 @@ async def async_calls() -> int:
         held = await handle.wait()
         async for entry in tally.credits.history_all(user_id="u"):
             print(entry.amount)
+        batch: BatchResult = await tally.credits.batch(operations=[{"op": "release", "hold_id": "h"}])
+        print(batch, (await tally.credits.balances(user_id="u")).balances)
         return result.balance_after + held.available
 
 
@@ -179,7 +214,7 @@ def webhook(body: bytes, headers: dict[str, str]) -> str:
 
 if __name__ == "__main__":
     with Tally() as client:
-        print(sync_calls(client), asyncio.run(async_calls()))
+        print(sync_calls(client), credit_types_and_batches(client), asyncio.run(async_calls()))
 """
 
 # Each line must be a mypy error of exactly that code: --strict warns about an unneeded ignore.
@@ -200,6 +235,11 @@ tally.commands.get(command_id=None)  # type: ignore[arg-type]
 tally.credits.add(user_id="u", amount=1, respond_async=True).balance_after  # type: ignore[attr-defined]
 tally.credits.balance(user_id="u").balance = 3  # type: ignore[misc]
 Tally(timeout="30")  # type: ignore[arg-type]
+tally.credits.balance(user_id="u", credit_type=5)  # type: ignore[arg-type]
+tally.credits.batch(operations=[{"op": "refund", "user_id": "u"}])  # type: ignore[list-item]
+tally.credits.batch(operations=[{"op": "transfer", "user_id": "u", "amount": 1}])  # type: ignore[misc, list-item]
+tally.credits.batch([{"op": "add", "user_id": "u", "amount": 1}])  # type: ignore[call-overload]
+tally.credits.batch(operations=[]).results[0].answer.ledger_id  # type: ignore[union-attr]
 
 
 async def forgot_await() -> None:

@@ -32,6 +32,16 @@ pub enum Error {
         available: Option<i64>,
         error: ApiError,
     },
+    /// 422 `batch_rejected`: an operation of an atomic batch was refused, so none was applied.
+    /// `failed` is the error that operation alone would have had (e.g.
+    /// [`Error::InsufficientCredits`]).
+    #[error("{error}")]
+    BatchRejected {
+        /// The refused operation's place in the batch (from 0).
+        failed_index: usize,
+        failed: Box<Error>,
+        error: ApiError,
+    },
     /// 409 `idempotency_conflict`: the key was used before with another body or path.
     #[error("{0}")]
     IdempotencyConflict(ApiError),
@@ -103,6 +113,23 @@ impl Error {
                 available: error.body.get("available").and_then(Value::as_i64),
                 error,
             },
+            422 if error.code == "batch_rejected" => {
+                let failed = error.body.get("failed").cloned().unwrap_or(Value::Null);
+                let failed_status = failed
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map_or(422, status_of_code);
+                Self::BatchRejected {
+                    failed_index: error
+                        .body
+                        .get("failed_index")
+                        .and_then(Value::as_u64)
+                        .and_then(|index| usize::try_from(index).ok())
+                        .unwrap_or(0),
+                    failed: Box::new(Self::from_response(failed_status, failed, None)),
+                    error,
+                }
+            }
             409 if error.code == "idempotency_conflict" => Self::IdempotencyConflict(error),
             409 => Self::Conflict(error),
             404 => Self::NotFound(error),
@@ -118,6 +145,7 @@ impl Error {
     pub fn api_error(&self) -> Option<&ApiError> {
         match self {
             Self::InsufficientCredits { error, .. }
+            | Self::BatchRejected { error, .. }
             | Self::RateLimited { error, .. }
             | Self::Unavailable { error, .. } => Some(error),
             Self::IdempotencyConflict(error)
@@ -163,6 +191,27 @@ impl Error {
             Self::Conflict(error) => error.code == "idempotency_in_progress",
             _ => false,
         }
+    }
+}
+
+/// The status the API answers with an `error` code (the contract's table), for an error body
+/// that arrives without its own: the refused operation of an atomic batch.
+fn status_of_code(code: &str) -> u16 {
+    match code {
+        "invalid_request" => 400,
+        "unauthorized" => 401,
+        "insufficient_credits" => 402,
+        "not_found" => 404,
+        "idempotency_conflict"
+        | "idempotency_in_progress"
+        | "already_refunded"
+        | "hold_not_active" => 409,
+        "payload_too_large" => 413,
+        "unsupported_media_type" => 415,
+        "rate_limited" => 429,
+        "unavailable" => 503,
+        // balance_overflow, not_refundable, and any code this client does not know yet.
+        _ => 422,
     }
 }
 
@@ -234,6 +283,46 @@ mod tests {
             } => {
                 assert_eq!((balance, available), (40, Some(30)));
                 assert_eq!(error.body, body);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rejected_atomic_batch_names_the_operation_and_its_own_error() {
+        let body = json!({ "error": "batch_rejected", "message": "operations[2] was refused",
+            "failed_index": 2,
+            "failed": { "error": "insufficient_credits", "message": "m", "balance": 3, "available": 1 } });
+        match Error::from_response(422, body, None) {
+            Error::BatchRejected {
+                failed_index,
+                failed,
+                error,
+            } => {
+                assert_eq!(failed_index, 2);
+                assert_eq!(error.code, "batch_rejected");
+                assert!(
+                    matches!(
+                        *failed,
+                        Error::InsufficientCredits {
+                            balance: 3,
+                            available: Some(1),
+                            ..
+                        }
+                    ),
+                    "{failed:?}"
+                );
+                assert_eq!(failed.status(), Some(402));
+            }
+            other => panic!("{other:?}"),
+        }
+        let overflow = json!({ "error": "batch_rejected", "message": "m", "failed_index": 0,
+            "failed": { "error": "balance_overflow", "message": "m" } });
+        let rejected = Error::from_response(422, overflow, None);
+        assert!(!rejected.is_retryable());
+        match rejected {
+            Error::BatchRejected { failed, .. } => {
+                assert!(matches!(*failed, Error::BadRequest(_)), "{failed:?}")
             }
             other => panic!("{other:?}"),
         }

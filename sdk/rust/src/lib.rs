@@ -19,6 +19,7 @@
 //! on each retry, so a retried write takes effect once. Calls are retried only on network
 //! errors, timeouts, 429, 503 and `409 idempotency_in_progress`.
 
+mod batch;
 mod error;
 mod events;
 mod resources;
@@ -35,6 +36,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use batch::{
+    BatchHandle, BatchItem, BatchOperation, BatchRequest, BatchResponse, BatchResult,
+    OperationAnswer,
+};
 pub use error::{ApiError, Error};
 pub use events::{Alerts, Events, WebhookDeliveries, WebhookEndpoints};
 pub use resources::{CommandHandle, Commands, Credits, WaitOptions, Webhooks, WriteRequest};
@@ -161,7 +166,7 @@ impl Client {
         ClientBuilder::default()
     }
 
-    /// Add, deduct, refund, hold, capture, release; balance, history, holds.
+    /// Add, deduct, refund, hold, capture, release, batch; balance(s), history, holds.
     pub fn credits(&self) -> Credits<'_> {
         Credits::new(self)
     }

@@ -1,5 +1,5 @@
 //! The API's resources: `credits()`, `commands()`, `webhooks()`, the write request builder and
-//! the handle of a command answered 202.
+//! the handle of a command answered 202 (batches are in [`crate::batch`]).
 
 use std::fmt::Display;
 use std::future::{Future, IntoFuture};
@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::batch::{BatchItem, BatchRequest};
 use crate::types::*;
 use crate::{decode, Client, Error, WriteBody};
 
@@ -62,16 +63,52 @@ impl<'a> Credits<'a> {
         WriteRequest::new(self.client, "/credits/release", params)
     }
 
-    /// `GET /credits/balance`.
+    /// `GET /credits/balance`: the default credit type's balance (`credits`).
     pub async fn balance(&self, user_id: &str) -> Result<BalanceResponse, Error> {
         self.client
             .get("/credits/balance", &[("user_id", user_id.to_string())])
             .await
     }
 
+    /// `GET /credits/balance?credit_type=`: the balance of one credit type (0 for a type the
+    /// user has never been written).
+    pub async fn balance_of(
+        &self,
+        user_id: &str,
+        credit_type: &str,
+    ) -> Result<BalanceResponse, Error> {
+        let query = [
+            ("user_id", user_id.to_string()),
+            ("credit_type", credit_type.to_string()),
+        ];
+        self.client.get("/credits/balance", &query).await
+    }
+
+    /// `GET /credits/balances`: every credit type the user has, ordered by type.
+    pub async fn balances(&self, user_id: &str) -> Result<BalancesResponse, Error> {
+        self.client
+            .get("/credits/balances", &[("user_id", user_id.to_string())])
+            .await
+    }
+
+    /// `POST /credits/batch`: many operations in one call. Each is applied as if sent alone,
+    /// unless [`BatchRequest::atomic`] asks for all or none (then only add, deduct and hold of
+    /// one user).
+    pub fn batch<I>(&self, operations: I) -> BatchRequest<'a>
+    where
+        I: IntoIterator,
+        I::Item: Into<BatchItem>,
+    {
+        BatchRequest::new(
+            self.client,
+            operations.into_iter().map(Into::into).collect(),
+        )
+    }
+
     /// `GET /credits/history`: one page, newest first.
     pub async fn history(&self, params: &HistoryParams) -> Result<HistoryResponse, Error> {
         let mut query = vec![("user_id", params.user_id.clone())];
+        push_credit_type(&mut query, &params.credit_type);
         push_paging(&mut query, params.limit, &params.cursor);
         self.client.get("/credits/history", &query).await
     }
@@ -85,7 +122,7 @@ impl<'a> Credits<'a> {
         self.history_all_with(HistoryParams {
             user_id: user_id.to_string(),
             limit: Some(HISTORY_ALL_PAGE_SIZE),
-            cursor: None,
+            ..Default::default()
         })
     }
 
@@ -119,6 +156,7 @@ impl<'a> Credits<'a> {
         if let Some(status) = &params.status {
             query.push(("status", status.clone()));
         }
+        push_credit_type(&mut query, &params.credit_type);
         push_paging(&mut query, params.limit, &params.cursor);
         self.client.get("/credits/holds", &query).await
     }
@@ -127,11 +165,13 @@ impl<'a> Credits<'a> {
 /// Page size of [`Credits::history_all`]: the API's largest.
 pub const HISTORY_ALL_PAGE_SIZE: u32 = 200;
 
-pub(crate) fn push_paging(
-    query: &mut Vec<(&str, String)>,
-    limit: Option<u32>,
-    cursor: &Option<String>,
-) {
+fn push_credit_type(query: &mut Vec<(&str, String)>, credit_type: &Option<String>) {
+    if let Some(credit_type) = credit_type {
+        query.push(("credit_type", credit_type.clone()));
+    }
+}
+
+fn push_paging(query: &mut Vec<(&str, String)>, limit: Option<u32>, cursor: &Option<String>) {
     if let Some(limit) = limit {
         query.push(("limit", limit.to_string()));
     }
@@ -208,7 +248,7 @@ pub struct WriteRequest<'a, T> {
 }
 
 impl<'a, T: DeserializeOwned + Send + 'a> WriteRequest<'a, T> {
-    fn new(client: &'a Client, path: &'static str, params: &impl Serialize) -> Self {
+    pub(crate) fn new(client: &'a Client, path: &'static str, params: &impl Serialize) -> Self {
         Self {
             client,
             path,
@@ -347,25 +387,35 @@ impl<T: DeserializeOwned> CommandHandle<T> {
         let Some(command) = self.command else {
             unreachable!("a handle holds either a result or a command");
         };
-        let started = tokio::time::Instant::now();
-        loop {
-            let status = self.client.commands().get(command.command_id).await?;
-            let http_status = status.http_status.unwrap_or(200);
-            match (status.status.as_str(), status.result) {
-                ("applied", Some(result)) => return decode(http_status, result),
-                ("rejected", Some(result)) => {
-                    return Err(Error::from_response(http_status, result, None))
-                }
-                _ => {}
-            }
-            if started.elapsed() >= options.timeout {
-                return Err(Error::StillPending {
-                    command_id: command.command_id,
-                    waited: started.elapsed(),
-                });
-            }
-            tokio::time::sleep(options.poll_interval).await;
+        let (status, result) = settle(&self.client, command.command_id, options).await?;
+        if (200..300).contains(&status) {
+            decode(status, result)
+        } else {
+            Err(Error::from_response(status, result, None))
         }
+    }
+}
+
+/// Polls a command until it is applied or rejected: the status and body the synchronous call
+/// would have answered. [`Error::StillPending`] after `options.timeout`.
+pub(crate) async fn settle(
+    client: &Client,
+    command_id: Uuid,
+    options: WaitOptions,
+) -> Result<(u16, serde_json::Value), Error> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let status = client.commands().get(command_id).await?;
+        if let ("applied" | "rejected", Some(result)) = (status.status.as_str(), status.result) {
+            return Ok((status.http_status.unwrap_or(200), result));
+        }
+        if started.elapsed() >= options.timeout {
+            return Err(Error::StillPending {
+                command_id,
+                waited: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(options.poll_interval).await;
     }
 }
 

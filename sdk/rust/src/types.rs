@@ -22,6 +22,10 @@ pub struct AddParams {
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<i64>,
+    /// Which of the user's balances (1..=64 of `a-z 0-9 _ -`); the server's default is
+    /// `credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
 }
 
 /// `POST /credits/deduct`.
@@ -33,9 +37,14 @@ pub struct DeductParams {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Which of the user's balances (1..=64 of `a-z 0-9 _ -`); the server's default is
+    /// `credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
 }
 
-/// `POST /credits/refund`: `amount` defaults to all that is left of the entry.
+/// `POST /credits/refund`: `amount` defaults to all that is left of the entry. A refund acts on
+/// the entry's credit type.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RefundParams {
     pub ledger_id: Uuid,
@@ -59,6 +68,10 @@ pub struct HoldParams {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Which of the user's balances (1..=64 of `a-z 0-9 _ -`); the server's default is
+    /// `credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
 }
 
 /// `POST /credits/capture`: `amount` defaults to all that is held.
@@ -84,6 +97,9 @@ pub struct HistoryParams {
     pub limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Only this credit type's (`None`: every type).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
 }
 
 /// `GET /credits/holds`.
@@ -93,6 +109,9 @@ pub struct HoldsParams {
     /// `active`, `captured`, `released` or `expired`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Only this credit type's (`None`: every type).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +133,9 @@ pub struct WebhookEventsParams {
 /// The answer to an add or a deduct.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct WriteResponse {
+    /// The balance the answer is about.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     pub success: bool,
     pub user_id: String,
     pub balance_after: i64,
@@ -122,6 +144,9 @@ pub struct WriteResponse {
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RefundResponse {
+    /// The balance the answer is about.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     pub success: bool,
     pub user_id: String,
     pub balance_after: i64,
@@ -132,6 +157,9 @@ pub struct RefundResponse {
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct HoldResponse {
+    /// The balance the answer is about.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     pub success: bool,
     pub user_id: String,
     pub hold_id: Uuid,
@@ -143,6 +171,9 @@ pub struct HoldResponse {
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct CaptureResponse {
+    /// The balance the answer is about.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     pub success: bool,
     pub user_id: String,
     pub hold_id: Uuid,
@@ -154,6 +185,9 @@ pub struct CaptureResponse {
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct ReleaseResponse {
+    /// The balance the answer is about.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     pub success: bool,
     pub user_id: String,
     pub hold_id: Uuid,
@@ -174,6 +208,9 @@ pub struct Accepted {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct BalanceResponse {
     pub user_id: String,
+    /// The balance the answer is about.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     /// What the user owns.
     pub balance: i64,
     #[serde(default)]
@@ -182,6 +219,24 @@ pub struct BalanceResponse {
     #[serde(default)]
     pub available: i64,
     #[serde(default)]
+    pub next_expiry: Option<NextExpiry>,
+}
+
+/// `GET /credits/balances`: every credit type a user has.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct BalancesResponse {
+    pub user_id: String,
+    /// One per credit type the user has been written, ordered by type.
+    pub balances: Vec<TypeBalance>,
+}
+
+/// One of a user's balances.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct TypeBalance {
+    pub credit_type: String,
+    pub balance: i64,
+    pub held: i64,
+    pub available: i64,
     pub next_expiry: Option<NextExpiry>,
 }
 
@@ -205,6 +260,9 @@ pub struct HistoryEntry {
     /// `add`, `deduct`, `refund`, `payment`, `expire` or `clawback`.
     #[serde(rename = "type")]
     pub entry_type: String,
+    /// The balance the entry changed.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     /// Signed: negative for what left the balance.
     pub amount: i64,
     pub balance_after: i64,
@@ -234,6 +292,9 @@ pub struct HoldsResponse {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct HoldRecord {
     pub hold_id: Uuid,
+    /// The balance the answer is about.
+    #[serde(default = "default_credit_type")]
+    pub credit_type: String,
     pub amount: i64,
     pub captured: i64,
     /// `active`, `captured`, `released` or `expired`.
@@ -442,4 +503,12 @@ pub struct EffectiveAlerts {
     pub thresholds: Vec<i64>,
     /// `user` (the user's own list), `app` (the app's default) or `none`.
     pub source: String,
+}
+
+/// The type every request that names none uses, and the type of answers from a server older
+/// than credit types.
+pub const DEFAULT_CREDIT_TYPE: &str = "credits";
+
+fn default_credit_type() -> String {
+    DEFAULT_CREDIT_TYPE.to_string()
 }

@@ -90,7 +90,7 @@ writeFileSync(join(esm, "index.mts"), example);
 writeFileSync(join(esm, "example.mjs"), example);
 writeFileSync(
     join(esm, "types.mts"),
-    `import { Tally, webhooks, type AddParams, type BalanceResult, type HistoryEntry, type WebhookEvent } from "tally-credits-sdk";
+    `import { Tally, BatchRejectedError, TallyError, webhooks, type AddParams, type BalanceResult, type BatchResult, type HistoryEntry, type WebhookEvent } from "tally-credits-sdk";
 const tally = new Tally({ apiKey: "tk_x", baseUrl: "http://127.0.0.1:1" });
 // @ts-expect-error a string amount
 void tally.credits.add({ user_id: "u", amount: "500" });
@@ -119,11 +119,43 @@ async function checks(): Promise<void> {
         const e: HistoryEntry = entry;
         void e.amount;
     }
-    const params: AddParams = { user_id: "u", amount: 1, metadata: { order: "42" } };
+    const params: AddParams = { user_id: "u", amount: 1, metadata: { order: "42" }, credit_type: "image" };
+    const ofImage: BalanceResult = await tally.credits.balance("u", { credit_type: "image" });
+    const types: string[] = (await tally.credits.balances("u")).balances.map((b) => b.credit_type);
+    const { results } = await tally.credits.batch([
+        { op: "add", user_id: "u", amount: 1, credit_type: "image" },
+        { op: "capture", hold_id: "h", idempotency_key: "k" },
+    ]);
+    for (const result of results) {
+        if (result.ok && result.op === "capture") {
+            const captured: number = result.body.captured;
+            void captured;
+        } else if (!result.ok) {
+            const code: string = result.error.code;
+            void code;
+        }
+        // @ts-expect-error a result's body is only typed once narrowed by op and ok
+        void result.body.balance_after;
+    }
+    const batchHandle = await tally.credits.batch([{ op: "release", hold_id: "h" }], { atomic: true, respondAsync: true });
+    const settled: BatchResult = await batchHandle.wait();
+    // @ts-expect-error an operation takes its endpoint's fields only
+    void tally.credits.batch([{ op: "refund", user_id: "u" }]);
+    // @ts-expect-error an unknown op
+    void tally.credits.batch([{ op: "transfer", user_id: "u", amount: 1 }]);
+    try {
+        await tally.credits.batch([{ op: "deduct", user_id: "u", amount: 1 }], { atomic: true });
+    } catch (error) {
+        if (error instanceof BatchRejectedError) {
+            const failed: TallyError = error.failed;
+            const index: number = error.failedIndex;
+            void [failed, index];
+        }
+    }
     const secret: string | null | undefined = (await tally.webhookEndpoints.create({ url: "https://example.com" })).secret;
     const event: WebhookEvent = webhooks.verify("{}", { "webhook-id": "x" }, "whsec_AAAA");
     const sequence: number = event.sequence;
-    void [after, id, waited, balance, params, secret, sequence];
+    void [after, id, waited, balance, params, ofImage, types, settled, secret, sequence];
 }
 void checks;
 `,

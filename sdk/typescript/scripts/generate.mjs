@@ -26,7 +26,9 @@ export const SDK_PATHS = [
     "/credits/hold",
     "/credits/capture",
     "/credits/release",
+    "/credits/batch",
     "/credits/balance",
+    "/credits/balances",
     "/credits/history",
     "/credits/holds",
     "/commands/{command_id}",
@@ -94,7 +96,12 @@ export function sdkDocument(document) {
 
 export async function generate(document) {
     const { default: openapiTS, astToString } = await import("openapi-typescript");
-    const ast = await openapiTS(sdkDocument(document), { exportType: false, emptyObjectsUnknown: true });
+    // A `default` is what the server assumes when a field is absent: the field stays optional.
+    const ast = await openapiTS(sdkDocument(document), {
+        exportType: false,
+        emptyObjectsUnknown: true,
+        defaultNonNullable: false,
+    });
     return HEADER + astToString(ast);
 }
 

@@ -52,6 +52,24 @@ export class InsufficientCreditsError extends TallyError {
     }
 }
 
+/**
+ * 422 `batch_rejected`: an operation of an atomic batch was refused, so none was applied.
+ * `failed` is the error that operation alone would have thrown (e.g. InsufficientCreditsError).
+ */
+export class BatchRejectedError extends TallyError {
+    /** The refused operation's place in the batch (from 0). */
+    readonly failedIndex: number;
+    readonly failed: TallyError;
+
+    constructor(message: string, init: TallyErrorInit) {
+        super(message, init);
+        const body = (init.body ?? {}) as { failed_index?: unknown; failed?: unknown };
+        this.failedIndex = typeof body.failed_index === "number" ? body.failed_index : -1;
+        const failedCode = isErrorBody(body.failed) ? body.failed.error : "";
+        this.failed = errorFromResponse(statusOfCode(failedCode), body.failed, init.idempotencyKey, undefined);
+    }
+}
+
 /** 409: `already_refunded`, `hold_not_active`, `idempotency_in_progress`, ... */
 export class ConflictError extends TallyError {}
 
@@ -109,10 +127,13 @@ export function errorFromResponse(
     const message = errorBody?.message ?? `HTTP ${status}`;
     const init: TallyErrorInit = { status, code, body: errorBody, idempotencyKey };
     switch (status) {
+        case 422:
+            return code === "batch_rejected"
+                ? new BatchRejectedError(message, init)
+                : new BadRequestError(message, init);
         case 400:
         case 413:
         case 415:
-        case 422:
             return new BadRequestError(message, init);
         case 401:
             return new AuthenticationError(message, init);
@@ -130,6 +151,37 @@ export function errorFromResponse(
             return new UnavailableError(message, init);
         default:
             return new TallyError(message, init);
+    }
+}
+
+/** The status the API answers with an `error` code (the contract's table), for an error body
+ * that arrives without its own: the refused operation of an atomic batch. */
+function statusOfCode(code: string): number {
+    switch (code) {
+        case "invalid_request":
+            return 400;
+        case "unauthorized":
+            return 401;
+        case "insufficient_credits":
+            return 402;
+        case "not_found":
+            return 404;
+        case "idempotency_conflict":
+        case "idempotency_in_progress":
+        case "already_refunded":
+        case "hold_not_active":
+            return 409;
+        case "payload_too_large":
+            return 413;
+        case "unsupported_media_type":
+            return 415;
+        case "rate_limited":
+            return 429;
+        case "unavailable":
+            return 503;
+        default:
+            // balance_overflow, not_refundable, and any code this client does not know yet.
+            return 422;
     }
 }
 

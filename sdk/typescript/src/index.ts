@@ -6,6 +6,7 @@ import {
     TallyError,
     WaitTimeoutError,
 } from "./errors.js";
+import type { ErrorBody } from "./errors.js";
 import type { components, paths } from "./schema.js";
 import { verify, type VerifyOptions, type WebhookEvent, type WebhookHeaders } from "./webhooks.js";
 
@@ -56,6 +57,9 @@ export type CaptureResult = PostOk<"/credits/capture">;
 export type ReleaseParams = RequestBodyOf<"/credits/release">;
 export type ReleaseResult = PostOk<"/credits/release">;
 export type BalanceResult = GetOk<"/credits/balance">;
+export type BalanceParams = QueryOf<"/credits/balance">;
+export type BalancesResult = GetOk<"/credits/balances">;
+export type TypeBalance = BalancesResult["balances"][number];
 export type HistoryParams = QueryOf<"/credits/history">;
 export type HistoryResult = GetOk<"/credits/history">;
 export type HistoryEntry = HistoryResult["entries"][number];
@@ -89,6 +93,48 @@ export type AcceptedResult = {
     command_id: string;
     status_url: string;
 };
+
+/** What each operation of a batch takes (that endpoint's body) and answers. */
+export interface BatchOperations {
+    add: { params: AddParams; result: AddResult };
+    deduct: { params: DeductParams; result: DeductResult };
+    refund: { params: RefundParams; result: RefundResult };
+    hold: { params: HoldParams; result: HoldResult };
+    capture: { params: CaptureParams; result: CaptureResult };
+    release: { params: ReleaseParams; result: ReleaseResult };
+}
+
+export type BatchOp = keyof BatchOperations;
+
+/** One operation of a batch: `op`, that endpoint's body, and optionally a key of its own that
+ * works like that request's `Idempotency-Key` (not taken in an atomic batch). */
+export type BatchOperation = {
+    [K in BatchOp]: { op: K; idempotency_key?: string | undefined } & BatchOperations[K]["params"];
+}[BatchOp];
+
+/** One operation's result, in request order: what that request alone would have answered.
+ * Narrow on `op`, then `ok`, for the typed body. */
+export type BatchOperationResult = {
+    [K in BatchOp]:
+        | { index: number; op: K; ok: true; status: number; body: BatchOperations[K]["result"] }
+        | { index: number; op: K; ok: false; status: number; body: ErrorBody | null; error: TallyError };
+}[BatchOp];
+
+/** The answer to a batch: one result per operation, in request order. */
+export interface BatchResult {
+    results: BatchOperationResult[];
+}
+
+export interface BatchOptions {
+    /** All or none: only add, deduct and hold of one user; a refusal throws BatchRejectedError. */
+    atomic?: boolean | undefined;
+    /** The batch's own `Idempotency-Key` (default a fresh UUID, kept across its retries): a
+     * repeat replays the whole answer. */
+    idempotencyKey?: string | undefined;
+    /** `true`: resolve as soon as the batch is durable, to a handle whose `wait()` gives the
+     * results. */
+    respondAsync?: boolean | undefined;
+}
 
 /** The subset of `fetch` the SDK uses; the platform's `fetch` fits. */
 export type FetchLike = (
@@ -271,9 +317,53 @@ export class Credits {
         return this.transport.write<ReleaseResult>("/credits/release", params, options);
     }
 
-    /** `GET /credits/balance`: `{ user_id, balance, held, available, next_expiry }`. */
-    balance(user_id: string): Promise<BalanceResult> {
-        return this.transport.get<BalanceResult>("/credits/balance", { user_id });
+    /** `GET /credits/balance`: `{ user_id, credit_type, balance, held, available, next_expiry }`
+     * of one credit type (`{ credit_type }`, default `credits`). */
+    balance(user_id: string, options?: { credit_type?: string | undefined }): Promise<BalanceResult> {
+        return this.transport.get<BalanceResult>("/credits/balance", {
+            user_id,
+            credit_type: options?.credit_type,
+        });
+    }
+
+    /** `GET /credits/balances`: every credit type the user has, ordered by type. */
+    balances(user_id: string): Promise<BalancesResult> {
+        return this.transport.get<BalancesResult>("/credits/balances", { user_id });
+    }
+
+    /**
+     * `POST /credits/batch`: 1 to 1,000 operations in one call, each applied as if sent alone,
+     * or (`atomic: true`) one user's adds, deducts and holds all or none. Resolves to a result
+     * per operation; an operation the server answered 202 is waited for, like a write.
+     */
+    batch(
+        operations: readonly BatchOperation[],
+        options: BatchOptions & { respondAsync: true },
+    ): Promise<CommandHandle<BatchResult>>;
+    batch(
+        operations: readonly BatchOperation[],
+        options?: BatchOptions & { respondAsync?: false | undefined },
+    ): Promise<BatchResult>;
+    async batch(
+        operations: readonly BatchOperation[],
+        options?: BatchOptions,
+    ): Promise<BatchResult | CommandHandle<BatchResult>> {
+        const body = { atomic: options?.atomic === true, operations };
+        const writeOptions = { idempotencyKey: options?.idempotencyKey };
+        if (options?.respondAsync === true) {
+            const handle = await this.transport.write<RawBatch>("/credits/batch", body, {
+                ...writeOptions,
+                respondAsync: true,
+            });
+            return {
+                command_id: handle.command_id,
+                status_url: handle.status_url,
+                wait: async (wait?: WaitOptions) =>
+                    this.transport.typedBatch(operations, await handle.wait(wait), wait),
+            };
+        }
+        const raw = await this.transport.write<RawBatch>("/credits/batch", body, writeOptions);
+        return this.transport.typedBatch(operations, raw, undefined);
     }
 
     /** One page of `GET /credits/history`, newest first; pass `next_cursor` on for the next. */
@@ -487,6 +577,11 @@ interface Answer {
     body: unknown;
 }
 
+/** A batch's answer as the server sends it, before each body is typed. */
+interface RawBatch {
+    results: { index: number; status: number; body: unknown }[];
+}
+
 /** @internal */
 export class Transport {
     constructor(private readonly config: TransportConfig) {}
@@ -510,6 +605,9 @@ export class Transport {
         return answer.body as T;
     }
 
+    write<T>(path: string, params: unknown, options: AsyncOptions): Promise<CommandHandle<T>>;
+    write<T>(path: string, params: unknown, options: SyncOptions | undefined): Promise<T>;
+    write<T>(path: string, params: unknown, options: RequestOptions | undefined): Promise<T | CommandHandle<T>>;
     async write<T>(
         path: string,
         params: unknown,
@@ -533,37 +631,71 @@ export class Transport {
     }
 
     private handle<T>(accepted: AcceptedResult, idempotencyKey: string): CommandHandle<T> {
-        const commandPath = `/commands/${encodeURIComponent(accepted.command_id)}`;
         return {
             command_id: accepted.command_id,
             status_url: accepted.status_url,
             wait: async (options?: WaitOptions): Promise<T> => {
-                const timeoutMs = options?.timeoutMs ?? WAIT_DEFAULT_TIMEOUT_MS;
-                let pollMs = options?.pollIntervalMs ?? WAIT_DEFAULT_POLL_MS;
-                const deadline = Date.now() + timeoutMs;
-                for (;;) {
-                    const status = (await this.get<CommandStatus>(commandPath, {})) as CommandStatus;
-                    if (status.status === "applied") return status.result as T;
-                    if (status.status === "rejected") {
-                        throw errorFromResponse(
-                            status.http_status ?? 0,
-                            status.result,
-                            idempotencyKey,
-                            undefined,
-                        );
-                    }
-                    const left = deadline - Date.now();
-                    if (left <= 0) {
-                        throw new WaitTimeoutError(
-                            `command ${accepted.command_id} is still ${status.status} after ${timeoutMs} ms; it will still be applied`,
-                            accepted.command_id,
-                        );
-                    }
-                    await sleep(Math.min(pollMs, left));
-                    pollMs = Math.min(pollMs * 2, WAIT_MAX_POLL_MS);
-                }
+                const status = await this.settle(accepted.command_id, options);
+                if (status.status === "applied") return status.result as T;
+                throw errorFromResponse(status.http_status ?? 0, status.result, idempotencyKey, undefined);
             },
         };
+    }
+
+    /** Polls a command until it is applied or rejected; WaitTimeoutError after the timeout. */
+    private async settle(commandId: string, options: WaitOptions | undefined): Promise<CommandStatus> {
+        const commandPath = `/commands/${encodeURIComponent(commandId)}`;
+        const timeoutMs = options?.timeoutMs ?? WAIT_DEFAULT_TIMEOUT_MS;
+        let pollMs = options?.pollIntervalMs ?? WAIT_DEFAULT_POLL_MS;
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+            const status = await this.get<CommandStatus>(commandPath, {});
+            if (status.status === "applied" || status.status === "rejected") return status;
+            const left = deadline - Date.now();
+            if (left <= 0) {
+                throw new WaitTimeoutError(
+                    `command ${commandId} is still ${status.status} after ${timeoutMs} ms; it will still be applied`,
+                    commandId,
+                );
+            }
+            await sleep(Math.min(pollMs, left));
+            pollMs = Math.min(pollMs * 2, WAIT_MAX_POLL_MS);
+        }
+    }
+
+    /** Each result of a batch typed by its operation, once those answered 202 have settled. */
+    async typedBatch(
+        operations: readonly BatchOperation[],
+        raw: RawBatch,
+        wait: WaitOptions | undefined,
+    ): Promise<BatchResult> {
+        const results: BatchOperationResult[] = [];
+        for (const { index, status: first, body: firstBody } of raw.results) {
+            let status = first;
+            let body = firstBody;
+            if (status === 202) {
+                const settled = await this.settle((body as AcceptedResult).command_id, wait);
+                status = settled.http_status ?? 0;
+                body = settled.result;
+            }
+            const operation = operations[index];
+            if (operation === undefined) {
+                throw new TallyError(`the answer has a result ${index} for no operation`, {
+                    status: 0,
+                    code: "invalid_response",
+                    body: null,
+                });
+            }
+            const op = operation.op;
+            if (status >= 200 && status < 300) {
+                // The body is what `op` answers: the server's contract, not checked here.
+                results.push({ index, op, ok: true, status, body } as BatchOperationResult);
+            } else {
+                const error = errorFromResponse(status, body, operation.idempotency_key, undefined);
+                results.push({ index, op, ok: false, status, body: error.body, error });
+            }
+        }
+        return { results };
     }
 
     /** Sends one request, retrying what is safe to retry; resolves with a 2xx answer or throws. */

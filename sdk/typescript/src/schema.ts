@@ -98,6 +98,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/credits/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["batch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/credits/balance": {
         parameters: {
             query?: never;
@@ -106,6 +122,22 @@ export interface paths {
             cookie?: never;
         };
         get: operations["balance"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/credits/balances": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["balances"];
         put?: never;
         post?: never;
         delete?: never;
@@ -178,150 +210,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/webhook_endpoints": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get: operations["list_endpoints"];
-        put?: never;
-        post: operations["create_endpoint"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/webhook_endpoints/{id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get: operations["get_endpoint"];
-        put?: never;
-        post?: never;
-        delete: operations["delete_endpoint"];
-        options?: never;
-        head?: never;
-        patch: operations["update_endpoint"];
-        trace?: never;
-    };
-    "/webhook_endpoints/{id}/rotate_secret": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        post: operations["rotate_secret"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/webhook_endpoints/{id}/test": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        post: operations["send_test"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/webhook_endpoints/{id}/deliveries": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get: operations["list_deliveries"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/webhook_deliveries/{id}/redeliver": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        post: operations["redeliver"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/events": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get: operations["list_outbound_events"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/events/{id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get: operations["get_outbound_event"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/credits/alerts": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get: operations["get_alerts"];
-        put: operations["put_alerts"];
-        post?: never;
-        delete: operations["delete_alerts"];
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -335,47 +223,124 @@ export interface components {
             status_url: string;
             success: boolean;
         };
-        /** @description Body of `POST /credits/add`. */
+        /** @description Body of `POST /credits/add`. Give `expires_at` or `expires_in_seconds`, not both. */
         AddRequest: {
             /**
              * Format: int64
-             * @description Credits to add, 1..=10^12.
+             * @description Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount: number;
-            /** @description Which of the user's balances (1..=64 of `a-z 0-9 _ -`; default `"credits"`). */
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
             credit_type?: string | null;
-            /** @description At most 1,000 characters. */
+            /** @description Read back in history (`null` when absent). At most 1000 characters, without the NUL character. */
             description?: string | null;
-            /** @description When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`. */
+            /**
+             * Format: date-time
+             * @description When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future.
+             */
             expires_at?: string | null;
             /**
              * Format: int64
-             * @description Seconds from now until these credits expire.
+             * @description Seconds from now until these credits expire. A JSON integer from 1 to 315360000.
              */
             expires_in_seconds?: number | null;
-            /** @description At most 50 keys, string values. */
+            /** @description Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
-            /** @description The integrator's id for the user (1..=255 bytes). */
+            /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
-        /** @description A list of thresholds as set. */
-        Alerts: {
-            credit_type: string;
-            /** @description Highest first, each once. */
-            thresholds: number[];
-            /** @description Null for the app's default. */
-            user_id?: string | null;
-        };
-        /** @description Body of `PUT /credits/alerts`. */
-        AlertsRequest: {
-            /** @description Default `"credits"`. */
+        /** @description `op: "add"` and the body of `POST /credits/add`. */
+        AtomicBatchAdd: {
+            /**
+             * Format: int64
+             * @description Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
             credit_type?: string | null;
-            /** @description At most 10 values, each 1..=10^12; `[]`: none. */
-            thresholds: number[];
-            /** @description Whose list: absent for the app's default. */
-            user_id?: string | null;
+            /** @description Read back in history (`null` when absent). At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: date-time
+             * @description When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future.
+             */
+            expires_at?: string | null;
+            /**
+             * Format: int64
+             * @description Seconds from now until these credits expire. A JSON integer from 1 to 315360000.
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: null;
+            /** @description Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "add";
+            /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "deduct"` and the body of `POST /credits/deduct`. */
+        AtomicBatchDeduct: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            idempotency_key?: null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "deduct";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "hold"` and the body of `POST /credits/hold`. */
+        AtomicBatchHold: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: int64
+             * @description Released automatically after this long. A JSON integer from 1 to 86400 (default 900).
+             * @default 900
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "hold";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
         };
         /** @description A user's balance of one credit type. */
         BalanceResponse: {
@@ -398,14 +363,184 @@ export interface components {
             next_expiry?: null | components["schemas"]["NextExpiry"];
             user_id: string;
         };
+        /** @description Every credit type a user has. */
+        BalancesResponse: {
+            /** @description One per credit type the user has ever been written, ordered by type. */
+            balances: components["schemas"]["TypeBalance"][];
+            user_id: string;
+        };
+        /** @description `op: "add"` and the body of `POST /credits/add`. */
+        BatchAdd: {
+            /**
+             * Format: int64
+             * @description Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description Read back in history (`null` when absent). At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: date-time
+             * @description When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future.
+             */
+            expires_at?: string | null;
+            /**
+             * Format: int64
+             * @description Seconds from now until these credits expire. A JSON integer from 1 to 315360000.
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: string | null;
+            /** @description Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "add";
+            /** @description The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "capture"` and the body of `POST /credits/capture`. */
+        BatchCapture: {
+            /**
+             * Format: int64
+             * @description Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount?: number | null;
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
+            hold_id: string;
+            idempotency_key?: string | null;
+            /** @enum {string} */
+            op: "capture";
+        };
+        /** @description `op: "deduct"` and the body of `POST /credits/deduct`. */
+        BatchDeduct: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            idempotency_key?: string | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "deduct";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description `op: "hold"` and the body of `POST /credits/hold`. */
+        BatchHold: {
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            /**
+             * Format: int64
+             * @description Released automatically after this long. A JSON integer from 1 to 86400 (default 900).
+             * @default 900
+             */
+            expires_in_seconds?: number | null;
+            idempotency_key?: string | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "hold";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description One operation's answer: the status and body that request would have had alone. */
+        BatchOperationResult: {
+            body: Record<string, unknown>;
+            index: number;
+            /** Format: int32 */
+            status: number;
+        };
+        /** @description `op: "refund"` and the body of `POST /credits/refund`. */
+        BatchRefund: {
+            /**
+             * Format: int64
+             * @description Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount?: number | null;
+            /** @description At most 1000 characters, without the NUL character. */
+            description?: string | null;
+            idempotency_key?: string | null;
+            /**
+             * Format: uuid
+             * @description The add, deduct or payment entry to reverse. A UUID.
+             */
+            ledger_id: string;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @enum {string} */
+            op: "refund";
+        };
+        /** @description `op: "release"` and the body of `POST /credits/release`. */
+        BatchRelease: {
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
+            hold_id: string;
+            idempotency_key?: string | null;
+            /** @enum {string} */
+            op: "release";
+        };
+        /** @description Body of `POST /credits/batch`: 1 to 1000 operations. Not atomic: each its own command, exactly as if sent alone, applied in order for each user. Atomic: adds, deducts and holds of one user (every operation names the same `user_id`), without their own `idempotency_key`, applied in one transaction or not at all. */
+        BatchRequest: {
+            /** @description `true`: all or none (default `false`). */
+            atomic?: boolean | null;
+            operations: (components["schemas"]["BatchAdd"] | components["schemas"]["BatchDeduct"] | components["schemas"]["BatchRefund"] | components["schemas"]["BatchHold"] | components["schemas"]["BatchCapture"] | components["schemas"]["BatchRelease"])[];
+        } & ({
+            /** @enum {unknown} */
+            atomic?: false | null;
+        } | {
+            /** @enum {unknown} */
+            atomic: true;
+            operations?: unknown;
+        });
+        /** @description Answer to a batch: one result per operation, in request order. */
+        BatchResponse: {
+            results: components["schemas"]["BatchOperationResult"][];
+        };
         /** @description Body of `POST /credits/capture`. */
         CaptureRequest: {
             /**
              * Format: int64
-             * @description Default: all held; more than held is 400.
+             * @description Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount?: number | null;
-            /** Format: uuid */
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
             hold_id: string;
         };
         /** @description Answer to a capture. */
@@ -442,18 +577,6 @@ export interface components {
             /** @description pending, applied or rejected (a business rejection: see http_status and result). */
             status: string;
         };
-        /** @description Body of `POST /webhook_endpoints`. */
-        CreateEndpointRequest: {
-            /** @description At most 1,000 characters. */
-            description?: string | null;
-            /** @description Event types to receive (any type but `ping`), or `["*"]` (the default): every type. */
-            events?: string[] | null;
-            /**
-             * @description Absolute `https` URL of at most 2,048 characters whose host resolves only to public
-             *     addresses (`TALLY_WEBHOOK_ALLOW_PRIVATE=true` also allows `http` and private ones).
-             */
-            url: string;
-        };
         /** @description A command set aside after its bounded retries (`tally dead-letters`). */
         DeadLetter: {
             /**
@@ -469,69 +592,24 @@ export interface components {
         };
         /** @description Body of `POST /credits/deduct`. */
         DeductRequest: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
             amount: number;
-            /** @description Which of the user's balances (default `"credits"`). */
+            /**
+             * @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
             credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
-        };
-        DeliveriesResponse: {
-            deliveries: components["schemas"]["Delivery"][];
-            next_cursor?: string | null;
-        };
-        /** @description One event sent to one endpoint, and how its attempts went. */
-        Delivery: {
-            /** Format: int32 */
-            attempts: number;
-            /** Format: uuid */
-            event_id: string;
-            event_type: string;
-            /** Format: uuid */
-            id: string;
-            last_attempt_at?: string | null;
-            /** @description Why the last attempt failed; null if it did not. */
-            last_error?: string | null;
-            /**
-             * Format: int32
-             * @description The HTTP status the endpoint last answered; null if it never answered.
-             */
-            last_status_code?: number | null;
-            /** @description When the next attempt is due; null once the delivery is settled. */
-            next_attempt_at?: string | null;
-            /** @description pending, succeeded, failed, or cancelled (its endpoint was deleted). */
-            status: string;
-        };
-        /** @description The thresholds that apply to a user (or, without a user, the app's default). */
-        EffectiveAlerts: {
-            credit_type: string;
-            /** @description `user` (the user's own list), `app` (the app's default) or `none`. */
-            source: string;
-            thresholds: number[];
-            user_id?: string | null;
-        };
-        /** @description An endpoint. */
-        Endpoint: {
-            created_at: string;
-            description?: string | null;
-            /**
-             * @description Whether deliveries go to it (false once disabled by a `PATCH`, or after 5 days of
-             *     failed deliveries).
-             */
-            enabled: boolean;
-            /** @description The event types it receives, or `["*"]`: every type. */
-            events: string[];
-            /** Format: uuid */
-            id: string;
-            /** @description `whsec_` and base64 of 32 random bytes: in the answer to a create only. */
-            secret?: string | null;
-            url: string;
-        };
-        EndpointsResponse: {
-            endpoints: components["schemas"]["Endpoint"][];
         };
         /** @description Every error. */
         ErrorResponse: {
@@ -542,38 +620,15 @@ export interface components {
              * @description For `insufficient_credits` and `balance_overflow`.
              */
             balance?: number | null;
-            /** @description Stable machine-readable code, e.g. `insufficient_credits`. */
-            error: string;
+            /**
+             * @description Stable machine-readable code, e.g. `insufficient_credits`.
+             * @enum {string}
+             */
+            error: "invalid_request" | "invalid_signature" | "unauthorized" | "insufficient_credits" | "not_found" | "idempotency_conflict" | "idempotency_in_progress" | "already_refunded" | "hold_not_active" | "request_timeout" | "payload_too_large" | "unsupported_media_type" | "balance_overflow" | "not_refundable" | "batch_rejected" | "rate_limited" | "unavailable" | "internal";
             /** @description For `invalid_request`: the field at fault. */
             field?: string | null;
             message: string;
             success: boolean;
-        };
-        /** @description An event as an endpoint receives it. */
-        EventEnvelope: {
-            /** Format: uuid */
-            app_id: string;
-            created_at: string;
-            /**
-             * @description Depends on the type: the ledger entry as `GET /credits/history` shows it for
-             *     `credits.*` and `payment.*`, `{ threshold, balance, held, available }` for `balance.*`, …
-             */
-            data: Record<string, unknown>;
-            /** Format: uuid */
-            id: string;
-            /**
-             * Format: int64
-             * @description Increases with each event of one app and user.
-             */
-            sequence: number;
-            /** @description e.g. `balance.low`, `credits.added`, `ping`. */
-            type: string;
-            /** @description Null for an event of no user (`ping`, …). */
-            user_id?: string | null;
-        };
-        EventsResponse: {
-            events: components["schemas"]["EventEnvelope"][];
-            next_cursor?: string | null;
         };
         /** @description One ledger entry as history shows it. */
         HistoryEntry: {
@@ -635,19 +690,29 @@ export interface components {
         };
         /** @description Body of `POST /credits/hold`. */
         HoldRequest: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
             amount: number;
-            /** @description Which of the user's balances to reserve from (default `"credits"`). */
+            /**
+             * @description Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
             credit_type?: string | null;
+            /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
             /**
              * Format: int64
-             * @description 1..=86400, default 900: released automatically after this long.
+             * @description Released automatically after this long. A JSON integer from 1 to 86400 (default 900).
+             * @default 900
              */
             expires_in_seconds?: number | null;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
         /** @description Answer to a hold. */
@@ -679,15 +744,17 @@ export interface components {
         RefundRequest: {
             /**
              * Format: int64
-             * @description Default: all that is left to refund.
+             * @description Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             amount?: number | null;
+            /** @description At most 1000 characters, without the NUL character. */
             description?: string | null;
             /**
              * Format: uuid
-             * @description The add, deduct or payment entry to reverse.
+             * @description The add, deduct or payment entry to reverse. A UUID.
              */
             ledger_id: string;
+            /** @description At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character. */
             metadata?: {
                 [key: string]: string;
             } | null;
@@ -707,7 +774,10 @@ export interface components {
         };
         /** @description Body of `POST /credits/release`. */
         ReleaseRequest: {
-            /** Format: uuid */
+            /**
+             * Format: uuid
+             * @description A UUID.
+             */
             hold_id: string;
         };
         /** @description Answer to a release. */
@@ -724,23 +794,16 @@ export interface components {
             success: boolean;
             user_id: string;
         };
-        /** @description Answer to a rotation: the new secret (shown only now). */
-        SecretResponse: {
-            secret: string;
-        };
-        /** @description Answer to a test: the `ping` event sent. */
-        TestResponse: {
-            /** Format: uuid */
-            event_id: string;
-        };
-        /** @description Body of `PATCH /webhook_endpoints/{id}`: what to change. */
-        UpdateEndpointRequest: {
-            /** @description `null` clears it. */
-            description?: string | null;
-            /** @description `true` on a disabled endpoint also forgets the failures that may have disabled it. */
-            enabled?: boolean | null;
-            events?: string[] | null;
-            url?: string | null;
+        /** @description One balance of `GET /credits/balances`. */
+        TypeBalance: {
+            /** Format: int64 */
+            available: number;
+            /** Format: int64 */
+            balance: number;
+            credit_type: string;
+            /** Format: int64 */
+            held: number;
+            next_expiry?: null | components["schemas"]["NextExpiry"];
         };
         /** @description One received webhook event. */
         WebhookEventRecord: {
@@ -789,10 +852,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description replay-safe retries */
-                "Idempotency-Key"?: string | null;
-                /** @description `respond-async` answers 202 at once */
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -819,57 +882,91 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
+            /** @description `balance_overflow`: the balance would pass 2^63 - 1; nothing written */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "balance_overflow";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -877,15 +974,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -894,10 +1012,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description replay-safe retries */
-                "Idempotency-Key"?: string | null;
-                /** @description `respond-async` answers 202 at once */
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -924,58 +1042,91 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description insufficient_credits; nothing written */
+            /** @description `insufficient_credits`: the user cannot spend that much (`balance` and `available` say what they have); nothing written */
             402: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "insufficient_credits";
+                    };
                 };
             };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -983,15 +1134,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1000,10 +1172,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description replay-safe retries */
-                "Idempotency-Key"?: string | null;
-                /** @description `respond-async` answers 202 at once */
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -1030,75 +1202,115 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `insufficient_credits`: the user cannot spend that much (`balance` and `available` say what they have); nothing written */
             402: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "insufficient_credits";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description already_refunded or idempotency */
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry; `already_refunded`: the entry has nothing left to refund */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress" | "already_refunded";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description not_refundable */
+            /** @description `balance_overflow`: the balance would pass 2^63 - 1; nothing written; `not_refundable`: the entry is of a kind that cannot be refunded */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "balance_overflow" | "not_refundable";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1106,15 +1318,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1123,8 +1356,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "Idempotency-Key"?: string | null;
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -1151,58 +1386,91 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
-            /** @description unauthorized: missing, unknown or revoked API key */
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `insufficient_credits`: the user cannot spend that much (`balance` and `available` say what they have); nothing written */
             402: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "insufficient_credits";
+                    };
                 };
             };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1210,15 +1478,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1227,8 +1516,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "Idempotency-Key"?: string | null;
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -1255,59 +1546,91 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
-            /** @description unauthorized: missing, unknown or revoked API key */
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description hold_not_active */
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry; `hold_not_active`: the hold was captured, released or has expired */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress" | "hold_not_active";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1315,15 +1638,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1332,8 +1676,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "Idempotency-Key"?: string | null;
-                Prefer?: string | null;
+                /** @description 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
             };
             path?: never;
             cookie?: never;
@@ -1360,59 +1706,91 @@ export interface operations {
                     "application/json": components["schemas"]["AcceptedResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
-            /** @description unauthorized: missing, unknown or revoked API key */
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description hold_not_active */
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry; `hold_not_active`: the hold was captured, released or has expired */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress" | "hold_not_active";
+                    };
                 };
             };
-            /** @description payload_too_large */
+            /** @description `payload_too_large`: the body is over 64 KiB */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
                 };
             };
-            /** @description unsupported_media_type: send application/json */
+            /** @description `unsupported_media_type`: the body is not `application/json` */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1420,15 +1798,196 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-            503: {
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    batch: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description replays the whole answer 1 to 255 characters of visible ASCII (spaces inside), scoped to the app. A later request with the same key, path and body replays the first answer exactly; with another body or path it is `409 idempotency_conflict`, and while the first is in flight `409 idempotency_in_progress`. Keys are kept at least 24 hours. */
+                "Idempotency-Key"?: string;
+                /** @description `respond-async`: every result a 202 body (atomic: one 202) `respond-async`: answer `202` as soon as the command is durably accepted, without waiting for its result; other preferences are ignored. */
+                Prefer?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BatchRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchResponse"];
+                };
+            };
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AcceptedResponse"];
+                };
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `idempotency_conflict`: the `Idempotency-Key` was used with another body or path; `idempotency_in_progress`: the first request with this `Idempotency-Key` is still in flight: retry */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "idempotency_conflict" | "idempotency_in_progress";
+                    };
+                };
+            };
+            /** @description `payload_too_large`: the body is over 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `unsupported_media_type`: the body is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description `balance_overflow`: the balance would pass 2^63 - 1; nothing written; `batch_rejected`: an operation of the atomic batch was refused (`failed_index` and `failed` say which and why); nothing was written */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "balance_overflow" | "batch_rejected";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `internal`: the command could not be applied and was set aside (dead-lettered); `GET /commands/{command_id}` shows it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "internal";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1436,8 +1995,9 @@ export interface operations {
     balance: {
         parameters: {
             query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
-                /** @description default `credits` */
+                /** @description 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
                 credit_type?: string;
             };
             header?: never;
@@ -1454,23 +2014,31 @@ export interface operations {
                     "application/json": components["schemas"]["BalanceResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1478,7 +2046,98 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    balances: {
+        parameters: {
+            query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+                user_id: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BalancesResponse"];
+                };
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1486,12 +2145,13 @@ export interface operations {
     history: {
         parameters: {
             query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
-                /** @description 1..=200, default 50 */
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
-                /** @description next_cursor of the previous page */
+                /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
-                /** @description only entries of this type (absent: every type) */
+                /** @description Only entries of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
                 credit_type?: string;
             };
             header?: never;
@@ -1508,23 +2168,31 @@ export interface operations {
                     "application/json": components["schemas"]["HistoryResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1532,7 +2200,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1540,12 +2225,14 @@ export interface operations {
     list: {
         parameters: {
             query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id: string;
-                /** @description active, captured, released or expired */
-                status?: string;
-                /** @description only holds of this type (absent: every type) */
+                status?: "active" | "captured" | "released" | "expired";
+                /** @description Only holds of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
                 credit_type?: string;
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
+                /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
             };
             header?: never;
@@ -1562,23 +2249,31 @@ export interface operations {
                     "application/json": components["schemas"]["HoldsResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1586,7 +2281,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1596,6 +2308,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 command_id: string;
             };
             cookie?: never;
@@ -1610,31 +2323,43 @@ export interface operations {
                     "application/json": components["schemas"]["CommandStatus"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
+            /** @description `not_found`: unknown id, or another app's */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1642,7 +2367,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };
@@ -1650,10 +2392,10 @@ export interface operations {
     list_events: {
         parameters: {
             query?: {
-                /** @description stripe or polar */
-                provider?: string;
-                /** @description 1..=200, default 50 */
+                provider?: "stripe" | "polar";
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
+                /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
             };
             header?: never;
@@ -1670,23 +2412,31 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookEventsResponse"];
                 };
             };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
                 };
             };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
                 };
             };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
             429: {
                 headers: {
                     /** @description seconds until a request would be admitted again */
@@ -1694,858 +2444,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
                 };
             };
-        };
-    };
-    list_endpoints: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description the app's endpoints, oldest first, without secrets */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["EndpointsResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    create_endpoint: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["CreateEndpointRequest"];
-            };
-        };
-        responses: {
-            /** @description created; the secret is shown only now */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Endpoint"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description payload_too_large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unsupported_media_type: send application/json */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
             503: {
                 headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    get_endpoint: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description the endpoint, without its secret */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Endpoint"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
+                    /** @description seconds to wait before retrying */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    delete_endpoint: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description deleted; its pending deliveries are cancelled */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    update_endpoint: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["UpdateEndpointRequest"];
-            };
-        };
-        responses: {
-            /** @description the endpoint, without its secret */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Endpoint"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description payload_too_large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unsupported_media_type: send application/json */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    rotate_secret: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description the new secret (shown only now); for 24 h deliveries are signed with both */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["SecretResponse"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    send_test: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description a `ping` event is on its way to this endpoint only */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["TestResponse"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    list_deliveries: {
-        parameters: {
-            query?: {
-                /** @description pending, succeeded or failed */
-                status?: string;
-                /** @description 1..=200, default 50 */
-                limit?: number;
-                cursor?: string;
-            };
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description the endpoint's deliveries, newest first */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["DeliveriesResponse"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    redeliver: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description the same event (same `webhook-id`) is sent again now, as a new attempt of this delivery */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Delivery"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    list_outbound_events: {
-        parameters: {
-            query?: {
-                /** @description only events of this type */
-                type?: string;
-                /** @description only this user's events */
-                user_id?: string;
-                /** @description 1..=200, default 50 */
-                limit?: number;
-                cursor?: string;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description the app's events, newest first */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["EventsResponse"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    get_outbound_event: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["EventEnvelope"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    get_alerts: {
-        parameters: {
-            query?: {
-                /** @description whose thresholds (absent: the app's default) */
-                user_id?: string;
-                /** @description default `credits` */
-                credit_type?: string;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["EffectiveAlerts"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    put_alerts: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["AlertsRequest"];
-            };
-        };
-        responses: {
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Alerts"];
-                };
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description payload_too_large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unsupported_media_type: send application/json */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    delete_alerts: {
-        parameters: {
-            query?: {
-                /** @description whose own list to drop (absent: the app's default) */
-                user_id?: string;
-                /** @description default `credits` */
-                credit_type?: string;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description dropped (or there was none) */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description unauthorized: missing, unknown or revoked API key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description rate_limited: the app's request budget is spent; nothing changed */
-            429: {
-                headers: {
-                    /** @description seconds until a request would be admitted again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
                 };
             };
         };

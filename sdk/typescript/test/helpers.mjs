@@ -91,6 +91,16 @@ export async function startProxy({ plan = [], matches = () => true } = {}) {
     };
 }
 
+/** Runs `body(proxy, tally)` with a client behind a proxy whose `plan` applies to writes. */
+export async function withProxy(plan, body) {
+    const proxy = await startProxy({ plan, matches: (req) => req.method === "POST" });
+    try {
+        return await body(proxy, client({ baseUrl: proxy.url }));
+    } finally {
+        await proxy.close();
+    }
+}
+
 /** Every entry of a user's history, read directly (one big page). */
 export async function historyOf(user_id) {
     const page = await client().credits.history({ user_id, limit: 200 });

@@ -14,7 +14,7 @@ import {
     UnavailableError,
     WaitTimeoutError,
 } from "../dist/esm/index.js";
-import { client, historyOf, startProxy, uniqueUser } from "./helpers.mjs";
+import { client, historyOf, startProxy, uniqueUser, withProxy } from "./helpers.mjs";
 
 const isWrite = (req) => req.method === "POST";
 const rateLimited = (retryAfter) => ({
@@ -28,14 +28,6 @@ const unavailable = {
     body: { success: false, error: "unavailable", message: "broker unreachable" },
 };
 
-async function withProxy(plan, body) {
-    const proxy = await startProxy({ plan, matches: isWrite });
-    try {
-        return await body(proxy, client({ baseUrl: proxy.url }));
-    } finally {
-        await proxy.close();
-    }
-}
 
 test("a write whose answer is lost after it was applied is retried with its key and counts once", async () => {
     await withProxy([{ drop: "after" }], async (proxy, tally) => {

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeVar, Unpack, overload
 
 import httpx
 
 from . import _core as core
+from ._batch import BatchResult, Operation
 from ._generated import (
     AddRequest,
     AlertsQuery,
     AlertsRequest,
     BalanceQuery,
     BalanceResponse,
+    BalancesQuery,
+    BalancesResponse,
+    BatchResponse,
     CaptureRequest,
     CaptureResponse,
     CommandStatus,
@@ -187,8 +191,33 @@ class CommandHandle(core.HandleState[M]):
         return self._client._run(core.wait(self._client._config, self._model, self._outcome, timeout, poll_interval))
 
 
+class BatchHandle(core.HandleState[BatchResponse]):
+    """A batch sent with `respond_async=True`: durable; `wait()` for its results.
+
+    An atomic batch is one command (`command_id`, `status_url`); a batch that is not is one
+    command per operation, and `command_id` and `status_url` are None.
+    """
+
+    def __init__(self, client: Tally, operations: Sequence[Operation], outcome: BatchResponse | core.Accepted) -> None:
+        super().__init__(BatchResponse, outcome)
+        self._client = client
+        self._operations = list(operations)
+
+    def wait(
+        self,
+        *,
+        timeout: float = core.WAIT_DEFAULT_TIMEOUT_SECONDS,
+        poll_interval: float = core.WAIT_DEFAULT_POLL_SECONDS,
+    ) -> BatchResult:
+        """Waits until every operation is applied or refused: the results the synchronous call
+        would have returned (an atomic batch refused raises BatchRejectedError)."""
+        plan = core.batch(self._client._config, self._operations, self._outcome, timeout, poll_interval)
+        return self._client._run(plan)
+
+
 class Credits:
-    """`tally.credits`: add, deduct, refund, hold, capture, release; balance, history, holds.
+    """`tally.credits`: add, deduct, refund, hold, capture, release, batch; balance(s), history,
+    holds.
 
     Writes take the API's fields as keyword arguments, plus `idempotency_key=` (default: a fresh
     UUID per call, the same on each of its retries) and `respond_async=True` (answer as soon as
@@ -308,9 +337,52 @@ class Credits:
         """`POST /credits/release`: release all of hold `hold_id`."""
         return self._client._write(ReleaseResponse, "/credits/release", params, idempotency_key, respond_async)
 
+    @overload
+    def batch(
+        self,
+        *,
+        operations: Sequence[Operation],
+        atomic: bool = False,
+        idempotency_key: str | None = None,
+        respond_async: Literal[False] = False,
+    ) -> BatchResult: ...
+    @overload
+    def batch(
+        self,
+        *,
+        operations: Sequence[Operation],
+        atomic: bool = False,
+        idempotency_key: str | None = None,
+        respond_async: Literal[True],
+    ) -> BatchHandle: ...
+    def batch(
+        self,
+        *,
+        operations: Sequence[Operation],
+        atomic: bool = False,
+        idempotency_key: str | None = None,
+        respond_async: bool = False,
+    ) -> BatchResult | BatchHandle:
+        """`POST /credits/batch`: 1 to 1,000 `operations` (`{"op": "add", ...that call's
+        arguments}`), each applied as if sent alone; or, `atomic=True`, one user's adds, deducts
+        and holds all or none (BatchRejectedError when refused). A result per operation; one the
+        server answered 202 is waited for, like a write."""
+        config = self._client._config
+        if respond_async:
+            plan = core.submit_batch(
+                config, operations, atomic=atomic, idempotency_key=idempotency_key, respond_async=True
+            )
+            return BatchHandle(self._client, operations, self._client._run(plan))
+        return self._client._run(core.run_batch(config, operations, atomic=atomic, idempotency_key=idempotency_key))
+
     def balance(self, **query: Unpack[BalanceQuery]) -> BalanceResponse:
-        """`GET /credits/balance`: `balance`, `held`, `available` and `next_expiry` of `user_id`."""
+        """`GET /credits/balance`: `balance`, `held`, `available` and `next_expiry` of `user_id`,
+        of one `credit_type` (default `credits`)."""
         return self._client._read(BalanceResponse, "/credits/balance", query)
+
+    def balances(self, **query: Unpack[BalancesQuery]) -> BalancesResponse:
+        """`GET /credits/balances`: every credit type `user_id` has, ordered by type."""
+        return self._client._read(BalancesResponse, "/credits/balances", query)
 
     def history(self, **query: Unpack[HistoryQuery]) -> HistoryResponse:
         """One page of `GET /credits/history`, newest first; pass `next_cursor` as `cursor` for

@@ -14,15 +14,36 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 
 from . import __version__
-from ._generated import AcceptedResponse, CommandStatus
+from ._batch import (
+    RESULTS,
+    AddResult,
+    BatchResult,
+    CaptureResult,
+    DeductResult,
+    HoldResult,
+    Operation,
+    OperationResult,
+    RefundResult,
+    ReleaseResult,
+)
+from ._generated import (
+    AcceptedResponse,
+    BatchResponse,
+    CaptureResponse,
+    CommandStatus,
+    HoldResponse,
+    RefundResponse,
+    ReleaseResponse,
+    WriteResponse,
+)
 from ._model import Model
 from .errors import ConnectionError, TallyError, WaitTimeoutError, error_from_answer
 
@@ -251,23 +272,101 @@ def request_of(
 def wait(config: Config, model: type[M], accepted: Accepted, timeout: float, poll_interval: float) -> Plan[M]:
     """Polls the command until it is applied (returns what the synchronous call would have) or
     rejected (raises the error it would have raised); WaitTimeoutError after `timeout` seconds."""
+    status = yield from settle(config, accepted.command_id, timeout, poll_interval)
+    if status.status == "applied":
+        return parse(model, status.result)
+    raise error_from_answer(status.http_status or 0, status.result, idempotency_key=accepted.idempotency_key)
+
+
+def settle(config: Config, command_id: str, timeout: float, poll_interval: float) -> Plan[CommandStatus]:
+    """Polls a command until it is applied or rejected: its status, with the synchronous call's
+    answer; WaitTimeoutError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    path = command_path(accepted.command_id)
+    path = command_path(command_id)
     pause = poll_interval
     while True:
         status = yield from read(config, CommandStatus, path, {})
-        if status.status == "applied":
-            return parse(model, status.result)
-        if status.status == "rejected":
-            raise error_from_answer(status.http_status or 0, status.result, idempotency_key=accepted.idempotency_key)
+        if status.status in ("applied", "rejected"):
+            return status
         left = deadline - time.monotonic()
         if left <= 0:
             raise WaitTimeoutError(
-                f"command {accepted.command_id} is still {status.status} after {timeout} s; it will still be applied",
-                command_id=accepted.command_id,
+                f"command {command_id} is still {status.status} after {timeout} s; it will still be applied",
+                command_id=command_id,
             )
         yield Sleep(min(pause, left))
         pause = min(pause * 2, WAIT_MAX_POLL_SECONDS)
+
+
+def submit_batch(
+    config: Config,
+    operations: Sequence[Operation],
+    *,
+    atomic: bool,
+    idempotency_key: str | None,
+    respond_async: bool,
+) -> Plan[BatchResponse | Accepted]:
+    """POSTs a batch: the server's answer, or `Accepted` when it answered 202 (an atomic batch,
+    one command)."""
+    body = {"atomic": atomic, "operations": list(operations)}
+    path = "/credits/batch"
+    return (yield from submit(config, BatchResponse, path, body, idempotency_key, respond_async=respond_async))
+
+
+def run_batch(
+    config: Config, operations: Sequence[Operation], *, atomic: bool, idempotency_key: str | None
+) -> Plan[BatchResult]:
+    """A synchronous batch: its results, once every operation is applied or refused."""
+    outcome = yield from submit_batch(
+        config, operations, atomic=atomic, idempotency_key=idempotency_key, respond_async=False
+    )
+    return (yield from batch(config, operations, outcome, WAIT_DEFAULT_TIMEOUT_SECONDS, WAIT_DEFAULT_POLL_SECONDS))
+
+
+def batch(
+    config: Config,
+    operations: Sequence[Operation],
+    outcome: BatchResponse | Accepted,
+    timeout: float,
+    poll_interval: float,
+) -> Plan[BatchResult]:
+    """What a batch came to, each result typed by its operation: an atomic batch answered 202 is
+    waited for (BatchRejectedError when refused), and so is each operation answered 202."""
+    if isinstance(outcome, Accepted):
+        outcome = yield from wait(config, BatchResponse, outcome, timeout, poll_interval)
+    results: list[OperationResult] = []
+    for raw in outcome.results:
+        status, body = raw.status, cast(object, raw.body)
+        if status == 202:
+            accepted = parse(AcceptedResponse, body)
+            settled = yield from settle(config, accepted.command_id, timeout, poll_interval)
+            status, body = settled.http_status or 0, settled.result
+        if not 0 <= raw.index < len(operations):
+            raise TallyError(f"the answer has a result {raw.index} for no operation", status=0, code="invalid_response")
+        operation = operations[raw.index]
+        if 200 <= status < 300:
+            results.append(applied(operation["op"], raw.index, status, body))
+        else:
+            error = error_from_answer(status, body, idempotency_key=operation.get("idempotency_key"))
+            results.append(RESULTS[operation["op"]](index=raw.index, status=status, error=error))
+    return BatchResult(results)
+
+
+def applied(op: str, index: int, status: int, body: object) -> OperationResult:
+    """The result of an applied operation, its answer read as `op` answers."""
+    match op:
+        case "add":
+            return AddResult(index=index, status=status, answer=parse(WriteResponse, body))
+        case "deduct":
+            return DeductResult(index=index, status=status, answer=parse(WriteResponse, body))
+        case "refund":
+            return RefundResult(index=index, status=status, answer=parse(RefundResponse, body))
+        case "hold":
+            return HoldResult(index=index, status=status, answer=parse(HoldResponse, body))
+        case "capture":
+            return CaptureResult(index=index, status=status, answer=parse(CaptureResponse, body))
+        case _:
+            return ReleaseResult(index=index, status=status, answer=parse(ReleaseResponse, body))
 
 
 # --- pieces -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NotRequired, Self, TypedDict
+from typing import Any, Literal, NotRequired, Self, TypedDict
 
 from ._model import Model
 
@@ -22,29 +22,29 @@ __all__ = [
     "HoldRequest",
     "CaptureRequest",
     "ReleaseRequest",
-    "CreateEndpointRequest",
-    "UpdateEndpointRequest",
-    "AlertsRequest",
+    "BatchRequest",
+    "AtomicBatchAdd",
+    "AtomicBatchDeduct",
+    "AtomicBatchHold",
+    "BatchAdd",
+    "BatchDeduct",
+    "BatchRefund",
+    "BatchHold",
+    "BatchCapture",
+    "BatchRelease",
     "BalanceQuery",
+    "BalancesQuery",
     "HistoryQuery",
     "HoldsQuery",
     "WebhookEventsQuery",
-    "DeliveriesQuery",
-    "EventsQuery",
-    "AlertsQuery",
     "AcceptedResponse",
-    "Alerts",
     "BalanceResponse",
+    "BalancesResponse",
+    "BatchOperationResult",
+    "BatchResponse",
     "CaptureResponse",
     "CommandStatus",
     "DeadLetter",
-    "DeliveriesResponse",
-    "Delivery",
-    "EffectiveAlerts",
-    "Endpoint",
-    "EndpointsResponse",
-    "EventEnvelope",
-    "EventsResponse",
     "HistoryEntry",
     "HistoryResponse",
     "HoldRecord",
@@ -53,8 +53,7 @@ __all__ = [
     "NextExpiry",
     "RefundResponse",
     "ReleaseResponse",
-    "SecretResponse",
-    "TestResponse",
+    "TypeBalance",
     "WebhookEventRecord",
     "WebhookEventsResponse",
     "WriteResponse",
@@ -62,177 +61,293 @@ __all__ = [
 
 
 class AddRequest(TypedDict):
-    """Body of `POST /credits/add`."""
+    """Body of `POST /credits/add`. Give `expires_at` or `expires_in_seconds`, not both."""
 
     user_id: str
-    """The integrator's id for the user (1..=255 bytes)."""
+    """The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     amount: int
-    """Credits to add, 1..=10^12."""
+    """Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credit_type: NotRequired[str | None]
-    """Which of the user's balances (1..=64 of `a-z 0-9 _ -`; default `"credits"`)."""
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     description: NotRequired[str | None]
-    """At most 1,000 characters."""
+    """Read back in history (`null` when absent). At most 1000 characters, without the NUL character."""
     expires_at: NotRequired[str | None]
-    """When these credits expire (RFC 3339, in the future); or give `expires_in_seconds`."""
+    """When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future."""
     expires_in_seconds: NotRequired[int | None]
-    """Seconds from now until these credits expire."""
+    """Seconds from now until these credits expire. A JSON integer from 1 to 315360000."""
     metadata: NotRequired[Mapping[str, str] | None]
-    """At most 50 keys, string values."""
+    """Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class DeductRequest(TypedDict):
     """Body of `POST /credits/deduct`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credit_type: NotRequired[str | None]
-    """Which of the user's balances (default `"credits"`)."""
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
     metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class RefundRequest(TypedDict):
     """Body of `POST /credits/refund`."""
 
     ledger_id: str
-    """The add, deduct or payment entry to reverse."""
+    """The add, deduct or payment entry to reverse. A UUID."""
     amount: NotRequired[int | None]
-    """Default: all that is left to refund."""
+    """Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
     metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class HoldRequest(TypedDict):
     """Body of `POST /credits/hold`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credit_type: NotRequired[str | None]
-    """Which of the user's balances to reserve from (default `"credits"`)."""
+    """Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
     expires_in_seconds: NotRequired[int | None]
-    """1..=86400, default 900: released automatically after this long."""
+    """Released automatically after this long. A JSON integer from 1 to 86400 (default 900)."""
     metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
 
 
 class CaptureRequest(TypedDict):
     """Body of `POST /credits/capture`."""
 
     hold_id: str
+    """A UUID."""
     amount: NotRequired[int | None]
-    """Default: all held; more than held is 400."""
+    """Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
 
 
 class ReleaseRequest(TypedDict):
     """Body of `POST /credits/release`."""
 
     hold_id: str
+    """A UUID."""
 
 
-class CreateEndpointRequest(TypedDict):
-    """Body of `POST /webhook_endpoints`."""
+class BatchRequest(TypedDict):
+    """Body of `POST /credits/batch`: 1 to 1000 operations. Not atomic: each its own command, exactly as if sent alone, applied in order for each user. Atomic: adds, deducts and holds of one user (every operation names the same `user_id`), without their own `idempotency_key`, applied in one transaction or not at all."""
 
-    url: str
-    """Absolute `https` URL of at most 2,048 characters whose host resolves only to public addresses (`TALLY_WEBHOOK_ALLOW_PRIVATE=true` also allows `http` and private ones)."""
-    description: NotRequired[str | None]
-    """At most 1,000 characters."""
-    events: NotRequired[Sequence[str] | None]
-    """Event types to receive (any type but `ping`), or `["*"]` (the default): every type."""
+    operations: Sequence[BatchAdd | BatchDeduct | BatchRefund | BatchHold | BatchCapture | BatchRelease]
+    atomic: NotRequired[bool | None]
+    """`true`: all or none (default `false`)."""
 
 
-class UpdateEndpointRequest(TypedDict):
-    """Body of `PATCH /webhook_endpoints/{id}`: what to change."""
+class AtomicBatchAdd(TypedDict):
+    """`op: "add"` and the body of `POST /credits/add`."""
 
-    description: NotRequired[str | None]
-    """`null` clears it."""
-    enabled: NotRequired[bool | None]
-    """`true` on a disabled endpoint also forgets the failures that may have disabled it."""
-    events: NotRequired[Sequence[str] | None]
-    url: NotRequired[str | None]
-
-
-class AlertsRequest(TypedDict):
-    """Body of `PUT /credits/alerts`."""
-
-    thresholds: Sequence[int]
-    """At most 10 values, each 1..=10^12; `[]`: none."""
+    op: Literal["add"]
+    user_id: str
+    """The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credit_type: NotRequired[str | None]
-    """Default `"credits"`."""
-    user_id: NotRequired[str | None]
-    """Whose list: absent for the app's default."""
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """Read back in history (`null` when absent). At most 1000 characters, without the NUL character."""
+    expires_at: NotRequired[str | None]
+    """When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future."""
+    expires_in_seconds: NotRequired[int | None]
+    """Seconds from now until these credits expire. A JSON integer from 1 to 315360000."""
+    idempotency_key: NotRequired[None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class AtomicBatchDeduct(TypedDict):
+    """`op: "deduct"` and the body of `POST /credits/deduct`."""
+
+    op: Literal["deduct"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    idempotency_key: NotRequired[None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class AtomicBatchHold(TypedDict):
+    """`op: "hold"` and the body of `POST /credits/hold`."""
+
+    op: Literal["hold"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    expires_in_seconds: NotRequired[int | None]
+    """Released automatically after this long. A JSON integer from 1 to 86400 (default 900)."""
+    idempotency_key: NotRequired[None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchAdd(TypedDict):
+    """`op: "add"` and the body of `POST /credits/add`."""
+
+    op: Literal["add"]
+    user_id: str
+    """The integrator's id for the user; a user is created, with balance 0, by its first write. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """Credits to add. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """Read back in history (`null` when absent). At most 1000 characters, without the NUL character."""
+    expires_at: NotRequired[str | None]
+    """When these credits expire; or give `expires_in_seconds`. An RFC 3339 time in the future."""
+    expires_in_seconds: NotRequired[int | None]
+    """Seconds from now until these credits expire. A JSON integer from 1 to 315360000."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """Stored on the ledger entry and read back in history (`{}` when absent). At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchDeduct(TypedDict):
+    """`op: "deduct"` and the body of `POST /credits/deduct`."""
+
+    op: Literal["deduct"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchRefund(TypedDict):
+    """`op: "refund"` and the body of `POST /credits/refund`."""
+
+    op: Literal["refund"]
+    ledger_id: str
+    """The add, deduct or payment entry to reverse. A UUID."""
+    amount: NotRequired[int | None]
+    """Default: all that is left to refund; more than is left is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchHold(TypedDict):
+    """`op: "hold"` and the body of `POST /credits/hold`."""
+
+    op: Literal["hold"]
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    amount: int
+    """A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances to reserve from. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    description: NotRequired[str | None]
+    """At most 1000 characters, without the NUL character."""
+    expires_in_seconds: NotRequired[int | None]
+    """Released automatically after this long. A JSON integer from 1 to 86400 (default 900)."""
+    idempotency_key: NotRequired[str | None]
+    metadata: NotRequired[Mapping[str, str] | None]
+    """At most 50 keys of 1 to 40 characters, each with a string value of at most 500 characters; no NUL character."""
+
+
+class BatchCapture(TypedDict):
+    """`op: "capture"` and the body of `POST /credits/capture`."""
+
+    op: Literal["capture"]
+    hold_id: str
+    """A UUID."""
+    amount: NotRequired[int | None]
+    """Default: all held; more than held is `400` naming `amount`. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    idempotency_key: NotRequired[str | None]
+
+
+class BatchRelease(TypedDict):
+    """`op: "release"` and the body of `POST /credits/release`."""
+
+    op: Literal["release"]
+    hold_id: str
+    """A UUID."""
+    idempotency_key: NotRequired[str | None]
 
 
 class BalanceQuery(TypedDict):
     """Query of `GET /credits/balance`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     credit_type: NotRequired[str | None]
-    """default `credits`"""
+    """1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+
+
+class BalancesQuery(TypedDict):
+    """Query of `GET /credits/balances`."""
+
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
 
 
 class HistoryQuery(TypedDict):
     """Query of `GET /credits/history`."""
 
     user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     limit: NotRequired[int | None]
-    """1..=200, default 50"""
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
-    """next_cursor of the previous page"""
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
     credit_type: NotRequired[str | None]
-    """only entries of this type (absent: every type)"""
+    """Only entries of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
 
 
 class HoldsQuery(TypedDict):
     """Query of `GET /credits/holds`."""
 
     user_id: str
-    status: NotRequired[str | None]
-    """active, captured, released or expired"""
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    status: NotRequired[Literal["active", "captured", "released", "expired"] | None]
     credit_type: NotRequired[str | None]
-    """only holds of this type (absent: every type)"""
+    """Only holds of this type; every type when absent. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     limit: NotRequired[int | None]
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
 
 
 class WebhookEventsQuery(TypedDict):
     """Query of `GET /webhooks/events`."""
 
-    provider: NotRequired[str | None]
-    """stripe or polar"""
+    provider: NotRequired[Literal["stripe", "polar"] | None]
     limit: NotRequired[int | None]
-    """1..=200, default 50"""
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
-
-
-class DeliveriesQuery(TypedDict):
-    """Query of `GET /webhook_endpoints/{id}/deliveries`."""
-
-    status: NotRequired[str | None]
-    """pending, succeeded or failed"""
-    limit: NotRequired[int | None]
-    """1..=200, default 50"""
-    cursor: NotRequired[str | None]
-
-
-class EventsQuery(TypedDict):
-    """Query of `GET /events`."""
-
-    type: NotRequired[str | None]
-    """only events of this type"""
-    user_id: NotRequired[str | None]
-    """only this user's events"""
-    limit: NotRequired[int | None]
-    """1..=200, default 50"""
-    cursor: NotRequired[str | None]
-
-
-class AlertsQuery(TypedDict):
-    """Query of `GET /credits/alerts`."""
-
-    user_id: NotRequired[str | None]
-    """whose thresholds (absent: the app's default)"""
-    credit_type: NotRequired[str | None]
-    """default `credits`"""
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,26 +368,6 @@ class AcceptedResponse(Model):
             status=body["status"],
             command_id=body["command_id"],
             status_url=body["status_url"],
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Alerts(Model):
-    """A list of thresholds as set."""
-
-    credit_type: str
-    thresholds: list[int]
-    """Highest first, each once."""
-    user_id: str | None = None
-    """Null for the app's default."""
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            credit_type=body["credit_type"],
-            thresholds=body["thresholds"],
-            user_id=body.get("user_id"),
         )
 
 
@@ -300,6 +395,55 @@ class BalanceResponse(Model):
             held=body["held"],
             available=body["available"],
             next_expiry=None if body.get("next_expiry") is None else NextExpiry.from_dict(body["next_expiry"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancesResponse(Model):
+    """Every credit type a user has."""
+
+    user_id: str
+    balances: list[TypeBalance]
+    """One per credit type the user has ever been written, ordered by type."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            user_id=body["user_id"],
+            balances=[TypeBalance.from_dict(item) for item in body["balances"]],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOperationResult(Model):
+    """One operation's answer: the status and body that request would have had alone."""
+
+    index: int
+    status: int
+    body: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            index=body["index"],
+            status=body["status"],
+            body=body["body"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResponse(Model):
+    """Answer to a batch: one result per operation, in request order."""
+
+    results: list[BatchOperationResult]
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            results=[BatchOperationResult.from_dict(item) for item in body["results"]],
         )
 
 
@@ -378,166 +522,6 @@ class DeadLetter(Model):
             attempts=body["attempts"],
             dead_lettered_at=body["dead_lettered_at"],
             retried_at=body.get("retried_at"),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class DeliveriesResponse(Model):
-    """The API's `DeliveriesResponse` object."""
-
-    deliveries: list[Delivery]
-    next_cursor: str | None = None
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            deliveries=[Delivery.from_dict(item) for item in body["deliveries"]],
-            next_cursor=body.get("next_cursor"),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Delivery(Model):
-    """One event sent to one endpoint, and how its attempts went."""
-
-    id: str
-    event_id: str
-    event_type: str
-    status: str
-    """pending, succeeded, failed, or cancelled (its endpoint was deleted)."""
-    attempts: int
-    last_attempt_at: str | None = None
-    last_error: str | None = None
-    """Why the last attempt failed; null if it did not."""
-    last_status_code: int | None = None
-    """The HTTP status the endpoint last answered; null if it never answered."""
-    next_attempt_at: str | None = None
-    """When the next attempt is due; null once the delivery is settled."""
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            id=body["id"],
-            event_id=body["event_id"],
-            event_type=body["event_type"],
-            status=body["status"],
-            attempts=body["attempts"],
-            last_attempt_at=body.get("last_attempt_at"),
-            last_error=body.get("last_error"),
-            last_status_code=body.get("last_status_code"),
-            next_attempt_at=body.get("next_attempt_at"),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class EffectiveAlerts(Model):
-    """The thresholds that apply to a user (or, without a user, the app's default)."""
-
-    credit_type: str
-    thresholds: list[int]
-    source: str
-    """`user` (the user's own list), `app` (the app's default) or `none`."""
-    user_id: str | None = None
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            credit_type=body["credit_type"],
-            thresholds=body["thresholds"],
-            source=body["source"],
-            user_id=body.get("user_id"),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Endpoint(Model):
-    """An endpoint."""
-
-    id: str
-    url: str
-    events: list[str]
-    """The event types it receives, or `["*"]`: every type."""
-    enabled: bool
-    """Whether deliveries go to it (false once disabled by a `PATCH`, or after 5 days of failed deliveries)."""
-    created_at: str
-    description: str | None = None
-    secret: str | None = None
-    """`whsec_` and base64 of 32 random bytes: in the answer to a create only."""
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            id=body["id"],
-            url=body["url"],
-            events=body["events"],
-            enabled=body["enabled"],
-            created_at=body["created_at"],
-            description=body.get("description"),
-            secret=body.get("secret"),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class EndpointsResponse(Model):
-    """The API's `EndpointsResponse` object."""
-
-    endpoints: list[Endpoint]
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            endpoints=[Endpoint.from_dict(item) for item in body["endpoints"]],
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class EventEnvelope(Model):
-    """An event as an endpoint receives it."""
-
-    id: str
-    type: str
-    """e.g. `balance.low`, `credits.added`, `ping`."""
-    created_at: str
-    app_id: str
-    sequence: int
-    """Increases with each event of one app and user."""
-    data: dict[str, Any]
-    """Depends on the type: the ledger entry as `GET /credits/history` shows it for `credits.*` and `payment.*`, `{ threshold, balance, held, available }` for `balance.*`, …"""
-    user_id: str | None = None
-    """Null for an event of no user (`ping`, …)."""
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            id=body["id"],
-            type=body["type"],
-            created_at=body["created_at"],
-            app_id=body["app_id"],
-            sequence=body["sequence"],
-            data=body["data"],
-            user_id=body.get("user_id"),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class EventsResponse(Model):
-    """The API's `EventsResponse` object."""
-
-    events: list[EventEnvelope]
-    next_cursor: str | None = None
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            events=[EventEnvelope.from_dict(item) for item in body["events"]],
-            next_cursor=body.get("next_cursor"),
         )
 
 
@@ -747,30 +731,24 @@ class ReleaseResponse(Model):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecretResponse(Model):
-    """Answer to a rotation: the new secret (shown only now)."""
+class TypeBalance(Model):
+    """One balance of `GET /credits/balances`."""
 
-    secret: str
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Self:
-        return cls(
-            _body=body,
-            secret=body["secret"],
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class TestResponse(Model):
-    """Answer to a test: the `ping` event sent."""
-
-    event_id: str
+    credit_type: str
+    balance: int
+    held: int
+    available: int
+    next_expiry: NextExpiry | None = None
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> Self:
         return cls(
             _body=body,
-            event_id=body["event_id"],
+            credit_type=body["credit_type"],
+            balance=body["balance"],
+            held=body["held"],
+            available=body["available"],
+            next_expiry=None if body.get("next_expiry") is None else NextExpiry.from_dict(body["next_expiry"]),
         )
 
 

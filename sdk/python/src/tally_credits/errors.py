@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "BatchRejectedError",
     "ConflictError",
     "ConnectionError",
     "IdempotencyConflictError",
@@ -86,7 +87,28 @@ class AuthenticationError(TallyError):
 
 
 class BadRequestError(TallyError):
-    """400, 413, 415 or 422: the server refused the request as it is (`.body["field"]` names the field)."""
+    """400, 413, 415 or 422 (but `batch_rejected`): the server refused the request as it is
+    (`.body["field"]` names the field)."""
+
+
+class BatchRejectedError(TallyError):
+    """422 `batch_rejected`: an operation of an atomic batch was refused, so none was applied."""
+
+    failed_index: int
+    """The refused operation's place in the batch (from 0)."""
+    failed: TallyError
+    """The error that operation alone would have raised (e.g. InsufficientCreditsError)."""
+
+    def __init__(self, message: str, **init: Any) -> None:
+        super().__init__(message, **init)
+        body = self.body or {}
+        index = body.get("failed_index")
+        self.failed_index = index if isinstance(index, int) else -1
+        failed = body.get("failed")
+        code = failed.get("error") if isinstance(failed, dict) else None
+        self.failed = error_from_answer(
+            _status_of_code(code if isinstance(code, str) else ""), failed, idempotency_key=self.idempotency_key
+        )
 
 
 class RateLimitError(TallyError):
@@ -144,6 +166,8 @@ def error_from_answer(
         message = f"HTTP {status}"
     init: dict[str, Any] = {"status": status, "code": code, "body": error_body, "idempotency_key": idempotency_key}
     match status:
+        case 422 if code == "batch_rejected":
+            return BatchRejectedError(message, **init)
         case 400 | 413 | 415 | 422:
             return BadRequestError(message, **init)
         case 401:
@@ -162,3 +186,30 @@ def error_from_answer(
             return UnavailableError(message, **init)
         case _:
             return TallyError(message, **init)
+
+
+def _status_of_code(code: str) -> int:
+    """The status the API answers with an `error` code (the contract's table), for an error body
+    that arrives without its own: the refused operation of an atomic batch."""
+    match code:
+        case "invalid_request":
+            return 400
+        case "unauthorized":
+            return 401
+        case "insufficient_credits":
+            return 402
+        case "not_found":
+            return 404
+        case "idempotency_conflict" | "idempotency_in_progress" | "already_refunded" | "hold_not_active":
+            return 409
+        case "payload_too_large":
+            return 413
+        case "unsupported_media_type":
+            return 415
+        case "rate_limited":
+            return 429
+        case "unavailable":
+            return 503
+        case _:
+            # balance_overflow, not_refundable, and any code this client does not know yet.
+            return 422
