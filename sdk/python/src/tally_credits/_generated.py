@@ -32,12 +32,19 @@ __all__ = [
     "BatchHold",
     "BatchCapture",
     "BatchRelease",
+    "CreateEndpointRequest",
+    "UpdateEndpointRequest",
+    "AlertsRequest",
     "BalanceQuery",
     "BalancesQuery",
     "HistoryQuery",
     "HoldsQuery",
     "WebhookEventsQuery",
+    "DeliveriesQuery",
+    "EventsQuery",
+    "AlertsQuery",
     "AcceptedResponse",
+    "Alerts",
     "BalanceResponse",
     "BalancesResponse",
     "BatchOperationResult",
@@ -45,6 +52,13 @@ __all__ = [
     "CaptureResponse",
     "CommandStatus",
     "DeadLetter",
+    "DeliveriesResponse",
+    "Delivery",
+    "EffectiveAlerts",
+    "Endpoint",
+    "EndpointsResponse",
+    "EventEnvelope",
+    "EventsResponse",
     "HistoryEntry",
     "HistoryResponse",
     "HoldRecord",
@@ -53,6 +67,8 @@ __all__ = [
     "NextExpiry",
     "RefundResponse",
     "ReleaseResponse",
+    "SecretResponse",
+    "TestResponse",
     "TypeBalance",
     "WebhookEventRecord",
     "WebhookEventsResponse",
@@ -297,6 +313,39 @@ class BatchRelease(TypedDict):
     idempotency_key: NotRequired[str | None]
 
 
+class CreateEndpointRequest(TypedDict):
+    """Body of `POST /webhook_endpoints`."""
+
+    url: str
+    """Absolute `https` URL of at most 2,048 characters whose host resolves only to public addresses (`TALLY_WEBHOOK_ALLOW_PRIVATE=true` also allows `http` and private ones)."""
+    description: NotRequired[str | None]
+    """At most 1,000 characters. At most 1000 characters, without the NUL character."""
+    events: NotRequired[Sequence[str] | None]
+    """Event types to receive (any type but `ping`), or `["*"]` (the default): every type."""
+
+
+class UpdateEndpointRequest(TypedDict):
+    """Body of `PATCH /webhook_endpoints/{id}`: what to change."""
+
+    description: NotRequired[str | None]
+    """`null` clears it. At most 1000 characters, without the NUL character."""
+    enabled: NotRequired[bool | None]
+    """`true` on a disabled endpoint also forgets the failures that may have disabled it."""
+    events: NotRequired[Sequence[str] | None]
+    url: NotRequired[str | None]
+
+
+class AlertsRequest(TypedDict):
+    """Body of `PUT /credits/alerts`."""
+
+    thresholds: Sequence[int]
+    """At most 10 values, each 1..=10^12; `[]`: none."""
+    credit_type: NotRequired[str | None]
+    """Default `"credits"`. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    user_id: NotRequired[str | None]
+    """Whose list: absent for the app's default. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+
+
 class BalanceQuery(TypedDict):
     """Query of `GET /credits/balance`."""
 
@@ -350,6 +399,39 @@ class WebhookEventsQuery(TypedDict):
     """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
 
 
+class DeliveriesQuery(TypedDict):
+    """Query of `GET /webhook_endpoints/{id}/deliveries`."""
+
+    status: NotRequired[str | None]
+    """pending, succeeded or failed"""
+    limit: NotRequired[int | None]
+    """1..=200, default 50 Page size, 1 to 200 (default 50)."""
+    cursor: NotRequired[str | None]
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
+
+
+class EventsQuery(TypedDict):
+    """Query of `GET /events`."""
+
+    type: NotRequired[str | None]
+    """only events of this type"""
+    user_id: NotRequired[str | None]
+    """only this user's events 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    limit: NotRequired[int | None]
+    """1..=200, default 50 Page size, 1 to 200 (default 50)."""
+    cursor: NotRequired[str | None]
+    """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
+
+
+class AlertsQuery(TypedDict):
+    """Query of `GET /credits/alerts`."""
+
+    user_id: NotRequired[str | None]
+    """whose own list to drop (absent: the app's default) 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    credit_type: NotRequired[str | None]
+    """default `credits` 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AcceptedResponse(Model):
     """A write accepted but not (yet) applied: follow `status_url`."""
@@ -368,6 +450,26 @@ class AcceptedResponse(Model):
             status=body["status"],
             command_id=body["command_id"],
             status_url=body["status_url"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alerts(Model):
+    """A list of thresholds as set."""
+
+    credit_type: str
+    thresholds: list[int]
+    """Highest first, each once."""
+    user_id: str | None = None
+    """Null for the app's default."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            credit_type=body["credit_type"],
+            thresholds=body["thresholds"],
+            user_id=body.get("user_id"),
         )
 
 
@@ -522,6 +624,166 @@ class DeadLetter(Model):
             attempts=body["attempts"],
             dead_lettered_at=body["dead_lettered_at"],
             retried_at=body.get("retried_at"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveriesResponse(Model):
+    """The API's `DeliveriesResponse` object."""
+
+    deliveries: list[Delivery]
+    next_cursor: str | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            deliveries=[Delivery.from_dict(item) for item in body["deliveries"]],
+            next_cursor=body.get("next_cursor"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery(Model):
+    """One event sent to one endpoint, and how its attempts went."""
+
+    id: str
+    event_id: str
+    event_type: str
+    status: str
+    """pending, succeeded, failed, or cancelled (its endpoint was deleted)."""
+    attempts: int
+    last_attempt_at: str | None = None
+    last_error: str | None = None
+    """Why the last attempt failed; null if it did not."""
+    last_status_code: int | None = None
+    """The HTTP status the endpoint last answered; null if it never answered."""
+    next_attempt_at: str | None = None
+    """When the next attempt is due; null once the delivery is settled."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            id=body["id"],
+            event_id=body["event_id"],
+            event_type=body["event_type"],
+            status=body["status"],
+            attempts=body["attempts"],
+            last_attempt_at=body.get("last_attempt_at"),
+            last_error=body.get("last_error"),
+            last_status_code=body.get("last_status_code"),
+            next_attempt_at=body.get("next_attempt_at"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EffectiveAlerts(Model):
+    """The thresholds that apply to a user (or, without a user, the app's default)."""
+
+    credit_type: str
+    thresholds: list[int]
+    source: str
+    """`user` (the user's own list), `app` (the app's default) or `none`."""
+    user_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            credit_type=body["credit_type"],
+            thresholds=body["thresholds"],
+            source=body["source"],
+            user_id=body.get("user_id"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint(Model):
+    """An endpoint."""
+
+    id: str
+    url: str
+    events: list[str]
+    """The event types it receives, or `["*"]`: every type."""
+    enabled: bool
+    """Whether deliveries go to it (false once disabled by a `PATCH`, or after 5 days of failed deliveries)."""
+    created_at: str
+    description: str | None = None
+    secret: str | None = None
+    """`whsec_` and base64 of 32 random bytes: in the answer to a create only."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            id=body["id"],
+            url=body["url"],
+            events=body["events"],
+            enabled=body["enabled"],
+            created_at=body["created_at"],
+            description=body.get("description"),
+            secret=body.get("secret"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointsResponse(Model):
+    """The API's `EndpointsResponse` object."""
+
+    endpoints: list[Endpoint]
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            endpoints=[Endpoint.from_dict(item) for item in body["endpoints"]],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventEnvelope(Model):
+    """An event as an endpoint receives it."""
+
+    id: str
+    type: str
+    """e.g. `balance.low`, `credits.added`, `ping`."""
+    created_at: str
+    app_id: str
+    sequence: int
+    """Increases with each event of one app and user."""
+    data: dict[str, Any]
+    """Depends on the type: the ledger entry as `GET /credits/history` shows it for `credits.*` and `payment.*`, `{ threshold, balance, held, available }` for `balance.*`, …"""
+    user_id: str | None = None
+    """Null for an event of no user (`ping`, …)."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            id=body["id"],
+            type=body["type"],
+            created_at=body["created_at"],
+            app_id=body["app_id"],
+            sequence=body["sequence"],
+            data=body["data"],
+            user_id=body.get("user_id"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventsResponse(Model):
+    """The API's `EventsResponse` object."""
+
+    events: list[EventEnvelope]
+    next_cursor: str | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            events=[EventEnvelope.from_dict(item) for item in body["events"]],
+            next_cursor=body.get("next_cursor"),
         )
 
 
@@ -727,6 +989,34 @@ class ReleaseResponse(Model):
             released=body["released"],
             balance=body["balance"],
             available=body["available"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretResponse(Model):
+    """Answer to a rotation: the new secret (shown only now)."""
+
+    secret: str
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            secret=body["secret"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestResponse(Model):
+    """Answer to a test: the `ping` event sent."""
+
+    event_id: str
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            event_id=body["event_id"],
         )
 
 
