@@ -8,12 +8,14 @@ Logs in (after a wrong token is refused), opens the app, finds a user, reads the
 refunds an entry and sees the balance change, adds credits by hand, sees credits added through
 the API appear without a reload, adds credits of a second credit type and sees both balances
 and the history filtered by type, adds a webhook endpoint (a receiver on 127.0.0.1: the stack
-allows private endpoints) and sees it listed with its test ping, sets the app's and a user's
-balance alert thresholds, checks the page fits 390 px, that no request left the origin and
-that no script error was logged; saves a screenshot of each view.
+allows private endpoints) and sees it listed, its test ping delivered and correctly signed,
+sets the app's and a user's balance alert thresholds, checks the page fits 390 px, that no
+request left the origin and that no script error was logged; saves a screenshot of each view.
 """
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -139,10 +141,14 @@ def wait_for(what, probe, seconds):
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """A webhook endpoint that answers 204 to every delivery."""
+    """A webhook endpoint that answers 204 to every delivery and keeps each one's headers and
+    body in `received`."""
+
+    received = []
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        Receiver.received.append((dict((k.lower(), v) for k, v in self.headers.items()), body))
         self.send_response(204)
         self.end_headers()
 
@@ -307,10 +313,18 @@ def run(base, token, api_key, shots):
         browser.click("#send-test")
         wait_for("the test's notice", lambda: "ping is on its way" in browser.js(
             "return (document.querySelector('[role=status]') || {}).textContent || ''"), 10)
-        deliveries = browser.text("#deliveries")
-        check("ping" in deliveries and ("pending" in deliveries or "succeeded" in deliveries),
-              f"deliveries: {deliveries}")
+        check("ping" in browser.text("#deliveries"), f"deliveries: {browser.text('#deliveries')}")
+        # The workers deliver it; the page follows without a reload.
+        wait_for("the ping's delivery", lambda: "succeeded" in browser.text("#deliveries"), LIVE_WAIT_SECONDS)
         browser.screenshot(shots, "endpoint")
+        check(len(Receiver.received) == 1, f"the receiver got {len(Receiver.received)} deliveries")
+        headers, body = Receiver.received[0]
+        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+        signing_key = base64.b64decode(secret.removeprefix("whsec_"))
+        expected = "v1," + base64.b64encode(hmac.new(signing_key, signed, hashlib.sha256).digest()).decode()
+        check(expected in headers["webhook-signature"].split(), f"signature: {headers}")
+        check(json.loads(body)["type"] == "ping" and json.loads(body)["id"] == headers["webhook-id"],
+              f"the ping's envelope: {body!r}")
 
         # The app's default thresholds, then alice's own.
         browser.go(app_url)
