@@ -329,6 +329,28 @@ pub fn query_optional_credit_type(
         .transpose()
 }
 
+/// An optional query parameter that must be one of `values` (`400` naming it otherwise).
+pub fn query_one_of(
+    query: &HashMap<String, String>,
+    name: &str,
+    values: &[&str],
+) -> Result<Option<String>, ApiError> {
+    match query.get(name) {
+        None => Ok(None),
+        Some(value) if values.contains(&value.as_str()) => Ok(Some(value.clone())),
+        Some(_) => Err(ApiError::field(name, format!("must be {}", one_of(values)))),
+    }
+}
+
+/// `a, b or c`.
+fn one_of(values: &[&str]) -> String {
+    match values {
+        [] => String::new(),
+        [only] => only.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
 pub fn parse_credit_type(field: &str, text: &str) -> Result<CreditType, ApiError> {
     CreditType::parse(text).map_err(|invalid| ApiError::field(field, invalid))
 }
@@ -483,6 +505,26 @@ mod tests {
         let b: Value =
             serde_json::from_str(r#"{"a":{"x":[{"p":2,"q":1}],"y":2},  "b":1}"#).unwrap();
         assert_eq!(canonical_json(&a), canonical_json(&b));
+    }
+
+    #[test]
+    fn a_parameter_of_a_list_names_the_values_it_takes() {
+        let query = |value: &str| HashMap::from([("status".to_string(), value.to_string())]);
+        let statuses = ["pending", "succeeded", "failed"];
+        assert_eq!(
+            query_one_of(&query("failed"), "status", &statuses).unwrap(),
+            Some("failed".to_string())
+        );
+        assert_eq!(
+            query_one_of(&HashMap::new(), "status", &statuses).unwrap(),
+            None
+        );
+        assert_eq!(
+            query_one_of(&query("done"), "status", &statuses)
+                .unwrap_err()
+                .to_string(),
+            "status: must be pending, succeeded or failed"
+        );
     }
 
     #[test]

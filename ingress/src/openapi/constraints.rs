@@ -11,15 +11,19 @@
 //! property or parameter without one, and they run the handlers' own parsing over the
 //! document's boundaries (`openapi::agreement`).
 
+use std::sync::LazyLock;
 use tally_common::apps::{APP_NAME_CHARS_MAX, WEBHOOK_SECRET_CHARS_MAX};
+use tally_common::outbound::URL_CHARS_MAX;
+
 use tally_common::credit_type::CreditType;
+use tally_common::events::{EventType, SUBSCRIBE_ALL};
 use tally_common::limits::{
-    AMOUNT_MAX, AMOUNT_MIN, BATCH_OPERATIONS_MAX, CREDIT_LIFETIME_SECONDS_MAX,
-    CREDIT_LIFETIME_SECONDS_MIN, CREDIT_TYPE_CHARS_MAX, DESCRIPTION_CHARS_MAX,
-    HOLD_SECONDS_DEFAULT, HOLD_SECONDS_MAX, HOLD_SECONDS_MIN, IDEMPOTENCY_KEY_CHARS_MAX,
-    IDEMPOTENCY_KEY_CHARS_MIN, METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN,
-    METADATA_VALUE_CHARS_MAX, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PAGE_LIMIT_MIN,
-    USER_ID_BYTES_MAX, USER_ID_BYTES_MIN,
+    ALERT_THRESHOLDS_MAX, AMOUNT_MAX, AMOUNT_MIN, BATCH_OPERATIONS_MAX,
+    CREDIT_LIFETIME_SECONDS_MAX, CREDIT_LIFETIME_SECONDS_MIN, CREDIT_TYPE_CHARS_MAX,
+    DESCRIPTION_CHARS_MAX, HOLD_SECONDS_DEFAULT, HOLD_SECONDS_MAX, HOLD_SECONDS_MIN,
+    IDEMPOTENCY_KEY_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MIN, METADATA_KEYS_MAX,
+    METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN, METADATA_VALUE_CHARS_MAX, PAGE_LIMIT_DEFAULT,
+    PAGE_LIMIT_MAX, PAGE_LIMIT_MIN, USER_ID_BYTES_MAX, USER_ID_BYTES_MIN,
 };
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::SchemaType;
@@ -34,7 +38,22 @@ use crate::admin::queries::{
     STATS_DAYS_MIN, USER_SORTS,
 };
 use crate::operations::Operation as Write;
+use crate::routes::deliveries::DELIVERY_STATUSES;
 use crate::routes::holds::HOLD_STATUSES;
+
+/// Every event type's name (`GET /events?type=`).
+static EVENT_TYPES: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| EventType::ALL.iter().map(|t| t.as_str()).collect());
+
+/// What an endpoint may subscribe to: every type but `ping` (sent to every endpoint), or `*`.
+static SUBSCRIPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    EventType::ALL
+        .iter()
+        .filter(|t| **t != EventType::Ping)
+        .map(|t| t.as_str())
+        .chain([SUBSCRIBE_ALL])
+        .collect()
+});
 
 /// A string without the NUL character, which Postgres text cannot hold: the validator refuses
 /// it in every string it stores.
@@ -102,6 +121,14 @@ pub(crate) enum Rule {
     OperationKey,
     /// A provider's signature header: checked against the body with the app's secrets.
     Signature,
+    /// A webhook endpoint's URL.
+    EndpointUrl,
+    /// The event types an endpoint receives.
+    Subscriptions,
+    /// A list of balance alert thresholds.
+    Thresholds,
+    /// `true` or `false`.
+    Boolean,
 }
 
 /// The rule of property `property` of the request body schema named `schema`.
@@ -124,6 +151,10 @@ pub(crate) fn body_rule(schema: &str, property: &str) -> Option<Rule> {
         },
         ("WebhookSecretRequest", "secret") => Rule::WebhookSecret,
         ("StripeEvent", "id" | "type") | ("PolarEvent", "type") => Rule::Text,
+        ("CreateEndpointRequest" | "UpdateEndpointRequest", "url") => Rule::EndpointUrl,
+        ("CreateEndpointRequest" | "UpdateEndpointRequest", "events") => Rule::Subscriptions,
+        ("UpdateEndpointRequest", "enabled") => Rule::Boolean,
+        ("AlertsRequest", "thresholds") => Rule::Thresholds,
         (_, "credit_type") => Rule::CreditType {
             defaulted: true,
             blank: false,
@@ -156,7 +187,7 @@ pub(crate) fn parameter_rule(path: &str, location: &ParameterIn, name: &str) -> 
             ParameterIn::Header,
             "Stripe-Signature" | "webhook-id" | "webhook-timestamp" | "webhook-signature",
         ) => Rule::Signature,
-        (ParameterIn::Path, "command_id" | "app_id" | "key_id" | "ledger_id") => Rule::Id,
+        (ParameterIn::Path, "command_id" | "app_id" | "key_id" | "ledger_id" | "id") => Rule::Id,
         (ParameterIn::Path | ParameterIn::Query, "user_id") => Rule::UserId,
         (ParameterIn::Query, "limit") => Rule::PageLimit,
         // One balance reads `credits` when absent; a list filters by it only when given.
@@ -167,6 +198,16 @@ pub(crate) fn parameter_rule(path: &str, location: &ParameterIn, name: &str) -> 
         (ParameterIn::Query, "cursor") => Rule::Cursor { blank: admin },
         (ParameterIn::Query, "status") if path == "/credits/holds" => Rule::OneOf {
             values: HOLD_STATUSES,
+            blank: false,
+        },
+        (ParameterIn::Query, "status") if path == "/webhook_endpoints/{id}/deliveries" => {
+            Rule::OneOf {
+                values: DELIVERY_STATUSES,
+                blank: false,
+            }
+        }
+        (ParameterIn::Query, "type") if path == "/events" => Rule::OneOf {
+            values: EVENT_TYPES.as_slice(),
             blank: false,
         },
         (ParameterIn::Query, "provider") => Rule::OneOf {
@@ -430,6 +471,50 @@ impl Rule {
                      control character."
                 ),
             ),
+            Rule::EndpointUrl => (
+                object(
+                    string()
+                        .format(Some(SchemaFormat::Custom("uri".into())))
+                        .max_length(Some(URL_CHARS_MAX))
+                        .pattern(Some("^https://[^\\u0000]+$")),
+                ),
+                format!(
+                    "An absolute `https` URL of at most {URL_CHARS_MAX} characters, without \
+                     credentials. Its host must not be, nor resolve to, a loopback, private, \
+                     link-local or cloud metadata address (checked again at every delivery); a \
+                     deployment with `TALLY_WEBHOOK_ALLOW_PRIVATE=true` takes those, and `http`."
+                ),
+            ),
+            Rule::Subscriptions => (
+                Schema::Array(
+                    ArrayBuilder::new()
+                        .items(string().enum_values(Some(SUBSCRIPTIONS.iter().copied())))
+                        .min_items(Some(1))
+                        .build(),
+                ),
+                format!(
+                    "Event type names (each once; `ping` goes to every endpoint), or \
+                     `[\"{SUBSCRIBE_ALL}\"]` for every type, the default; `{SUBSCRIBE_ALL}` \
+                     cannot be listed with other types."
+                ),
+            ),
+            Rule::Thresholds => (
+                Schema::Array(
+                    ArrayBuilder::new()
+                        .items(integer(AMOUNT_MIN, AMOUNT_MAX))
+                        .max_items(Some(ALERT_THRESHOLDS_MAX))
+                        .build(),
+                ),
+                format!(
+                    "At most {ALERT_THRESHOLDS_MAX} available balances from {AMOUNT_MIN} to \
+                     {AMOUNT_MAX}, stored highest first and once each; `[]` turns the alerts \
+                     off."
+                ),
+            ),
+            Rule::Boolean => (
+                object(ObjectBuilder::new().schema_type(Type::Boolean)),
+                String::new(),
+            ),
             Rule::Prefer => (
                 object(string().examples(["respond-async"])),
                 "`respond-async`: answer `202` as soon as the command is durably accepted, \
@@ -692,17 +777,28 @@ fn exclude_both(body: &mut Object, first: &str, second: &str) {
 /// Replaces a body property's schema with its rule's, keeping its nullability (an optional
 /// field may be sent as `null`, which counts as absent) and its description.
 fn stamp(schema: &mut RefOr<Schema>, rule: Rule) {
-    let RefOr::T(Schema::Object(derived)) = schema else {
-        return;
+    let (schema_type, description) = match schema {
+        RefOr::T(Schema::Object(derived)) => (&derived.schema_type, &mut derived.description),
+        RefOr::T(Schema::Array(derived)) => (&derived.schema_type, &mut derived.description),
+        _ => return,
     };
-    let nullable =
-        matches!(&derived.schema_type, SchemaType::Array(types) if types.contains(&Type::Null));
+    let nullable = matches!(schema_type, SchemaType::Array(types) if types.contains(&Type::Null));
+    let description = description.take();
     let (mut stamped, words) = rule.schema();
-    if let Schema::Object(object) = &mut stamped {
-        if nullable {
-            make_nullable(object);
+    match &mut stamped {
+        Schema::Object(object) => {
+            if nullable {
+                make_nullable(object);
+            }
+            object.description = Some(sentences(description, &words));
         }
-        object.description = Some(sentences(derived.description.take(), &words));
+        Schema::Array(array) => {
+            if nullable {
+                array.schema_type = SchemaType::from_iter([Type::Array, Type::Null]);
+            }
+            array.description = Some(sentences(description, &words));
+        }
+        _ => {}
     }
     *schema = stamped.into();
 }

@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sqlx::PgPool;
 use tally_common::credit_type::CreditType;
 use tally_common::limits::ALERT_THRESHOLDS_MAX;
@@ -35,10 +35,9 @@ const CREDIT_TYPES_LISTED_MAX: i64 = 200;
 pub struct AlertsRequest {
     /// Whose list: absent for the app's default.
     user_id: Option<String>,
-    /// Default `"credits"`.
+    /// The balance the thresholds watch.
     credit_type: Option<String>,
-    /// At most 10 values, each 1..=10^12; `[]`: none.
-    #[schema(max_items = 10)]
+    /// `balance.low` fires when `available` falls below one of them.
     thresholds: Vec<i64>,
 }
 
@@ -81,12 +80,40 @@ pub fn thresholds(items: Vec<Value>) -> Result<Vec<i64>, ApiError> {
 }
 
 /// The `user_id` and `credit_type` query parameters of a read or delete.
-fn whose(query: &HashMap<String, String>) -> Result<(Option<String>, CreditType), ApiError> {
+pub(crate) fn whose(
+    query: &HashMap<String, String>,
+) -> Result<(Option<String>, CreditType), ApiError> {
     let user_id = query
         .get("user_id")
         .map(|user_id| validate::check_user_id("user_id", user_id.clone()))
         .transpose()?;
     Ok((user_id, validate::query_credit_type(query)?))
+}
+
+/// The body of `PUT /credits/alerts`, read.
+pub(crate) struct AlertsBody {
+    user_id: Option<String>,
+    credit_type: CreditType,
+    thresholds: Vec<i64>,
+}
+
+impl AlertsBody {
+    /// Reads the body (`400` naming the field otherwise).
+    pub(crate) fn read(object: Map<String, Value>) -> Result<Self, ApiError> {
+        let mut fields = Fields::new(object, &["user_id", "credit_type", "thresholds"])?;
+        let user_id = fields.optional_user_id("user_id")?;
+        let credit_type = fields.credit_type()?;
+        let thresholds = match fields.optional_array("thresholds")? {
+            Some(items) => thresholds(items)?,
+            None => return Err(ApiError::field("thresholds", "is required")),
+        };
+        fields.finish()?;
+        Ok(Self {
+            user_id,
+            credit_type,
+            thresholds,
+        })
+    }
 }
 
 #[utoipa::path(put, path = "/credits/alerts", request_body = AlertsRequest,
@@ -98,15 +125,11 @@ pub async fn put_alerts(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Alerts>, ApiError> {
-    let object = validate::json_object(&headers, body).await?;
-    let mut fields = Fields::new(object, &["user_id", "credit_type", "thresholds"])?;
-    let user_id = fields.optional_user_id("user_id")?;
-    let credit_type = fields.credit_type()?;
-    let thresholds = match fields.optional_array("thresholds")? {
-        Some(items) => thresholds(items)?,
-        None => return Err(ApiError::field("thresholds", "is required")),
-    };
-    fields.finish()?;
+    let AlertsBody {
+        user_id,
+        credit_type,
+        thresholds,
+    } = AlertsBody::read(validate::json_object(&headers, body).await?)?;
     let alerts = set(&state.pool, auth.app_id, user_id, credit_type, thresholds).await?;
     Ok(Json(alerts))
 }
@@ -141,8 +164,8 @@ pub async fn set(
 }
 
 #[utoipa::path(get, path = "/credits/alerts",
-    params(("user_id" = Option<String>, Query, description = "whose thresholds (absent: the app's default)"),
-           ("credit_type" = Option<String>, Query, description = "default `credits`")),
+    params(("user_id" = Option<String>, Query, description = "Whose thresholds (absent: the app's default)."),
+           ("credit_type" = Option<String>, Query, description = "Which of the user's balances.")),
     responses((status = 200, body = EffectiveAlerts), (status = 400, body = ErrorResponse)),
     security(("api_key" = [])))]
 pub async fn get_alerts(
@@ -201,8 +224,8 @@ pub async fn effective(
 }
 
 #[utoipa::path(delete, path = "/credits/alerts",
-    params(("user_id" = Option<String>, Query, description = "whose own list to drop (absent: the app's default)"),
-           ("credit_type" = Option<String>, Query, description = "default `credits`")),
+    params(("user_id" = Option<String>, Query, description = "Whose own list to drop (absent: the app's default)."),
+           ("credit_type" = Option<String>, Query, description = "Which of the user's balances.")),
     responses((status = 204, description = "dropped (or there was none)"), (status = 400, body = ErrorResponse)),
     security(("api_key" = [])))]
 pub async fn delete_alerts(

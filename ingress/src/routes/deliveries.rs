@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::paging::{encode_time_cursor, page_limit, split_page, time_cursor};
 use crate::responses::ErrorResponse;
 use crate::routes::endpoints::{endpoint, no_endpoint, path_id};
+use crate::validate;
 use crate::AppState;
 
 /// One event sent to one endpoint, and how its attempts went.
@@ -66,6 +67,28 @@ const DELIVERY_COLUMNS: &str = "id, event_id, event_type, status, attempts, last
     last_status_code, last_error, next_attempt_at, created_at";
 
 const DELIVERIES_CURSOR: &str = "d1";
+
+/// The statuses `GET /webhook_endpoints/{id}/deliveries?status=` filters by.
+pub const DELIVERY_STATUSES: &[&str] = &["pending", "succeeded", "failed"];
+
+/// The query of `GET /webhook_endpoints/{id}/deliveries`.
+pub(crate) struct DeliveriesQuery {
+    status: Option<String>,
+    limit: i64,
+    /// `created_at` and id of the last delivery of the previous page (from `cursor`).
+    before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+impl DeliveriesQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        Ok(Self {
+            status: validate::query_one_of(query, "status", DELIVERY_STATUSES)?,
+            limit: page_limit(query)?,
+            before: time_cursor(DELIVERIES_CURSOR, query)?,
+        })
+    }
+}
 
 fn not_sent(error: crate::bus::PublishError) -> ApiError {
     metrics::counter!("tally_publish_failures_total").increment(1);
@@ -168,9 +191,8 @@ async fn withdraw_test(state: &AppState, delivery_id: Uuid, event_id: Uuid) {
 
 #[utoipa::path(get, path = "/webhook_endpoints/{id}/deliveries",
     params(("id" = Uuid, Path),
-           ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
-           ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
-           ("cursor" = Option<String>, Query)),
+           ("status" = Option<String>, Query, description = "Only deliveries of this status."),
+           ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "the endpoint's deliveries, newest first", body = DeliveriesResponse),
               (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)),
     security(("api_key" = [])))]
@@ -194,18 +216,11 @@ pub async fn page(
     endpoint_id: Uuid,
     query: &HashMap<String, String>,
 ) -> Result<DeliveriesResponse, ApiError> {
-    let status = match query.get("status").map(String::as_str) {
-        None => None,
-        Some(status @ ("pending" | "succeeded" | "failed")) => Some(status.to_string()),
-        Some(_) => {
-            return Err(ApiError::field(
-                "status",
-                "must be pending, succeeded or failed",
-            ))
-        }
-    };
-    let limit = page_limit(query)?;
-    let before = time_cursor(DELIVERIES_CURSOR, query)?;
+    let DeliveriesQuery {
+        status,
+        limit,
+        before,
+    } = DeliveriesQuery::parse(query)?;
     let mut connection = pool.acquire().await?;
     endpoint(&mut connection, app_id, endpoint_id).await?;
     let rows: Vec<Delivery> = sqlx::query_as(&format!(

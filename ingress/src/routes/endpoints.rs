@@ -15,7 +15,7 @@ use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool};
 use tally_common::events::{EventType, SUBSCRIBE_ALL};
 use tally_common::limits::WEBHOOK_ENDPOINTS_MAX;
@@ -119,6 +119,56 @@ pub struct EndpointChange {
     pub enabled: Option<bool>,
 }
 
+impl NewEndpoint {
+    /// Reads the body of `POST /webhook_endpoints` (`400` naming the field otherwise), its URL
+    /// checked against the rules that need no lookup; [`create`] resolves its host.
+    pub(crate) fn read(object: Map<String, Value>, allow_private: bool) -> Result<Self, ApiError> {
+        let mut fields = Fields::new(object, &["url", "events", "description"])?;
+        let url = match fields.optional_string("url")? {
+            Some(url) => url,
+            None => return Err(ApiError::field("url", "is required")),
+        };
+        let events = match fields.optional_array("events")? {
+            Some(items) => subscriptions(items)?,
+            None => vec![SUBSCRIBE_ALL.to_string()],
+        };
+        let description = fields.description()?;
+        fields.finish()?;
+        Ok(Self {
+            url: url_syntax(url, allow_private)?,
+            events,
+            description,
+        })
+    }
+}
+
+impl EndpointChange {
+    /// Reads the body of `PATCH /webhook_endpoints/{id}` (`400` naming the field otherwise), a
+    /// new URL checked against the rules that need no lookup; [`update`] resolves its host.
+    pub(crate) fn read(object: Map<String, Value>, allow_private: bool) -> Result<Self, ApiError> {
+        let mut fields = Fields::new(object, &["url", "events", "description", "enabled"])?;
+        let url = fields.optional_string("url")?;
+        let events = fields
+            .optional_array("events")?
+            .map(subscriptions)
+            .transpose()?;
+        let clear_description = fields.is_null("description");
+        let description = fields.description()?;
+        let enabled = fields.optional_bool("enabled")?;
+        fields.finish()?;
+        Ok(Self {
+            url: url.map(|url| url_syntax(url, allow_private)).transpose()?,
+            events,
+            description: if clear_description {
+                Some(None)
+            } else {
+                description.map(Some)
+            },
+            enabled,
+        })
+    }
+}
+
 /// The select list of an [`Endpoint`].
 const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, disabled_reason, created_at";
 
@@ -193,6 +243,13 @@ async fn check_url(state: &AppState, text: String) -> Result<String, ApiError> {
     }
 }
 
+/// A URL of a request checked against the outbound rules that need no lookup.
+fn url_syntax(text: String, allow_private: bool) -> Result<String, ApiError> {
+    validate::reject_nul("url", &text)?;
+    outbound::check_url(&text, allow_private).map_err(|refused| ApiError::field("url", refused))?;
+    Ok(text)
+}
+
 /// The `events` of a request: names of event types other than `ping`, each once, or exactly
 /// `["*"]`.
 pub fn subscriptions(items: Vec<Value>) -> Result<Vec<String>, ApiError> {
@@ -232,23 +289,8 @@ pub async fn create_endpoint(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let object = validate::json_object(&headers, body).await?;
-    let mut fields = Fields::new(object, &["url", "events", "description"])?;
-    let url = match fields.optional_string("url")? {
-        Some(url) => url,
-        None => return Err(ApiError::field("url", "is required")),
-    };
-    let events = match fields.optional_array("events")? {
-        Some(items) => subscriptions(items)?,
-        None => vec![SUBSCRIBE_ALL.to_string()],
-    };
-    let description = fields.description()?;
-    fields.finish()?;
-    let new = NewEndpoint {
-        url,
-        events,
-        description,
-    };
+    let allow_private = state.config.common.webhook_allow_private;
+    let new = NewEndpoint::read(validate::json_object(&headers, body).await?, allow_private)?;
     let endpoint = create(&state, auth.app_id, new).await?;
     Ok((StatusCode::CREATED, Json(endpoint)).into_response())
 }
@@ -341,27 +383,8 @@ pub async fn update_endpoint(
     body: Body,
 ) -> Result<Json<Endpoint>, ApiError> {
     let id = path_id(&id)?;
-    let object = validate::json_object(&headers, body).await?;
-    let mut fields = Fields::new(object, &["url", "events", "description", "enabled"])?;
-    let url = fields.optional_string("url")?;
-    let events = fields
-        .optional_array("events")?
-        .map(subscriptions)
-        .transpose()?;
-    let clear_description = fields.is_null("description");
-    let description = fields.description()?;
-    let enabled = fields.optional_bool("enabled")?;
-    fields.finish()?;
-    let change = EndpointChange {
-        url,
-        events,
-        description: if clear_description {
-            Some(None)
-        } else {
-            description.map(Some)
-        },
-        enabled,
-    };
+    let allow_private = state.config.common.webhook_allow_private;
+    let change = EndpointChange::read(validate::json_object(&headers, body).await?, allow_private)?;
     Ok(Json(update(&state, auth.app_id, id, change).await?))
 }
 

@@ -49,11 +49,42 @@ pub struct EventsResponse {
 
 const EVENTS_CURSOR: &str = "e1";
 
+/// The query of `GET /events`.
+pub(crate) struct EventsQuery {
+    event_type: Option<EventType>,
+    user_id: Option<String>,
+    limit: i64,
+    /// `created_at` and id of the last event of the previous page (from `cursor`).
+    before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+impl EventsQuery {
+    /// Reads the query (`400` naming the parameter otherwise).
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let event_type = query
+            .get("type")
+            .map(|name| {
+                EventType::parse(name)
+                    .ok_or_else(|| ApiError::field("type", "is not an event type"))
+            })
+            .transpose()?;
+        let user_id = query
+            .get("user_id")
+            .map(|user_id| validate::check_user_id("user_id", user_id.clone()))
+            .transpose()?;
+        Ok(Self {
+            event_type,
+            user_id,
+            limit: page_limit(query)?,
+            before: time_cursor(EVENTS_CURSOR, query)?,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/events",
-    params(("type" = Option<String>, Query, description = "only events of this type"),
-           ("user_id" = Option<String>, Query, description = "only this user's events"),
-           ("limit" = Option<i64>, Query, description = "1..=200, default 50"),
-           ("cursor" = Option<String>, Query)),
+    params(("type" = Option<String>, Query, description = "Only events of this type."),
+           ("user_id" = Option<String>, Query, description = "Only this user's events."),
+           ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "the app's events, newest first", body = EventsResponse),
               (status = 400, body = ErrorResponse)),
     security(("api_key" = [])))]
@@ -62,18 +93,12 @@ pub async fn list_outbound_events(
     auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<EventsResponse>, ApiError> {
-    let event_type = query
-        .get("type")
-        .map(|name| {
-            EventType::parse(name).ok_or_else(|| ApiError::field("type", "is not an event type"))
-        })
-        .transpose()?;
-    let user_id = query
-        .get("user_id")
-        .map(|user_id| validate::check_user_id("user_id", user_id.clone()))
-        .transpose()?;
-    let limit = page_limit(&query)?;
-    let before = time_cursor(EVENTS_CURSOR, &query)?;
+    let EventsQuery {
+        event_type,
+        user_id,
+        limit,
+        before,
+    } = EventsQuery::parse(&query)?;
     let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT id, created_at FROM events
          WHERE app_id = $1 AND ($2::text IS NULL OR type = $2)

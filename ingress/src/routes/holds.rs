@@ -190,16 +190,7 @@ impl HoldsQuery {
     /// Reads the query (`400` naming the parameter otherwise).
     pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
         let user_id = validate::query_user_id(query)?;
-        let status = match query.get("status") {
-            None => None,
-            Some(status) if HOLD_STATUSES.contains(&status.as_str()) => Some(status.clone()),
-            Some(_) => {
-                return Err(ApiError::field(
-                    "status",
-                    "must be active, captured, released or expired",
-                ))
-            }
-        };
+        let status = validate::query_one_of(query, "status", HOLD_STATUSES)?;
         let credit_type = validate::query_optional_credit_type(query)?;
         let limit = page_limit(query)?;
         let before = time_cursor(HOLDS_CURSOR, query)?;
