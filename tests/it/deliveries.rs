@@ -25,7 +25,7 @@ use crate::harness::{spawn_app_with, Options, TestApp};
 
 /// How a receiver answers a call.
 #[derive(Clone, Copy, Debug)]
-enum Reply {
+pub(crate) enum Reply {
     Status(u16),
     /// A redirect to this path of the same receiver.
     Redirect(&'static str),
@@ -37,15 +37,15 @@ enum Reply {
 
 /// One call a receiver got.
 #[derive(Clone, Debug)]
-struct Call {
+pub(crate) struct Call {
     path: String,
-    headers: HeaderMap,
-    body: Bytes,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
     at: Instant,
 }
 
 impl Call {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .unwrap_or_else(|| panic!("no {name} header"))
@@ -53,21 +53,21 @@ impl Call {
             .expect("header text")
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("JSON body")
     }
 }
 
 /// An HTTP server on a loopback port that records every call and answers the `n`th (from 0)
 /// with `reply(n)`.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
     server: JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start(reply: fn(usize) -> Reply) -> Self {
+    pub(crate) async fn start(reply: fn(usize) -> Reply) -> Self {
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let recorded = calls.clone();
         let router = axum::Router::new().fallback(
@@ -99,16 +99,16 @@ impl Receiver {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
 
     /// Waits until at least `count` calls came in; all of them.
-    async fn wait_calls(&self, count: usize, timeout: Duration) -> Vec<Call> {
+    pub(crate) async fn wait_calls(&self, count: usize, timeout: Duration) -> Vec<Call> {
         let deadline = Instant::now() + timeout;
         loop {
             let calls = self.calls();
@@ -145,7 +145,7 @@ async fn answer_with(reply: Reply) -> Response {
     }
 }
 
-fn always_ok(_: usize) -> Reply {
+pub(crate) fn always_ok(_: usize) -> Reply {
     Reply::Status(200)
 }
 

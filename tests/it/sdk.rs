@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use tally_client::webhooks;
 use tally_client::{
     AddParams, AlertsParams, AlertsQuery, BatchOperation, CaptureParams, Client,
     CreateEndpointParams, DeductParams, DeliveriesParams, Error, EventsParams, HistoryParams,
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
+use crate::deliveries::{always_ok, Receiver};
 use crate::harness::{spawn_app, spawn_app_with, Options, TestApp};
 
 fn client(app: &TestApp) -> Client {
@@ -1129,4 +1131,46 @@ async fn sdk_sets_reads_and_drops_balance_alert_thresholds() {
         })
         .await;
     assert!(matches!(refused, Err(Error::BadRequest(_))));
+}
+
+/// A test ping as the workers deliver it, verified by `tally_client::webhooks::verify` with the
+/// endpoint's secret, and after a rotation with either secret (the delivery carries both
+/// signatures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_verifies_the_deliveries_the_workers_make() {
+    let app = spawn_app_with(Options {
+        ingress: |config| config.common.webhook_allow_private = true,
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start(always_ok).await;
+    let tally = client(&app);
+    let endpoints = tally.webhook_endpoints();
+    let created = endpoints
+        .create(&CreateEndpointParams {
+            url: receiver.url("/tally-events"),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let first_secret = created.secret.expect("the secret, once");
+
+    let first = endpoints.test(created.id).await.expect("test").event_id;
+    let rotated = endpoints.rotate_secret(created.id).await.expect("rotate");
+    let second = endpoints.test(created.id).await.expect("test").event_id;
+    let calls = receiver.wait_calls(2, Duration::from_secs(20)).await;
+
+    let verified =
+        webhooks::verify(&calls[0].body, &calls[0].headers, &first_secret).expect("the first ping");
+    assert_eq!((verified.id, verified.event_type.as_str()), (first, "ping"));
+    for secret in [&first_secret, &rotated.secret] {
+        let event = webhooks::verify(&calls[1].body, &calls[1].headers, secret)
+            .expect("during the rotation");
+        assert_eq!(event.id, second);
+    }
+    let other = "whsec_c2VjcmV0LW9mLWFub3RoZXItZW5kcG9pbnQ=";
+    assert_eq!(
+        webhooks::verify(&calls[1].body, &calls[1].headers, other).unwrap_err(),
+        webhooks::VerifyError::InvalidSignature
+    );
 }
