@@ -15,6 +15,7 @@
 //!
 //! Short runs by default; `TALLY_TEST_SOAK=1` makes the load phases longer.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::deliveries::{always_ok, Receiver};
 use crate::harness::{spawn_app_with, Options, TestApp};
 
 const SYNC_TIMEOUT_MS: u64 = 5_000;
@@ -952,4 +954,117 @@ async fn ingress_kills_mid_load() {
     )
     .await;
     assert!(resent > 0, "no request was cut off by the kills");
+}
+
+/// Target: with an endpoint subscribed to every credit change, every worker SIGKILLed
+/// mid-load, then the broker restarted, then Postgres restarted: every applied change still
+/// has its event, and every event reaches the endpoint (at least once; the receiver dedupes on
+/// `webhook-id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_reach_the_endpoint_through_worker_kills_broker_and_postgres_restarts() {
+    let postgres = PrivatePostgres::start();
+    let app = spawn_app_with(Options {
+        workers: 0,
+        sync_timeout_ms: SYNC_TIMEOUT_MS,
+        database_server: Some(postgres.url()),
+        webhook_allow_private: true,
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start(always_ok).await;
+    let (status, endpoint) = app
+        .post(
+            "/webhook_endpoints",
+            json!({ "url": receiver.url("/tally"), "events": ["credits.added", "credits.deducted"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let mut workers = vec![app.spawn_worker_process(), app.spawn_worker_process()];
+    // Workers load an app's event rules within a second of a change.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let stop = AtomicBool::new(false);
+    let back = Mutex::new(None::<Instant>);
+    let records = {
+        let run = load(&app, "events", &stop);
+        let fault = async {
+            tokio::time::sleep(phase(1_500)).await;
+            for worker in &mut workers {
+                worker.kill();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            workers = vec![app.spawn_worker_process(), app.spawn_worker_process()];
+            tokio::time::sleep(phase(1_500)).await;
+            app.nats.stop();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::task::block_in_place(|| app.nats.restart());
+            tokio::time::sleep(phase(1_500)).await;
+            let postgres = &postgres;
+            tokio::task::block_in_place(|| postgres.stop_server());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::task::block_in_place(|| postgres.start_server());
+            *back.lock().unwrap() = Some(Instant::now());
+            tokio::time::sleep(phase(3_000)).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        tokio::join!(run, fault).0
+    };
+    let back = back.lock().unwrap().expect("restarted");
+    let summary = check(&app, &records, back).await;
+    summary.assert_sound("events_faults");
+
+    // Every applied add and deduct of the load, by ledger id.
+    let changes: BTreeSet<String> = sqlx::query_scalar::<_, Uuid>(
+        "SELECT id FROM ledger_entries WHERE app_id = $1 AND type IN ('add', 'deduct')",
+    )
+    .bind(app.app_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("ledger")
+    .into_iter()
+    .map(|id| id.to_string())
+    .collect();
+    assert!(!changes.is_empty());
+    let settled = Instant::now();
+    let deadline = settled + Duration::from_secs(60);
+    let (received, calls) = loop {
+        let calls = receiver.calls();
+        let received: BTreeMap<String, String> = calls
+            .iter()
+            .map(|call| {
+                let envelope = call.json();
+                (
+                    call.header("webhook-id").to_string(),
+                    envelope["data"]["ledger_id"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect();
+        if received.len() >= changes.len() || Instant::now() > deadline {
+            break (received, calls.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let delivered: BTreeSet<String> = received.values().cloned().collect();
+    let missing = changes.difference(&delivered).count();
+    let unknown = delivered.difference(&changes).count();
+    let verified = verified(&app).await;
+    eprintln!(
+        "{} changes={} events_received={} calls={calls} duplicates={} missing={missing} unknown={unknown} drained_after_load_in={}ms",
+        summary.line("events_faults", verified),
+        changes.len(),
+        received.len(),
+        calls - received.len(),
+        settled.elapsed().as_millis()
+    );
+    assert!(verified, "tally verify failed");
+    assert_eq!(received.len(), delivered.len(), "one event per change");
+    assert_eq!(
+        (missing, unknown),
+        (0, 0),
+        "every change's event, and no other"
+    );
+    drop(workers);
 }
