@@ -73,6 +73,28 @@ if batches:
           f"| {' / '.join(f'{med([r[chr(117) + chr(115) + chr(95) + q] for r in batches]):.1f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} "
           f"| | {med([r['us_wrk'] for r in batches]) / batches[0]['ops']:.1f} per operation "
           f"| {med([r['per_publish'] for r in batches]):.1f} / {med([r['per_batch'] for r in batches]):.1f} |")
+events = runs.get(("events", "tally"), [])
+if events:
+    plain = runs.get(("sync-10k", "tally"), [])
+    ratio = med([r["rate"] for r in events]) / med([r["rate"] for r in plain]) if plain else float("nan")
+    print(f"| sync-10k with every deduct an event | {med([r['rate'] for r in plain]):,.0f} without an endpoint "
+          f"| {med([r['rate'] for r in events]):,.0f} (p99 {med([r['p99_ms'] for r in events]):.1f}), "
+          f"delivery lag p50 {med([r['lag_p50_ms'] for r in events]):,.0f} ms, p99 {med([r['lag_p99_ms'] for r in events]):,.0f} ms "
+          f"| {ratio:.2f}x of without "
+          f"| {' / '.join(f'{med([r[chr(117) + chr(115) + chr(95) + q] for r in events]):.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} | | | |")
+    for r in events:
+        if r["delivered"] < r["events"]:
+            failures.append(f"events: {r['events']:.0f} recorded, {r['delivered']:.0f} delivered")
+failing = runs.get(("events-failing", "tally"), [])
+if failing:
+    plain = runs.get(("sync-10k", "tally"), [])
+    f = failing[0]
+    during = f"{f['rate'] / med([r['rate'] for r in plain]):.2f}x of sync-10k" if plain else ""
+    print(f"| receiver failing, then back | | {f['rate']:,.0f}/s while it answered 500 ({during}); "
+          f"{f['events']:,.0f} events, {f['refused']:,.0f} attempts refused | drained at {f['drain_per_s']:,.0f} events/s "
+          f"({f['drain_ms'] / 1000:.1f} s) | | | | |")
+    if f["delivered"] < f["events"]:
+        failures.append(f"events-failing: {f['events']:.0f} recorded, {f['delivered']:.0f} delivered")
 before, after = runs.get(("growth-before", "tally")), runs.get(("growth-after", "tally"))
 if before and after:
     print(f"| growth | | {before[0]['rate']:,.0f} -> {after[0]['rate']:,.0f} /s "
