@@ -1139,7 +1139,7 @@ async fn sdk_sets_reads_and_drops_balance_alert_thresholds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_verifies_the_deliveries_the_workers_make() {
     let app = spawn_app_with(Options {
-        ingress: |config| config.common.webhook_allow_private = true,
+        webhook_allow_private: true,
         ..Options::default()
     })
     .await;
