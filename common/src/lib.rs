@@ -11,6 +11,7 @@ pub mod credit_type;
 pub mod db;
 pub mod error_code;
 pub mod events;
+pub mod group;
 pub mod limits;
 pub mod outbound;
 pub mod partition;

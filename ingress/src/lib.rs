@@ -9,7 +9,6 @@ pub mod bus;
 pub mod dashboard;
 pub mod entries;
 pub mod error;
-pub mod group;
 #[cfg(test)]
 mod hostile_input;
 pub mod openapi;

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::group;
+use tally_common::group;
 
 /// Most reads in one statement.
 pub const READS_PER_QUERY_MAX: usize = 256;

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::group;
+use tally_common::group;
 
 /// Most receipts in one insert.
 pub const RECEIPTS_PER_INSERT_MAX: usize = 1024;

@@ -61,7 +61,7 @@ pub struct WorkerConfig {
         long,
         visible_alias = "tally-delivery-concurrency",
         env = "TALLY_DELIVERY_CONCURRENCY",
-        default_value_t = 64,
+        default_value_t = 256,
         value_parser = clap::value_parser!(u32).range(1..=4096)
     )]
     pub delivery_concurrency: u32,
@@ -72,7 +72,7 @@ pub struct WorkerConfig {
         long,
         visible_alias = "tally-delivery-endpoint-concurrency",
         env = "TALLY_DELIVERY_ENDPOINT_CONCURRENCY",
-        default_value_t = 4,
+        default_value_t = 16,
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]
     pub delivery_endpoint_concurrency: u32,
@@ -87,8 +87,8 @@ impl WorkerConfig {
             apply_lanes: 1,
             metrics_addr: None,
             webhook_retry_schedule: RetrySchedule::default(),
-            delivery_concurrency: 64,
-            delivery_endpoint_concurrency: 4,
+            delivery_concurrency: 256,
+            delivery_endpoint_concurrency: 16,
         }
     }
 }

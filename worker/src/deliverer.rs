@@ -53,6 +53,7 @@ const PULL_RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 /// What every attempt shares.
 struct Shared {
     pool: sqlx::PgPool,
+    records: records::Records,
     caller: call::Caller,
     slots: slots::EndpointSlots,
     schedule: RetrySchedule,
@@ -114,6 +115,7 @@ impl Deliverer {
             consumer,
             concurrency: config.delivery_concurrency as usize,
             shared: Arc::new(Shared {
+                records: records::Records::start(pool.clone()),
                 pool,
                 caller,
                 slots: slots::EndpointSlots::new(config.delivery_endpoint_concurrency as usize),

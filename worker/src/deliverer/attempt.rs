@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use chrono::{DateTime, Utc};
-use tally_common::events::{self, DeliveryMessage};
+use tally_common::events::DeliveryMessage;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::call::Answer;
-use super::records::{self, Attempt, Next, Target};
+use super::records::{self, Attempt, Loaded, Next, Target};
 use super::{signature, Shared};
 
 /// How long to put a message back when the database cannot be read or written; the attempt
@@ -20,6 +20,10 @@ const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// A message that arrives this much before its delivery's next attempt is due is early (a
 /// duplicate carrier of the delivery) and waits until then.
 const EARLY_SLACK: Duration = Duration::from_secs(1);
+
+/// How long a delivery waits for a place at its saturated endpoint before it is put back: a
+/// fast endpoint frees one within milliseconds, a slow one holds its places for seconds.
+const SLOT_WAIT: Duration = Duration::from_millis(250);
 
 /// How often a message naming a delivery not (yet) visible is read again before it is dropped.
 const UNKNOWN_DELIVERY_READS_MAX: i64 = 5;
@@ -46,8 +50,8 @@ pub(super) async fn handle(shared: &Shared, message: jetstream::Message) {
 
 /// What to answer the broker for `request`, after attempting it if it is due.
 async fn deliver(shared: &Shared, request: &DeliveryMessage, delivered: i64) -> AckKind {
-    let target = match records::load(&shared.pool, request.delivery_id).await {
-        Ok(Some(target)) => target,
+    let Loaded { target, envelope } = match shared.records.load(request.delivery_id).await {
+        Ok(Some(loaded)) => loaded,
         Ok(None) if delivered < UNKNOWN_DELIVERY_READS_MAX => {
             return AckKind::Nak(Some(Duration::from_secs(1)))
         }
@@ -67,23 +71,20 @@ async fn deliver(shared: &Shared, request: &DeliveryMessage, delivered: i64) -> 
         }
         Due::Not(answer) => return answer,
     };
-    let slot = match shared.slots.take(target.endpoint_id) {
+    let Some(envelope) = envelope else {
+        // Events are kept longer than any schedule: this one was removed by hand.
+        return close(shared, request.delivery_id, "failed", "event not found").await;
+    };
+    let slot = match shared
+        .slots
+        .take_within(target.endpoint_id, SLOT_WAIT)
+        .await
+    {
         Ok(slot) => slot,
         Err(wait) => {
             metrics::counter!("tally_worker_deliveries_turned_away_total").increment(1);
             return AckKind::Nak(Some(wait));
         }
-    };
-    let envelope = match events::envelopes(&shared.pool, target.app_id, &[target.event_id]).await {
-        Ok(mut found) => found.remove(&target.event_id),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read an event; retrying");
-            return AckKind::Nak(Some(DATABASE_RETRY_DELAY));
-        }
-    };
-    let Some(envelope) = envelope else {
-        // Events are kept longer than any schedule: this one was removed by hand.
-        return close(shared, request.delivery_id, "failed", "event not found").await;
     };
     let at = Utc::now();
     let started = Instant::now();
@@ -104,31 +105,28 @@ async fn deliver(shared: &Shared, request: &DeliveryMessage, delivered: i64) -> 
     } else {
         shared.schedule.delay_after(attempts)
     };
-    let recorded = records::record(
-        &shared.pool,
-        Attempt {
+    let reason = answer.error.clone();
+    let recorded = shared
+        .records
+        .record(Attempt {
             delivery_id: request.delivery_id,
-            target: &target,
+            endpoint_id: target.endpoint_id,
+            attempts_before: target.attempts,
             at,
-            answer: &answer,
+            answer,
             retry_after,
-        },
-    )
-    .await;
+        })
+        .await;
     match recorded {
         Ok(Some(Next::Retry(delay))) => {
-            tracing::debug!(
-                attempts,
-                reason = answer.error.as_deref(),
-                "delivery attempt failed"
-            );
+            tracing::debug!(attempts, reason, "delivery attempt failed");
             AckKind::Nak(Some(delay))
         }
         Ok(Some(Next::Failed)) => {
             tracing::info!(
                 attempts,
                 endpoint.id = %target.endpoint_id,
-                reason = answer.error.as_deref(),
+                reason,
                 "delivery failed"
             );
             AckKind::Ack
