@@ -99,7 +99,7 @@ impl Deliverer {
         let pool = tally_common::db::connect(
             &config.common.database_url,
             POOL_SIZE,
-            tally_common::db::Planning::Lookups,
+            tally_common::db::Planning::Batches,
         )
         .await?;
         let client =

@@ -173,22 +173,20 @@ pub(super) async fn accounts(
     Ok(())
 }
 
-/// Locks and loads the last event number of each of `users` whose app records events, and the
-/// alert state of their accounts when the app tracks alerts.
+/// Locks and loads the last event number of each of `users`, and the alert state of their
+/// accounts when the app tracks alerts. Users of apps that record nothing get theirs too: the
+/// account cache keeps it, so the fast path can number their events as soon as their app
+/// starts recording (the fast batch checks it against the row, so a stale one is harmless).
 pub(super) async fn event_state(
     tx: &mut Transaction<'_, Postgres>,
     users: &BTreeSet<(Uuid, String)>,
     state: &mut State,
 ) -> Result<(), sqlx::Error> {
-    let recording: Vec<&(Uuid, String)> = users
-        .iter()
-        .filter(|(app_id, _)| state.rules.contains_key(app_id))
-        .collect();
-    if recording.is_empty() {
+    if users.is_empty() {
         return Ok(());
     }
-    let apps: Vec<Uuid> = recording.iter().map(|user| user.0).collect();
-    let ids: Vec<&str> = recording.iter().map(|user| user.1.as_str()).collect();
+    let apps: Vec<Uuid> = users.iter().map(|user| user.0).collect();
+    let ids: Vec<&str> = users.iter().map(|user| user.1.as_str()).collect();
     let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
         "SELECT s.app_id, s.user_id, s.last_seq
          FROM event_sequences s JOIN UNNEST($1::uuid[], $2::text[]) AS k(app_id, user_id)
@@ -199,15 +197,20 @@ pub(super) async fn event_state(
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
-    for user in &recording {
-        state.event_seq.insert((*user).clone(), 0);
+    for user in users {
+        state.event_seq.insert(user.clone(), 0);
     }
     for (app_id, user_id, last_seq) in rows {
         state.event_seq.insert((app_id, user_id), last_seq);
     }
-    let tracking: Vec<&(Uuid, String)> = recording
-        .into_iter()
-        .filter(|(app_id, _)| state.rules[app_id].tracks_alerts())
+    let tracking: Vec<&(Uuid, String)> = users
+        .iter()
+        .filter(|(app_id, _)| {
+            state
+                .rules
+                .get(app_id)
+                .is_some_and(|rules| rules.tracks_alerts())
+        })
         .collect();
     if tracking.is_empty() {
         return Ok(());
