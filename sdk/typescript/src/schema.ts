@@ -409,11 +409,11 @@ export interface components {
         /** @description Body of `PUT /credits/alerts`. */
         AlertsRequest: {
             /**
-             * @description Default `"credits"`. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @description The balance the thresholds watch. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
              * @default credits
              */
             credit_type?: string | null;
-            /** @description At most 10 values, each 1..=10^12; `[]`: none. */
+            /** @description `balance.low` fires when `available` falls below one of them. At most 10 available balances from 1 to 1000000000000, stored highest first and once each; `[]` turns the alerts off. */
             thresholds: number[];
             /** @description Whose list: absent for the app's default. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id?: string | null;
@@ -745,11 +745,12 @@ export interface components {
         CreateEndpointRequest: {
             /** @description At most 1,000 characters. At most 1000 characters, without the NUL character. */
             description?: string | null;
-            /** @description Event types to receive (any type but `ping`), or `["*"]` (the default): every type. */
-            events?: string[] | null;
+            /** @description Event types to receive (any type but `ping`), or `["*"]` (the default): every type. Event type names (each once; `ping` goes to every endpoint), or `["*"]` for every type, the default; `*` cannot be listed with other types. */
+            events?: ("credits.added" | "credits.deducted" | "credits.refunded" | "credits.expired" | "payment.credited" | "payment.clawed_back" | "balance.low" | "balance.depleted" | "balance.recovered" | "hold.expired" | "command.dead_lettered" | "auto_topup.succeeded" | "auto_topup.failed" | "auto_topup.action_required" | "auto_topup.disabled" | "*")[] | null;
             /**
+             * Format: uri
              * @description Absolute `https` URL of at most 2,048 characters whose host resolves only to public
-             *     addresses (`TALLY_WEBHOOK_ALLOW_PRIVATE=true` also allows `http` and private ones).
+             *     addresses (`TALLY_WEBHOOK_ALLOW_PRIVATE=true` also allows `http` and private ones). An absolute `https` URL of at most 2048 characters, without credentials. Its host must not be, nor resolve to, a loopback, private, link-local or cloud metadata address (checked again at every delivery); a deployment with `TALLY_WEBHOOK_ALLOW_PRIVATE=true` takes those, and `http`.
              */
             url: string;
         };
@@ -1076,7 +1077,12 @@ export interface components {
             description?: string | null;
             /** @description `true` on a disabled endpoint also forgets the failures that may have disabled it. */
             enabled?: boolean | null;
-            events?: string[] | null;
+            /** @description Event type names (each once; `ping` goes to every endpoint), or `["*"]` for every type, the default; `*` cannot be listed with other types. */
+            events?: ("credits.added" | "credits.deducted" | "credits.refunded" | "credits.expired" | "payment.credited" | "payment.clawed_back" | "balance.low" | "balance.depleted" | "balance.recovered" | "hold.expired" | "command.dead_lettered" | "auto_topup.succeeded" | "auto_topup.failed" | "auto_topup.action_required" | "auto_topup.disabled" | "*")[] | null;
+            /**
+             * Format: uri
+             * @description An absolute `https` URL of at most 2048 characters, without credentials. Its host must not be, nor resolve to, a loopback, private, link-local or cloud metadata address (checked again at every delivery); a deployment with `TALLY_WEBHOOK_ALLOW_PRIVATE=true` takes those, and `http`.
+             */
             url?: string | null;
         };
         /** @description One received webhook event. */
@@ -2917,6 +2923,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3003,6 +3010,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3087,6 +3095,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3213,6 +3222,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3299,6 +3309,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3383,15 +3394,16 @@ export interface operations {
     list_deliveries: {
         parameters: {
             query?: {
-                /** @description pending, succeeded or failed */
-                status?: string;
-                /** @description 1..=200, default 50 Page size, 1 to 200 (default 50). */
+                /** @description Only deliveries of this status. */
+                status?: "pending" | "succeeded" | "failed";
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
                 /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
             };
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3478,6 +3490,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3562,11 +3575,11 @@ export interface operations {
     list_outbound_events: {
         parameters: {
             query?: {
-                /** @description only events of this type */
-                type?: string;
-                /** @description only this user's events 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+                /** @description Only events of this type. */
+                type?: "credits.added" | "credits.deducted" | "credits.refunded" | "credits.expired" | "payment.credited" | "payment.clawed_back" | "balance.low" | "balance.depleted" | "balance.recovered" | "hold.expired" | "command.dead_lettered" | "auto_topup.succeeded" | "auto_topup.failed" | "auto_topup.action_required" | "auto_topup.disabled" | "ping";
+                /** @description Only this user's events. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id?: string;
-                /** @description 1..=200, default 50 Page size, 1 to 200 (default 50). */
+                /** @description Page size, 1 to 200 (default 50). */
                 limit?: number;
                 /** @description The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`). */
                 cursor?: string;
@@ -3645,6 +3658,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A UUID. */
                 id: string;
             };
             cookie?: never;
@@ -3728,9 +3742,9 @@ export interface operations {
     get_alerts: {
         parameters: {
             query?: {
-                /** @description whose thresholds (absent: the app's default) 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+                /** @description Whose thresholds (absent: the app's default). 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id?: string;
-                /** @description default `credits` 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
+                /** @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
                 credit_type?: string;
             };
             header?: never;
@@ -3915,9 +3929,9 @@ export interface operations {
     delete_alerts: {
         parameters: {
             query?: {
-                /** @description whose own list to drop (absent: the app's default) 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+                /** @description Whose own list to drop (absent: the app's default). 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
                 user_id?: string;
-                /** @description default `credits` 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
+                /** @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
                 credit_type?: string;
             };
             header?: never;

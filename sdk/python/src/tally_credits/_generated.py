@@ -317,11 +317,11 @@ class CreateEndpointRequest(TypedDict):
     """Body of `POST /webhook_endpoints`."""
 
     url: str
-    """Absolute `https` URL of at most 2,048 characters whose host resolves only to public addresses (`TALLY_WEBHOOK_ALLOW_PRIVATE=true` also allows `http` and private ones)."""
+    """Absolute `https` URL of at most 2,048 characters whose host resolves only to public addresses (`TALLY_WEBHOOK_ALLOW_PRIVATE=true` also allows `http` and private ones). An absolute `https` URL of at most 2048 characters, without credentials. Its host must not be, nor resolve to, a loopback, private, link-local or cloud metadata address (checked again at every delivery); a deployment with `TALLY_WEBHOOK_ALLOW_PRIVATE=true` takes those, and `http`."""
     description: NotRequired[str | None]
     """At most 1,000 characters. At most 1000 characters, without the NUL character."""
-    events: NotRequired[Sequence[str] | None]
-    """Event types to receive (any type but `ping`), or `["*"]` (the default): every type."""
+    events: NotRequired[Sequence[Literal["credits.added", "credits.deducted", "credits.refunded", "credits.expired", "payment.credited", "payment.clawed_back", "balance.low", "balance.depleted", "balance.recovered", "hold.expired", "command.dead_lettered", "auto_topup.succeeded", "auto_topup.failed", "auto_topup.action_required", "auto_topup.disabled", "*"]] | None]
+    """Event types to receive (any type but `ping`), or `["*"]` (the default): every type. Event type names (each once; `ping` goes to every endpoint), or `["*"]` for every type, the default; `*` cannot be listed with other types."""
 
 
 class UpdateEndpointRequest(TypedDict):
@@ -331,17 +331,19 @@ class UpdateEndpointRequest(TypedDict):
     """`null` clears it. At most 1000 characters, without the NUL character."""
     enabled: NotRequired[bool | None]
     """`true` on a disabled endpoint also forgets the failures that may have disabled it."""
-    events: NotRequired[Sequence[str] | None]
+    events: NotRequired[Sequence[Literal["credits.added", "credits.deducted", "credits.refunded", "credits.expired", "payment.credited", "payment.clawed_back", "balance.low", "balance.depleted", "balance.recovered", "hold.expired", "command.dead_lettered", "auto_topup.succeeded", "auto_topup.failed", "auto_topup.action_required", "auto_topup.disabled", "*"]] | None]
+    """Event type names (each once; `ping` goes to every endpoint), or `["*"]` for every type, the default; `*` cannot be listed with other types."""
     url: NotRequired[str | None]
+    """An absolute `https` URL of at most 2048 characters, without credentials. Its host must not be, nor resolve to, a loopback, private, link-local or cloud metadata address (checked again at every delivery); a deployment with `TALLY_WEBHOOK_ALLOW_PRIVATE=true` takes those, and `http`."""
 
 
 class AlertsRequest(TypedDict):
     """Body of `PUT /credits/alerts`."""
 
     thresholds: Sequence[int]
-    """At most 10 values, each 1..=10^12; `[]`: none."""
+    """`balance.low` fires when `available` falls below one of them. At most 10 available balances from 1 to 1000000000000, stored highest first and once each; `[]` turns the alerts off."""
     credit_type: NotRequired[str | None]
-    """Default `"credits"`. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    """The balance the thresholds watch. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     user_id: NotRequired[str | None]
     """Whose list: absent for the app's default. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
 
@@ -402,10 +404,10 @@ class WebhookEventsQuery(TypedDict):
 class DeliveriesQuery(TypedDict):
     """Query of `GET /webhook_endpoints/{id}/deliveries`."""
 
-    status: NotRequired[str | None]
-    """pending, succeeded or failed"""
+    status: NotRequired[Literal["pending", "succeeded", "failed"] | None]
+    """Only deliveries of this status."""
     limit: NotRequired[int | None]
-    """1..=200, default 50 Page size, 1 to 200 (default 50)."""
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
     """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
 
@@ -413,12 +415,12 @@ class DeliveriesQuery(TypedDict):
 class EventsQuery(TypedDict):
     """Query of `GET /events`."""
 
-    type: NotRequired[str | None]
-    """only events of this type"""
+    type: NotRequired[Literal["credits.added", "credits.deducted", "credits.refunded", "credits.expired", "payment.credited", "payment.clawed_back", "balance.low", "balance.depleted", "balance.recovered", "hold.expired", "command.dead_lettered", "auto_topup.succeeded", "auto_topup.failed", "auto_topup.action_required", "auto_topup.disabled", "ping"] | None]
+    """Only events of this type."""
     user_id: NotRequired[str | None]
-    """only this user's events 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    """Only this user's events. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     limit: NotRequired[int | None]
-    """1..=200, default 50 Page size, 1 to 200 (default 50)."""
+    """Page size, 1 to 200 (default 50)."""
     cursor: NotRequired[str | None]
     """The `next_cursor` of the previous page, as issued; any other value is refused (400 naming `cursor`)."""
 
@@ -427,9 +429,9 @@ class AlertsQuery(TypedDict):
     """Query of `GET /credits/alerts`."""
 
     user_id: NotRequired[str | None]
-    """whose own list to drop (absent: the app's default) 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    """Whose own list to drop (absent: the app's default). 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
     credit_type: NotRequired[str | None]
-    """default `credits` 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
 
 
 @dataclass(frozen=True, kw_only=True)
