@@ -198,10 +198,19 @@ async fn provision_deliveries(
     on_mismatch: Replicas,
 ) -> anyhow::Result<()> {
     let config = delivery_stream_config(names, replicas);
-    let mut stream = js
-        .get_or_create_stream(config.clone())
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot create stream {}: {error}", config.name))?;
+    // Like the command stream's: a cluster that has just elected its meta leader may time out
+    // the first requests.
+    let started = std::time::Instant::now();
+    let mut stream = loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => break stream,
+            Err(error) if started.elapsed() < STARTUP_CONNECT_TIMEOUT => {
+                tracing::debug!(%error, stream = %config.name, "creating the stream; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => bail!("cannot create stream {}: {error}", config.name),
+        }
+    };
     let info = stream
         .info()
         .await

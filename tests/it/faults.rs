@@ -32,6 +32,10 @@ const SYNC_TIMEOUT_MS: u64 = 5_000;
 const CLIENTS: usize = 16;
 const USERS: u64 = 32;
 
+/// The scenarios run one at a time (other tests still run beside them): each starts several
+/// processes and measures recovery times, which two scenarios sharing two cores would blur.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn long() -> bool {
     std::env::var_os("TALLY_TEST_SOAK").is_some()
 }
@@ -337,6 +341,7 @@ fn phase(short_ms: u64) -> Duration {
 /// timeout; the first `200` comes within seconds of the broker's return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restart_mid_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(Options {
         workers: 2,
         sync_timeout_ms: SYNC_TIMEOUT_MS,
@@ -375,6 +380,7 @@ async fn broker_restart_mid_load() {
 /// are refused only until a new leader is elected, then accepted while the node is still down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_loses_the_stream_leader() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(Options {
         workers: 2,
         sync_timeout_ms: SYNC_TIMEOUT_MS,
@@ -448,6 +454,7 @@ async fn cluster_loses_the_stream_leader() {
 /// An existing single-replica stream on a cluster moved to 3 replicas by `tally migrate`, online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tally_migrate_moves_the_stream_to_three_replicas() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(Options {
         nats_nodes: 3,
         stream_replicas: 1,
@@ -710,6 +717,7 @@ fn postgres_bin_dir() -> PathBuf {
 /// themselves, writes meanwhile are refused or wait within the sync timeout, nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_mid_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let postgres = PrivatePostgres::start();
     let app = spawn_app_with(Options {
         workers: 2,
@@ -746,6 +754,7 @@ async fn postgres_restart_mid_load() {
 /// Worker processes SIGKILLed one after another mid-load, each replaced by a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_kills_mid_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(Options {
         workers: 0,
         sync_timeout_ms: SYNC_TIMEOUT_MS,
@@ -786,6 +795,7 @@ async fn worker_kills_mid_load() {
 /// Workers scaled 1 → 4 → 1 mid-load: partitions move twice, nothing is applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_scale_up_and_down_mid_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(Options {
         workers: 1,
         sync_timeout_ms: SYNC_TIMEOUT_MS,
@@ -816,6 +826,7 @@ async fn workers_scale_up_and_down_mid_load() {
 /// Every Postgres backend of the deployment terminated, repeatedly, mid-load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_backends_terminated_mid_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(Options {
         workers: 2,
         sync_timeout_ms: SYNC_TIMEOUT_MS,
@@ -913,6 +924,7 @@ impl Drop for IngressProcess {
 /// their clients with the same `Idempotency-Key`, and each takes effect once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ingress_kills_mid_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(Options {
         workers: 2,
         sync_timeout_ms: SYNC_TIMEOUT_MS,
@@ -962,6 +974,7 @@ async fn ingress_kills_mid_load() {
 /// `webhook-id`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_reach_the_endpoint_through_worker_kills_broker_and_postgres_restarts() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let postgres = PrivatePostgres::start();
     let app = spawn_app_with(Options {
         workers: 0,

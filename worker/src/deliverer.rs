@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 
 pub use self::schedule::{RetrySchedule, RETRY_SCHEDULE_DEFAULT};
 use crate::config::WorkerConfig;
+use tally_common::config::STARTUP_CONNECT_TIMEOUT;
 
 /// How long the broker waits for an attempt's ack before handing its message to another
 /// worker: longer than an attempt may take, with room to record it.
@@ -106,7 +107,18 @@ impl Deliverer {
             tally_common::broker::connect(&config.common.nats_url, "tally-worker-deliverer")
                 .await?;
         let js = jetstream::new(client);
-        let consumer = consumer(&js, names).await?;
+        // A cluster that has just elected its leaders may time out the first requests.
+        let started = std::time::Instant::now();
+        let consumer = loop {
+            match consumer(&js, names).await {
+                Ok(consumer) => break consumer,
+                Err(error) if started.elapsed() < STARTUP_CONNECT_TIMEOUT => {
+                    tracing::debug!(error = %format!("{error:#}"), "creating the delivery consumer; retrying");
+                    tokio::time::sleep(PULL_RETRY_DELAY_MIN).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let caller = call::Caller::new(config.common.webhook_allow_private)
             .context("cannot build the delivery HTTP client")?;
         Ok(Self {
