@@ -16,7 +16,7 @@ contract says. `positive_data_acceptance` would count such a refusal as a failur
 lets it pass only when the request really broke that rule (the values it sent show it) and
 the answer names the field:
 
-- a number with a zero fraction (`5.0`) where the API wants a JSON integer (JSON Schema's
+- a number with a zero fraction (`5.0`), alone or in a list (`thresholds`), where the API wants a JSON integer (JSON Schema's
   `integer` counts `5.0` as one);
 - a `user_id` (or admin `prefix`) of at most 255 characters but more than 255 bytes of UTF-8
   (JSON Schema's `maxLength` counts characters);
@@ -168,6 +168,8 @@ def _rule_stated_in_words(case, answer):
     if field == "user_id" and message.endswith("must name the same user") and not _one_user(case):
         return "an atomic batch of several users"
     if isinstance(sent, float) and sent.is_integer():
+        return "a JSON integer written with a fraction"
+    if isinstance(sent, list) and any(isinstance(item, float) and item.is_integer() for item in sent):
         return "a JSON integer written with a fraction"
     if field in ("user_id", "prefix") and isinstance(sent, str):
         if len(sent) <= USER_ID_BYTES_MAX < len(sent.encode("utf-8")):
