@@ -7,7 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use url::{Host, Url};
+use url::Host;
+pub use url::Url;
 
 /// Longest endpoint URL, in characters.
 pub const URL_CHARS_MAX: usize = 2048;

@@ -227,9 +227,7 @@ fn new_secret() -> String {
 /// resolved and every address it resolves to checked ([`outbound::resolve`]).
 async fn check_url(state: &AppState, text: String) -> Result<String, ApiError> {
     let allow_private = state.config.common.webhook_allow_private;
-    validate::reject_nul("url", &text)?;
-    let url = outbound::check_url(&text, allow_private)
-        .map_err(|refused| ApiError::field("url", refused))?;
+    let url = parsed_url(&text, allow_private)?;
     match tokio::time::timeout(URL_RESOLVE_TIMEOUT, outbound::resolve(&url, allow_private)).await {
         Ok(Ok(_)) => Ok(text),
         Ok(Err(refused)) => Err(ApiError::field("url", refused)),
@@ -245,9 +243,14 @@ async fn check_url(state: &AppState, text: String) -> Result<String, ApiError> {
 
 /// A URL of a request checked against the outbound rules that need no lookup.
 fn url_syntax(text: String, allow_private: bool) -> Result<String, ApiError> {
-    validate::reject_nul("url", &text)?;
-    outbound::check_url(&text, allow_private).map_err(|refused| ApiError::field("url", refused))?;
+    parsed_url(&text, allow_private)?;
     Ok(text)
+}
+
+/// `text` parsed, once it passes the outbound rules that need no lookup (`400` naming `url`).
+fn parsed_url(text: &str, allow_private: bool) -> Result<outbound::Url, ApiError> {
+    validate::reject_nul("url", text)?;
+    outbound::check_url(text, allow_private).map_err(|refused| ApiError::field("url", refused))
 }
 
 /// The `events` of a request: names of event types other than `ping`, each once, or exactly
