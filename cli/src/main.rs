@@ -92,6 +92,12 @@ enum AppCommand {
     /// Set one app's API rate limit (requests/s and burst), or make it unlimited, or go back to
     /// the ingresses' default; effective within 2 s.
     SetRateLimit(rate_limit::SetRateLimit),
+    /// Set the app's Stripe secret key (auto top-up charges), read from standard input. It is
+    /// encrypted at rest when TALLY_SECRET_KEY is set, and never shown again.
+    SetStripeKey {
+        #[arg(long)]
+        app: Uuid,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +197,21 @@ async fn run(cli: Cli) -> anyhow::Result<(serde_json::Value, bool)> {
             let (provider, secret) = apps::check_secret(&provider, &secret).map_err(flag_error)?;
             ensure_app(&pool, app).await?;
             apps::add_webhook_secret(&pool, app, provider, &secret).await?;
+            Ok((json!({ "ok": true }), true))
+        }
+        Top::App(AppCommand::SetStripeKey { app }) => {
+            let key = read_stdin().context("cannot read the Stripe key from standard input")?;
+            let key = apps::check_stripe_key(key.trim()).map_err(|invalid| {
+                anyhow::anyhow!("the key read from standard input {}", invalid.message)
+            })?;
+            ensure_app(&pool, app).await?;
+            if cli.common.secret_key.is_none() {
+                eprintln!(
+                    "warning: TALLY_SECRET_KEY is not set, so the key is stored unencrypted; \
+                     set it (the same value for every process) to encrypt keys at rest"
+                );
+            }
+            apps::set_stripe_key(&pool, app, &key, cli.common.secret_key.as_ref()).await?;
             Ok((json!({ "ok": true }), true))
         }
         Top::App(AppCommand::SetRateLimit(args)) => Ok((rate_limit::set(&pool, args).await?, true)),

@@ -6,6 +6,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apikey;
+use crate::limits::STRIPE_KEY_CHARS_MAX;
+use crate::plans::{SecretKey, StoredKey};
 use crate::webhook::Provider;
 
 /// Longest app name (the `apps` table's check).
@@ -164,6 +166,55 @@ pub async fn add_webhook_secret(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// A Stripe secret key as stored: `sk_` or `rk_` (a restricted key) and then `A-Z a-z 0-9 _`,
+/// at most [`STRIPE_KEY_CHARS_MAX`] characters. The message never repeats the key.
+pub fn check_stripe_key(key: &str) -> Result<String, Invalid> {
+    let valid = (key.starts_with("sk_") || key.starts_with("rk_"))
+        && (4..=STRIPE_KEY_CHARS_MAX).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(key.to_string())
+    } else {
+        Err(Invalid::new(
+            "secret_key",
+            format!(
+                "must be a Stripe secret key: sk_ or rk_ and then up to {STRIPE_KEY_CHARS_MAX} \
+                 characters of A-Z, a-z, 0-9 and _"
+            ),
+        ))
+    }
+}
+
+/// Sets the app's Stripe secret key (checked by [`check_stripe_key`]), sealed under `sealing`
+/// when the deployment has a `TALLY_SECRET_KEY`. It is never read back but to charge.
+pub async fn set_stripe_key(
+    pool: &PgPool,
+    app_id: Uuid,
+    stripe_key: &str,
+    sealing: Option<&SecretKey>,
+) -> sqlx::Result<()> {
+    let stored = StoredKey::seal(app_id, stripe_key, sealing);
+    sqlx::query(
+        "INSERT INTO app_stripe_keys (app_id, secret, nonce) VALUES ($1, $2, $3)
+         ON CONFLICT (app_id) DO UPDATE
+         SET secret = EXCLUDED.secret, nonce = EXCLUDED.nonce, updated_at = now()",
+    )
+    .bind(app_id)
+    .bind(&stored.secret)
+    .bind(&stored.nonce)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether the app has a Stripe secret key.
+pub async fn has_stripe_key(pool: &PgPool, app_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_stripe_keys WHERE app_id = $1)")
+        .bind(app_id)
+        .fetch_one(pool)
+        .await
 }
 
 /// One app's API rate limit, overriding the ingresses' default.

@@ -115,6 +115,15 @@ pub enum Command {
         /// Only `Add`, `Deduct` and `Hold` of `user_id`, checked by the ingress.
         operations: Vec<Command>,
     },
+    /// What Stripe answered to an auto top-up attempt's charge (published by a worker's
+    /// charger under an id derived from the attempt, so it applies once).
+    AutoTopupCharge {
+        user_id: String,
+        #[serde(default, skip_serializing_if = "CreditType::is_default")]
+        credit_type: CreditType,
+        attempt_id: Uuid,
+        result: crate::plans::ChargeResult,
+    },
 }
 
 impl Command {
@@ -127,7 +136,8 @@ impl Command {
             | Self::Hold { user_id, .. }
             | Self::Capture { user_id, .. }
             | Self::Release { user_id, .. }
-            | Self::AtomicBatch { user_id, .. } => user_id,
+            | Self::AtomicBatch { user_id, .. }
+            | Self::AutoTopupCharge { user_id, .. } => user_id,
             Self::Webhook(event) => event.partition_key(),
         }
     }
@@ -143,6 +153,7 @@ impl Command {
             Self::Release { .. } => "release",
             Self::Webhook(_) => "webhook",
             Self::AtomicBatch { .. } => "atomic_batch",
+            Self::AutoTopupCharge { .. } => "auto_topup_charge",
         }
     }
 }

@@ -81,6 +81,25 @@ pub struct CommonConfig {
         action = clap::ArgAction::Set
     )]
     pub webhook_allow_private: bool,
+
+    /// Stripe's API, where auto top-up charges are made.
+    #[arg(
+        long,
+        visible_alias = "tally-stripe-api-base",
+        env = "TALLY_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub stripe_api_base: String,
+
+    /// Encrypts the apps' Stripe secret keys at rest (AES-256-GCM under a key derived from it).
+    /// Every process that sets or uses a key needs the same value.
+    #[arg(
+        long,
+        visible_alias = "tally-secret-key",
+        env = "TALLY_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<crate::plans::SecretKey>,
 }
 
 impl CommonConfig {
@@ -95,6 +114,8 @@ impl CommonConfig {
             db_pool_size: 16,
             stream_replicas: 1,
             webhook_allow_private: false,
+            stripe_api_base: "https://api.stripe.com".to_string(),
+            secret_key: None,
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod group;
 pub mod limits;
 pub mod outbound;
 pub mod partition;
+pub mod plans;
 pub mod telemetry;
 pub mod webhook;

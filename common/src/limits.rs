@@ -48,3 +48,18 @@ pub const PARTITIONS_DEFAULT: u32 = 64;
 pub const WEBHOOK_ENDPOINTS_MAX: i64 = 16;
 /// Most thresholds in one list of balance alerts.
 pub const ALERT_THRESHOLDS_MAX: usize = 10;
+
+/// Longest product id (a Stripe Price id, a Polar Product id), in characters.
+pub const PRODUCT_ID_CHARS_MAX: usize = 255;
+/// Longest lifetime of credits bought through a payment (a product's or the metadata's
+/// `expires_in_days`), in days.
+pub const PLAN_EXPIRES_IN_DAYS_MAX: i64 = 3650;
+/// Longest Stripe object id Tally stores (`cus_…`, `pm_…`), in characters.
+pub const STRIPE_ID_CHARS_MAX: usize = 255;
+/// Length of a currency code (ISO 4217, lowercase as Stripe writes it).
+pub const CURRENCY_CHARS: usize = 3;
+/// Auto top-up charges per user and credit type per calendar month: the default and the most.
+pub const TOPUPS_PER_MONTH_DEFAULT: i64 = 10;
+pub const TOPUPS_PER_MONTH_MAX: i64 = 1_000;
+/// Longest Stripe secret key, in characters.
+pub const STRIPE_KEY_CHARS_MAX: usize = 255;

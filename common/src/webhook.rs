@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use chrono::{DateTime, Utc};
+
 use crate::credit_type::CreditType;
+use crate::plans::{AutoTopupPayment, ChargeError};
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -49,9 +52,10 @@ impl WebhookEvent {
     /// event still travels the queue so that every event is recorded the same way).
     pub fn partition_key(&self) -> &str {
         match &self.action {
-            WebhookAction::Credit { user_id, .. } | WebhookAction::Clawback { user_id, .. } => {
-                user_id
-            }
+            WebhookAction::Credit { user_id, .. }
+            | WebhookAction::CreditLines { user_id, .. }
+            | WebhookAction::Clawback { user_id, .. }
+            | WebhookAction::AutoTopupFailed { user_id, .. } => user_id,
             WebhookAction::Ignore { .. } | WebhookAction::Reject { user_id: None, .. } => {
                 &self.event_id
             }
@@ -77,6 +81,18 @@ pub enum WebhookAction {
         /// The balance credited (metadata `tally_credit_type`; absent: the default type).
         #[serde(default, skip_serializing_if = "CreditType::is_default")]
         credit_type: CreditType,
+        /// When the credits expire, when the event says (a subscription order's period end);
+        /// takes the place of `expires_in_days`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+        /// The auto top-up attempt that made this payment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auto_topup: Option<AutoTopupPayment>,
+    },
+    /// Credit each line of a paid invoice once (a subscription's allowance per line).
+    CreditLines {
+        user_id: String,
+        lines: Vec<CreditLine>,
     },
     /// Take back credits of an earlier payment in proportion to the refunded or disputed part.
     Clawback {
@@ -88,6 +104,19 @@ pub enum WebhookAction {
         disputed_minor: Option<i64>,
         /// The payment's amount (minor units) as the event reports it.
         amount_minor: Option<i64>,
+        /// Further payments the same refund or dispute reverses (the other lines of an
+        /// invoice), clawed back in the same proportion.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<String>,
+    },
+    /// A payment of an auto top-up attempt failed (`payment_intent.payment_failed`).
+    AutoTopupFailed {
+        user_id: String,
+        #[serde(default, skip_serializing_if = "CreditType::is_default")]
+        credit_type: CreditType,
+        attempt_id: uuid::Uuid,
+        payment_intent_id: String,
+        error: ChargeError,
     },
     /// A verified event Tally does not act on.
     Ignore { reason: String },
@@ -96,4 +125,20 @@ pub enum WebhookAction {
         reason: String,
         user_id: Option<String>,
     },
+}
+
+/// One line of a paid invoice: credited once per `payment_ref` (invoice and line).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CreditLine {
+    pub payment_ref: String,
+    pub credits: i64,
+    /// The invoice's amount paid (minor units): a refund of the invoice's payment reverses
+    /// every line in the same proportion.
+    pub amount_minor: Option<i64>,
+    #[serde(default, skip_serializing_if = "CreditType::is_default")]
+    pub credit_type: CreditType,
+    /// The end of the line's period: the allowance does not roll over.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// What a refund of this line names (the invoice's payment intent).
+    pub refund_ref: Option<String>,
 }

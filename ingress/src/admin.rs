@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use tally_common::command::{Command, Origin};
@@ -87,6 +87,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/admin/apps/{app_id}/webhook-secrets",
             post(manage::create_secret),
+        )
+        .route(
+            "/admin/apps/{app_id}/stripe_key",
+            put(manage::put_stripe_key),
         )
         .route("/admin/apps/{app_id}/users", get(users))
         .route("/admin/apps/{app_id}/users/{user_id}", get(user))

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
@@ -295,6 +295,17 @@ pub fn router(state: AppState) -> Router {
             get(routes::alerts::get_alerts)
                 .put(routes::alerts::put_alerts)
                 .delete(routes::alerts::delete_alerts),
+        )
+        .route(
+            "/credits/auto_topup",
+            get(routes::plans::get_auto_topup)
+                .put(routes::plans::put_auto_topup)
+                .delete(routes::plans::delete_auto_topup),
+        )
+        .route("/products", get(routes::plans::list_products))
+        .route(
+            "/products/{provider}/{product_id}",
+            put(routes::plans::put_product).delete(routes::plans::delete_product),
         )
         .route("/credits/balance", get(routes::credits::balance))
         .route("/credits/balances", get(routes::credits::balances))

@@ -14,7 +14,9 @@ use self::constraints::Constraints;
 use self::links::Links;
 use crate::admin;
 use crate::openapi_errors::CommonErrors;
-use crate::routes::{alerts, batch, commands, credits, deliveries, endpoints, events, holds};
+use crate::routes::{
+    alerts, batch, commands, credits, deliveries, endpoints, events, holds, plans,
+};
 use crate::webhooks;
 
 #[derive(OpenApi)]
@@ -29,10 +31,12 @@ use crate::webhooks;
           deliveries::send_test, deliveries::list_deliveries, deliveries::redeliver,
           events::list_outbound_events, events::get_outbound_event,
           alerts::put_alerts, alerts::get_alerts, alerts::delete_alerts,
+          plans::put_product, plans::list_products, plans::delete_product,
+          plans::put_auto_topup, plans::get_auto_topup, plans::delete_auto_topup,
           admin::apps, admin::users, admin::user, admin::entries, admin::entry,
           admin::webhook_events, admin::stats, admin::add, admin::deduct, admin::refund,
           admin::manage::create, admin::manage::list_keys, admin::manage::create_key,
-          admin::manage::revoke, admin::manage::create_secret),
+          admin::manage::revoke, admin::manage::create_secret, admin::manage::put_stripe_key),
     modifiers(&BearerKey, &Constraints, &CommonErrors, &Links)
 )]
 pub struct ApiDoc;

@@ -9,3 +9,4 @@ pub mod endpoints;
 pub mod events;
 pub mod holds;
 pub mod ops;
+pub mod plans;

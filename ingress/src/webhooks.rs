@@ -26,6 +26,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tally_common::command::{Command, Envelope};
+use tally_common::credit_type::CreditType;
+use tally_common::plans::ProductMode;
 use tally_common::webhook::{Provider, WebhookAction, WebhookEvent};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -271,6 +273,22 @@ async fn receive(
     let action = match parsed {
         Parsed::Action(action) => action,
         Parsed::Clawback(request) => resolve_clawback(state, provider, app_id, request).await?,
+        Parsed::Invoice(request) => {
+            let prices: Vec<String> = request.lines.iter().map(|l| l.price_id.clone()).collect();
+            let catalogue = catalogue(state, app_id, provider, &prices).await?;
+            events::resolve_invoice(request, &catalogue)
+        }
+        Parsed::Order(request) => {
+            let catalogue = catalogue(
+                state,
+                app_id,
+                provider,
+                std::slice::from_ref(&request.product_id),
+            )
+            .await?;
+            let product = catalogue.get(&request.product_id);
+            events::resolve_order(request, product)
+        }
     };
     let event = WebhookEvent {
         provider,
@@ -307,24 +325,69 @@ async fn receive(
     }
 }
 
+/// The catalogue's products among `ids` of the app and provider.
+async fn catalogue(
+    state: &AppState,
+    app_id: Uuid,
+    provider: Provider,
+    ids: &[String],
+) -> Result<HashMap<String, events::CatalogueProduct>, ApiError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, i64, String, String, Option<i32>)> = sqlx::query_as(
+        "SELECT product_id, credits, credit_type, mode, expires_in_days FROM products
+         WHERE app_id = $1 AND provider = $2 AND product_id = ANY($3)",
+    )
+    .bind(app_id)
+    .bind(provider.as_str())
+    .bind(ids)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, credits, credit_type, mode, days)| {
+            Some((
+                id,
+                events::CatalogueProduct {
+                    credits,
+                    credit_type: CreditType::parse(&credit_type).ok()?,
+                    mode: ProductMode::parse(&mode)?,
+                    expires_in_days: days.map(i64::from),
+                },
+            ))
+        })
+        .collect())
+}
+
 /// A refund or dispute names a payment; the payment names the user whose partition orders it.
+/// An invoice's refund names its payment intent, which every credited line of it recorded: they
+/// are clawed back together.
 async fn resolve_clawback(
     state: &AppState,
     provider: Provider,
     app_id: Uuid,
     request: events::ClawbackRequest,
 ) -> Result<WebhookAction, ApiError> {
-    let user_id: Option<String> = sqlx::query_scalar(
-        "SELECT user_id FROM payments WHERE app_id = $1 AND provider = $2 AND payment_ref = $3",
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT payment_ref, user_id FROM payments
+         WHERE app_id = $1 AND provider = $2 AND (payment_ref = $3 OR refund_ref = $3)
+         ORDER BY payment_ref LIMIT 100",
     )
     .bind(app_id)
     .bind(provider.as_str())
     .bind(&request.payment_ref)
-    .fetch_optional(&state.pool)
+    .fetch_all(&state.pool)
     .await?;
-    Ok(match user_id {
-        Some(user_id) => WebhookAction::Clawback {
-            payment_ref: request.payment_ref,
+    let mut refs = rows.into_iter();
+    Ok(match refs.next() {
+        Some((payment_ref, user_id)) => WebhookAction::Clawback {
+            payment_ref,
+            // Lines of one invoice credit one user.
+            also: refs
+                .filter(|(_, owner)| *owner == user_id)
+                .map(|(payment_ref, _)| payment_ref)
+                .collect(),
             user_id,
             refunded_minor_total: request.refunded_minor_total,
             disputed_minor: request.disputed_minor,

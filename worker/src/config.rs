@@ -76,6 +76,17 @@ pub struct WorkerConfig {
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]
     pub delivery_endpoint_concurrency: u32,
+
+    /// Seconds after which an auto top-up charge that got no final answer from Stripe (a
+    /// stopped worker, Stripe unreachable) is asked again, with the same idempotency key.
+    #[arg(
+        long,
+        visible_alias = "tally-auto-topup-retry-secs",
+        env = "TALLY_AUTO_TOPUP_RETRY_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=3600)
+    )]
+    pub auto_topup_retry_secs: u32,
 }
 
 impl WorkerConfig {
@@ -89,6 +100,7 @@ impl WorkerConfig {
             webhook_retry_schedule: RetrySchedule::default(),
             delivery_concurrency: 256,
             delivery_endpoint_concurrency: 16,
+            auto_topup_retry_secs: 30,
         }
     }
 }

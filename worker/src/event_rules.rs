@@ -1,5 +1,5 @@
 //! What each app records (the event types its enabled endpoints subscribe to, its balance alert
-//! thresholds), kept in memory and reloaded for an app within [`RELOAD_INTERVAL`] of any change
+//! thresholds) and its users' auto top-up thresholds, kept in memory and reloaded for an app within [`RELOAD_INTERVAL`] of any change
 //! to its endpoints or alerts (`app_event_config.version`), so no batch reads it.
 
 use std::collections::{HashMap, HashSet};
@@ -126,9 +126,26 @@ pub async fn load(pool: &PgPool, apps: &[Uuid]) -> sqlx::Result<Rules> {
                 .insert((user_id, credit_type), thresholds);
         }
     }
+    let topups: Vec<(Uuid, String, String, i64)> = sqlx::query_as(
+        "SELECT app_id, user_id, credit_type, threshold FROM auto_topup_settings
+         WHERE app_id = ANY($1) AND enabled",
+    )
+    .bind(apps)
+    .fetch_all(pool)
+    .await?;
+    for (app_id, user_id, credit_type, threshold) in topups {
+        let Ok(credit_type) = CreditType::parse(&credit_type) else {
+            continue;
+        };
+        rules
+            .entry(app_id)
+            .or_default()
+            .auto_topup
+            .insert((user_id, credit_type), threshold);
+    }
     Ok(rules
         .into_iter()
-        .filter(|(_, app)| !app.subscribed.is_empty())
+        .filter(|(_, app)| !app.subscribed.is_empty() || !app.auto_topup.is_empty())
         .map(|(app_id, app)| (app_id, Arc::new(app)))
         .collect())
 }

@@ -17,6 +17,7 @@
 //! user's last number apart from the per-type rows.
 
 pub mod events;
+pub mod topups;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -116,6 +117,24 @@ pub struct Payment {
     pub disputed_minor: i64,
     pub clawed_credits: i64,
     pub unrecovered_credits: i64,
+    /// What a refund of it names besides its own reference (an invoice's payment intent).
+    pub refund_ref: Option<String>,
+}
+
+/// One payment to credit once.
+struct PaymentCredit<'a> {
+    payment_ref: &'a str,
+    credits: i64,
+    amount_minor: Option<i64>,
+    expires_at: Option<DateTime<Utc>>,
+    refund_ref: Option<String>,
+}
+
+/// What a refund or dispute reports of a payment.
+struct Reversal {
+    refunded_minor_total: Option<i64>,
+    disputed_minor: Option<i64>,
+    amount_minor: Option<i64>,
 }
 
 /// Credits granted with an expiry.
@@ -227,6 +246,10 @@ pub struct State {
     /// Per account, the thresholds its `available` fell below (`balance.low` fired, not yet
     /// recovered); loaded for the accounts of apps that track alerts.
     pub alert_below: HashMap<AccountKey, BTreeSet<i64>>,
+    /// Auto top-up attempts the commands name (charge results, their payments' webhooks).
+    pub topup_attempts: HashMap<Uuid, topups::Attempt>,
+    /// The auto top-up settings of those attempts' accounts.
+    pub topup_settings: HashMap<AccountKey, topups::Settings>,
 }
 
 impl State {
@@ -300,6 +323,13 @@ pub struct Effects {
     /// Whether an account of an app that records balance alerts crossed a threshold or 0 (a
     /// batch folded without the alert state must not be written).
     pub alert_crossings: bool,
+    /// Auto top-up attempts changed (final state in [`State::topup_attempts`]).
+    pub topup_attempts: BTreeSet<Uuid>,
+    /// Auto top-up settings changed (final state in [`State::topup_settings`]).
+    pub topup_settings: BTreeSet<AccountKey>,
+    /// Accounts with an auto top-up that a change left below its threshold: the store makes
+    /// an attempt for each where none is pending.
+    pub topup_due: BTreeSet<AccountKey>,
 }
 
 impl Effects {
@@ -576,6 +606,9 @@ impl<'a> Step<'a> {
             Command::Release { user_id, hold_id } => self.release(user_id, *hold_id),
             Command::Webhook(event) => self.webhook(event),
             Command::AtomicBatch { operations, .. } => self.atomic_batch(operations),
+            Command::AutoTopupCharge {
+                attempt_id, result, ..
+            } => self.auto_topup_charge(*attempt_id, result),
         }
     }
 
@@ -644,6 +677,7 @@ impl<'a> Step<'a> {
         let Some(rules) = self.state.rules.get(&self.app_id).cloned() else {
             return;
         };
+        self.note_topups_due(&rules, &touched);
         if !rules.tracks_alerts() && !rules.records(EventType::BalanceDepleted) {
             return;
         }
@@ -1273,16 +1307,33 @@ impl<'a> Step<'a> {
                 amount_minor,
                 expires_in_days,
                 credit_type,
+                expires_at,
+                auto_topup,
             } => {
                 let key = self.key(user_id, credit_type);
-                self.credit_payment(
+                let expires_at = expires_at.or_else(|| {
+                    expires_in_days.map(|days| self.accepted_at + chrono::Duration::days(days))
+                });
+                let credited = self.credit_payment(
                     event,
-                    payment_ref,
+                    &PaymentCredit {
+                        payment_ref,
+                        credits: *credits,
+                        amount_minor: *amount_minor,
+                        expires_at,
+                        refund_ref: None,
+                    },
                     &key,
-                    *credits,
-                    *amount_minor,
-                    *expires_in_days,
-                )
+                );
+                if let (Some(payment), ("credited", _, _, Some(ledger_id))) =
+                    (auto_topup, &credited)
+                {
+                    self.auto_topup_paid(payment, payment_ref, *credits, *amount_minor, *ledger_id);
+                }
+                credited
+            }
+            WebhookAction::CreditLines { user_id, lines } => {
+                self.credit_lines(event, user_id, lines)
             }
             WebhookAction::Clawback {
                 payment_ref,
@@ -1290,14 +1341,37 @@ impl<'a> Step<'a> {
                 refunded_minor_total,
                 disputed_minor,
                 amount_minor,
-            } => self.claw_back(
-                event,
-                payment_ref,
+                also,
+            } => {
+                let reversal = Reversal {
+                    refunded_minor_total: *refunded_minor_total,
+                    disputed_minor: *disputed_minor,
+                    amount_minor: *amount_minor,
+                };
+                let mut first = self.claw_back(event, payment_ref, user_id, &reversal);
+                for other in also {
+                    let next = self.claw_back(event, other, user_id, &reversal);
+                    if first.0 != "clawed_back" && next.0 == "clawed_back" {
+                        first = next;
+                    }
+                }
+                first
+            }
+            WebhookAction::AutoTopupFailed {
                 user_id,
-                *refunded_minor_total,
-                *disputed_minor,
-                *amount_minor,
-            ),
+                attempt_id,
+                payment_intent_id,
+                error,
+                ..
+            } => {
+                let failed = self.fail_attempt(*attempt_id, Some(payment_intent_id), error);
+                let reason = if failed {
+                    format!("auto top-up attempt {attempt_id} failed")
+                } else {
+                    format!("auto top-up attempt {attempt_id} was settled already")
+                };
+                ("ignored", Some(reason), Some(user_id.clone()), None)
+            }
             WebhookAction::Ignore { reason } => ("ignored", Some(reason.clone()), None, None),
             WebhookAction::Reject { reason, user_id } => {
                 ("rejected", Some(reason.clone()), user_id.clone(), None)
@@ -1328,15 +1402,49 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// Credits each line of a paid invoice once; the event is `credited` if any line was.
+    fn credit_lines(
+        &mut self,
+        event: &WebhookEvent,
+        user_id: &str,
+        lines: &[tally_common::webhook::CreditLine],
+    ) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
+        let mut answer = ("duplicate", None, Some(user_id.to_string()), None);
+        for line in lines {
+            let key = self.key(user_id, &line.credit_type);
+            let credited = self.credit_payment(
+                event,
+                &PaymentCredit {
+                    payment_ref: &line.payment_ref,
+                    credits: line.credits,
+                    amount_minor: line.amount_minor,
+                    expires_at: line.expires_at,
+                    refund_ref: line.refund_ref.clone(),
+                },
+                &key,
+            );
+            match credited.0 {
+                "credited" if answer.0 != "credited" => answer = credited,
+                "rejected" if answer.0 == "duplicate" => answer = credited,
+                _ => {}
+            }
+        }
+        answer
+    }
+
     fn credit_payment(
         &mut self,
         event: &WebhookEvent,
-        payment_ref: &str,
+        credit: &PaymentCredit<'_>,
         key: &AccountKey,
-        credits: i64,
-        amount_minor: Option<i64>,
-        expires_in_days: Option<i64>,
     ) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
+        let PaymentCredit {
+            payment_ref,
+            credits,
+            amount_minor,
+            expires_at,
+            ..
+        } = *credit;
         let payment_key = (self.app_id, event.provider, payment_ref.to_string());
         if let Some(payment) = self.state.payments.get(&payment_key) {
             return (
@@ -1358,8 +1466,6 @@ impl<'a> Step<'a> {
                 None,
             );
         }
-        let expires_at =
-            expires_in_days.map(|days| self.accepted_at + chrono::Duration::days(days));
         let mut draft = Draft::new(EntryType::Payment, credits, event.provider.as_str());
         draft.description = Some(format!("{} payment {payment_ref}", event.provider.as_str()));
         draft.metadata = json!({ "provider": event.provider.as_str(), "payment_ref": payment_ref,
@@ -1375,6 +1481,7 @@ impl<'a> Step<'a> {
             disputed_minor: 0,
             clawed_credits: 0,
             unrecovered_credits: 0,
+            refund_ref: credit.refund_ref.clone(),
         };
         self.state
             .payments
@@ -1388,10 +1495,13 @@ impl<'a> Step<'a> {
         event: &WebhookEvent,
         payment_ref: &str,
         user_id: &str,
-        refunded_minor_total: Option<i64>,
-        disputed_minor: Option<i64>,
-        amount_minor: Option<i64>,
+        reversal: &Reversal,
     ) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
+        let Reversal {
+            refunded_minor_total,
+            disputed_minor,
+            amount_minor,
+        } = *reversal;
         let payment_key = (self.app_id, event.provider, payment_ref.to_string());
         let Some(mut payment) = self.state.payments.get(&payment_key).cloned() else {
             return (
@@ -1710,6 +1820,8 @@ mod tests {
                 amount_minor: Some(1000),
                 expires_in_days: None,
                 credit_type: CreditType::default(),
+                expires_at: None,
+                auto_topup: None,
             },
         )
     }
@@ -1723,6 +1835,7 @@ mod tests {
                 refunded_minor_total: Some(total),
                 disputed_minor: None,
                 amount_minor: Some(1000),
+                also: Vec::new(),
             },
         )
     }
@@ -1775,6 +1888,7 @@ mod tests {
                 refunded_minor_total: None,
                 disputed_minor: Some(1000),
                 amount_minor: None,
+                also: Vec::new(),
             },
         );
         let effects = fold(&mut state, &[dispute]);

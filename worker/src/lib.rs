@@ -25,6 +25,7 @@
 //! loses the whole batch (it is read again) or none of it.
 
 mod applier;
+mod charger;
 mod config;
 mod deliverer;
 pub mod event_rules;
@@ -119,6 +120,7 @@ pub async fn run(
         tracing::debug!(lane, "applier started");
     }
     drop(resync_tx);
+    let charger = charger::Charger::new(pool.clone(), js.clone(), names.clone(), &config);
     let manager = Manager::new(
         Membership::new(worker_id, &stream_name, &config.common.database_url),
         pool.clone(),
@@ -130,6 +132,7 @@ pub async fn run(
     );
     let sweeper = tokio::spawn(sweeper::sweep_forever(pool.clone(), rules, relay));
     let (stop_delivering, stop) = watch::channel(false);
+    let charger = tokio::spawn(charger.run(stop.clone()));
     let deliverer = tokio::spawn(deliverer.run(stop));
     let shutdown = async move {
         shutdown.await;
@@ -145,6 +148,9 @@ pub async fn run(
     membership.leave(&pool).await;
     // Attempts in flight end within their timeout and are recorded.
     deliverer.await.context("deliverer task failed")?;
+    // A call in flight is abandoned with the task; its claim lapses and another worker asks
+    // Stripe again, under the same idempotency key.
+    charger.abort();
     // Replies are best effort (results are durable in Postgres): never wait long for a broker
     // that may already be gone.
     let _ = tokio::time::timeout(REPLY_FLUSH_TIMEOUT, client.flush()).await;

@@ -207,3 +207,46 @@ pub(crate) fn secret_fields(object: Map<String, Value>) -> Result<(Provider, Str
     };
     check_secret(&text("provider")?, &text("secret")?)
 }
+
+/// Body of `PUT /admin/apps/{app_id}/stripe_key`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StripeKeyRequest {
+    /// The app's Stripe secret key (`sk_…`, or a restricted `rk_…` key that may create
+    /// PaymentIntents), for auto top-up charges. Never shown again.
+    secret_key: String,
+}
+
+#[utoipa::path(put, path = "/admin/apps/{app_id}/stripe_key", tag = "admin",
+    params(("app_id" = Uuid, Path)), request_body = StripeKeyRequest,
+    responses((status = 200, description = "{ ok: true }"), (status = 404, description = "unknown app")),
+    security(("admin_token" = [])))]
+pub async fn put_stripe_key(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let app = queries::app(&state.pool, validate::parse_uuid("app_id", &app)?).await?;
+    let key = stripe_key_field(validate::json_object(&headers, body).await?)?;
+    apps::set_stripe_key(
+        &state.pool,
+        app.id,
+        &key,
+        state.config.common.secret_key.as_ref(),
+    )
+    .await?;
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// The key of a `PUT /admin/apps/{app_id}/stripe_key` body, as stored (`400` naming
+/// `secret_key` otherwise, without repeating it).
+pub(crate) fn stripe_key_field(object: Map<String, Value>) -> Result<String, ApiError> {
+    let mut fields = Fields::new(object, &["secret_key"])?;
+    let key = fields
+        .optional_string("secret_key")?
+        .ok_or_else(|| ApiError::field("secret_key", "is required (a string)"))?;
+    fields.finish()?;
+    Ok(apps::check_stripe_key(&key)?)
+}

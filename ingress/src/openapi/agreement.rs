@@ -262,6 +262,7 @@ fn string_probes(schema: &Value) -> Vec<Value> {
     }
     let mut values: Vec<Value> = probes.into_iter().map(Value::from).collect();
     values.extend(schema["enum"].as_array().into_iter().flatten().cloned());
+    values.extend(schema["examples"].as_array().into_iter().flatten().cloned());
     values
 }
 
@@ -345,6 +346,11 @@ fn body_parser(operation: &str) -> Option<BodyParser> {
             |o| routes::endpoints::EndpointChange::read(o, false).map(drop)
         }
         "PUT /credits/alerts" => |o| routes::alerts::AlertsBody::read(o).map(drop),
+        "PUT /products/{provider}/{product_id}" => {
+            |o| routes::plans::ProductBody::read(o).map(drop)
+        }
+        "PUT /credits/auto_topup" => |o| routes::plans::AutoTopupBody::read(o).map(drop),
+        "PUT /admin/apps/{app_id}/stripe_key" => |o| admin::manage::stripe_key_field(o).map(drop),
         _ => return None,
     })
 }
@@ -369,6 +375,9 @@ fn query_parser(operation: &str) -> Option<QueryParser> {
             |q| routes::deliveries::DeliveriesQuery::parse(q).map(drop)
         }
         "GET /events" => |q| routes::events::EventsQuery::parse(q).map(drop),
+        "GET /credits/auto_topup" | "DELETE /credits/auto_topup" => {
+            |q| routes::plans::whose(q).map(drop)
+        }
         _ => return None,
     })
 }
@@ -378,6 +387,7 @@ fn parameter_check(rule: Rule, name: &str, text: &str) -> Option<Result<(), ApiE
     Some(match rule {
         Rule::Id => validate::parse_uuid(name, text).map(drop),
         Rule::UserId => validate::check_user_id(name, text.to_string()).map(drop),
+        Rule::ProductId => routes::plans::check_product_id(text).map(drop),
         Rule::IdempotencyKey => {
             let mut headers = HeaderMap::new();
             headers.insert("idempotency-key", HeaderValue::from_str(text).ok()?);

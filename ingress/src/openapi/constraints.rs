@@ -25,6 +25,10 @@ use tally_common::limits::{
     METADATA_KEY_CHARS_MAX, METADATA_KEY_CHARS_MIN, METADATA_VALUE_CHARS_MAX, PAGE_LIMIT_DEFAULT,
     PAGE_LIMIT_MAX, PAGE_LIMIT_MIN, USER_ID_BYTES_MAX, USER_ID_BYTES_MIN,
 };
+use tally_common::limits::{
+    CURRENCY_CHARS, PLAN_EXPIRES_IN_DAYS_MAX, PRODUCT_ID_CHARS_MAX, STRIPE_ID_CHARS_MAX,
+    STRIPE_KEY_CHARS_MAX, TOPUPS_PER_MONTH_DEFAULT, TOPUPS_PER_MONTH_MAX,
+};
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::SchemaType;
 use utoipa::openapi::schema::{
@@ -40,6 +44,9 @@ use crate::admin::queries::{
 use crate::operations::Operation as Write;
 use crate::routes::deliveries::DELIVERY_STATUSES;
 use crate::routes::holds::HOLD_STATUSES;
+
+/// The modes of a catalogue product.
+const PRODUCT_MODES: &[&str] = &["one_time", "subscription"];
 
 /// Every event type's name (`GET /events?type=`).
 static EVENT_TYPES: LazyLock<Vec<&'static str>> =
@@ -129,6 +136,14 @@ pub(crate) enum Rule {
     Thresholds,
     /// `true` or `false`.
     Boolean,
+    /// A provider's product id (a Stripe Price id, a Polar Product id).
+    ProductId,
+    /// A currency: three lowercase letters (ISO 4217).
+    Currency,
+    /// A Stripe object id (`cus_…`, `pm_…`).
+    StripeId,
+    /// A Stripe secret key (`sk_…`, `rk_…`).
+    StripeKey,
 }
 
 /// The rule of property `property` of the request body schema named `schema`.
@@ -155,6 +170,27 @@ pub(crate) fn body_rule(schema: &str, property: &str) -> Option<Rule> {
         ("CreateEndpointRequest" | "UpdateEndpointRequest", "events") => Rule::Subscriptions,
         ("UpdateEndpointRequest", "enabled") => Rule::Boolean,
         ("AlertsRequest", "thresholds") => Rule::Thresholds,
+        ("ProductRequest" | "AutoTopupRequest", "credits") | ("AutoTopupRequest", "threshold") => {
+            Rule::Amount
+        }
+        ("ProductRequest", "mode") => Rule::OneOf {
+            values: PRODUCT_MODES,
+            blank: false,
+        },
+        ("ProductRequest", "expires_in_days") => Rule::Integer {
+            min: 1,
+            max: PLAN_EXPIRES_IN_DAYS_MAX,
+            default: None,
+        },
+        ("AutoTopupRequest", "enabled") => Rule::Boolean,
+        ("AutoTopupRequest", "currency") => Rule::Currency,
+        ("AutoTopupRequest", "stripe_customer_id" | "stripe_payment_method_id") => Rule::StripeId,
+        ("AutoTopupRequest", "max_per_month") => Rule::Integer {
+            min: 1,
+            max: TOPUPS_PER_MONTH_MAX,
+            default: Some(TOPUPS_PER_MONTH_DEFAULT),
+        },
+        ("StripeKeyRequest", "secret_key") => Rule::StripeKey,
         (_, "credit_type") => Rule::CreditType {
             defaulted: true,
             blank: false,
@@ -189,10 +225,15 @@ pub(crate) fn parameter_rule(path: &str, location: &ParameterIn, name: &str) -> 
         ) => Rule::Signature,
         (ParameterIn::Path, "command_id" | "app_id" | "key_id" | "ledger_id" | "id") => Rule::Id,
         (ParameterIn::Path | ParameterIn::Query, "user_id") => Rule::UserId,
+        (ParameterIn::Path, "provider") => Rule::OneOf {
+            values: PROVIDERS,
+            blank: false,
+        },
+        (ParameterIn::Path, "product_id") => Rule::ProductId,
         (ParameterIn::Query, "limit") => Rule::PageLimit,
         // One balance reads `credits` when absent; a list filters by it only when given.
         (ParameterIn::Query, "credit_type") => Rule::CreditType {
-            defaulted: path == "/credits/balance",
+            defaulted: path == "/credits/balance" || path == "/credits/auto_topup",
             blank: admin,
         },
         (ParameterIn::Query, "cursor") => Rule::Cursor { blank: admin },
@@ -514,6 +555,52 @@ impl Rule {
             Rule::Boolean => (
                 object(ObjectBuilder::new().schema_type(Type::Boolean)),
                 String::new(),
+            ),
+            Rule::ProductId => (
+                object(
+                    string()
+                        .min_length(Some(1))
+                        .max_length(Some(PRODUCT_ID_CHARS_MAX))
+                        .pattern(Some(format!("^[\\u0021-\\u007E]{{1,{PRODUCT_ID_CHARS_MAX}}}$"))),
+                ),
+                format!(
+                    "The provider's id: a Stripe Price id (`price_…`) or a Polar Product id, 1 to \
+                     {PRODUCT_ID_CHARS_MAX} visible ASCII characters."
+                ),
+            ),
+            Rule::Currency => (
+                object(
+                    string()
+                        .min_length(Some(CURRENCY_CHARS))
+                        .max_length(Some(CURRENCY_CHARS))
+                        .pattern(Some("^[a-z]{3}$"))
+                        .examples(["usd"]),
+                ),
+                "An ISO 4217 currency code in lowercase, as Stripe writes it.".to_string(),
+            ),
+            Rule::StripeId => (
+                object(
+                    string()
+                        .min_length(Some(1))
+                        .max_length(Some(STRIPE_ID_CHARS_MAX))
+                        .pattern(Some(format!("^[A-Za-z0-9_]{{1,{STRIPE_ID_CHARS_MAX}}}$"))),
+                ),
+                format!("A Stripe id: 1 to {STRIPE_ID_CHARS_MAX} of `A-Z a-z 0-9 _`."),
+            ),
+            Rule::StripeKey => (
+                object(
+                    string()
+                        .min_length(Some(4))
+                        .max_length(Some(STRIPE_KEY_CHARS_MAX))
+                        .pattern(Some("^[sr]k_[A-Za-z0-9_]+$"))
+                        .examples(["sk_test_4eC39HqLyjWDarjtT1zdp7dc", "rk_live_1"]),
+                ),
+                format!(
+                    "A Stripe secret key (`sk_…`) or restricted key (`rk_…`) allowed to create \
+                     PaymentIntents, at most {STRIPE_KEY_CHARS_MAX} characters. \
+                     Stored encrypted when the deployment sets `TALLY_SECRET_KEY`; never shown \
+                     again."
+                ),
             ),
             Rule::Prefer => (
                 object(string().examples(["respond-async"])),

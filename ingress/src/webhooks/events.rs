@@ -8,11 +8,20 @@
 //!
 //! The credits come from the payment's `metadata`: `tally_user_id` and `tally_credits` (a
 //! positive integer, as a string or a number).
+//!
+//! Plans: Stripe `invoice.paid` credits each line whose price is a subscription product of the
+//! catalogue, and Polar `order.paid` for a catalogue product credits what the product buys; both
+//! need the catalogue, so they are returned as requests ([`InvoiceRequest`], [`OrderRequest`])
+//! for the ingress to resolve. `payment_intent.payment_failed` of an auto top-up charge (metadata
+//! `tally_auto_topup_id`) fails its attempt.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_common::credit_type::CreditType;
-use tally_common::limits::{AMOUNT_MAX, USER_ID_BYTES_MAX};
-use tally_common::webhook::WebhookAction;
+use tally_common::limits::{AMOUNT_MAX, PLAN_EXPIRES_IN_DAYS_MAX, USER_ID_BYTES_MAX};
+use tally_common::plans::{AutoTopupPayment, ChargeError, ProductMode};
+use tally_common::webhook::{CreditLine, WebhookAction};
+use uuid::Uuid;
 
 /// A clawback's payment, whose user the ingress looks up before publishing.
 #[derive(Debug, PartialEq)]
@@ -23,11 +32,58 @@ pub struct ClawbackRequest {
     pub amount_minor: Option<i64>,
 }
 
-/// The ledger action of an event, or a clawback to resolve.
+/// The ledger action of an event, or a clawback, invoice or order to resolve.
 #[derive(Debug, PartialEq)]
 pub enum Parsed {
     Action(WebhookAction),
     Clawback(ClawbackRequest),
+    Invoice(InvoiceRequest),
+    Order(OrderRequest),
+}
+
+/// A paid Stripe invoice, whose lines the catalogue prices.
+#[derive(Debug, PartialEq)]
+pub struct InvoiceRequest {
+    pub invoice_id: String,
+    /// `tally_user_id` of the subscription's metadata, else of the invoice's; `Err`: unusable.
+    pub user_id: Option<Result<String, String>>,
+    pub lines: Vec<InvoiceLine>,
+    pub amount_paid: Option<i64>,
+    /// The invoice's payment intent, which a refund of it names.
+    pub payment_intent: Option<String>,
+}
+
+/// One line of an invoice.
+#[derive(Debug, PartialEq)]
+pub struct InvoiceLine {
+    pub line_id: String,
+    pub price_id: String,
+    pub quantity: i64,
+    pub period_end: Option<DateTime<Utc>>,
+}
+
+/// A paid Polar order for a product, which the catalogue may price.
+#[derive(Debug, PartialEq)]
+pub struct OrderRequest {
+    pub order_id: String,
+    pub product_id: String,
+    pub amount: Option<i64>,
+    /// The order's `metadata` (its Tally fields win over the product's).
+    pub metadata: Option<Value>,
+    /// The customer's `external_id`: the user when the metadata names none.
+    pub external_id: Option<String>,
+    /// A subscription order (`billing_reason` `subscription_*`) and its period's end.
+    pub subscription: bool,
+    pub period_end: Option<DateTime<Utc>>,
+}
+
+/// What a catalogue product buys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CatalogueProduct {
+    pub credits: i64,
+    pub credit_type: CreditType,
+    pub mode: ProductMode,
+    pub expires_in_days: Option<i64>,
 }
 
 fn ignore(reason: impl Into<String>) -> Parsed {
@@ -119,6 +175,8 @@ fn credit_from_metadata(
             amount_minor,
             expires_in_days,
             credit_type,
+            expires_at: None,
+            auto_topup: None,
         }),
         _ => Some(reject(
             format!("tally_credits must be an integer from 1 to {AMOUNT_MAX}"),
@@ -128,7 +186,315 @@ fn credit_from_metadata(
 }
 
 /// Longest lifetime of credits bought through a payment (`tally_expires_in_days`).
-pub const EXPIRES_IN_DAYS_MAX: i64 = 3650;
+pub const EXPIRES_IN_DAYS_MAX: i64 = PLAN_EXPIRES_IN_DAYS_MAX;
+
+/// A user id from a provider's data: 1 to 255 bytes without NUL, or why not.
+fn user_id_value(value: &Value, field: &str) -> Result<String, String> {
+    match value {
+        Value::String(user_id) if user_id.contains('\0') => {
+            Err(format!("{field} must not contain the NUL character"))
+        }
+        Value::String(user_id) if !user_id.is_empty() && user_id.len() <= USER_ID_BYTES_MAX => {
+            Ok(user_id.clone())
+        }
+        Value::String(_) => Err(format!("{field} must be 1 to {USER_ID_BYTES_MAX} bytes")),
+        _ => Err(format!("{field} must be a string")),
+    }
+}
+
+/// The Tally fields of a payment's metadata that a catalogue product's own values give way to.
+#[derive(Debug, Default, PartialEq)]
+struct Overrides {
+    user_id: Option<String>,
+    credits: Option<i64>,
+    expires_in_days: Option<i64>,
+    credit_type: Option<CreditType>,
+}
+
+/// Reads the optional Tally fields of `metadata`, or the first that is unusable.
+fn overrides(metadata: Option<&Value>) -> Result<Overrides, String> {
+    let mut read = Overrides::default();
+    let Some(metadata) = metadata.and_then(Value::as_object) else {
+        return Ok(read);
+    };
+    let present = |field: &str| metadata.get(field).filter(|value| !value.is_null());
+    if let Some(value) = present("tally_user_id") {
+        read.user_id = Some(user_id_value(value, "tally_user_id")?);
+    }
+    if let Some(value) = present("tally_credits") {
+        match integer(value) {
+            Some(credits) if (1..=AMOUNT_MAX).contains(&credits) => read.credits = Some(credits),
+            _ => {
+                return Err(format!(
+                    "tally_credits must be an integer from 1 to {AMOUNT_MAX}"
+                ))
+            }
+        }
+    }
+    if let Some(value) = present("tally_expires_in_days") {
+        match integer(value) {
+            Some(days) if (1..=EXPIRES_IN_DAYS_MAX).contains(&days) => {
+                read.expires_in_days = Some(days)
+            }
+            _ => {
+                return Err(format!(
+                    "tally_expires_in_days must be an integer from 1 to {EXPIRES_IN_DAYS_MAX}"
+                ))
+            }
+        }
+    }
+    if let Some(value) = present("tally_credit_type") {
+        match value.as_str().map(CreditType::parse) {
+            Some(Ok(credit_type)) => read.credit_type = Some(credit_type),
+            Some(Err(invalid)) => return Err(format!("tally_credit_type {invalid}")),
+            None => return Err("tally_credit_type must be a string".to_string()),
+        }
+    }
+    Ok(read)
+}
+
+/// A Unix time in seconds as a time.
+fn unix_time(value: Option<&Value>) -> Option<DateTime<Utc>> {
+    value
+        .and_then(Value::as_i64)
+        .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+}
+
+/// An id given as a string or as an expanded object with an `id`.
+fn id_of(value: Option<&Value>) -> Option<&str> {
+    match value? {
+        Value::String(id) if !id.contains('\0') => Some(id),
+        object @ Value::Object(_) => text(object, "id"),
+        _ => None,
+    }
+}
+
+/// Reads a paid invoice: its user, lines and payment.
+fn invoice(object: &Value) -> Option<InvoiceRequest> {
+    let invoice_id = text(object, "id")?.to_string();
+    // The subscription's metadata as the invoice carries it: `parent.subscription_details`
+    // (API versions from 2025-03-31), `subscription_details` before; else the invoice's own.
+    let metadata_user = |metadata: Option<&Value>| {
+        metadata
+            .and_then(|metadata| metadata.get("tally_user_id"))
+            .filter(|value| !value.is_null())
+            .map(|value| user_id_value(value, "tally_user_id"))
+    };
+    let user_id = metadata_user(
+        object
+            .pointer("/parent/subscription_details/metadata")
+            .or_else(|| object.pointer("/subscription_details/metadata")),
+    )
+    .or_else(|| metadata_user(object.get("metadata")));
+    let lines = object
+        .pointer("/lines/data")
+        .and_then(Value::as_array)
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|line| {
+                    let price_id = line
+                        .pointer("/pricing/price_details/price")
+                        .and_then(|price| id_of(Some(price)))
+                        .or_else(|| id_of(line.get("price")))
+                        .or_else(|| id_of(line.get("plan")))?;
+                    Some(InvoiceLine {
+                        line_id: text(line, "id")?.to_string(),
+                        price_id: price_id.to_string(),
+                        quantity: line.get("quantity").and_then(Value::as_i64).unwrap_or(1),
+                        period_end: unix_time(line.pointer("/period/end")),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let payment_intent = id_of(object.get("payment_intent"))
+        .or_else(|| {
+            object
+                .pointer("/payments/data")
+                .and_then(Value::as_array)
+                .and_then(|payments| {
+                    payments
+                        .iter()
+                        .find_map(|payment| id_of(payment.pointer("/payment/payment_intent")))
+                })
+        })
+        .map(str::to_string);
+    Some(InvoiceRequest {
+        invoice_id,
+        user_id,
+        lines,
+        amount_paid: object.get("amount_paid").and_then(Value::as_i64),
+        payment_intent,
+    })
+}
+
+/// What a paid invoice credits, given the catalogue's products among its lines' prices.
+pub fn resolve_invoice(
+    request: InvoiceRequest,
+    catalogue: &std::collections::HashMap<String, CatalogueProduct>,
+) -> WebhookAction {
+    let priced: Vec<(&InvoiceLine, &CatalogueProduct)> = request
+        .lines
+        .iter()
+        .filter_map(|line| {
+            catalogue
+                .get(&line.price_id)
+                .filter(|product| product.mode == ProductMode::Subscription)
+                .map(|product| (line, product))
+        })
+        .collect();
+    if priced.is_empty() {
+        return WebhookAction::Ignore {
+            reason: "no line of the invoice is a subscription product of the catalogue".into(),
+        };
+    }
+    let user_id = match request.user_id {
+        Some(Ok(user_id)) => user_id,
+        Some(Err(reason)) => return reject(reason, None),
+        None => {
+            return reject(
+                "the invoice's subscription metadata has no tally_user_id",
+                None,
+            )
+        }
+    };
+    let mut lines = Vec::with_capacity(priced.len());
+    for (line, product) in priced {
+        let credits = product
+            .credits
+            .checked_mul(line.quantity)
+            .filter(|credits| (1..=AMOUNT_MAX).contains(credits));
+        let Some(credits) = credits else {
+            return reject(
+                format!(
+                    "line {} credits {} × quantity {}, outside 1 to {AMOUNT_MAX}",
+                    line.line_id, product.credits, line.quantity
+                ),
+                Some(user_id),
+            );
+        };
+        lines.push(CreditLine {
+            // Line ids of older API versions (`sli_…`) repeat on every invoice of a
+            // subscription: the invoice's id makes them one payment each.
+            payment_ref: format!("{}/{}", request.invoice_id, line.line_id),
+            credits,
+            amount_minor: request.amount_paid,
+            credit_type: product.credit_type.clone(),
+            expires_at: line.period_end,
+            refund_ref: request.payment_intent.clone(),
+        });
+    }
+    WebhookAction::CreditLines { user_id, lines }
+}
+
+/// What a paid Polar order credits, given its product in the catalogue (if there).
+pub fn resolve_order(request: OrderRequest, product: Option<&CatalogueProduct>) -> WebhookAction {
+    let Some(product) = product else {
+        return match credit_from_metadata(request.metadata.as_ref(), &request.order_id, request.amount)
+        {
+            Some(action) => action,
+            None => WebhookAction::Ignore {
+                reason: format!(
+                    "product {} is not in the catalogue and the order has no tally_user_id / tally_credits",
+                    request.product_id
+                ),
+            },
+        };
+    };
+    let read = match overrides(request.metadata.as_ref()) {
+        Ok(read) => read,
+        Err(reason) => return reject(reason, None),
+    };
+    let user_id =
+        match (read.user_id, request.external_id) {
+            (Some(user_id), _) => user_id,
+            (None, Some(external_id)) => {
+                match user_id_value(&Value::String(external_id), "customer.external_id") {
+                    Ok(user_id) => user_id,
+                    Err(reason) => return reject(reason, None),
+                }
+            }
+            (None, None) => return reject(
+                "the order names no user: set metadata tally_user_id or the customer's external_id",
+                None,
+            ),
+        };
+    let (expires_in_days, expires_at) = if request.subscription {
+        (None, request.period_end)
+    } else {
+        (read.expires_in_days.or(product.expires_in_days), None)
+    };
+    WebhookAction::Credit {
+        payment_ref: request.order_id,
+        user_id,
+        credits: read.credits.unwrap_or(product.credits),
+        amount_minor: request.amount,
+        expires_in_days,
+        credit_type: read
+            .credit_type
+            .unwrap_or_else(|| product.credit_type.clone()),
+        expires_at,
+        auto_topup: None,
+    }
+}
+
+/// The auto top-up attempt a payment intent's metadata names (`tally_auto_topup_id`).
+fn auto_topup_id(object: &Value) -> Option<Uuid> {
+    object
+        .pointer("/metadata/tally_auto_topup_id")
+        .and_then(Value::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// A failed payment intent of an auto top-up: its attempt fails.
+fn payment_failed(object: &Value) -> Parsed {
+    let (Some(attempt_id), Some(payment_intent)) = (auto_topup_id(object), text(object, "id"))
+    else {
+        return ignore("not an auto top-up payment");
+    };
+    let user_id = match object.pointer("/metadata/tally_user_id") {
+        Some(value) => match user_id_value(value, "tally_user_id") {
+            Ok(user_id) => user_id,
+            Err(reason) => return Parsed::Action(reject(reason, None)),
+        },
+        None => return Parsed::Action(reject("auto top-up payment has no tally_user_id", None)),
+    };
+    let credit_type = match object
+        .pointer("/metadata/tally_credit_type")
+        .and_then(Value::as_str)
+    {
+        None => CreditType::default(),
+        Some(text) => match CreditType::parse(text) {
+            Ok(credit_type) => credit_type,
+            Err(invalid) => {
+                return Parsed::Action(reject(
+                    format!("tally_credit_type {invalid}"),
+                    Some(user_id),
+                ))
+            }
+        },
+    };
+    let error = object
+        .get("last_payment_error")
+        .filter(|error| error.is_object());
+    let field = |name: &str| {
+        error
+            .and_then(|error| text(error, name))
+            .map(str::to_string)
+    };
+    Parsed::Action(WebhookAction::AutoTopupFailed {
+        user_id,
+        credit_type,
+        attempt_id,
+        payment_intent_id: payment_intent.to_string(),
+        error: ChargeError {
+            code: field("code"),
+            decline_code: field("decline_code"),
+            message: field("message").unwrap_or_else(|| "the payment failed".to_string()),
+        },
+    })
+}
 
 /// A metadata integer: providers' metadata values are strings (Stripe) or JSON numbers (Polar).
 fn integer(value: &Value) -> Option<i64> {
@@ -165,9 +531,21 @@ pub fn stripe(event: &Value) -> Option<(String, String, Parsed)> {
                     .get("amount_received")
                     .or_else(|| object.get("amount"))
                     .and_then(Value::as_i64);
-                credit_or_ignore(object, payment_intent, amount)
+                let mut parsed = credit_or_ignore(object, payment_intent, amount);
+                if let Parsed::Action(WebhookAction::Credit { auto_topup, .. }) = &mut parsed {
+                    *auto_topup = auto_topup_id(object).map(|attempt_id| AutoTopupPayment {
+                        attempt_id,
+                        currency: text(object, "currency").map(str::to_string),
+                    });
+                }
+                parsed
             }
             None => ignore("payment intent has no id"),
+        },
+        "payment_intent.payment_failed" => payment_failed(object),
+        "invoice.paid" => match invoice(object) {
+            Some(request) => Parsed::Invoice(request),
+            None => ignore("invoice has no id"),
         },
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
             if text(object, "payment_status") != Some("paid") {
@@ -226,9 +604,29 @@ pub fn polar(event: &Value) -> Option<(String, Parsed)> {
         .or_else(|| object.get("amount"))
         .and_then(Value::as_i64);
     let parsed = match event_type.as_str() {
-        "order.paid" => match text(object, "id") {
-            Some(order_id) => credit_or_ignore(object, order_id, amount),
-            None => ignore("order has no id"),
+        "order.paid" => match (text(object, "id"), text(object, "product_id")) {
+            (Some(order_id), Some(product_id)) => {
+                let subscription = text(object, "billing_reason")
+                    .is_some_and(|reason| reason.starts_with("subscription_"));
+                Parsed::Order(OrderRequest {
+                    order_id: order_id.to_string(),
+                    product_id: product_id.to_string(),
+                    amount,
+                    metadata: object.get("metadata").cloned(),
+                    external_id: object
+                        .pointer("/customer/external_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    subscription,
+                    period_end: object
+                        .pointer("/subscription/current_period_end")
+                        .and_then(Value::as_str)
+                        .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
+                        .map(|time| time.with_timezone(&Utc)),
+                })
+            }
+            (Some(order_id), None) => credit_or_ignore(object, order_id, amount),
+            (None, _) => ignore("order has no id"),
         },
         "order.refunded" => match text(object, "id") {
             Some(order_id) => Parsed::Clawback(ClawbackRequest {
@@ -274,6 +672,8 @@ mod tests {
                 amount_minor: Some(1000),
                 expires_in_days: None,
                 credit_type: CreditType::default(),
+                expires_at: None,
+                auto_topup: None,
             })
         );
     }

@@ -22,6 +22,8 @@ pub struct AppRules {
     pub subscribed: HashSet<EventType>,
     pub default_thresholds: HashMap<CreditType, Vec<i64>>,
     pub user_thresholds: HashMap<(String, CreditType), Vec<i64>>,
+    /// The enabled auto top-ups' thresholds, per user and credit type.
+    pub auto_topup: HashMap<(String, CreditType), i64>,
 }
 
 impl AppRules {

@@ -160,7 +160,11 @@ async fn fast_path(
     let users: BTreeSet<UserKey> = state.last_seq.keys().cloned().collect();
     let effects = ledger::fold(&mut state, envelopes);
     // A balance alert crossed needs the alert state, which only the full path loads.
+    // So does an auto top-up below its threshold: the full path makes the attempt.
     let only_entries = !effects.alert_crossings
+        && effects.topup_due.is_empty()
+        && effects.topup_attempts.is_empty()
+        && effects.topup_settings.is_empty()
         && effects.payments.is_empty()
         && effects.webhooks.is_empty()
         && effects.lots.is_empty()
@@ -348,6 +352,7 @@ pub(super) async fn load_and_fold(
     load::entries(tx, &refs, &mut state).await?;
     load::lots_and_holds(tx, &refs, &users, &mut state).await?;
     load::event_state(tx, &users, &mut state).await?;
+    load::topups(tx, &refs, &mut state).await?;
     let effects = ledger::fold(&mut state, envelopes);
     Ok((state, effects))
 }
@@ -369,6 +374,11 @@ pub(super) async fn write_effects(
     write::insert_system_commands(tx, &effects.system_commands).await?;
     write::insert_events(tx, state, effects).await?;
     write::upsert_alert_states(tx, state, &effects.alert_states).await?;
+    write::update_topups(tx, state, effects).await?;
+    let attempts = write::insert_topup_attempts(tx, &effects.topup_due).await?;
+    if attempts > 0 {
+        metrics::counter!("tally_auto_topup_attempts_total").increment(attempts);
+    }
     write::insert_processed(tx, &effects.finished, positions).await?;
     Ok(())
 }

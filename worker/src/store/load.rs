@@ -8,12 +8,13 @@ use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use tally_common::command::{Command, Envelope, Outcome, Status};
 use tally_common::credit_type::CreditType;
+use tally_common::plans::ChargeError;
 use tally_common::webhook::{Provider, WebhookAction};
 use uuid::Uuid;
 
 use crate::ledger::{
-    self, Account, AccountKey, Allocation, EntryRef, EntryType, Hold, HoldStatus, Lot, Payment,
-    Prior, State,
+    self, topups, Account, AccountKey, Allocation, EntryRef, EntryType, Hold, HoldStatus, Lot,
+    Payment, Prior, State,
 };
 
 /// The stored answers of the batch's command ids (a repeat is answered as the first time), with
@@ -65,7 +66,10 @@ pub(super) fn users(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, String)> {
         .iter()
         .filter_map(|e| match &e.command {
             Command::Webhook(event) => match &event.action {
-                WebhookAction::Credit { user_id, .. } | WebhookAction::Clawback { user_id, .. } => {
+                WebhookAction::Credit { user_id, .. }
+                | WebhookAction::CreditLines { user_id, .. }
+                | WebhookAction::Clawback { user_id, .. }
+                | WebhookAction::AutoTopupFailed { user_id, .. } => {
                     Some((e.app_id, user_id.clone()))
                 }
                 _ => None,
@@ -98,22 +102,30 @@ pub(super) fn named_accounts(envelopes: &[&Envelope]) -> BTreeSet<AccountKey> {
             } => {
                 rows.insert((app_id, user_id.clone(), credit_type.clone()));
             }
-            Command::Webhook(event) => {
-                if let WebhookAction::Credit {
+            Command::Webhook(event) => match &event.action {
+                WebhookAction::Credit {
                     user_id,
                     credit_type,
                     ..
-                } = &event.action
-                {
+                } => {
                     rows.insert((app_id, user_id.clone(), credit_type.clone()));
                 }
-            }
+                WebhookAction::CreditLines { user_id, lines } => {
+                    for line in lines {
+                        rows.insert((app_id, user_id.clone(), line.credit_type.clone()));
+                    }
+                }
+                _ => {}
+            },
             Command::AtomicBatch { operations, .. } => {
                 for operation in operations {
                     named(app_id, operation, rows);
                 }
             }
-            Command::Refund { .. } | Command::Capture { .. } | Command::Release { .. } => {}
+            Command::Refund { .. }
+            | Command::Capture { .. }
+            | Command::Release { .. }
+            | Command::AutoTopupCharge { .. } => {}
         }
     }
     let mut rows = BTreeSet::new();
@@ -239,19 +251,29 @@ pub(super) async fn event_state(
 
 /// The payments the batch's webhook commands credit or claw back.
 fn payment_keys(envelopes: &[&Envelope]) -> BTreeSet<(Uuid, Provider, String)> {
-    envelopes
-        .iter()
-        .filter_map(|e| match &e.command {
-            Command::Webhook(event) => match &event.action {
-                WebhookAction::Credit { payment_ref, .. }
-                | WebhookAction::Clawback { payment_ref, .. } => {
-                    Some((e.app_id, event.provider, payment_ref.clone()))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
+    let mut keys = BTreeSet::new();
+    for e in envelopes {
+        let Command::Webhook(event) = &e.command else {
+            continue;
+        };
+        let mut key = |payment_ref: &String| {
+            keys.insert((e.app_id, event.provider, payment_ref.clone()));
+        };
+        match &event.action {
+            WebhookAction::Credit { payment_ref, .. } => key(payment_ref),
+            WebhookAction::Clawback {
+                payment_ref, also, ..
+            } => {
+                key(payment_ref);
+                also.iter().for_each(key);
+            }
+            WebhookAction::CreditLines { lines, .. } => {
+                lines.iter().for_each(|line| key(&line.payment_ref))
+            }
+            _ => {}
+        }
+    }
+    keys
 }
 
 /// Locks and loads the payments the batch's webhook commands name.
@@ -270,7 +292,7 @@ pub(super) async fn payments(
     let rows = sqlx::query(
         "SELECT p.app_id, p.provider, p.payment_ref, p.ledger_id, p.user_id, p.credits,
                 p.amount_minor, p.refunded_minor, p.disputed_minor, p.clawed_credits,
-                p.unrecovered_credits, p.credit_type
+                p.unrecovered_credits, p.credit_type, p.refund_ref
          FROM payments p JOIN UNNEST($1::uuid[], $2::text[], $3::text[]) AS k(app_id, provider, payment_ref)
            ON p.app_id = k.app_id AND p.provider = k.provider AND p.payment_ref = k.payment_ref
          ORDER BY 1, 2, 3 FOR UPDATE OF p",
@@ -294,6 +316,7 @@ pub(super) async fn payments(
                 clawed_credits: row.get(9),
                 unrecovered_credits: row.get(10),
                 credit_type: stored_type(row.get(11)),
+                refund_ref: row.get(12),
             },
         );
     }
@@ -507,6 +530,95 @@ pub(super) async fn lots_and_holds(
     Ok(())
 }
 
+/// Locks and loads the auto top-up attempts the batch's commands name, and their accounts'
+/// settings.
+pub(super) async fn topups(
+    tx: &mut Transaction<'_, Postgres>,
+    envelopes: &[&Envelope],
+    state: &mut State,
+) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<Uuid> = envelopes
+        .iter()
+        .filter_map(|e| topups::named_attempt(&e.command))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort();
+    ids.dedup();
+    let rows = sqlx::query(
+        "SELECT id, app_id, user_id, credit_type, status, credits, amount, currency,
+                payment_intent_id, error_code, decline_code, error_message, charged
+         FROM auto_topup_attempts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let message: Option<String> = row.get(11);
+        let code: Option<String> = row.get(9);
+        let decline_code: Option<String> = row.get(10);
+        let error =
+            (code.is_some() || decline_code.is_some() || message.is_some()).then(|| ChargeError {
+                code,
+                decline_code,
+                message: message.unwrap_or_default(),
+            });
+        state.topup_attempts.insert(
+            row.get(0),
+            topups::Attempt {
+                app_id: row.get(1),
+                user_id: row.get(2),
+                credit_type: stored_type(row.get(3)),
+                status: topups::Status::parse(row.get(4)).expect("constrained by the schema"),
+                credits: row.get(5),
+                amount: row.get(6),
+                currency: row.get(7),
+                payment_intent_id: row.get(8),
+                error,
+                charged: row.get(12),
+            },
+        );
+    }
+    let mut keys: Vec<(Uuid, String, String)> = state
+        .topup_attempts
+        .values()
+        .map(|a| {
+            (
+                a.app_id,
+                a.user_id.clone(),
+                a.credit_type.as_str().to_string(),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let rows = sqlx::query(
+        "SELECT s.app_id, s.user_id, s.credit_type, s.enabled, s.consecutive_failures,
+                s.disabled_reason
+         FROM auto_topup_settings s
+         JOIN UNNEST($1::uuid[], $2::text[], $3::text[]) AS k(app_id, user_id, credit_type)
+           ON s.app_id = k.app_id AND s.user_id = k.user_id AND s.credit_type = k.credit_type
+         ORDER BY 1, 2, 3 FOR UPDATE OF s",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        state.topup_settings.insert(
+            (row.get(0), row.get(1), stored_type(row.get(2))),
+            topups::Settings {
+                enabled: row.get(3),
+                consecutive_failures: row.get(4),
+                disabled_reason: row.get(5),
+            },
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use tally_common::webhook::WebhookEvent;
@@ -534,6 +646,8 @@ mod tests {
             amount_minor: None,
             expires_in_days: None,
             credit_type: CreditType::default(),
+            expires_at: None,
+            auto_topup: None,
         })
     }
 

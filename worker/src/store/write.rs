@@ -5,12 +5,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{Postgres, Transaction};
 use tally_common::command::{Envelope, Outcome};
+use tally_common::plans::ChargeError;
 use tally_common::webhook::Provider;
 use uuid::Uuid;
 
 use super::columns::{EntryColumns, EventColumns, ProcessedColumns};
 use super::StoreError;
-use crate::ledger::{self, Account, AccountKey, Hold, HoldStatus, Lot, Payment, State, UserKey};
+use crate::ledger::{
+    self, topups, Account, AccountKey, Hold, HoldStatus, Lot, Payment, State, UserKey,
+};
 
 /// Appends the new ledger entries.
 pub(super) async fn insert_entries(
@@ -120,10 +123,10 @@ pub(super) async fn upsert_payments(
     sqlx::query(
         "INSERT INTO payments (app_id, provider, payment_ref, ledger_id, user_id, credits,
                                amount_minor, refunded_minor, disputed_minor, clawed_credits,
-                               unrecovered_credits, credit_type)
+                               unrecovered_credits, credit_type, refund_ref)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[],
                               $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                              $11::int8[], $12::text[])
+                              $11::int8[], $12::text[], $13::text[])
          ON CONFLICT (app_id, provider, payment_ref) DO UPDATE SET
              refunded_minor = EXCLUDED.refunded_minor,
              disputed_minor = EXCLUDED.disputed_minor,
@@ -145,6 +148,11 @@ pub(super) async fn upsert_payments(
     .bind(
         rows.iter()
             .map(|(_, p)| p.credit_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(_, p)| p.refund_ref.as_deref())
             .collect::<Vec<_>>(),
     )
     .execute(&mut **tx)
@@ -472,4 +480,163 @@ pub(super) async fn insert_processed(
         return Err(StoreError::Raced);
     }
     Ok(())
+}
+
+/// Records what the batch changed of auto top-up attempts and settings. A disabled auto top-up
+/// bumps its app's event configuration, so that workers stop watching its threshold.
+pub(super) async fn update_topups(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &State,
+    effects: &ledger::Effects,
+) -> Result<(), sqlx::Error> {
+    if !effects.topup_attempts.is_empty() {
+        let attempts: Vec<(&Uuid, &topups::Attempt)> = effects
+            .topup_attempts
+            .iter()
+            .map(|id| (id, &state.topup_attempts[id]))
+            .collect();
+        let error = |a: &topups::Attempt, f: fn(&ChargeError) -> Option<&str>| {
+            a.error.as_ref().and_then(f).map(str::to_string)
+        };
+        sqlx::query(
+            "UPDATE auto_topup_attempts a
+             SET status = k.status, payment_intent_id = k.payment_intent_id,
+                 error_code = k.error_code, decline_code = k.decline_code,
+                 error_message = k.error_message, charged = k.charged, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::bool[])
+                  AS k(id, status, payment_intent_id, error_code, decline_code, error_message, charged)
+             WHERE a.id = k.id",
+        )
+        .bind(attempts.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|(_, a)| a.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|(_, a)| a.payment_intent_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|(_, a)| error(a, |e| e.code.as_deref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|(_, a)| error(a, |e| e.decline_code.as_deref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|(_, a)| error(a, |e| Some(e.message.as_str())))
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|(_, a)| a.charged).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !effects.topup_settings.is_empty() {
+        let settings: Vec<(&AccountKey, &topups::Settings)> = effects
+            .topup_settings
+            .iter()
+            .map(|key| (key, &state.topup_settings[key]))
+            .collect();
+        sqlx::query(
+            "UPDATE auto_topup_settings s
+             SET enabled = k.enabled, consecutive_failures = k.failures,
+                 disabled_reason = k.reason, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::int4[], $6::text[])
+                  AS k(app_id, user_id, credit_type, enabled, failures, reason)
+             WHERE s.app_id = k.app_id AND s.user_id = k.user_id AND s.credit_type = k.credit_type",
+        )
+        .bind(settings.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+        .bind(
+            settings
+                .iter()
+                .map(|(k, _)| k.1.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            settings
+                .iter()
+                .map(|(k, _)| k.2.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(settings.iter().map(|(_, s)| s.enabled).collect::<Vec<_>>())
+        .bind(
+            settings
+                .iter()
+                .map(|(_, s)| s.consecutive_failures)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            settings
+                .iter()
+                .map(|(_, s)| s.disabled_reason.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+        let mut disabled: Vec<Uuid> = settings
+            .iter()
+            .filter(|(_, s)| !s.enabled)
+            .map(|(k, _)| k.0)
+            .collect();
+        disabled.sort();
+        disabled.dedup();
+        if !disabled.is_empty() {
+            sqlx::query(
+                "UPDATE app_event_config SET version = version + 1, updated_at = now()
+                 WHERE app_id = ANY($1)",
+            )
+            .bind(&disabled)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes an auto top-up attempt for each account the batch left below its threshold, where
+/// the auto top-up is enabled, no attempt is pending (the unique index) and the month's
+/// attempts are under the limit — all checked against the rows as this transaction sees them.
+/// Returns how many were made.
+pub(super) async fn insert_topup_attempts(
+    tx: &mut Transaction<'_, Postgres>,
+    due: &std::collections::BTreeSet<AccountKey>,
+) -> Result<u64, sqlx::Error> {
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = due.iter().map(|_| Uuid::now_v7()).collect();
+    let made = sqlx::query(
+        "INSERT INTO auto_topup_attempts (id, app_id, user_id, credit_type, credits, amount, currency)
+         SELECT k.id, s.app_id, s.user_id, s.credit_type, s.credits, s.amount, s.currency
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS k(id, app_id, user_id, credit_type)
+         JOIN auto_topup_settings s
+           ON s.app_id = k.app_id AND s.user_id = k.user_id AND s.credit_type = k.credit_type
+         JOIN accounts a
+           ON a.app_id = k.app_id AND a.user_id = k.user_id AND a.credit_type = k.credit_type
+         WHERE s.enabled AND a.balance - a.held < s.threshold
+           AND (SELECT count(*) FROM auto_topup_attempts x
+                WHERE x.app_id = s.app_id AND x.user_id = s.user_id AND x.credit_type = s.credit_type
+                  AND x.created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+               < s.max_per_month
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(due.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(due.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+    .bind(due.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(made.rows_affected())
 }
