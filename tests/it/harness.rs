@@ -297,6 +297,9 @@ pub struct TestApp {
     pub webhook_allow_private: bool,
     /// Changes to the configuration of every worker started.
     worker: fn(&mut tally_worker::WorkerConfig),
+    /// `TALLY_STRIPE_API_BASE` and `TALLY_SECRET_KEY` of every service.
+    pub stripe_api_base: Option<String>,
+    pub secret_key: Option<String>,
     /// Dropping it shuts the ingress down.
     _ingress_stop: oneshot::Sender<()>,
     ingress: Option<JoinHandle<anyhow::Result<()>>>,
@@ -321,6 +324,10 @@ pub struct Options {
     pub webhook_allow_private: bool,
     /// Changes to the workers' configuration (a short retry schedule).
     pub worker: fn(&mut tally_worker::WorkerConfig),
+    /// `TALLY_STRIPE_API_BASE` (a stand-in for Stripe's API).
+    pub stripe_api_base: Option<String>,
+    /// `TALLY_SECRET_KEY`.
+    pub secret_key: Option<String>,
 }
 
 impl Default for Options {
@@ -335,6 +342,8 @@ impl Default for Options {
             ingress: |_| {},
             webhook_allow_private: false,
             worker: |_| {},
+            stripe_api_base: None,
+            secret_key: None,
         }
     }
 }
@@ -373,6 +382,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let mut common = common_config(&db.url, &nats_url, &namespace);
     common.stream_replicas = options.stream_replicas;
     common.webhook_allow_private = options.webhook_allow_private;
+    apply_plans(&mut common, &options.stripe_api_base, &options.secret_key);
     let mut ingress_config = tally_ingress::IngressConfig::new(common);
     ingress_config.sync_timeout_ms = options.sync_timeout_ms;
     ingress_config.admin_token = Some(ADMIN_TOKEN.into());
@@ -393,6 +403,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         stream_replicas: options.stream_replicas,
         webhook_allow_private: options.webhook_allow_private,
         worker: options.worker,
+        stripe_api_base: options.stripe_api_base,
+        secret_key: options.secret_key,
         db,
         pool,
         namespace,
@@ -441,6 +453,20 @@ async fn wait_for_jetstream(nats_url: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Points the services at a stand-in for Stripe's API and sets the key that seals Stripe keys.
+fn apply_plans(
+    common: &mut CommonConfig,
+    stripe_api_base: &Option<String>,
+    secret_key: &Option<String>,
+) {
+    if let Some(base) = stripe_api_base {
+        common.stripe_api_base = base.clone();
+    }
+    common.secret_key = secret_key
+        .as_deref()
+        .map(|text| text.parse().expect("a valid TALLY_SECRET_KEY"));
 }
 
 pub fn common_config(database_url: &str, nats_url: &str, namespace: &str) -> CommonConfig {
@@ -495,6 +521,7 @@ impl TestApp {
         let mut common = common_config(&self.db.url, &self.nats_url, &self.namespace);
         common.stream_replicas = self.stream_replicas;
         common.webhook_allow_private = self.webhook_allow_private;
+        apply_plans(&mut common, &self.stripe_api_base, &self.secret_key);
         common
     }
 
@@ -525,7 +552,14 @@ impl TestApp {
 
     /// Like [`TestApp::spawn_worker_process`], with extra environment variables.
     pub fn spawn_worker_process_with(&self, env: &[(&str, &str)]) -> WorkerProcess {
-        let child = Command::new(workspace_binary("tally-worker"))
+        let mut command = Command::new(workspace_binary("tally-worker"));
+        if let Some(base) = &self.stripe_api_base {
+            command.env("TALLY_STRIPE_API_BASE", base);
+        }
+        if let Some(key) = &self.secret_key {
+            command.env("TALLY_SECRET_KEY", key);
+        }
+        let child = command
             .envs(env.iter().copied())
             .env("TALLY_DATABASE_URL", &self.db.url)
             .env("TALLY_NATS_URL", &self.nats_url)

@@ -407,6 +407,231 @@ async fn no_key_secret_signature_or_token_reaches_any_log() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The CLI reading `stdin`, with its stderr appended to `log`.
+async fn cli_stdin_logged(
+    app: &TestApp,
+    log: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> (i32, Value) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(workspace_binary("tally"))
+        .args(args)
+        .env("TALLY_DATABASE_URL", &app.db.url)
+        .env("TALLY_NATS_URL", app.nats.url())
+        .env("TALLY_NAMESPACE", &app.namespace)
+        .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
+        .env("RUST_LOG", "trace")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tally");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let output = child.wait_with_output().await.expect("tally output");
+    let mut captured = std::fs::read(log).unwrap_or_default();
+    captured.extend_from_slice(&output.stderr);
+    std::fs::write(log, captured).expect("append cli log");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (output.status.code().unwrap_or(-1), value)
+}
+
+/// An app's Stripe secret key, set through the CLI and the admin API, used by a worker's auto
+/// top-up charges (accepted, then refused by Stripe as unknown): no log line of any process at
+/// the most verbose level holds it, nor `TALLY_SECRET_KEY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stripe_secret_key_reaches_no_log() {
+    const STRIPE_KEY: &str = "sk_test_51LogCheckStripeKey9f8e7d6c5b4a";
+    const OTHER_KEY: &str = "rk_test_51OtherRestrictedKey0a1b2c3d4e";
+    const SEALING: &str = "sealing-secret-for-the-log-check-0123456789";
+    let stripe = crate::stripe_standin::StripeStandIn::start(STRIPE_KEY).await;
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("tally-it-stripe-logs-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let (ingress_log, worker_log, cli_log) = (
+        dir.join("ingress.log"),
+        dir.join("worker.log"),
+        dir.join("cli.log"),
+    );
+    let base = stripe.base_url();
+    let plans_env = [
+        ("TALLY_STRIPE_API_BASE", base.as_str()),
+        ("TALLY_SECRET_KEY", SEALING),
+    ];
+    let addr = free_local_addr();
+    let mut ingress_env = vec![
+        ("TALLY_HTTP_ADDR", addr.as_str()),
+        ("TALLY_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TALLY_LOG_FORMAT", "json"),
+    ];
+    ingress_env.extend(plans_env);
+    let _ingress = spawn_logged(&app, "tally-ingress", &ingress_log, &ingress_env);
+    let _worker = spawn_logged(&app, "tally-worker", &worker_log, &plans_env);
+    let traffic = Traffic {
+        http: reqwest::Client::new(),
+        base_url: format!("http://{addr}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !traffic
+        .http
+        .get(format!("{}/readyz", traffic.base_url))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "the ingress never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app_id = app.app_id.to_string();
+
+    // Set through the CLI (standard input), refused when malformed, then through the API.
+    let args = ["app", "set-stripe-key", "--app", app_id.as_str()];
+    let (code, out) = cli_stdin_logged(&app, &cli_log, &args, &plans_env, OTHER_KEY).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, _) =
+        cli_stdin_logged(&app, &cli_log, &args, &plans_env, &format!("{STRIPE_KEY}!")).await;
+    assert_ne!(code, 0);
+    let response = traffic
+        .http
+        .put(format!(
+            "{}/admin/apps/{app_id}/stripe_key",
+            traffic.base_url
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "secret_key": format!("{STRIPE_KEY} ") }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 400);
+    let response = traffic
+        .http
+        .put(format!(
+            "{}/admin/apps/{app_id}/stripe_key",
+            traffic.base_url
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "secret_key": STRIPE_KEY }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT secret FROM app_stripe_keys WHERE app_id = $1")
+            .bind(app.app_id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("stored key");
+    assert!(
+        !String::from_utf8_lossy(&stored).contains("LogCheck"),
+        "the key is stored in the clear"
+    );
+
+    // A charge with the key, then one Stripe refuses (the key is no longer valid there).
+    let key = &app.api_key;
+    for (path, body) in [
+        ("/credits/add", json!({ "user_id": "payer", "amount": 100 })),
+        (
+            "/credits/auto_topup",
+            json!({ "user_id": "payer", "enabled": true, "threshold": 90, "credits": 500,
+                    "amount": 500, "currency": "usd", "stripe_customer_id": "cus_1",
+                    "stripe_payment_method_id": "pm_1" }),
+        ),
+    ] {
+        let response = traffic
+            .http
+            .request(
+                if path == "/credits/add" {
+                    reqwest::Method::POST
+                } else {
+                    reqwest::Method::PUT
+                },
+                format!("{}{path}", traffic.base_url),
+            )
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = traffic
+        .send(
+            "POST",
+            "/credits/deduct",
+            Some(key),
+            &[],
+            Some(json!({ "user_id": "payer", "amount": 20 }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stripe.requests().is_empty() {
+        assert!(Instant::now() < deadline, "no charge was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stripe.requests()[0].authorization.as_deref(),
+        Some(format!("Bearer {STRIPE_KEY}").as_str())
+    );
+    // Applied: the charge's answer went through the worker's logs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, settings) = traffic
+            .send(
+                "GET",
+                "/credits/auto_topup?user_id=payer",
+                Some(key),
+                &[],
+                None,
+            )
+            .await;
+        if settings["last_attempt"]["payment_intent_id"].is_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the charge never applied: {settings}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut captured = String::new();
+    for log in [&ingress_log, &worker_log, &cli_log] {
+        captured.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+    }
+    assert!(
+        std::fs::read_to_string(&worker_log)
+            .unwrap_or_default()
+            .contains("Stripe answered an auto top-up charge"),
+        "the worker's trace of its call to Stripe was not captured"
+    );
+    let secrets: Vec<String> = [STRIPE_KEY, OTHER_KEY, SEALING]
+        .iter()
+        .flat_map(|secret| [secret.to_string(), secret[8..].to_string()])
+        .collect();
+    let found = leaks(&captured, &secrets);
+    assert!(
+        found.is_empty(),
+        "{} log lines hold a Stripe key, e.g.: {}",
+        found.len(),
+        found.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_leak_check_finds_a_key_even_without_its_prefix() {
     let key = tally_common::apikey::generate();

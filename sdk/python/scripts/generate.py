@@ -59,6 +59,9 @@ SDK_PATHS = [
     "/events",
     "/events/{id}",
     "/credits/alerts",
+    "/credits/auto_topup",
+    "/products",
+    "/products/{provider}/{product_id}",
 ]
 
 # Queries whose answer does not name them (`XResponse` -> `XQuery`): by method and path. One
@@ -66,6 +69,8 @@ SDK_PATHS = [
 QUERY_NAMES = {
     ("get", "/credits/alerts"): "AlertsQuery",
     ("delete", "/credits/alerts"): "AlertsQuery",
+    ("get", "/credits/auto_topup"): "AutoTopupQuery",
+    ("delete", "/credits/auto_topup"): "AutoTopupQuery",
 }
 
 # Errors are raised (TallyError and its subclasses, with the body as `.body`), never returned.

@@ -120,6 +120,8 @@ import os
 
 from tally_credits import (
     AsyncTally,
+    AutoTopup,
+    AutoTopupAttempt,
     BalanceResponse,
     BalancesResponse,
     BatchRejectedError,
@@ -131,6 +133,7 @@ from tally_credits import (
     HistoryEntry,
     HoldOperation,
     InsufficientCreditsError,
+    Product,
     Tally,
     TallyError,
     WriteResponse,
@@ -146,6 +149,26 @@ def event_calls(tally: Tally) -> str | None:
     tally.credits.alerts.set(thresholds=[100, 10], credit_type="credits")
     print(events, alerts.source)
     return endpoint.secret
+
+
+def plan_calls(tally: Tally) -> int:
+    product: Product = tally.products.put(provider="stripe", product_id="price_x", credits=500, mode="one_time")
+    products: list[Product] = tally.products.list()
+    tally.products.delete(provider="stripe", product_id="price_x")
+    settings: AutoTopup = tally.credits.auto_topup.set(
+        user_id="u",
+        enabled=True,
+        threshold=100,
+        credits=1000,
+        amount=999,
+        currency="usd",
+        stripe_customer_id="cus_x",
+        stripe_payment_method_id="pm_x",
+    )
+    attempt: AutoTopupAttempt | None = tally.credits.auto_topup.get(user_id="u", credit_type="credits").last_attempt
+    tally.credits.auto_topup.delete(user_id="u")
+    print(products, attempt)
+    return product.credits + settings.consecutive_failures
 
 
 def sync_calls(tally: Tally) -> int:
@@ -240,6 +263,9 @@ tally.credits.batch(operations=[{"op": "refund", "user_id": "u"}])  # type: igno
 tally.credits.batch(operations=[{"op": "transfer", "user_id": "u", "amount": 1}])  # type: ignore[misc, list-item]
 tally.credits.batch([{"op": "add", "user_id": "u", "amount": 1}])  # type: ignore[call-overload]
 tally.credits.batch(operations=[]).results[0].answer.ledger_id  # type: ignore[union-attr]
+tally.products.put(provider="stripe", product_id="price_x", credits="5", mode="one_time")  # type: ignore[arg-type]
+tally.products.put("stripe", "price_x", credits=5, mode="one_time")  # type: ignore[call-arg]
+tally.credits.auto_topup.set(user_id="u", enabled=True, threshold=1)  # type: ignore[call-arg]
 
 
 async def forgot_await() -> None:

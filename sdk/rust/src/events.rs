@@ -13,11 +13,11 @@ use crate::types::*;
 use crate::{decode, Client, Error};
 
 /// No query parameters, no body.
-const NOTHING: Option<&()> = None;
+pub(crate) const NOTHING: Option<&()> = None;
 
 impl Client {
     /// A call that answers JSON, decoded as `T`.
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

@@ -22,6 +22,7 @@
 mod batch;
 mod error;
 mod events;
+mod plans;
 mod resources;
 mod retry;
 mod types;
@@ -42,6 +43,7 @@ pub use batch::{
 };
 pub use error::{ApiError, Error};
 pub use events::{Alerts, Events, WebhookDeliveries, WebhookEndpoints};
+pub use plans::{AutoTopups, Products};
 pub use resources::{CommandHandle, Commands, Credits, WaitOptions, Webhooks, WriteRequest};
 pub use retry::{
     parse_retry_after, RetryPolicy, BACKOFF_BASE, BACKOFF_MAX, DEFAULT_MAX_RETRIES, RETRY_AFTER_MAX,
@@ -194,6 +196,11 @@ impl Client {
     /// The app's events, as its endpoints receive them.
     pub fn events(&self) -> Events<'_> {
         Events::new(self)
+    }
+
+    /// What each provider product (a Stripe Price, a Polar Product) buys.
+    pub fn products(&self) -> Products<'_> {
+        Products::new(self)
     }
 
     /// One call with its retries: sends the request until it gets an answer that is not

@@ -33,6 +33,12 @@ impl<'a> Credits<'a> {
         crate::Alerts::new(self.client)
     }
 
+    /// Users' auto top-up settings: a saved card charged when `available` falls below a
+    /// threshold.
+    pub fn auto_topup(&self) -> crate::AutoTopups<'a> {
+        crate::AutoTopups::new(self.client)
+    }
+
     /// `POST /credits/add`.
     pub fn add(&self, params: &AddParams) -> WriteRequest<'a, WriteResponse> {
         WriteRequest::new(self.client, "/credits/add", params)

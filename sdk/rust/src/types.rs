@@ -505,6 +505,128 @@ pub struct EffectiveAlerts {
     pub source: String,
 }
 
+/// `PUT /products/{provider}/{product_id}`: what one provider product buys.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProductParams {
+    /// 1..=10^12 credits one unit buys (a subscription line credits `credits × quantity`).
+    pub credits: i64,
+    /// Default `credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
+    /// `one_time` (a pack) or `subscription` (an allowance per billing period that expires at
+    /// the period's end).
+    pub mode: String,
+    /// `one_time` only: the credits expire this many days (1..=3650) after the payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
+}
+
+/// What one provider product buys.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Product {
+    /// `stripe` or `polar`.
+    pub provider: String,
+    /// A Stripe Price id (`price_...`) or a Polar Product id.
+    pub product_id: String,
+    pub credits: i64,
+    pub credit_type: String,
+    /// `one_time` or `subscription`.
+    pub mode: String,
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ProductsResponse {
+    pub products: Vec<Product>,
+}
+
+/// `PUT /credits/auto_topup`: when the user's `available` falls below `threshold`, their saved
+/// card is charged `amount` (minor units of `currency`) for `credits` more.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AutoTopupParams {
+    pub user_id: String,
+    /// Default `credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
+    pub enabled: bool,
+    pub threshold: i64,
+    pub credits: i64,
+    /// In the currency's minor units (cents).
+    pub amount: i64,
+    /// Three lowercase letters, e.g. `usd`.
+    pub currency: String,
+    /// `cus_...`
+    pub stripe_customer_id: String,
+    /// `pm_...`
+    pub stripe_payment_method_id: String,
+    /// 1..=1000 charges a month at most; default 10.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_month: Option<u32>,
+}
+
+/// `GET` and `DELETE /credits/auto_topup`: whose settings of which type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AutoTopupQuery {
+    pub user_id: String,
+    /// Default `credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
+}
+
+/// A user's auto top-up of one credit type.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct AutoTopup {
+    pub user_id: String,
+    pub credit_type: String,
+    pub enabled: bool,
+    pub threshold: i64,
+    pub credits: i64,
+    pub amount: i64,
+    pub currency: String,
+    pub stripe_customer_id: String,
+    pub stripe_payment_method_id: String,
+    pub max_per_month: u32,
+    /// Failed charges in a row; at 3 the auto top-up is disabled.
+    pub consecutive_failures: u32,
+    /// Why Tally turned it off (`None` when enabled, or turned off by a `set`).
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// `None` until a charge has been attempted.
+    #[serde(default)]
+    pub last_attempt: Option<AutoTopupAttempt>,
+    pub updated_at: String,
+}
+
+/// One charge of an auto top-up.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct AutoTopupAttempt {
+    /// Also the charge's `Idempotency-Key` at Stripe.
+    pub id: Uuid,
+    /// `pending`, `succeeded`, `failed` or `action_required`.
+    pub status: String,
+    /// The PaymentIntent Stripe created, once known.
+    #[serde(default)]
+    pub payment_intent_id: Option<String>,
+    pub created_at: String,
+    /// What Stripe answered, when the charge did not succeed.
+    #[serde(default)]
+    pub error: Option<AutoTopupError>,
+}
+
+/// Why a charge did not succeed.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct AutoTopupError {
+    /// Stripe's error code (`card_declined`, ...).
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decline_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 /// The type every request that names none uses, and the type of answers from a server older
 /// than credit types.
 pub const DEFAULT_CREDIT_TYPE: &str = "credits";

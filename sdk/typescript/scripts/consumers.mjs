@@ -90,7 +90,7 @@ writeFileSync(join(esm, "index.mts"), example);
 writeFileSync(join(esm, "example.mjs"), example);
 writeFileSync(
     join(esm, "types.mts"),
-    `import { Tally, BatchRejectedError, TallyError, webhooks, type AddParams, type BalanceResult, type BatchResult, type HistoryEntry, type WebhookEvent } from "tally-credits-sdk";
+    `import { Tally, BatchRejectedError, TallyError, webhooks, type AddParams, type AutoTopup, type AutoTopupAttempt, type BalanceResult, type BatchResult, type HistoryEntry, type Product, type WebhookEvent } from "tally-credits-sdk";
 const tally = new Tally({ apiKey: "tk_x", baseUrl: "http://127.0.0.1:1" });
 // @ts-expect-error a string amount
 void tally.credits.add({ user_id: "u", amount: "500" });
@@ -106,6 +106,14 @@ void tally.credits.add({ user_id: "u", amount: 1 }, { idempotency_key: "k" });
 void tally.webhookEndpoints.create({ events: ["*"] });
 // @ts-expect-error thresholds are numbers
 void tally.credits.alerts.set({ thresholds: ["100"] });
+// @ts-expect-error a product needs its mode
+void tally.products.put("stripe", "price_x", { credits: 5 });
+// @ts-expect-error credits are a number
+void tally.products.put("stripe", "price_x", { credits: "5", mode: "one_time" });
+// @ts-expect-error an auto top-up needs its card
+void tally.credits.autoTopup.set({ user_id: "u", enabled: true, threshold: 1, credits: 1, amount: 1, currency: "usd" });
+// @ts-expect-error whose auto top-up
+void tally.credits.autoTopup.get({ credit_type: "credits" });
 async function checks(): Promise<void> {
     const sync = await tally.credits.add({ user_id: "u", amount: 1 });
     const after: number = sync.balance_after;
@@ -155,7 +163,16 @@ async function checks(): Promise<void> {
     const secret: string | null | undefined = (await tally.webhookEndpoints.create({ url: "https://example.com" })).secret;
     const event: WebhookEvent = webhooks.verify("{}", { "webhook-id": "x" }, "whsec_AAAA");
     const sequence: number = event.sequence;
-    void [after, id, waited, balance, params, ofImage, types, settled, secret, sequence];
+    const product: Product = await tally.products.put("polar", "p", { credits: 5, credit_type: "image", mode: "subscription" });
+    const products: Product[] = await tally.products.list();
+    await tally.products.delete("stripe", "price_x");
+    const topup: AutoTopup = await tally.credits.autoTopup.set({
+        user_id: "u", enabled: true, threshold: 100, credits: 1000, amount: 999, currency: "usd",
+        stripe_customer_id: "cus_x", stripe_payment_method_id: "pm_x",
+    });
+    const attempt: AutoTopupAttempt | null | undefined = (await tally.credits.autoTopup.get({ user_id: "u", credit_type: "credits" })).last_attempt;
+    await tally.credits.autoTopup.delete({ user_id: "u" });
+    void [after, id, waited, balance, params, ofImage, types, settled, secret, sequence, product, products, topup, attempt];
 }
 void checks;
 `,

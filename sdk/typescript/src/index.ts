@@ -86,6 +86,18 @@ export type AlertsResult = Schemas["Alerts"];
 /** Whose thresholds (`user_id`; none: the app's default) of which `credit_type`. */
 export type AlertsQuery = QueryOf<"/credits/alerts">;
 export type EffectiveAlertsResult = Schemas["EffectiveAlerts"];
+/** What one provider product buys: a Stripe Price (`price_...`) or a Polar Product. */
+export type Product = Schemas["Product"];
+export type ProductParams = Schemas["ProductRequest"];
+export type ProductsResult = Schemas["ProductsResponse"];
+/** `stripe` or `polar`. */
+export type ProductProvider = Product["provider"];
+/** A user's auto top-up of one credit type, with its last attempt. */
+export type AutoTopup = Schemas["AutoTopup"];
+export type AutoTopupAttempt = Schemas["AutoTopupAttempt"];
+export type AutoTopupParams = Schemas["AutoTopupRequest"];
+/** Whose auto top-up (`user_id`) of which `credit_type` (default `credits`). */
+export type AutoTopupQuery = QueryOf<"/credits/auto_topup">;
 /** The 202 answer to a write sent with `respondAsync: true`. */
 export type AcceptedResult = {
     success: boolean;
@@ -217,7 +229,7 @@ const HISTORY_ALL_PAGE_SIZE = 200;
 // ---------------------------------------------------------------------------------------------
 
 /** The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`,
- * `tally.webhookEndpoints`, `tally.webhookDeliveries`, `tally.events`. */
+ * `tally.webhookEndpoints`, `tally.webhookDeliveries`, `tally.events`, `tally.products`. */
 export class Tally {
     readonly credits: Credits;
     readonly commands: Commands;
@@ -225,6 +237,7 @@ export class Tally {
     readonly webhookEndpoints: WebhookEndpoints;
     readonly webhookDeliveries: WebhookDeliveries;
     readonly events: Events;
+    readonly products: Products;
     /** @internal */
     readonly transport: Transport;
 
@@ -255,6 +268,7 @@ export class Tally {
         this.webhookEndpoints = new WebhookEndpoints(this.transport);
         this.webhookDeliveries = new WebhookDeliveries(this.transport);
         this.events = new Events(this.transport);
+        this.products = new Products(this.transport);
     }
 }
 
@@ -263,10 +277,13 @@ export default Tally;
 export class Credits {
     /** Balance alert thresholds: `set`, `get`, `delete`. */
     readonly alerts: Alerts;
+    /** Users' auto top-up settings: `set`, `get`, `delete`. */
+    readonly autoTopup: AutoTopups;
 
     /** @internal */
     constructor(private readonly transport: Transport) {
         this.alerts = new Alerts(transport);
+        this.autoTopup = new AutoTopups(transport);
     }
 
     add(params: AddParams, options: AsyncOptions): Promise<CommandHandle<AddResult>>;
@@ -540,6 +557,58 @@ export class Alerts {
     async delete(params: AlertsQuery = {}): Promise<void> {
         await this.transport.request<null>("DELETE", "/credits/alerts", { query: params });
     }
+}
+
+/** `tally.credits.autoTopup`: a user's saved card charged when `available` falls below a
+ * threshold, for more credits. */
+export class AutoTopups {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `PUT /credits/auto_topup`: creates or replaces `user_id`'s settings for `credit_type`
+     * (default `credits`); the charge is `amount` minor units of `currency`, for `credits`. */
+    set(params: AutoTopupParams): Promise<AutoTopup> {
+        return this.transport.request<AutoTopup>("PUT", "/credits/auto_topup", { body: params });
+    }
+
+    /** `GET /credits/auto_topup`: the settings with `consecutive_failures` and `last_attempt`;
+     * NotFoundError when the user has none for that type. */
+    get(params: AutoTopupQuery): Promise<AutoTopup> {
+        return this.transport.get<AutoTopup>("/credits/auto_topup", params);
+    }
+
+    /** `DELETE /credits/auto_topup`: no more top-ups; NotFoundError when there were none. */
+    async delete(params: AutoTopupQuery): Promise<void> {
+        await this.transport.request<null>("DELETE", "/credits/auto_topup", { query: params });
+    }
+}
+
+/** `tally.products`: what each provider product (a Stripe Price, a Polar Product) buys. */
+export class Products {
+    /** @internal */
+    constructor(private readonly transport: Transport) {}
+
+    /** `PUT /products/{provider}/{product_id}`: creates or replaces what the product buys:
+     * `credits` of `credit_type` (default `credits`), `mode` `one_time` (`expires_in_days`
+     * optional) or `subscription`. */
+    put(provider: ProductProvider, productId: string, params: ProductParams): Promise<Product> {
+        return this.transport.request<Product>("PUT", productPath(provider, productId), { body: params });
+    }
+
+    /** `GET /products`: every product of the app, by provider then product id. */
+    async list(): Promise<Product[]> {
+        const listed = await this.transport.get<ProductsResult>("/products", {});
+        return listed.products;
+    }
+
+    /** `DELETE /products/{provider}/{product_id}`: NotFoundError for an unknown one. */
+    async delete(provider: ProductProvider, productId: string): Promise<void> {
+        await this.transport.request<null>("DELETE", productPath(provider, productId), {});
+    }
+}
+
+function productPath(provider: string, productId: string): string {
+    return `/products/${encodeURIComponent(provider)}/${encodeURIComponent(productId)}`;
 }
 
 function endpointPath(id: string): string {

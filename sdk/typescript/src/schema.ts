@@ -354,6 +354,54 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/credits/auto_topup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_auto_topup"];
+        put: operations["put_auto_topup"];
+        post?: never;
+        delete: operations["delete_auto_topup"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/products": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_products"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/products/{provider}/{product_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put: operations["put_product"];
+        post?: never;
+        delete: operations["delete_product"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -503,6 +551,93 @@ export interface components {
             } | null;
             /** @enum {string} */
             op: "hold";
+            /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+            user_id: string;
+        };
+        /** @description A user's auto top-up of one credit type. */
+        AutoTopup: {
+            /** Format: int64 */
+            amount: number;
+            /**
+             * Format: int32
+             * @description Failed charges in a row; at 3 the auto top-up is disabled.
+             */
+            consecutive_failures: number;
+            credit_type: string;
+            /** Format: int64 */
+            credits: number;
+            currency: string;
+            /** @description Why it was disabled by Tally (null when enabled, or disabled by a `PUT`). */
+            disabled_reason?: string | null;
+            enabled: boolean;
+            last_attempt?: null | components["schemas"]["AutoTopupAttempt"];
+            /** Format: int32 */
+            max_per_month: number;
+            stripe_customer_id: string;
+            stripe_payment_method_id: string;
+            /** Format: int64 */
+            threshold: number;
+            /** Format: date-time */
+            updated_at: string;
+            user_id: string;
+        };
+        /** @description The latest charge of an auto top-up. */
+        AutoTopupAttempt: {
+            /** Format: date-time */
+            created_at: string;
+            error?: null | components["schemas"]["AutoTopupError"];
+            /**
+             * Format: uuid
+             * @description Also the charge's `Idempotency-Key` and its metadata `tally_auto_topup_id`.
+             */
+            id: string;
+            /** @description The PaymentIntent Stripe created, once known. */
+            payment_intent_id?: string | null;
+            /** @description `pending`, `succeeded`, `failed` or `action_required`. */
+            status: string;
+        };
+        /** @description Stripe's refusal of an attempt. */
+        AutoTopupError: {
+            /** @description Stripe's error code (`card_declined` …). */
+            code?: string | null;
+            decline_code?: string | null;
+            message?: string | null;
+        };
+        /** @description Body of `PUT /credits/auto_topup`. */
+        AutoTopupRequest: {
+            /**
+             * Format: int64
+             * @description What each charge costs, in the currency's smallest unit (cents). A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
+             */
+            amount: number;
+            /**
+             * @description The balance watched and credited. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /**
+             * Format: int64
+             * @description Credits each charge buys (credited when Stripe's `payment_intent.succeeded` arrives).
+             */
+            credits: number;
+            /** @description ISO 4217 code, lowercase (`usd`). */
+            currency: string;
+            /** @description Whether charges are made (`true` also forgets the failures that disabled it). */
+            enabled: boolean;
+            /**
+             * Format: int64
+             * @description Charges at most per calendar month (UTC).
+             */
+            max_per_month?: number | null;
+            /** @description The Stripe Customer (`cus_…`) charged. */
+            stripe_customer_id: string;
+            /** @description The customer's saved PaymentMethod (`pm_…`), charged off-session. */
+            stripe_payment_method_id: string;
+            /**
+             * Format: int64
+             * @description A charge is made when a change leaves `available` below this.
+             */
+            threshold: number;
             /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
             user_id: string;
         };
@@ -996,6 +1131,50 @@ export interface components {
             /** Format: int64 */
             amount: number;
             expires_at: string;
+        };
+        /** @description A catalogue product. */
+        Product: {
+            credit_type: string;
+            /** Format: int64 */
+            credits: number;
+            /** Format: int32 */
+            expires_in_days?: number | null;
+            /** @description `one_time` or `subscription`. */
+            mode: string;
+            /** @description A Stripe Price id (`price_…`) or a Polar Product id. */
+            product_id: string;
+            /** @description `stripe` or `polar`. */
+            provider: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        /** @description Body of `PUT /products/{provider}/{product_id}`. */
+        ProductRequest: {
+            /**
+             * @description The balance credited. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.
+             * @default credits
+             */
+            credit_type?: string | null;
+            /**
+             * Format: int64
+             * @description Credits one unit buys (a subscription line credits `credits × quantity`).
+             */
+            credits: number;
+            /**
+             * Format: int64
+             * @description One-time packs only: the credits expire this many days after the payment.
+             */
+            expires_in_days?: number | null;
+            /**
+             * @description `one_time` (a pack) or `subscription` (an allowance per billing period that expires at
+             *     the period's end).
+             */
+            mode: string;
+        };
+        /** @description Answer to `GET /products`. */
+        ProductsResponse: {
+            /** @description By provider, then product id. */
+            products: components["schemas"]["Product"][];
         };
         /** @description Body of `POST /credits/refund`. */
         RefundRequest: {
@@ -3968,6 +4147,565 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"] & {
                         /** @enum {string} */
                         error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    get_auto_topup: {
+        parameters: {
+            query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+                user_id: string;
+                /** @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
+                credit_type?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AutoTopup"];
+                };
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `not_found`: unknown id, or another app's */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    put_auto_topup: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AutoTopupRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AutoTopup"];
+                };
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `payload_too_large`: the body is over 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `unsupported_media_type`: the body is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    delete_auto_topup: {
+        parameters: {
+            query: {
+                /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
+                user_id: string;
+                /** @description Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. */
+                credit_type?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `not_found`: unknown id, or another app's */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    list_products: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProductsResponse"];
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    put_product: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description `stripe` or `polar`. */
+                provider: string;
+                /** @description A Stripe Price id (`price_…`) or a Polar Product id. */
+                product_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProductRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Product"];
+                };
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `not_found`: unknown id, or another app's */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
+                    };
+                };
+            };
+            /** @description `request_timeout`: the body stalled past the server's deadline; nothing changed */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "request_timeout";
+                    };
+                };
+            };
+            /** @description `payload_too_large`: the body is over 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `unsupported_media_type`: the body is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description `rate_limited`: the request budget is spent; nothing changed */
+            429: {
+                headers: {
+                    /** @description seconds until a request would be admitted again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "rate_limited";
+                    };
+                };
+            };
+            /** @description `unavailable`: the broker or the database is unreachable; nothing was accepted or changed */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unavailable";
+                    };
+                };
+            };
+        };
+    };
+    delete_product: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description `stripe` or `polar`. */
+                provider: string;
+                product_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `invalid_request`: malformed JSON, a missing or unknown field, a bad type or range, a malformed id or cursor; `field` names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "invalid_request";
+                    };
+                };
+            };
+            /** @description `unauthorized`: missing, malformed, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "unauthorized";
+                    };
+                };
+            };
+            /** @description `not_found`: unknown id, or another app's */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"] & {
+                        /** @enum {string} */
+                        error?: "not_found";
                     };
                 };
             };

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeVar, Unpack, overload
@@ -15,6 +16,9 @@ from ._generated import (
     AddRequest,
     AlertsQuery,
     AlertsRequest,
+    AutoTopup,
+    AutoTopupQuery,
+    AutoTopupRequest,
     BalanceQuery,
     BalanceResponse,
     BalancesQuery,
@@ -41,6 +45,9 @@ from ._generated import (
     HoldResponse,
     HoldsQuery,
     HoldsResponse,
+    Product,
+    ProductRequest,
+    ProductsResponse,
     RefundRequest,
     RefundResponse,
     ReleaseRequest,
@@ -62,7 +69,8 @@ T = TypeVar("T")
 
 class AsyncTally:
     """The Tally client for asyncio: `tally.credits`, `tally.commands`, `tally.webhooks`,
-    `tally.webhook_endpoints`, `tally.webhook_deliveries`, `tally.events`, each call awaited.
+    `tally.webhook_endpoints`, `tally.webhook_deliveries`, `tally.events`, `tally.products`, each
+    call awaited.
 
     `api_key` and `base_url` default to the `TALLY_API_KEY` and `TALLY_BASE_URL` environment
     variables (explicit arguments win). `timeout` (seconds, default 30) is how long each attempt
@@ -90,6 +98,7 @@ class AsyncTally:
         self.webhook_endpoints = AsyncWebhookEndpoints(self)
         self.webhook_deliveries = AsyncWebhookDeliveries(self)
         self.events = AsyncEvents(self)
+        self.products = AsyncProducts(self)
 
     async def aclose(self) -> None:
         """Closes the connections (not those of an `http_client` you passed)."""
@@ -231,6 +240,7 @@ class AsyncCredits:
     def __init__(self, client: AsyncTally) -> None:
         self._client = client
         self.alerts = AsyncCreditAlerts(client)
+        self.auto_topup = AsyncCreditAutoTopup(client)
 
     @overload
     async def add(
@@ -539,3 +549,52 @@ class AsyncCreditAlerts:
         """`DELETE /credits/alerts`: drops `user_id`'s own list (the app's default applies
         again), or without `user_id` the app's default."""
         await self._client._run(core.call_no_content(self._client._config, "DELETE", "/credits/alerts", query=query))
+
+
+class AsyncCreditAutoTopup:
+    """`tally.credits.auto_topup` of AsyncTally: a user's saved card charged when `available`
+    falls below a threshold, for more credits."""
+
+    def __init__(self, client: AsyncTally) -> None:
+        self._client = client
+
+    async def set(self, **params: Unpack[AutoTopupRequest]) -> AutoTopup:
+        """`PUT /credits/auto_topup`: creates or replaces `user_id`'s settings for `credit_type`
+        (default `credits`): below `threshold`, charge `amount` (minor units of `currency`) to
+        `stripe_payment_method_id` of `stripe_customer_id` for `credits` more, at most
+        `max_per_month` times a month (default 10)."""
+        return await self._client._call(AutoTopup, "PUT", "/credits/auto_topup", body=params)
+
+    async def get(self, **query: Unpack[AutoTopupQuery]) -> AutoTopup:
+        """`GET /credits/auto_topup`: `user_id`'s settings for `credit_type`, with
+        `consecutive_failures` and `last_attempt`; NotFoundError when there are none."""
+        return await self._client._call(AutoTopup, "GET", "/credits/auto_topup", query=query)
+
+    async def delete(self, **query: Unpack[AutoTopupQuery]) -> None:
+        """`DELETE /credits/auto_topup`: no more top-ups for `user_id` of `credit_type`;
+        NotFoundError when there were none."""
+        path = "/credits/auto_topup"
+        await self._client._run(core.call_no_content(self._client._config, "DELETE", path, query=query))
+
+
+class AsyncProducts:
+    """`tally.products` of AsyncTally: what each provider product (a Stripe Price, a Polar Product) buys."""
+
+    def __init__(self, client: AsyncTally) -> None:
+        self._client = client
+
+    async def put(self, *, provider: str, product_id: str, **params: Unpack[ProductRequest]) -> Product:
+        """`PUT /products/{provider}/{product_id}`: creates or replaces what the product buys.
+        `provider` is `stripe` (`product_id` a Price id, `price_...`) or `polar` (a Product id);
+        `credits` of `credit_type` (default `credits`), `mode` `one_time` (`expires_in_days`
+        optional) or `subscription`."""
+        return await self._client._call(Product, "PUT", core.product_path(provider, product_id), body=params)
+
+    async def list(self) -> builtins.list[Product]:
+        """`GET /products`: every product of the app, by provider then product id."""
+        return (await self._client._call(ProductsResponse, "GET", "/products")).products
+
+    async def delete(self, *, provider: str, product_id: str) -> None:
+        """`DELETE /products/{provider}/{product_id}`: NotFoundError for an unknown one."""
+        path = core.product_path(provider, product_id)
+        await self._client._run(core.call_no_content(self._client._config, "DELETE", path))

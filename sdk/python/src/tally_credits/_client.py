@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
@@ -15,6 +16,9 @@ from ._generated import (
     AddRequest,
     AlertsQuery,
     AlertsRequest,
+    AutoTopup,
+    AutoTopupQuery,
+    AutoTopupRequest,
     BalanceQuery,
     BalanceResponse,
     BalancesQuery,
@@ -41,6 +45,9 @@ from ._generated import (
     HoldResponse,
     HoldsQuery,
     HoldsResponse,
+    Product,
+    ProductRequest,
+    ProductsResponse,
     RefundRequest,
     RefundResponse,
     ReleaseRequest,
@@ -62,7 +69,7 @@ T = TypeVar("T")
 
 class Tally:
     """The Tally client: `tally.credits`, `tally.commands`, `tally.webhooks`,
-    `tally.webhook_endpoints`, `tally.webhook_deliveries`, `tally.events`.
+    `tally.webhook_endpoints`, `tally.webhook_deliveries`, `tally.events`, `tally.products`.
 
     `api_key` and `base_url` default to the `TALLY_API_KEY` and `TALLY_BASE_URL` environment
     variables (explicit arguments win). `timeout` (seconds, default 30) is how long each attempt
@@ -89,6 +96,7 @@ class Tally:
         self.webhook_endpoints = WebhookEndpoints(self)
         self.webhook_deliveries = WebhookDeliveries(self)
         self.events = Events(self)
+        self.products = Products(self)
 
     def close(self) -> None:
         """Closes the connections (not those of an `http_client` you passed)."""
@@ -227,6 +235,7 @@ class Credits:
     def __init__(self, client: Tally) -> None:
         self._client = client
         self.alerts = CreditAlerts(client)
+        self.auto_topup = CreditAutoTopup(client)
 
     @overload
     def add(
@@ -531,3 +540,52 @@ class CreditAlerts:
         """`DELETE /credits/alerts`: drops `user_id`'s own list (the app's default applies
         again), or without `user_id` the app's default."""
         self._client._run(core.call_no_content(self._client._config, "DELETE", "/credits/alerts", query=query))
+
+
+class CreditAutoTopup:
+    """`tally.credits.auto_topup`: a user's saved card charged when `available` falls below
+    a threshold, for more credits."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def set(self, **params: Unpack[AutoTopupRequest]) -> AutoTopup:
+        """`PUT /credits/auto_topup`: creates or replaces `user_id`'s settings for `credit_type`
+        (default `credits`): below `threshold`, charge `amount` (minor units of `currency`) to
+        `stripe_payment_method_id` of `stripe_customer_id` for `credits` more, at most
+        `max_per_month` times a month (default 10)."""
+        return self._client._call(AutoTopup, "PUT", "/credits/auto_topup", body=params)
+
+    def get(self, **query: Unpack[AutoTopupQuery]) -> AutoTopup:
+        """`GET /credits/auto_topup`: `user_id`'s settings for `credit_type`, with
+        `consecutive_failures` and `last_attempt`; NotFoundError when there are none."""
+        return self._client._call(AutoTopup, "GET", "/credits/auto_topup", query=query)
+
+    def delete(self, **query: Unpack[AutoTopupQuery]) -> None:
+        """`DELETE /credits/auto_topup`: no more top-ups for `user_id` of `credit_type`;
+        NotFoundError when there were none."""
+        path = "/credits/auto_topup"
+        self._client._run(core.call_no_content(self._client._config, "DELETE", path, query=query))
+
+
+class Products:
+    """`tally.products`: what each provider product (a Stripe Price, a Polar Product) buys."""
+
+    def __init__(self, client: Tally) -> None:
+        self._client = client
+
+    def put(self, *, provider: str, product_id: str, **params: Unpack[ProductRequest]) -> Product:
+        """`PUT /products/{provider}/{product_id}`: creates or replaces what the product buys.
+        `provider` is `stripe` (`product_id` a Price id, `price_...`) or `polar` (a Product id);
+        `credits` of `credit_type` (default `credits`), `mode` `one_time` (`expires_in_days`
+        optional) or `subscription`."""
+        return self._client._call(Product, "PUT", core.product_path(provider, product_id), body=params)
+
+    def list(self) -> builtins.list[Product]:
+        """`GET /products`: every product of the app, by provider then product id."""
+        return self._client._call(ProductsResponse, "GET", "/products").products
+
+    def delete(self, *, provider: str, product_id: str) -> None:
+        """`DELETE /products/{provider}/{product_id}`: NotFoundError for an unknown one."""
+        path = core.product_path(provider, product_id)
+        self._client._run(core.call_no_content(self._client._config, "DELETE", path))

@@ -461,6 +461,10 @@ def event_path(event_id: str) -> str:
     return f"/events/{quote(event_id, safe='')}"
 
 
+def product_path(provider: str, product_id: str) -> str:
+    return f"/products/{quote(provider, safe='')}/{quote(product_id, safe='')}"
+
+
 def history_all_query(query: Mapping[str, object]) -> dict[str, object]:
     """The first page's query of `history_all` (and `list_all`): the API's largest page unless
     `limit` is given."""

@@ -35,6 +35,8 @@ __all__ = [
     "CreateEndpointRequest",
     "UpdateEndpointRequest",
     "AlertsRequest",
+    "AutoTopupRequest",
+    "ProductRequest",
     "BalanceQuery",
     "BalancesQuery",
     "HistoryQuery",
@@ -43,8 +45,12 @@ __all__ = [
     "DeliveriesQuery",
     "EventsQuery",
     "AlertsQuery",
+    "AutoTopupQuery",
     "AcceptedResponse",
     "Alerts",
+    "AutoTopup",
+    "AutoTopupAttempt",
+    "AutoTopupError",
     "BalanceResponse",
     "BalancesResponse",
     "BatchOperationResult",
@@ -65,6 +71,8 @@ __all__ = [
     "HoldResponse",
     "HoldsResponse",
     "NextExpiry",
+    "Product",
+    "ProductsResponse",
     "RefundResponse",
     "ReleaseResponse",
     "SecretResponse",
@@ -348,6 +356,44 @@ class AlertsRequest(TypedDict):
     """Whose list: absent for the app's default. 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
 
 
+class AutoTopupRequest(TypedDict):
+    """Body of `PUT /credits/auto_topup`."""
+
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    enabled: bool
+    """Whether charges are made (`true` also forgets the failures that disabled it)."""
+    threshold: int
+    """A charge is made when a change leaves `available` below this."""
+    credits: int
+    """Credits each charge buys (credited when Stripe's `payment_intent.succeeded` arrives)."""
+    amount: int
+    """What each charge costs, in the currency's smallest unit (cents). A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    currency: str
+    """ISO 4217 code, lowercase (`usd`)."""
+    stripe_customer_id: str
+    """The Stripe Customer (`cus_…`) charged."""
+    stripe_payment_method_id: str
+    """The customer's saved PaymentMethod (`pm_…`), charged off-session."""
+    credit_type: NotRequired[str | None]
+    """The balance watched and credited. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    max_per_month: NotRequired[int | None]
+    """Charges at most per calendar month (UTC)."""
+
+
+class ProductRequest(TypedDict):
+    """Body of `PUT /products/{provider}/{product_id}`."""
+
+    credits: int
+    """Credits one unit buys (a subscription line credits `credits × quantity`)."""
+    mode: str
+    """`one_time` (a pack) or `subscription` (an allowance per billing period that expires at the period's end)."""
+    credit_type: NotRequired[str | None]
+    """The balance credited. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+    expires_in_days: NotRequired[int | None]
+    """One-time packs only: the credits expire this many days after the payment."""
+
+
 class BalanceQuery(TypedDict):
     """Query of `GET /credits/balance`."""
 
@@ -434,6 +480,15 @@ class AlertsQuery(TypedDict):
     """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
 
 
+class AutoTopupQuery(TypedDict):
+    """Query of `GET /credits/auto_topup`."""
+
+    user_id: str
+    """1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first."""
+    credit_type: NotRequired[str | None]
+    """Which of the user's balances. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AcceptedResponse(Model):
     """A write accepted but not (yet) applied: follow `status_url`."""
@@ -472,6 +527,92 @@ class Alerts(Model):
             credit_type=body["credit_type"],
             thresholds=body["thresholds"],
             user_id=body.get("user_id"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoTopup(Model):
+    """A user's auto top-up of one credit type."""
+
+    user_id: str
+    credit_type: str
+    enabled: bool
+    threshold: int
+    credits: int
+    amount: int
+    currency: str
+    stripe_customer_id: str
+    stripe_payment_method_id: str
+    max_per_month: int
+    consecutive_failures: int
+    """Failed charges in a row; at 3 the auto top-up is disabled."""
+    updated_at: str
+    disabled_reason: str | None = None
+    """Why it was disabled by Tally (null when enabled, or disabled by a `PUT`)."""
+    last_attempt: AutoTopupAttempt | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            user_id=body["user_id"],
+            credit_type=body["credit_type"],
+            enabled=body["enabled"],
+            threshold=body["threshold"],
+            credits=body["credits"],
+            amount=body["amount"],
+            currency=body["currency"],
+            stripe_customer_id=body["stripe_customer_id"],
+            stripe_payment_method_id=body["stripe_payment_method_id"],
+            max_per_month=body["max_per_month"],
+            consecutive_failures=body["consecutive_failures"],
+            updated_at=body["updated_at"],
+            disabled_reason=body.get("disabled_reason"),
+            last_attempt=None if body.get("last_attempt") is None else AutoTopupAttempt.from_dict(body["last_attempt"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoTopupAttempt(Model):
+    """The latest charge of an auto top-up."""
+
+    id: str
+    """Also the charge's `Idempotency-Key` and its metadata `tally_auto_topup_id`."""
+    status: str
+    """`pending`, `succeeded`, `failed` or `action_required`."""
+    created_at: str
+    error: AutoTopupError | None = None
+    payment_intent_id: str | None = None
+    """The PaymentIntent Stripe created, once known."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            id=body["id"],
+            status=body["status"],
+            created_at=body["created_at"],
+            error=None if body.get("error") is None else AutoTopupError.from_dict(body["error"]),
+            payment_intent_id=body.get("payment_intent_id"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoTopupError(Model):
+    """Stripe's refusal of an attempt."""
+
+    code: str | None = None
+    """Stripe's error code (`card_declined` …)."""
+    decline_code: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            code=body.get("code"),
+            decline_code=body.get("decline_code"),
+            message=body.get("message"),
         )
 
 
@@ -940,6 +1081,50 @@ class NextExpiry(Model):
             _body=body,
             amount=body["amount"],
             expires_at=body["expires_at"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Product(Model):
+    """A catalogue product."""
+
+    provider: str
+    """`stripe` or `polar`."""
+    product_id: str
+    """A Stripe Price id (`price_…`) or a Polar Product id."""
+    credits: int
+    credit_type: str
+    mode: str
+    """`one_time` or `subscription`."""
+    updated_at: str
+    expires_in_days: int | None = None
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            provider=body["provider"],
+            product_id=body["product_id"],
+            credits=body["credits"],
+            credit_type=body["credit_type"],
+            mode=body["mode"],
+            updated_at=body["updated_at"],
+            expires_in_days=body.get("expires_in_days"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProductsResponse(Model):
+    """Answer to `GET /products`."""
+
+    products: list[Product]
+    """By provider, then product id."""
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            _body=body,
+            products=[Product.from_dict(item) for item in body["products"]],
         )
 
 
