@@ -13,6 +13,7 @@ mod crash;
 mod credit_types;
 mod credits;
 mod dead_letters;
+mod dashboard_plans;
 mod deliveries;
 mod events_api;
 mod faults;

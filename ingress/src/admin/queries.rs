@@ -657,3 +657,122 @@ pub async fn daily(pool: &PgPool, app_id: Uuid, days: i64) -> Result<Vec<Day>, A
     .fetch_all(pool)
     .await?)
 }
+
+/// When the app's Stripe secret key was last set; `None` when it has none. Only the time is
+/// read: the key never leaves the table but to charge.
+pub async fn stripe_key_updated(
+    pool: &PgPool,
+    app_id: Uuid,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    Ok(
+        sqlx::query_scalar("SELECT updated_at FROM app_stripe_keys WHERE app_id = $1")
+            .bind(app_id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Most auto top-up attempts read per credit type, newest first.
+pub const TOPUP_ATTEMPTS_SHOWN: i64 = 10;
+
+/// A user's auto top-up of one credit type with its latest attempts.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct AutoTopupDetail {
+    pub credit_type: String,
+    pub enabled: bool,
+    /// A charge is made when a change leaves `available` below this.
+    pub threshold: i64,
+    /// Credits each charge buys.
+    pub credits: i64,
+    /// What each charge costs, in the currency's smallest unit.
+    pub amount: i64,
+    pub currency: String,
+    pub stripe_customer_id: String,
+    pub stripe_payment_method_id: String,
+    pub max_per_month: i32,
+    /// Failed charges in a row.
+    pub consecutive_failures: i32,
+    /// Why Tally disabled it (null when enabled, or disabled by a `PUT`).
+    pub disabled_reason: Option<String>,
+    #[serde(serialize_with = "time_json")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "time_json")]
+    pub updated_at: DateTime<Utc>,
+    /// At most [`TOPUP_ATTEMPTS_SHOWN`], newest first.
+    #[sqlx(skip)]
+    pub attempts: Vec<TopupAttempt>,
+}
+
+/// One charge an auto top-up decided to make, and what Stripe answered.
+#[derive(Debug, sqlx::FromRow, Serialize)]
+pub struct TopupAttempt {
+    #[serde(skip)]
+    pub credit_type: String,
+    /// Also the charge's `Idempotency-Key`.
+    pub id: Uuid,
+    /// `pending`, `succeeded`, `failed` or `action_required`.
+    pub status: String,
+    pub credits: i64,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_intent_id: Option<String>,
+    pub error_code: Option<String>,
+    pub decline_code: Option<String>,
+    pub error_message: Option<String>,
+    /// Stripe's answer has been applied.
+    pub charged: bool,
+    #[serde(serialize_with = "time_json")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "time_json")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user's auto top-ups, by credit type, each with its [`TOPUP_ATTEMPTS_SHOWN`] latest attempts.
+pub async fn auto_topups(
+    pool: &PgPool,
+    app_id: Uuid,
+    user_id: &str,
+) -> Result<Vec<AutoTopupDetail>, ApiError> {
+    let mut settings: Vec<AutoTopupDetail> = sqlx::query_as(
+        "SELECT credit_type, enabled, threshold, credits, amount, currency, stripe_customer_id,
+                stripe_payment_method_id, max_per_month, consecutive_failures, disabled_reason,
+                created_at, updated_at
+         FROM auto_topup_settings WHERE app_id = $1 AND user_id = $2 ORDER BY credit_type",
+    )
+    .bind(app_id)
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?;
+    if settings.is_empty() {
+        return Ok(settings);
+    }
+    let types: Vec<&str> = settings.iter().map(|s| s.credit_type.as_str()).collect();
+    let attempts: Vec<TopupAttempt> = sqlx::query_as(
+        "SELECT t.credit_type, a.id, a.status, a.credits, a.amount, a.currency,
+                a.payment_intent_id, a.error_code, a.decline_code, a.error_message, a.charged,
+                a.created_at, a.updated_at
+         FROM unnest($3::text[]) AS t (credit_type)
+         CROSS JOIN LATERAL (
+             SELECT * FROM auto_topup_attempts
+             WHERE app_id = $1 AND user_id = $2 AND credit_type = t.credit_type
+             ORDER BY created_at DESC, id DESC LIMIT $4) a
+         ORDER BY t.credit_type, a.created_at DESC, a.id DESC",
+    )
+    .bind(app_id)
+    .bind(user_id)
+    .bind(&types)
+    .bind(TOPUP_ATTEMPTS_SHOWN)
+    .fetch_all(pool)
+    .await?;
+    let mut by_type: HashMap<String, Vec<TopupAttempt>> = HashMap::new();
+    for attempt in attempts {
+        by_type
+            .entry(attempt.credit_type.clone())
+            .or_default()
+            .push(attempt);
+    }
+    for detail in &mut settings {
+        detail.attempts = by_type.remove(&detail.credit_type).unwrap_or_default();
+    }
+    Ok(settings)
+}

@@ -1,5 +1,6 @@
-//! One app's page (its daily chart, its users, its keys and webhook secrets) and the writes
-//! to its credentials: issuing and revoking keys, adding webhook secrets.
+//! One app's page (its daily chart, its users, its keys and webhook secrets, its product
+//! catalogue and whether it has a Stripe secret key) and the writes to its credentials: issuing
+//! and revoking keys, adding webhook secrets.
 
 use std::collections::HashMap;
 
@@ -23,6 +24,7 @@ use crate::admin::{self, queries};
 use crate::error::ApiError;
 use crate::routes::alerts::{self, EffectiveAlerts};
 use crate::routes::endpoints::{self, Endpoint};
+use crate::routes::plans::{self, Product};
 use crate::validate;
 use crate::AppState;
 
@@ -47,6 +49,11 @@ struct AppPage {
     event_field_prefix: &'static str,
     /// The app's default balance alert thresholds, per credit type.
     thresholds: Vec<EffectiveAlerts>,
+    /// The app's catalogue, by provider and product id.
+    products: Vec<Product>,
+    /// When the app's Stripe secret key (for auto top-up charges) was set; `None` without one.
+    /// The key itself is never read.
+    stripe_key_updated: Option<DateTime<Utc>>,
 }
 
 /// The app's keys (prefix only) and its webhook secrets per provider, read from the JSON of
@@ -159,6 +166,8 @@ pub async fn app_page(
             .map_err(|error| ApiError::Internal(error.into()))?;
         let endpoints = endpoints::list(&state.pool, app.id).await?;
         let thresholds = alerts::effective(&state.pool, app.id, None, None).await?;
+        let products = plans::products(&state.pool, app.id).await?;
+        let stripe_key_updated = queries::stripe_key_updated(&state.pool, app.id).await?;
         Ok(html(
             StatusCode::OK,
             &AppPage {
@@ -176,6 +185,8 @@ pub async fn app_page(
                 event_types: subscribable(),
                 event_field_prefix: EVENT_FIELD_PREFIX,
                 thresholds,
+                products,
+                stripe_key_updated,
             },
         ))
     })

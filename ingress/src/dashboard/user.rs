@@ -1,5 +1,6 @@
-//! One user's page (figures per credit type, history, holds, expiring credits) and the form
-//! that adds or deducts credits of a type by hand.
+//! One user's page (figures per credit type, history, holds, expiring credits, balance alerts,
+//! auto top-ups and their latest charges) and the form that adds or deducts credits of a type
+//! by hand.
 
 use std::collections::HashMap;
 
@@ -49,6 +50,10 @@ struct UserPage<'a> {
     form_key: Uuid,
     /// The balance alert thresholds that apply to the user, per credit type.
     thresholds: Vec<EffectiveAlerts>,
+    /// The user's auto top-ups, by credit type, with their latest attempts.
+    auto_topups: Vec<queries::AutoTopupDetail>,
+    /// The user has auto top-ups but the app has no Stripe secret key to charge with.
+    topups_without_key: bool,
 }
 
 pub async fn user_page(
@@ -64,6 +69,11 @@ pub async fn user_page(
         let mut detail = queries::user(&state.pool, app.id, &user_id).await?;
         let history = queries::history(&state.pool, app.id, Some(&user_id), &request).await?;
         let thresholds = alerts::effective(&state.pool, app.id, Some(&user_id), None).await?;
+        let auto_topups = queries::auto_topups(&state.pool, app.id, &user_id).await?;
+        let topups_without_key = !auto_topups.is_empty()
+            && queries::stripe_key_updated(&state.pool, app.id)
+                .await?
+                .is_none();
         let mut balances = std::mem::take(&mut detail.balances);
         if balances.is_empty() {
             balances.push(queries::TypeBalance::empty(CreditType::DEFAULT));
@@ -90,6 +100,8 @@ pub async fn user_page(
                 credit_type: request.credit_type.as_ref().map(CreditType::as_str),
                 form_key: Uuid::new_v4(),
                 thresholds,
+                auto_topups,
+                topups_without_key,
             },
         ))
     })
