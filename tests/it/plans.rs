@@ -632,3 +632,38 @@ async fn a_worker_killed_during_its_charge_does_not_charge_twice() {
         stripe.payment_intents()[0]["id"]
     );
 }
+
+#[tokio::test]
+async fn attempts_stop_at_the_monthly_cap() {
+    let stripe = StripeStandIn::start(STRIPE_KEY).await;
+    stripe.set_behavior(Behavior::RequiresAction);
+    let app = topup_app(&stripe, 1).await;
+    app.add("payer", 100).await;
+    let (status, settings) = call(
+        &app,
+        Method::PUT,
+        "/credits/auto_topup",
+        Some(json!({ "user_id": "payer", "enabled": true, "threshold": 96, "credits": 10,
+                     "amount": 100, "currency": "eur", "stripe_customer_id": "cus_2",
+                     "stripe_payment_method_id": "pm_2", "max_per_month": 2 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(settings["max_per_month"], 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Each attempt ends waiting for the customer, so the next change may make another: two
+    // this month, then none.
+    for _ in 0..2 {
+        app.deduct("payer", 5).await;
+        wait_attempt(&app, "payer", "action_required").await;
+    }
+    app.deduct("payer", 5).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(stripe.requests().len(), 2);
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM auto_topup_attempts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 2);
+    assert_eq!(stripe.requests()[1].form["currency"], "eur");
+}
