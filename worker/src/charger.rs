@@ -70,6 +70,7 @@ struct Claimed {
 /// What the call needs besides the attempt.
 #[derive(sqlx::FromRow)]
 struct Billing {
+    enabled: bool,
     stripe_customer_id: String,
     stripe_payment_method_id: String,
     secret: Option<Vec<u8>>,
@@ -173,7 +174,7 @@ impl Charger {
     /// Calls Stripe for `attempt`.
     async fn call(&self, attempt: &Claimed) -> sqlx::Result<Answer> {
         let billing: Option<Billing> = sqlx::query_as(
-            "SELECT s.stripe_customer_id, s.stripe_payment_method_id, k.secret, k.nonce
+            "SELECT s.enabled, s.stripe_customer_id, s.stripe_payment_method_id, k.secret, k.nonce
              FROM auto_topup_settings s LEFT JOIN app_stripe_keys k ON k.app_id = s.app_id
              WHERE s.app_id = $1 AND s.user_id = $2 AND s.credit_type = $3",
         )
@@ -198,6 +199,12 @@ impl Charger {
                 "the auto top-up was deleted before its charge",
             ));
         };
+        if !billing.enabled {
+            return Ok(refused(
+                "auto_topup_disabled",
+                "the auto top-up was disabled before its charge",
+            ));
+        }
         let Some(secret) = billing.secret.clone() else {
             return Ok(refused(
                 "stripe_key_missing",
