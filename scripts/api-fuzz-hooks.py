@@ -177,6 +177,9 @@ def _rule_stated_in_words(case, answer):
     if field == "expires_at" and isinstance(sent, str) and message.endswith("must be in the future"):
         if _in_the_past(sent):
             return "an expiry in the past"
+    if field == "expires_in_days" and "one_time products only" in message:
+        if isinstance(case.body, dict) and case.body.get("mode") == "subscription":
+            return "an expiry for a subscription product"
     if field == "cursor" and isinstance(sent, str) and sent not in ISSUED_CURSORS:
         if message.endswith("is not a cursor issued by this endpoint"):
             return "a cursor the endpoint did not issue"

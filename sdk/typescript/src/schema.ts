@@ -617,25 +617,29 @@ export interface components {
             credit_type?: string | null;
             /**
              * Format: int64
-             * @description Credits each charge buys (credited when Stripe's `payment_intent.succeeded` arrives).
+             * @description Credits each charge buys (credited when Stripe's `payment_intent.succeeded` arrives). A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             credits: number;
-            /** @description ISO 4217 code, lowercase (`usd`). */
+            /**
+             * @description ISO 4217 code, lowercase (`usd`). An ISO 4217 currency code in lowercase, as Stripe writes it.
+             * @example usd
+             */
             currency: string;
             /** @description Whether charges are made (`true` also forgets the failures that disabled it). */
             enabled: boolean;
             /**
              * Format: int64
-             * @description Charges at most per calendar month (UTC).
+             * @description Charges at most per calendar month (UTC). A JSON integer from 1 to 1000 (default 10).
+             * @default 10
              */
             max_per_month?: number | null;
-            /** @description The Stripe Customer (`cus_…`) charged. */
+            /** @description The Stripe Customer (`cus_…`) charged. A Stripe id: 1 to 255 of `A-Z a-z 0-9 _`. */
             stripe_customer_id: string;
-            /** @description The customer's saved PaymentMethod (`pm_…`), charged off-session. */
+            /** @description The customer's saved PaymentMethod (`pm_…`), charged off-session. A Stripe id: 1 to 255 of `A-Z a-z 0-9 _`. */
             stripe_payment_method_id: string;
             /**
              * Format: int64
-             * @description A charge is made when a change leaves `available` below this.
+             * @description A charge is made when a change leaves `available` below this. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             threshold: number;
             /** @description 1 to 255 bytes of UTF-8 without the NUL character, compared exactly. `maxLength` counts characters: with multi-byte characters the byte limit comes first. */
@@ -1157,19 +1161,20 @@ export interface components {
             credit_type?: string | null;
             /**
              * Format: int64
-             * @description Credits one unit buys (a subscription line credits `credits × quantity`).
+             * @description Credits one unit buys (a subscription line credits `credits × quantity`). A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused).
              */
             credits: number;
             /**
              * Format: int64
-             * @description One-time packs only: the credits expire this many days after the payment.
+             * @description One-time packs only: the credits expire this many days after the payment. A JSON integer from 1 to 3650.
              */
             expires_in_days?: number | null;
             /**
              * @description `one_time` (a pack) or `subscription` (an allowance per billing period that expires at
              *     the period's end).
+             * @enum {string}
              */
-            mode: string;
+            mode: "one_time" | "subscription";
         };
         /** @description Answer to `GET /products`. */
         ProductsResponse: {
@@ -4531,8 +4536,8 @@ export interface operations {
             header?: never;
             path: {
                 /** @description `stripe` or `polar`. */
-                provider: string;
-                /** @description A Stripe Price id (`price_…`) or a Polar Product id. */
+                provider: "stripe" | "polar";
+                /** @description A Stripe Price id (`price_…`) or a Polar Product id. The provider's id: a Stripe Price id (`price_…`) or a Polar Product id, 1 to 255 visible ASCII characters. */
                 product_id: string;
             };
             cookie?: never;
@@ -4659,7 +4664,8 @@ export interface operations {
             header?: never;
             path: {
                 /** @description `stripe` or `polar`. */
-                provider: string;
+                provider: "stripe" | "polar";
+                /** @description The provider's id: a Stripe Price id (`price_…`) or a Polar Product id, 1 to 255 visible ASCII characters. */
                 product_id: string;
             };
             cookie?: never;
