@@ -364,34 +364,34 @@ class AutoTopupRequest(TypedDict):
     enabled: bool
     """Whether charges are made (`true` also forgets the failures that disabled it)."""
     threshold: int
-    """A charge is made when a change leaves `available` below this."""
+    """A charge is made when a change leaves `available` below this. A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     credits: int
-    """Credits each charge buys (credited when Stripe's `payment_intent.succeeded` arrives)."""
+    """Credits each charge buys (credited when Stripe's `payment_intent.succeeded` arrives). A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     amount: int
     """What each charge costs, in the currency's smallest unit (cents). A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
     currency: str
-    """ISO 4217 code, lowercase (`usd`)."""
+    """ISO 4217 code, lowercase (`usd`). An ISO 4217 currency code in lowercase, as Stripe writes it."""
     stripe_customer_id: str
-    """The Stripe Customer (`cus_…`) charged."""
+    """The Stripe Customer (`cus_…`) charged. A Stripe id: 1 to 255 of `A-Z a-z 0-9 _`."""
     stripe_payment_method_id: str
-    """The customer's saved PaymentMethod (`pm_…`), charged off-session."""
+    """The customer's saved PaymentMethod (`pm_…`), charged off-session. A Stripe id: 1 to 255 of `A-Z a-z 0-9 _`."""
     credit_type: NotRequired[str | None]
     """The balance watched and credited. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     max_per_month: NotRequired[int | None]
-    """Charges at most per calendar month (UTC)."""
+    """Charges at most per calendar month (UTC). A JSON integer from 1 to 1000 (default 10)."""
 
 
 class ProductRequest(TypedDict):
     """Body of `PUT /products/{provider}/{product_id}`."""
 
     credits: int
-    """Credits one unit buys (a subscription line credits `credits × quantity`)."""
-    mode: str
+    """Credits one unit buys (a subscription line credits `credits × quantity`). A JSON integer from 1 to 1000000000000 (`5.0` and `"5"` are refused)."""
+    mode: Literal["one_time", "subscription"]
     """`one_time` (a pack) or `subscription` (an allowance per billing period that expires at the period's end)."""
     credit_type: NotRequired[str | None]
     """The balance credited. 1 to 64 characters of `a-z`, `0-9`, `_` and `-`."""
     expires_in_days: NotRequired[int | None]
-    """One-time packs only: the credits expire this many days after the payment."""
+    """One-time packs only: the credits expire this many days after the payment. A JSON integer from 1 to 3650."""
 
 
 class BalanceQuery(TypedDict):
