@@ -30,7 +30,7 @@ for line in open(path):
         expected = run["requests"] * run["ops"]
         if run["applied"] < expected:
             failures.append(f"batch: {expected:.0f} operations answered, {run['applied']:.0f} applied")
-    elif scenario == "async" and system == "tally":
+    elif (scenario == "async" or scenario.startswith("scaleout-")) and system == "tally":
         commands = max(run.get("applied", 0), 1)
         run["rate"] = run["applied"] / max(run["applied_ms"], 1) * 1000
         if run["applied"] < run["requests"]:
@@ -40,6 +40,8 @@ for line in open(path):
     for proc in PROCS:
         run["us_" + proc] = (after.get(proc, 0) - before.get(proc, 0)) * 1e6 / clk_tck / max(commands, 1)
     run["us_wrk"] = run.get("wrk_ticks", 0) * 1e6 / clk_tck / max(run["requests"], 1)
+    for counter in ["broker_out_bytes", "broker_out_msgs", "broker_in_bytes", "broker_in_msgs"]:
+        run[counter + "_per_cmd"] = delta.get(counter, 0) / max(commands, 1)
     if run.get("non2xx", 0) or run.get("sock_errors", 0):
         failures.append(f"{scenario} {system}: {run.get('non2xx', 0):.0f} non-2xx, {run.get('sock_errors', 0):.0f} socket errors")
     runs.setdefault((scenario, system), []).append(run)
@@ -100,6 +102,26 @@ if before and after:
     print(f"| growth | | {before[0]['rate']:,.0f} -> {after[0]['rate']:,.0f} /s "
           f"| {after[0]['rate'] / before[0]['rate']:.2f} (after / before) "
           f"| {' / '.join(f'{before[0][chr(117) + chr(115) + chr(95) + q]:.0f}->{after[0][chr(117) + chr(115) + chr(95) + q]:.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} | | | |")
+scaleout = sorted((int(s.split("-")[1]), r) for (s, system), r in runs.items() if s.startswith("scaleout-"))
+if scaleout:
+    print()
+    print("Scale-out: fire-and-forget deducts, the same load with more workers (medians over rounds;"
+          " growth is against 1 worker)")
+    print()
+    print("| workers | applied /s (apply lag p99 ms) | µs CPU per applied command: nats / ingress / worker / postgres "
+          "| commands per publish / per apply batch | broker bytes sent per command (growth) "
+          "| broker messages sent per command (growth) | worker µs per command (growth) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    first = scaleout[0][1]
+    base = lambda key: med([r[key] for r in first]) or float("nan")
+    for workers, rs in scaleout:
+        m = lambda key: med([r[key] for r in rs])
+        print(f"| {workers} | {m('rate'):,.0f} ({m('lag_p99_ms'):,.0f}) "
+              f"| {' / '.join(f'{m(chr(117) + chr(115) + chr(95) + q):.0f}' for q in ['nats', 'ingress', 'worker', 'postgres'])} "
+              f"| {m('per_publish'):.1f} / {m('per_batch'):.1f} "
+              f"| {m('broker_out_bytes_per_cmd'):,.0f} ({m('broker_out_bytes_per_cmd') / base('broker_out_bytes_per_cmd'):.2f}x) "
+              f"| {m('broker_out_msgs_per_cmd'):.2f} ({m('broker_out_msgs_per_cmd') / base('broker_out_msgs_per_cmd'):.2f}x) "
+              f"| {m('us_worker'):.0f} ({m('us_worker') / base('us_worker'):.2f}x) |")
 if failures:
     print("\nFAILED:\n  " + "\n  ".join(failures))
     sys.exit(1)
