@@ -750,4 +750,173 @@ mod tests {
             })
         );
     }
+
+    fn invoice_event(user: Value, lines: Value) -> Value {
+        json!({ "id": "evt_inv", "type": "invoice.paid", "data": { "object": {
+            "id": "in_1", "amount_paid": 2900, "payment_intent": "pi_9",
+            "parent": { "subscription_details": { "metadata": user } },
+            "lines": { "data": lines } } } })
+    }
+
+    fn catalogue(mode: ProductMode) -> std::collections::HashMap<String, CatalogueProduct> {
+        std::collections::HashMap::from([(
+            "price_pro".to_string(),
+            CatalogueProduct {
+                credits: 1000,
+                credit_type: CreditType::parse("chat").unwrap(),
+                mode,
+                expires_in_days: None,
+            },
+        )])
+    }
+
+    fn invoice_request(event: &Value) -> InvoiceRequest {
+        match stripe(event).unwrap().2 {
+            Parsed::Invoice(request) => request,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_invoice_credits_each_subscription_line_once_per_invoice() {
+        let event = invoice_event(
+            json!({ "tally_user_id": "u1" }),
+            json!([
+                { "id": "sli_1", "quantity": 3, "period": { "end": 1798761600 },
+                  "pricing": { "price_details": { "price": "price_pro" } } },
+                { "id": "il_2", "price": { "id": "price_other" } }
+            ]),
+        );
+        let action = resolve_invoice(
+            invoice_request(&event),
+            &catalogue(ProductMode::Subscription),
+        );
+        let WebhookAction::CreditLines { user_id, lines } = action else {
+            panic!("{action:?}")
+        };
+        assert_eq!(user_id, "u1");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].payment_ref, "in_1/sli_1");
+        assert_eq!(lines[0].credits, 3000);
+        assert_eq!(lines[0].amount_minor, Some(2900));
+        assert_eq!(lines[0].refund_ref.as_deref(), Some("pi_9"));
+        assert_eq!(lines[0].credit_type.as_str(), "chat");
+        assert_eq!(lines[0].expires_at.unwrap().timestamp(), 1798761600);
+        // A one-time product's line is not a subscription's allowance.
+        let action = resolve_invoice(invoice_request(&event), &catalogue(ProductMode::OneTime));
+        assert!(matches!(action, WebhookAction::Ignore { .. }), "{action:?}");
+    }
+
+    #[test]
+    fn an_invoice_without_a_user_or_with_too_many_credits_is_rejected() {
+        let line = json!([{ "id": "il_1", "quantity": 1, "price": "price_pro" }]);
+        let action = resolve_invoice(
+            invoice_request(&invoice_event(json!({}), line)),
+            &catalogue(ProductMode::Subscription),
+        );
+        assert!(matches!(action, WebhookAction::Reject { .. }), "{action:?}");
+        let huge = json!([{ "id": "il_1", "quantity": 2_000_000_000_i64, "price": "price_pro" }]);
+        let action = resolve_invoice(
+            invoice_request(&invoice_event(json!({ "tally_user_id": "u1" }), huge)),
+            &catalogue(ProductMode::Subscription),
+        );
+        assert!(
+            matches!(
+                action,
+                WebhookAction::Reject {
+                    user_id: Some(_),
+                    ..
+                }
+            ),
+            "{action:?}"
+        );
+    }
+
+    #[test]
+    fn a_polar_order_credits_the_metadata_user_or_the_customer() {
+        let order = |metadata: Value, reason: &str| {
+            json!({ "type": "order.paid", "data": { "id": "ord_1", "product_id": "prod_1",
+                "billing_reason": reason, "total_amount": 900, "metadata": metadata,
+                "customer": { "external_id": "customer_user" },
+                "subscription": { "current_period_end": "2027-01-01T00:00:00Z" } } })
+        };
+        let product = CatalogueProduct {
+            credits: 50,
+            credit_type: CreditType::default(),
+            mode: ProductMode::OneTime,
+            expires_in_days: Some(30),
+        };
+        let resolve = |event: Value| match polar(&event).unwrap().1 {
+            Parsed::Order(request) => resolve_order(request, Some(&product)),
+            other => panic!("{other:?}"),
+        };
+        let WebhookAction::Credit {
+            user_id,
+            credits,
+            expires_in_days,
+            expires_at,
+            ..
+        } = resolve(order(json!({}), "purchase"))
+        else {
+            panic!("a credit")
+        };
+        assert_eq!(
+            (user_id.as_str(), credits, expires_in_days, expires_at),
+            ("customer_user", 50, Some(30), None)
+        );
+        let WebhookAction::Credit {
+            user_id,
+            credits,
+            expires_in_days,
+            expires_at,
+            ..
+        } = resolve(order(
+            json!({ "tally_user_id": "u7", "tally_credits": "70" }),
+            "subscription_cycle",
+        ))
+        else {
+            panic!("a credit")
+        };
+        assert_eq!(
+            (user_id.as_str(), credits, expires_in_days),
+            ("u7", 70, None)
+        );
+        assert_eq!(
+            expires_at.unwrap().to_rfc3339(),
+            "2027-01-01T00:00:00+00:00"
+        );
+        assert!(matches!(
+            resolve(order(json!({ "tally_credits": "zero" }), "purchase")),
+            WebhookAction::Reject { .. }
+        ));
+    }
+
+    #[test]
+    fn a_failed_auto_topup_payment_names_its_attempt_and_stripes_error() {
+        let attempt = uuid::Uuid::now_v7();
+        let event = json!({ "id": "evt_f", "type": "payment_intent.payment_failed",
+            "data": { "object": { "id": "pi_5", "metadata": {
+                "tally_user_id": "u1", "tally_credits": "500", "tally_auto_topup_id": attempt.to_string() },
+                "last_payment_error": { "code": "card_declined", "decline_code": "insufficient_funds",
+                                        "message": "Your card has insufficient funds." } } } });
+        let Parsed::Action(WebhookAction::AutoTopupFailed {
+            attempt_id,
+            payment_intent_id,
+            error,
+            ..
+        }) = stripe(&event).unwrap().2
+        else {
+            panic!("a failed attempt")
+        };
+        assert_eq!(attempt_id, attempt);
+        assert_eq!(payment_intent_id, "pi_5");
+        assert_eq!(error.decline_code.as_deref(), Some("insufficient_funds"));
+        // Not an auto top-up's payment: nothing to do.
+        let mut plain = event.clone();
+        plain["data"]["object"]["metadata"] = json!({});
+        assert!(matches!(
+            stripe(&plain).unwrap().2,
+            Parsed::Action(WebhookAction::Ignore { .. })
+        ));
+    }
 }

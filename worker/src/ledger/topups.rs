@@ -284,3 +284,143 @@ pub fn named_attempt(command: &tally_common::command::Command) -> Option<Uuid> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use chrono::Utc;
+    use tally_common::command::{Command, Envelope};
+
+    use super::*;
+    use crate::ledger::{fold, Account, State};
+
+    const APP: Uuid = Uuid::from_u128(7);
+
+    fn envelope(command: Command) -> Envelope {
+        Envelope {
+            command_id: Uuid::now_v7(),
+            app_id: APP,
+            request_hash: None,
+            accepted_at: Utc::now(),
+            command,
+            origin: Default::default(),
+        }
+    }
+
+    fn deduct(amount: i64) -> Envelope {
+        envelope(Command::Deduct {
+            user_id: "u".into(),
+            amount,
+            credit_type: CreditType::default(),
+            description: None,
+            metadata: Default::default(),
+        })
+    }
+
+    fn declined(attempt_id: Uuid) -> Envelope {
+        envelope(Command::AutoTopupCharge {
+            user_id: "u".into(),
+            credit_type: CreditType::default(),
+            attempt_id,
+            result: ChargeResult::Failed {
+                payment_intent_id: Some("pi_1".into()),
+                error: ChargeError {
+                    code: Some("card_declined".into()),
+                    decline_code: Some("insufficient_funds".into()),
+                    message: "declined".into(),
+                },
+            },
+        })
+    }
+
+    /// A user with 100 credits, an auto top-up below 50, and every event type recorded.
+    fn state() -> State {
+        let mut rules = AppRules::default();
+        rules.subscribed.extend(EventType::ALL);
+        rules
+            .auto_topup
+            .insert(("u".into(), CreditType::default()), 50);
+        let mut state = State {
+            now: Utc::now(),
+            rules: Arc::new(HashMap::from([(APP, Arc::new(rules))])),
+            ..State::default()
+        };
+        let key = (APP, "u".to_string(), CreditType::default());
+        state.insert_account(
+            key.clone(),
+            Account {
+                balance: 100,
+                held: 0,
+                entry_count: 1,
+            },
+        );
+        state.topup_settings.insert(
+            key,
+            Settings {
+                enabled: true,
+                consecutive_failures: 0,
+                disabled_reason: None,
+            },
+        );
+        state
+    }
+
+    fn attempt(state: &mut State) -> Uuid {
+        let id = Uuid::now_v7();
+        state.topup_attempts.insert(
+            id,
+            Attempt {
+                app_id: APP,
+                user_id: "u".into(),
+                credit_type: CreditType::default(),
+                status: Status::Pending,
+                credits: 500,
+                amount: 500,
+                currency: "usd".into(),
+                payment_intent_id: None,
+                error: None,
+                charged: false,
+            },
+        );
+        id
+    }
+
+    #[test]
+    fn only_a_change_that_leaves_the_account_below_its_threshold_is_due() {
+        let mut state = state();
+        let effects = fold(&mut state, &[deduct(40)]);
+        assert!(effects.topup_due.is_empty(), "60 is not below 50");
+        let effects = fold(&mut state, &[deduct(20)]);
+        assert_eq!(effects.topup_due.len(), 1);
+        // A refused deduct changes nothing, so it makes no attempt.
+        let effects = fold(&mut state, &[deduct(1_000)]);
+        assert!(effects.topup_due.is_empty());
+    }
+
+    #[test]
+    fn three_failures_in_a_row_disable_and_each_is_an_event() {
+        let mut state = state();
+        for round in 1..=3 {
+            let id = attempt(&mut state);
+            let effects = fold(&mut state, &[declined(id)]);
+            assert_eq!(state.topup_attempts[&id].status, Status::Failed);
+            let types: Vec<EventType> = effects.events.iter().map(|e| e.event_type).collect();
+            let key = (APP, "u".to_string(), CreditType::default());
+            assert_eq!(state.topup_settings[&key].consecutive_failures, round);
+            if round < 3 {
+                assert_eq!(types, [EventType::AutoTopupFailed]);
+                assert!(state.topup_settings[&key].enabled);
+            } else {
+                assert_eq!(
+                    types,
+                    [EventType::AutoTopupFailed, EventType::AutoTopupDisabled]
+                );
+                assert!(!state.topup_settings[&key].enabled);
+            }
+            // The same answer again changes nothing.
+            let again = fold(&mut state, &[declined(id)]);
+            assert!(again.events.is_empty());
+        }
+    }
+}
