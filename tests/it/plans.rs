@@ -643,9 +643,11 @@ async fn attempts_stop_at_the_monthly_cap() {
         &app,
         Method::PUT,
         "/credits/auto_topup",
-        Some(json!({ "user_id": "payer", "enabled": true, "threshold": 96, "credits": 10,
+        Some(
+            json!({ "user_id": "payer", "enabled": true, "threshold": 96, "credits": 10,
                      "amount": 100, "currency": "eur", "stripe_customer_id": "cus_2",
-                     "stripe_payment_method_id": "pm_2", "max_per_month": 2 })),
+                     "stripe_payment_method_id": "pm_2", "max_per_month": 2 }),
+        ),
     )
     .await;
     assert_eq!(status, 200, "{settings}");
