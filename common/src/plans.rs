@@ -21,12 +21,11 @@ pub enum ProductMode {
 
 impl ProductMode {
     pub const ALL: [Self; 2] = [Self::OneTime, Self::Subscription];
+    /// Their names, as the API writes them.
+    pub const NAMES: [&'static str; 2] = ["one_time", "subscription"];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OneTime => "one_time",
-            Self::Subscription => "subscription",
-        }
+        Self::NAMES[self as usize]
     }
 
     pub fn parse(text: &str) -> Option<Self> {

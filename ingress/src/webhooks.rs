@@ -12,6 +12,7 @@
 //! forged deliveries never delay genuine ones.
 
 pub mod events;
+pub mod plans;
 pub mod signature;
 
 use std::collections::HashMap;
@@ -26,8 +27,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tally_common::command::{Command, Envelope};
-use tally_common::credit_type::CreditType;
-use tally_common::plans::ProductMode;
 use tally_common::webhook::{Provider, WebhookAction, WebhookEvent};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -275,19 +274,14 @@ async fn receive(
         Parsed::Clawback(request) => resolve_clawback(state, provider, app_id, request).await?,
         Parsed::Invoice(request) => {
             let prices: Vec<String> = request.lines.iter().map(|l| l.price_id.clone()).collect();
-            let catalogue = catalogue(state, app_id, provider, &prices).await?;
-            events::resolve_invoice(request, &catalogue)
+            let catalogue = plans::catalogue(state, app_id, provider, &prices).await?;
+            plans::resolve_invoice(request, &catalogue)
         }
         Parsed::Order(request) => {
-            let catalogue = catalogue(
-                state,
-                app_id,
-                provider,
-                std::slice::from_ref(&request.product_id),
-            )
-            .await?;
+            let ids = std::slice::from_ref(&request.product_id);
+            let catalogue = plans::catalogue(state, app_id, provider, ids).await?;
             let product = catalogue.get(&request.product_id);
-            events::resolve_order(request, product)
+            plans::resolve_order(request, product)
         }
     };
     let event = WebhookEvent {
@@ -323,41 +317,6 @@ async fn receive(
             )))
         }
     }
-}
-
-/// The catalogue's products among `ids` of the app and provider.
-async fn catalogue(
-    state: &AppState,
-    app_id: Uuid,
-    provider: Provider,
-    ids: &[String],
-) -> Result<HashMap<String, events::CatalogueProduct>, ApiError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(String, i64, String, String, Option<i32>)> = sqlx::query_as(
-        "SELECT product_id, credits, credit_type, mode, expires_in_days FROM products
-         WHERE app_id = $1 AND provider = $2 AND product_id = ANY($3)",
-    )
-    .bind(app_id)
-    .bind(provider.as_str())
-    .bind(ids)
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, credits, credit_type, mode, days)| {
-            Some((
-                id,
-                events::CatalogueProduct {
-                    credits,
-                    credit_type: CreditType::parse(&credit_type).ok()?,
-                    mode: ProductMode::parse(&mode)?,
-                    expires_in_days: days.map(i64::from),
-                },
-            ))
-        })
-        .collect())
 }
 
 /// A refund or dispute names a payment; the payment names the user whose partition orders it.

@@ -14,6 +14,7 @@
 use std::sync::LazyLock;
 use tally_common::apps::{APP_NAME_CHARS_MAX, WEBHOOK_SECRET_CHARS_MAX};
 use tally_common::outbound::URL_CHARS_MAX;
+use tally_common::plans::ProductMode;
 
 use tally_common::credit_type::CreditType;
 use tally_common::events::{EventType, SUBSCRIBE_ALL};
@@ -44,9 +45,6 @@ use crate::admin::queries::{
 use crate::operations::Operation as Write;
 use crate::routes::deliveries::DELIVERY_STATUSES;
 use crate::routes::holds::HOLD_STATUSES;
-
-/// The modes of a catalogue product.
-const PRODUCT_MODES: &[&str] = &["one_time", "subscription"];
 
 /// Every event type's name (`GET /events?type=`).
 static EVENT_TYPES: LazyLock<Vec<&'static str>> =
@@ -174,7 +172,7 @@ pub(crate) fn body_rule(schema: &str, property: &str) -> Option<Rule> {
             Rule::Amount
         }
         ("ProductRequest", "mode") => Rule::OneOf {
-            values: PRODUCT_MODES,
+            values: &ProductMode::NAMES,
             blank: false,
         },
         ("ProductRequest", "expires_in_days") => Rule::Integer {

@@ -9,19 +9,19 @@
 //! The credits come from the payment's `metadata`: `tally_user_id` and `tally_credits` (a
 //! positive integer, as a string or a number).
 //!
-//! Plans: Stripe `invoice.paid` credits each line whose price is a subscription product of the
-//! catalogue, and Polar `order.paid` for a catalogue product credits what the product buys; both
-//! need the catalogue, so they are returned as requests ([`InvoiceRequest`], [`OrderRequest`])
-//! for the ingress to resolve. `payment_intent.payment_failed` of an auto top-up charge (metadata
-//! `tally_auto_topup_id`) fails its attempt.
+//! Plans: Stripe `invoice.paid` and a Polar `order.paid` naming a product need the catalogue,
+//! so they are returned as requests for [`super::plans`] to price. `payment_intent.payment_failed`
+//! of an auto top-up charge (metadata `tally_auto_topup_id`) fails its attempt.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tally_common::credit_type::CreditType;
 use tally_common::limits::{AMOUNT_MAX, PLAN_EXPIRES_IN_DAYS_MAX, USER_ID_BYTES_MAX};
-use tally_common::plans::{AutoTopupPayment, ChargeError, ProductMode};
-use tally_common::webhook::{CreditLine, WebhookAction};
+use tally_common::plans::{AutoTopupPayment, ChargeError};
+use tally_common::webhook::WebhookAction;
 use uuid::Uuid;
+
+use super::plans::{invoice, InvoiceRequest, OrderRequest};
 
 /// A clawback's payment, whose user the ingress looks up before publishing.
 #[derive(Debug, PartialEq)]
@@ -41,51 +41,6 @@ pub enum Parsed {
     Order(OrderRequest),
 }
 
-/// A paid Stripe invoice, whose lines the catalogue prices.
-#[derive(Debug, PartialEq)]
-pub struct InvoiceRequest {
-    pub invoice_id: String,
-    /// `tally_user_id` of the subscription's metadata, else of the invoice's; `Err`: unusable.
-    pub user_id: Option<Result<String, String>>,
-    pub lines: Vec<InvoiceLine>,
-    pub amount_paid: Option<i64>,
-    /// The invoice's payment intent, which a refund of it names.
-    pub payment_intent: Option<String>,
-}
-
-/// One line of an invoice.
-#[derive(Debug, PartialEq)]
-pub struct InvoiceLine {
-    pub line_id: String,
-    pub price_id: String,
-    pub quantity: i64,
-    pub period_end: Option<DateTime<Utc>>,
-}
-
-/// A paid Polar order for a product, which the catalogue may price.
-#[derive(Debug, PartialEq)]
-pub struct OrderRequest {
-    pub order_id: String,
-    pub product_id: String,
-    pub amount: Option<i64>,
-    /// The order's `metadata` (its Tally fields win over the product's).
-    pub metadata: Option<Value>,
-    /// The customer's `external_id`: the user when the metadata names none.
-    pub external_id: Option<String>,
-    /// A subscription order (`billing_reason` `subscription_*`) and its period's end.
-    pub subscription: bool,
-    pub period_end: Option<DateTime<Utc>>,
-}
-
-/// What a catalogue product buys.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CatalogueProduct {
-    pub credits: i64,
-    pub credit_type: CreditType,
-    pub mode: ProductMode,
-    pub expires_in_days: Option<i64>,
-}
-
 fn ignore(reason: impl Into<String>) -> Parsed {
     Parsed::Action(WebhookAction::Ignore {
         reason: reason.into(),
@@ -93,103 +48,139 @@ fn ignore(reason: impl Into<String>) -> Parsed {
 }
 
 /// A string field; one holding a NUL character (which Postgres cannot store) counts as absent.
-fn text<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+pub(super) fn text<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
     object
         .get(field)
         .and_then(Value::as_str)
         .filter(|text| !text.contains('\0'))
 }
 
+/// The Tally fields of a payment's metadata, each optional: a catalogue product's own values
+/// give way to them.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct TallyFields {
+    pub(super) user_id: Option<String>,
+    pub(super) credits: Option<i64>,
+    pub(super) expires_in_days: Option<i64>,
+    pub(super) credit_type: Option<CreditType>,
+}
+
+/// A Tally field that is unusable: why, and the user when it was read already.
+pub(super) struct Unusable {
+    reason: String,
+    user_id: Option<String>,
+}
+
+impl Unusable {
+    /// The event's rejection.
+    pub(super) fn rejection(self) -> WebhookAction {
+        reject(self.reason, self.user_id)
+    }
+}
+
+/// Reads the Tally fields of `metadata`, or the first that is unusable.
+pub(super) fn tally_fields(metadata: Option<&Value>) -> Result<TallyFields, Unusable> {
+    let mut read = TallyFields::default();
+    let Some(metadata) = metadata.and_then(Value::as_object) else {
+        return Ok(read);
+    };
+    if let Some(value) = metadata.get("tally_user_id") {
+        let user_id = user_id_value(value, "tally_user_id").map_err(|reason| Unusable {
+            reason,
+            user_id: None,
+        })?;
+        read.user_id = Some(user_id);
+    }
+    let refused = |reason: String, read: &TallyFields| Unusable {
+        reason,
+        user_id: read.user_id.clone(),
+    };
+    let present = |field: &str| metadata.get(field).filter(|value| !value.is_null());
+    if let Some(value) = present("tally_expires_in_days") {
+        match integer(value) {
+            Some(days) if (1..=EXPIRES_IN_DAYS_MAX).contains(&days) => {
+                read.expires_in_days = Some(days)
+            }
+            _ => {
+                return Err(refused(
+                    format!(
+                        "tally_expires_in_days must be an integer from 1 to {EXPIRES_IN_DAYS_MAX}"
+                    ),
+                    &read,
+                ))
+            }
+        }
+    }
+    if let Some(value) = present("tally_credit_type") {
+        match value.as_str().map(CreditType::parse) {
+            Some(Ok(credit_type)) => read.credit_type = Some(credit_type),
+            Some(Err(invalid)) => {
+                return Err(refused(format!("tally_credit_type {invalid}"), &read))
+            }
+            None => return Err(refused("tally_credit_type must be a string".into(), &read)),
+        }
+    }
+    if let Some(value) = present("tally_credits") {
+        match integer(value) {
+            Some(credits) if (1..=AMOUNT_MAX).contains(&credits) => read.credits = Some(credits),
+            _ => {
+                return Err(refused(
+                    format!("tally_credits must be an integer from 1 to {AMOUNT_MAX}"),
+                    &read,
+                ))
+            }
+        }
+    }
+    Ok(read)
+}
+
 /// Credits for `metadata`, or the reason it cannot be credited, or `None` when the payment
 /// carries no Tally metadata at all (not meant for Tally).
-fn credit_from_metadata(
+pub(super) fn credit_from_metadata(
     metadata: Option<&Value>,
     payment_ref: &str,
     amount_minor: Option<i64>,
 ) -> Option<WebhookAction> {
-    let metadata = metadata.and_then(Value::as_object)?;
-    let user = metadata.get("tally_user_id");
-    let credits = metadata.get("tally_credits");
-    if user.is_none() && credits.is_none() {
-        return None;
-    }
-    let user_id = match user {
-        Some(Value::String(user_id)) if user_id.contains('\0') => {
-            return Some(reject(
-                "tally_user_id must not contain the NUL character",
-                None,
-            ))
-        }
-        Some(Value::String(user_id))
-            if !user_id.is_empty() && user_id.len() <= USER_ID_BYTES_MAX =>
-        {
-            user_id.clone()
-        }
-        Some(Value::String(_)) => {
-            return Some(reject(
-                format!("tally_user_id must be 1 to {USER_ID_BYTES_MAX} bytes"),
-                None,
-            ))
-        }
-        Some(_) => return Some(reject("tally_user_id must be a string", None)),
-        None => {
+    let object = metadata.and_then(Value::as_object)?;
+    let (user, credits) = (object.get("tally_user_id"), object.get("tally_credits"));
+    match (user, credits) {
+        (None, None) => return None,
+        (None, Some(_)) => {
             return Some(reject(
                 "metadata has tally_credits but no tally_user_id",
                 None,
             ))
         }
+        _ => {}
+    }
+    let read = match tally_fields(metadata) {
+        Ok(read) => read,
+        Err(unusable) => return Some(unusable.rejection()),
     };
-    let credits = credits.and_then(integer);
-    let expires_in_days = match metadata.get("tally_expires_in_days") {
-        None | Some(Value::Null) => None,
-        Some(value) => match integer(value) {
-            Some(days) if (1..=EXPIRES_IN_DAYS_MAX).contains(&days) => Some(days),
-            _ => {
-                return Some(reject(
-                    format!(
-                        "tally_expires_in_days must be an integer from 1 to {EXPIRES_IN_DAYS_MAX}"
-                    ),
-                    Some(user_id),
-                ))
-            }
-        },
-    };
-    let credit_type = match metadata.get("tally_credit_type") {
-        None | Some(Value::Null) => CreditType::default(),
-        Some(Value::String(text)) => match CreditType::parse(text) {
-            Ok(credit_type) => credit_type,
-            Err(invalid) => {
-                return Some(reject(
-                    format!("tally_credit_type {invalid}"),
-                    Some(user_id),
-                ))
-            }
-        },
-        Some(_) => return Some(reject("tally_credit_type must be a string", Some(user_id))),
-    };
-    match credits {
-        Some(credits) if (1..=AMOUNT_MAX).contains(&credits) => Some(WebhookAction::Credit {
+    let user_id = read.user_id.expect("tally_user_id is present");
+    Some(match read.credits {
+        Some(credits) => WebhookAction::Credit {
             payment_ref: payment_ref.to_string(),
             user_id,
             credits,
             amount_minor,
-            expires_in_days,
-            credit_type,
+            expires_in_days: read.expires_in_days,
+            credit_type: read.credit_type.unwrap_or_default(),
             expires_at: None,
             auto_topup: None,
-        }),
-        _ => Some(reject(
+        },
+        None => reject(
             format!("tally_credits must be an integer from 1 to {AMOUNT_MAX}"),
             Some(user_id),
-        )),
-    }
+        ),
+    })
 }
 
 /// Longest lifetime of credits bought through a payment (`tally_expires_in_days`).
 pub const EXPIRES_IN_DAYS_MAX: i64 = PLAN_EXPIRES_IN_DAYS_MAX;
 
 /// A user id from a provider's data: 1 to 255 bytes without NUL, or why not.
-fn user_id_value(value: &Value, field: &str) -> Result<String, String> {
+pub(super) fn user_id_value(value: &Value, field: &str) -> Result<String, String> {
     match value {
         Value::String(user_id) if user_id.contains('\0') => {
             Err(format!("{field} must not contain the NUL character"))
@@ -202,240 +193,19 @@ fn user_id_value(value: &Value, field: &str) -> Result<String, String> {
     }
 }
 
-/// The Tally fields of a payment's metadata that a catalogue product's own values give way to.
-#[derive(Debug, Default, PartialEq)]
-struct Overrides {
-    user_id: Option<String>,
-    credits: Option<i64>,
-    expires_in_days: Option<i64>,
-    credit_type: Option<CreditType>,
-}
-
-/// Reads the optional Tally fields of `metadata`, or the first that is unusable.
-fn overrides(metadata: Option<&Value>) -> Result<Overrides, String> {
-    let mut read = Overrides::default();
-    let Some(metadata) = metadata.and_then(Value::as_object) else {
-        return Ok(read);
-    };
-    let present = |field: &str| metadata.get(field).filter(|value| !value.is_null());
-    if let Some(value) = present("tally_user_id") {
-        read.user_id = Some(user_id_value(value, "tally_user_id")?);
-    }
-    if let Some(value) = present("tally_credits") {
-        match integer(value) {
-            Some(credits) if (1..=AMOUNT_MAX).contains(&credits) => read.credits = Some(credits),
-            _ => {
-                return Err(format!(
-                    "tally_credits must be an integer from 1 to {AMOUNT_MAX}"
-                ))
-            }
-        }
-    }
-    if let Some(value) = present("tally_expires_in_days") {
-        match integer(value) {
-            Some(days) if (1..=EXPIRES_IN_DAYS_MAX).contains(&days) => {
-                read.expires_in_days = Some(days)
-            }
-            _ => {
-                return Err(format!(
-                    "tally_expires_in_days must be an integer from 1 to {EXPIRES_IN_DAYS_MAX}"
-                ))
-            }
-        }
-    }
-    if let Some(value) = present("tally_credit_type") {
-        match value.as_str().map(CreditType::parse) {
-            Some(Ok(credit_type)) => read.credit_type = Some(credit_type),
-            Some(Err(invalid)) => return Err(format!("tally_credit_type {invalid}")),
-            None => return Err("tally_credit_type must be a string".to_string()),
-        }
-    }
-    Ok(read)
-}
-
 /// A Unix time in seconds as a time.
-fn unix_time(value: Option<&Value>) -> Option<DateTime<Utc>> {
+pub(super) fn unix_time(value: Option<&Value>) -> Option<DateTime<Utc>> {
     value
         .and_then(Value::as_i64)
         .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
 }
 
 /// An id given as a string or as an expanded object with an `id`.
-fn id_of(value: Option<&Value>) -> Option<&str> {
+pub(super) fn id_of(value: Option<&Value>) -> Option<&str> {
     match value? {
         Value::String(id) if !id.contains('\0') => Some(id),
         object @ Value::Object(_) => text(object, "id"),
         _ => None,
-    }
-}
-
-/// Reads a paid invoice: its user, lines and payment.
-fn invoice(object: &Value) -> Option<InvoiceRequest> {
-    let invoice_id = text(object, "id")?.to_string();
-    // The subscription's metadata as the invoice carries it: `parent.subscription_details`
-    // (API versions from 2025-03-31), `subscription_details` before; else the invoice's own.
-    let metadata_user = |metadata: Option<&Value>| {
-        metadata
-            .and_then(|metadata| metadata.get("tally_user_id"))
-            .filter(|value| !value.is_null())
-            .map(|value| user_id_value(value, "tally_user_id"))
-    };
-    let user_id = metadata_user(
-        object
-            .pointer("/parent/subscription_details/metadata")
-            .or_else(|| object.pointer("/subscription_details/metadata")),
-    )
-    .or_else(|| metadata_user(object.get("metadata")));
-    let lines = object
-        .pointer("/lines/data")
-        .and_then(Value::as_array)
-        .map(|lines| {
-            lines
-                .iter()
-                .filter_map(|line| {
-                    let price_id = line
-                        .pointer("/pricing/price_details/price")
-                        .and_then(|price| id_of(Some(price)))
-                        .or_else(|| id_of(line.get("price")))
-                        .or_else(|| id_of(line.get("plan")))?;
-                    Some(InvoiceLine {
-                        line_id: text(line, "id")?.to_string(),
-                        price_id: price_id.to_string(),
-                        quantity: line.get("quantity").and_then(Value::as_i64).unwrap_or(1),
-                        period_end: unix_time(line.pointer("/period/end")),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let payment_intent = id_of(object.get("payment_intent"))
-        .or_else(|| {
-            object
-                .pointer("/payments/data")
-                .and_then(Value::as_array)
-                .and_then(|payments| {
-                    payments
-                        .iter()
-                        .find_map(|payment| id_of(payment.pointer("/payment/payment_intent")))
-                })
-        })
-        .map(str::to_string);
-    Some(InvoiceRequest {
-        invoice_id,
-        user_id,
-        lines,
-        amount_paid: object.get("amount_paid").and_then(Value::as_i64),
-        payment_intent,
-    })
-}
-
-/// What a paid invoice credits, given the catalogue's products among its lines' prices.
-pub fn resolve_invoice(
-    request: InvoiceRequest,
-    catalogue: &std::collections::HashMap<String, CatalogueProduct>,
-) -> WebhookAction {
-    let priced: Vec<(&InvoiceLine, &CatalogueProduct)> = request
-        .lines
-        .iter()
-        .filter_map(|line| {
-            catalogue
-                .get(&line.price_id)
-                .filter(|product| product.mode == ProductMode::Subscription)
-                .map(|product| (line, product))
-        })
-        .collect();
-    if priced.is_empty() {
-        return WebhookAction::Ignore {
-            reason: "no line of the invoice is a subscription product of the catalogue".into(),
-        };
-    }
-    let user_id = match request.user_id {
-        Some(Ok(user_id)) => user_id,
-        Some(Err(reason)) => return reject(reason, None),
-        None => {
-            return reject(
-                "the invoice's subscription metadata has no tally_user_id",
-                None,
-            )
-        }
-    };
-    let mut lines = Vec::with_capacity(priced.len());
-    for (line, product) in priced {
-        let credits = product
-            .credits
-            .checked_mul(line.quantity)
-            .filter(|credits| (1..=AMOUNT_MAX).contains(credits));
-        let Some(credits) = credits else {
-            return reject(
-                format!(
-                    "line {} credits {} × quantity {}, outside 1 to {AMOUNT_MAX}",
-                    line.line_id, product.credits, line.quantity
-                ),
-                Some(user_id),
-            );
-        };
-        lines.push(CreditLine {
-            // Line ids of older API versions (`sli_…`) repeat on every invoice of a
-            // subscription: the invoice's id makes them one payment each.
-            payment_ref: format!("{}/{}", request.invoice_id, line.line_id),
-            credits,
-            amount_minor: request.amount_paid,
-            credit_type: product.credit_type.clone(),
-            expires_at: line.period_end,
-            refund_ref: request.payment_intent.clone(),
-        });
-    }
-    WebhookAction::CreditLines { user_id, lines }
-}
-
-/// What a paid Polar order credits, given its product in the catalogue (if there).
-pub fn resolve_order(request: OrderRequest, product: Option<&CatalogueProduct>) -> WebhookAction {
-    let Some(product) = product else {
-        return match credit_from_metadata(request.metadata.as_ref(), &request.order_id, request.amount)
-        {
-            Some(action) => action,
-            None => WebhookAction::Ignore {
-                reason: format!(
-                    "product {} is not in the catalogue and the order has no tally_user_id / tally_credits",
-                    request.product_id
-                ),
-            },
-        };
-    };
-    let read = match overrides(request.metadata.as_ref()) {
-        Ok(read) => read,
-        Err(reason) => return reject(reason, None),
-    };
-    let user_id =
-        match (read.user_id, request.external_id) {
-            (Some(user_id), _) => user_id,
-            (None, Some(external_id)) => {
-                match user_id_value(&Value::String(external_id), "customer.external_id") {
-                    Ok(user_id) => user_id,
-                    Err(reason) => return reject(reason, None),
-                }
-            }
-            (None, None) => return reject(
-                "the order names no user: set metadata tally_user_id or the customer's external_id",
-                None,
-            ),
-        };
-    let (expires_in_days, expires_at) = if request.subscription {
-        (None, request.period_end)
-    } else {
-        (read.expires_in_days.or(product.expires_in_days), None)
-    };
-    WebhookAction::Credit {
-        payment_ref: request.order_id,
-        user_id,
-        credits: read.credits.unwrap_or(product.credits),
-        amount_minor: request.amount,
-        expires_in_days,
-        credit_type: read
-            .credit_type
-            .unwrap_or_else(|| product.credit_type.clone()),
-        expires_at,
-        auto_topup: None,
     }
 }
 
@@ -497,7 +267,7 @@ fn payment_failed(object: &Value) -> Parsed {
 }
 
 /// A metadata integer: providers' metadata values are strings (Stripe) or JSON numbers (Polar).
-fn integer(value: &Value) -> Option<i64> {
+pub(super) fn integer(value: &Value) -> Option<i64> {
     match value {
         Value::String(text) => text.trim().parse::<i64>().ok(),
         Value::Number(number) if number.is_i64() || number.is_u64() => number.as_i64(),
@@ -505,7 +275,7 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
-fn reject(reason: impl Into<String>, user_id: Option<String>) -> WebhookAction {
+pub(super) fn reject(reason: impl Into<String>, user_id: Option<String>) -> WebhookAction {
     WebhookAction::Reject {
         reason: reason.into(),
         user_id,
@@ -749,146 +519,6 @@ mod tests {
                 amount_minor: Some(1000)
             })
         );
-    }
-
-    fn invoice_event(user: Value, lines: Value) -> Value {
-        json!({ "id": "evt_inv", "type": "invoice.paid", "data": { "object": {
-            "id": "in_1", "amount_paid": 2900, "payment_intent": "pi_9",
-            "parent": { "subscription_details": { "metadata": user } },
-            "lines": { "data": lines } } } })
-    }
-
-    fn catalogue(mode: ProductMode) -> std::collections::HashMap<String, CatalogueProduct> {
-        std::collections::HashMap::from([(
-            "price_pro".to_string(),
-            CatalogueProduct {
-                credits: 1000,
-                credit_type: CreditType::parse("chat").unwrap(),
-                mode,
-                expires_in_days: None,
-            },
-        )])
-    }
-
-    fn invoice_request(event: &Value) -> InvoiceRequest {
-        match stripe(event).unwrap().2 {
-            Parsed::Invoice(request) => request,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn an_invoice_credits_each_subscription_line_once_per_invoice() {
-        let event = invoice_event(
-            json!({ "tally_user_id": "u1" }),
-            json!([
-                { "id": "sli_1", "quantity": 3, "period": { "end": 1798761600 },
-                  "pricing": { "price_details": { "price": "price_pro" } } },
-                { "id": "il_2", "price": { "id": "price_other" } }
-            ]),
-        );
-        let action = resolve_invoice(
-            invoice_request(&event),
-            &catalogue(ProductMode::Subscription),
-        );
-        let WebhookAction::CreditLines { user_id, lines } = action else {
-            panic!("{action:?}")
-        };
-        assert_eq!(user_id, "u1");
-        assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].payment_ref, "in_1/sli_1");
-        assert_eq!(lines[0].credits, 3000);
-        assert_eq!(lines[0].amount_minor, Some(2900));
-        assert_eq!(lines[0].refund_ref.as_deref(), Some("pi_9"));
-        assert_eq!(lines[0].credit_type.as_str(), "chat");
-        assert_eq!(lines[0].expires_at.unwrap().timestamp(), 1798761600);
-        // A one-time product's line is not a subscription's allowance.
-        let action = resolve_invoice(invoice_request(&event), &catalogue(ProductMode::OneTime));
-        assert!(matches!(action, WebhookAction::Ignore { .. }), "{action:?}");
-    }
-
-    #[test]
-    fn an_invoice_without_a_user_or_with_too_many_credits_is_rejected() {
-        let line = json!([{ "id": "il_1", "quantity": 1, "price": "price_pro" }]);
-        let action = resolve_invoice(
-            invoice_request(&invoice_event(json!({}), line)),
-            &catalogue(ProductMode::Subscription),
-        );
-        assert!(matches!(action, WebhookAction::Reject { .. }), "{action:?}");
-        let huge = json!([{ "id": "il_1", "quantity": 2_000_000_000_i64, "price": "price_pro" }]);
-        let action = resolve_invoice(
-            invoice_request(&invoice_event(json!({ "tally_user_id": "u1" }), huge)),
-            &catalogue(ProductMode::Subscription),
-        );
-        assert!(
-            matches!(
-                action,
-                WebhookAction::Reject {
-                    user_id: Some(_),
-                    ..
-                }
-            ),
-            "{action:?}"
-        );
-    }
-
-    #[test]
-    fn a_polar_order_credits_the_metadata_user_or_the_customer() {
-        let order = |metadata: Value, reason: &str| {
-            json!({ "type": "order.paid", "data": { "id": "ord_1", "product_id": "prod_1",
-                "billing_reason": reason, "total_amount": 900, "metadata": metadata,
-                "customer": { "external_id": "customer_user" },
-                "subscription": { "current_period_end": "2027-01-01T00:00:00Z" } } })
-        };
-        let product = CatalogueProduct {
-            credits: 50,
-            credit_type: CreditType::default(),
-            mode: ProductMode::OneTime,
-            expires_in_days: Some(30),
-        };
-        let resolve = |event: Value| match polar(&event).unwrap().1 {
-            Parsed::Order(request) => resolve_order(request, Some(&product)),
-            other => panic!("{other:?}"),
-        };
-        let WebhookAction::Credit {
-            user_id,
-            credits,
-            expires_in_days,
-            expires_at,
-            ..
-        } = resolve(order(json!({}), "purchase"))
-        else {
-            panic!("a credit")
-        };
-        assert_eq!(
-            (user_id.as_str(), credits, expires_in_days, expires_at),
-            ("customer_user", 50, Some(30), None)
-        );
-        let WebhookAction::Credit {
-            user_id,
-            credits,
-            expires_in_days,
-            expires_at,
-            ..
-        } = resolve(order(
-            json!({ "tally_user_id": "u7", "tally_credits": "70" }),
-            "subscription_cycle",
-        ))
-        else {
-            panic!("a credit")
-        };
-        assert_eq!(
-            (user_id.as_str(), credits, expires_in_days),
-            ("u7", 70, None)
-        );
-        assert_eq!(
-            expires_at.unwrap().to_rfc3339(),
-            "2027-01-01T00:00:00+00:00"
-        );
-        assert!(matches!(
-            resolve(order(json!({ "tally_credits": "zero" }), "purchase")),
-            WebhookAction::Reject { .. }
-        ));
     }
 
     #[test]
