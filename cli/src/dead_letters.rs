@@ -15,7 +15,6 @@ use async_nats::jetstream;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tally_common::command::{BatchedCommand, CommandBatch};
 use tally_common::partition::Names;
 use uuid::Uuid;
 
@@ -244,20 +243,8 @@ async fn retry_one(
     // After the commit: a copy applied before the failure record was gone would only have
     // found that record. Should the publish fail, the dead letter stays `retrying` and a
     // second retry publishes it again.
-    let batch = CommandBatch {
-        commands: vec![BatchedCommand {
-            partition: partition as u32,
-            reply_to: None,
-            envelope,
-        }],
-    };
-    let payload = serde_json::to_vec(&batch).expect("a batch serializes");
-    js.publish(names.command_batch_subject(), payload.into())
+    tally_common::broker::publish_command(js, names, partition as u32, envelope, None)
         .await
-        .context("cannot publish the command again")?
-        .await
-        .with_context(|| {
-            format!("the broker did not confirm the replay of {command_id}; retry it again")
-        })?;
+        .with_context(|| format!("the replay of {command_id} was not confirmed; retry it again"))?;
     Ok(())
 }

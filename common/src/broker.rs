@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_nats::jetstream::{self, stream};
 
+use crate::command::{BatchedCommand, CommandBatch};
 use crate::config::STARTUP_CONNECT_TIMEOUT;
 use crate::partition::Names;
 
@@ -225,6 +226,36 @@ async fn provision_deliveries(
             )
         })?;
     }
+    Ok(())
+}
+
+/// Publishes one command on its own (a replayed dead letter, a charge's result) as a batch of
+/// one on the command subject, under `message_id` when given, and waits for the broker's ack.
+/// The envelope may be a stored one as it was received (any serializable form).
+pub async fn publish_command<E: serde::Serialize>(
+    js: &jetstream::Context,
+    names: &Names,
+    partition: u32,
+    envelope: E,
+    message_id: Option<&str>,
+) -> anyhow::Result<()> {
+    let batch = CommandBatch {
+        commands: vec![BatchedCommand {
+            partition,
+            reply_to: None,
+            envelope,
+        }],
+    };
+    let payload = serde_json::to_vec(&batch).expect("a batch serializes");
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(id) = message_id {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    }
+    js.publish_with_headers(names.command_batch_subject(), headers, payload.into())
+        .await
+        .context("cannot publish the command")?
+        .await
+        .context("the broker did not confirm the command")?;
     Ok(())
 }
 

@@ -20,13 +20,11 @@
 
 use std::time::Duration;
 
-use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream;
-use async_nats::HeaderMap;
 use chrono::Utc;
 use serde_json::Value;
 use sqlx::PgPool;
-use tally_common::command::{BatchedCommand, Command, CommandBatch, Envelope};
+use tally_common::command::{Command, Envelope};
 use tally_common::credit_type::CreditType;
 use tally_common::partition::{partition_of, Names};
 use tally_common::plans::{ChargeError, ChargeResult, SecretKey, StoredKey};
@@ -277,23 +275,16 @@ impl Charger {
             },
             origin: Default::default(),
         };
-        let batch = CommandBatch {
-            commands: vec![BatchedCommand {
-                partition: partition_of(attempt.app_id, &attempt.user_id, self.partitions),
-                reply_to: None,
-                envelope,
-            }],
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, command_id.simple().to_string().as_str());
-        self.js
-            .publish_with_headers(
-                self.names.command_batch_subject(),
-                headers,
-                serde_json::to_vec(&batch)?.into(),
-            )
-            .await?
-            .await?;
+        let partition = partition_of(attempt.app_id, &attempt.user_id, self.partitions);
+        let message_id = command_id.simple().to_string();
+        tally_common::broker::publish_command(
+            &self.js,
+            &self.names,
+            partition,
+            envelope,
+            Some(&message_id),
+        )
+        .await?;
         Ok(())
     }
 }
