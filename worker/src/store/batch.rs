@@ -163,8 +163,6 @@ async fn fast_path(
     // So does an auto top-up below its threshold: the full path makes the attempt.
     let only_entries = !effects.alert_crossings
         && effects.topup_due.is_empty()
-        && effects.topup_attempts.is_empty()
-        && effects.topup_settings.is_empty()
         && effects.payments.is_empty()
         && effects.webhooks.is_empty()
         && effects.lots.is_empty()
