@@ -4,10 +4,9 @@
 //! worker runs: deliveries stay pending, which is all these pages need.
 
 use reqwest::header::{COOKIE, LOCATION};
-use reqwest::redirect::Policy;
 use serde_json::{json, Value};
 
-use crate::harness::{spawn_app_with, Options, TestApp, ADMIN_TOKEN};
+use crate::harness::{spawn_app_with, Options, TestApp};
 
 /// A deployment without workers that accepts `http://127.0.0.1` endpoints
 /// (`TALLY_WEBHOOK_ALLOW_PRIVATE=true`).
@@ -40,19 +39,7 @@ struct Page {
 
 impl<'a> Dashboard<'a> {
     async fn login(app: &'a TestApp) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(Policy::none())
-            .build()
-            .expect("client");
-        let login = client
-            .post(app.url("/dashboard/login"))
-            .form(&[("token", ADMIN_TOKEN)])
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(login.status().as_u16(), 303);
-        let line = login.headers()["set-cookie"].to_str().expect("cookie");
-        let cookie = line.split(';').next().expect("name=value").to_string();
+        let (client, cookie) = app.dashboard_session().await;
         let mut dashboard = Self {
             app,
             client,

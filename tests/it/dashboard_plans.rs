@@ -4,7 +4,6 @@
 //! only read.
 
 use reqwest::header::COOKIE;
-use reqwest::redirect::Policy;
 use serde_json::{json, Value};
 
 use crate::harness::{spawn_app_with, Options, TestApp, ADMIN_TOKEN};
@@ -25,19 +24,7 @@ struct Dashboard<'a> {
 
 impl<'a> Dashboard<'a> {
     async fn login(app: &'a TestApp) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(Policy::none())
-            .build()
-            .expect("client");
-        let login = client
-            .post(app.url("/dashboard/login"))
-            .form(&[("token", ADMIN_TOKEN)])
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(login.status().as_u16(), 303);
-        let line = login.headers()["set-cookie"].to_str().expect("cookie");
-        let cookie = line.split(';').next().expect("name=value").to_string();
+        let (client, cookie) = app.dashboard_session().await;
         Self {
             app,
             client,

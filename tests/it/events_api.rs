@@ -37,30 +37,8 @@ fn public_url(path: &str) -> String {
 }
 
 /// A request with `key`, and a JSON body if any; the status and the JSON answer.
-async fn call(
-    app: &TestApp,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 async fn send(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    call(app, &app.api_key, method, path, body).await
+    app.send(method, path, body).await
 }
 
 async fn create_endpoint(app: &TestApp, body: Value) -> Value {
@@ -888,14 +866,18 @@ mod isolation {
                 None,
             ),
         ] {
-            let (status, answer) = call(&app, &other_key, method.clone(), &path, body).await;
+            let (status, answer) = app.send_as(&other_key, method.clone(), &path, body).await;
             assert_eq!(status, 404, "{method} {path}: {answer}");
         }
-        let (_, listed) = call(&app, &other_key, Method::GET, "/webhook_endpoints", None).await;
+        let (_, listed) = app
+            .send_as(&other_key, Method::GET, "/webhook_endpoints", None)
+            .await;
         assert_eq!(listed["endpoints"], json!([]));
-        let (_, events) = call(&app, &other_key, Method::GET, "/events", None).await;
+        let (_, events) = app.send_as(&other_key, Method::GET, "/events", None).await;
         assert_eq!(events["events"], json!([]));
-        let (_, alerts) = call(&app, &other_key, Method::GET, "/credits/alerts", None).await;
+        let (_, alerts) = app
+            .send_as(&other_key, Method::GET, "/credits/alerts", None)
+            .await;
         assert_eq!(alerts["source"], "none");
 
         let (_, mine) = send(&app, Method::GET, &path, None).await;

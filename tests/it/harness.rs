@@ -785,6 +785,88 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// `method path` with `key`, and a JSON body if given.
+    pub async fn send_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        into_json(request.send().await.expect("request")).await
+    }
+
+    /// [`TestApp::send_as`] with the app's key.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.send_as(&self.api_key, method, path, body).await
+    }
+
+    /// Adds a payment-webhook secret of `provider` to the app, through the CLI.
+    pub async fn set_webhook_secret(&self, provider: &str, secret: &str) {
+        let app_id = self.app_id.to_string();
+        let args = [
+            "app",
+            "set-webhook-secret",
+            "--app",
+            &app_id,
+            "--provider",
+            provider,
+            "--secret",
+            secret,
+        ];
+        let (code, out) = self.cli(&args).await;
+        assert_eq!(code, 0, "{out}");
+    }
+
+    /// The audit record of the payment webhook `event_id`, once a worker has applied it.
+    pub async fn webhook_event(&self, event_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, page) = self.get("/webhooks/events?limit=200").await;
+            assert_eq!(status, 200, "{page}");
+            if let Some(event) = page["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["event_id"] == event_id)
+            {
+                return event.clone();
+            }
+            assert!(Instant::now() < deadline, "event {event_id} never recorded");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A dashboard session: a client that does not follow redirects, and the session cookie
+    /// (`name=value`) the admin token's login gave it.
+    pub async fn dashboard_session(&self) -> (reqwest::Client, String) {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let login = client
+            .post(self.url("/dashboard/login"))
+            .form(&[("token", ADMIN_TOKEN)])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status().as_u16(), 303);
+        let line = login.headers()["set-cookie"].to_str().expect("cookie");
+        let cookie = line.split(';').next().expect("name=value").to_string();
+        (client, cookie)
+    }
 }
 
 async fn into_json(response: reqwest::Response) -> (u16, Value) {

@@ -28,41 +28,6 @@ fn hmac(key: &[u8], message: &str) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-async fn call(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = app
-        .http
-        .request(method, app.url(path))
-        .bearer_auth(&app.api_key);
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn set_webhook_secret(app: &TestApp, provider: &str, secret: &str) {
-    let app_id = app.app_id.to_string();
-    let args = [
-        "app",
-        "set-webhook-secret",
-        "--app",
-        &app_id,
-        "--provider",
-        provider,
-        "--secret",
-        secret,
-    ];
-    let (code, out) = app.cli(&args).await;
-    assert_eq!(code, 0, "{out}");
-}
-
 /// Sends `event` to the Stripe webhook, signed as Stripe signs it.
 async fn send_stripe(app: &TestApp, event: &Value) -> (u16, Value) {
     let body = event.to_string();
@@ -99,32 +64,14 @@ async fn send_polar(app: &TestApp, id: &str, event: &Value) -> (u16, Value) {
     .await
 }
 
-/// The audit record of webhook `event_id`, once the worker has applied it.
-async fn wait_webhook(app: &TestApp, event_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, page) = app.get("/webhooks/events?limit=200").await;
-        if let Some(event) = page["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["event_id"] == event_id)
-        {
-            return event.clone();
-        }
-        assert!(Instant::now() < deadline, "{event_id} never applied");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn put_product(app: &TestApp, provider: &str, id: &str, body: Value) -> Value {
-    let (status, product) = call(
-        app,
-        Method::PUT,
-        &format!("/products/{provider}/{id}"),
-        Some(body),
-    )
-    .await;
+    let (status, product) = app
+        .send(
+            Method::PUT,
+            &format!("/products/{provider}/{id}"),
+            Some(body),
+        )
+        .await;
     assert_eq!(status, 200, "{product}");
     product
 }
@@ -166,7 +113,7 @@ async fn the_catalogue_is_kept_per_app_and_checked_field_by_field() {
     .await;
     assert_eq!(pack["credits"], 600);
     assert_eq!(pack["expires_in_days"], Value::Null);
-    let (status, listed) = call(&app, Method::GET, "/products", None).await;
+    let (status, listed) = app.send(Method::GET, "/products", None).await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = listed["products"]
         .as_array()
@@ -201,25 +148,17 @@ async fn the_catalogue_is_kept_per_app_and_checked_field_by_field() {
             "provider",
         ),
     ] {
-        let (status, error) = call(&app, Method::PUT, path, Some(body)).await;
+        let (status, error) = app.send(Method::PUT, path, Some(body)).await;
         assert_eq!(status, 400, "{error}");
         assert_eq!(error["field"], field, "{error}");
     }
-    let (status, _) = call(
-        &app,
-        Method::DELETE,
-        "/products/stripe/price_pack_500",
-        None,
-    )
-    .await;
+    let (status, _) = app
+        .send(Method::DELETE, "/products/stripe/price_pack_500", None)
+        .await;
     assert_eq!(status, 204);
-    let (status, error) = call(
-        &app,
-        Method::DELETE,
-        "/products/stripe/price_pack_500",
-        None,
-    )
-    .await;
+    let (status, error) = app
+        .send(Method::DELETE, "/products/stripe/price_pack_500", None)
+        .await;
     assert_eq!(status, 404, "{error}");
     assert_eq!(error["error"], "not_found");
 }
@@ -227,7 +166,7 @@ async fn the_catalogue_is_kept_per_app_and_checked_field_by_field() {
 #[tokio::test]
 async fn a_subscription_invoice_credits_its_allowance_once_expiring_at_the_period_end() {
     let app = spawn_app_with(Options::default()).await;
-    set_webhook_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     put_product(
         &app,
         "stripe",
@@ -242,7 +181,7 @@ async fn a_subscription_invoice_credits_its_allowance_once_expiring_at_the_perio
     invoice["data"]["object"]["lines"]["data"][0]["quantity"] = json!(2);
     let (status, body) = send_stripe(&app, &invoice).await;
     assert_eq!(status, 200, "{body}");
-    let record = wait_webhook(&app, invoice["id"].as_str().unwrap()).await;
+    let record = app.webhook_event(invoice["id"].as_str().unwrap()).await;
     assert_eq!(record["outcome"], "credited", "{record}");
     assert_eq!(record["user_id"], "user_42");
     let user = balance(&app, "user_42").await;
@@ -263,7 +202,7 @@ async fn a_subscription_invoice_credits_its_allowance_once_expiring_at_the_perio
     let mut again = invoice.clone();
     again["id"] = json!("evt_invoice_again");
     send_stripe(&app, &again).await;
-    let record = wait_webhook(&app, "evt_invoice_again").await;
+    let record = app.webhook_event("evt_invoice_again").await;
     assert_eq!(record["outcome"], "duplicate", "{record}");
     assert_eq!(balance(&app, "user_42").await["balance"], 2000);
 
@@ -275,7 +214,7 @@ async fn a_subscription_invoice_credits_its_allowance_once_expiring_at_the_perio
         json!("price_unknown");
     send_stripe(&app, &other).await;
     assert_eq!(
-        wait_webhook(&app, "evt_other_price").await["outcome"],
+        app.webhook_event("evt_other_price").await["outcome"],
         "ignored"
     );
     app.assert_verified().await;
@@ -284,7 +223,7 @@ async fn a_subscription_invoice_credits_its_allowance_once_expiring_at_the_perio
 #[tokio::test]
 async fn an_older_invoice_shape_credits_too_and_its_refund_claws_back() {
     let app = spawn_app_with(Options::default()).await;
-    set_webhook_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     put_product(
         &app,
         "stripe",
@@ -296,7 +235,7 @@ async fn an_older_invoice_shape_credits_too_and_its_refund_claws_back() {
     // invoice.
     let invoice = fixture("stripe_invoice_paid_legacy.json");
     send_stripe(&app, &invoice).await;
-    let record = wait_webhook(&app, invoice["id"].as_str().unwrap()).await;
+    let record = app.webhook_event(invoice["id"].as_str().unwrap()).await;
     assert_eq!(record["outcome"], "credited", "{record}");
     let (_, chat) = app
         .get("/credits/balance?user_id=user_42&credit_type=chat")
@@ -310,7 +249,7 @@ async fn an_older_invoice_shape_credits_too_and_its_refund_claws_back() {
             "payment_intent": object["payment_intent"], "amount": object["amount_paid"],
             "amount_refunded": object["amount_paid"].as_i64().unwrap() / 2 } } });
     send_stripe(&app, &refund).await;
-    let record = wait_webhook(&app, "evt_refund_half").await;
+    let record = app.webhook_event("evt_refund_half").await;
     assert_eq!(record["outcome"], "clawed_back", "{record}");
     let (_, chat) = app
         .get("/credits/balance?user_id=user_42&credit_type=chat")
@@ -322,7 +261,7 @@ async fn an_older_invoice_shape_credits_too_and_its_refund_claws_back() {
 #[tokio::test]
 async fn polar_orders_of_catalogue_products_credit_the_customer() {
     let app = spawn_app_with(Options::default()).await;
-    set_webhook_secret(&app, "polar", POLAR_SECRET).await;
+    app.set_webhook_secret("polar", POLAR_SECRET).await;
     let subscription = fixture("polar_order_paid_subscription.json");
     let one_time = fixture("polar_order_paid_one_time.json");
     put_product(
@@ -343,7 +282,7 @@ async fn polar_orders_of_catalogue_products_credit_the_customer() {
     // No metadata: the customer's external id is the user; the allowance expires at the
     // subscription's period end.
     send_polar(&app, "msg_sub_1", &subscription).await;
-    let record = wait_webhook(&app, "msg_sub_1").await;
+    let record = app.webhook_event("msg_sub_1").await;
     assert_eq!(record["outcome"], "credited", "{record}");
     let user = balance(&app, "user_42").await;
     assert_eq!(user["balance"], 300, "{user}");
@@ -361,7 +300,7 @@ async fn polar_orders_of_catalogue_products_credit_the_customer() {
     // The metadata's user wins over the customer; the pack expires after the product's days.
     send_polar(&app, "msg_pack_1", &one_time).await;
     send_polar(&app, "msg_pack_1", &one_time).await;
-    assert_eq!(wait_webhook(&app, "msg_pack_1").await["user_id"], "user_7");
+    assert_eq!(app.webhook_event("msg_pack_1").await["user_id"], "user_7");
     let user = balance(&app, "user_7").await;
     assert_eq!(user["balance"], 50, "{user}");
     let expires_at =
@@ -385,7 +324,7 @@ async fn topup_app(stripe: &StripeStandIn, workers: usize) -> TestApp {
         ..Options::default()
     })
     .await;
-    set_webhook_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let response = app
         .http
         .put(app.url(&format!("/admin/apps/{}/stripe_key", app.app_id)))
@@ -395,21 +334,19 @@ async fn topup_app(stripe: &StripeStandIn, workers: usize) -> TestApp {
         .await
         .expect("request");
     assert_eq!(response.status().as_u16(), 200);
-    let (status, endpoint) = call(
-        &app,
-        Method::POST,
-        "/webhook_endpoints",
-        Some(json!({ "url": "http://127.0.0.1:9/events" })),
-    )
-    .await;
+    let (status, endpoint) = app
+        .send(
+            Method::POST,
+            "/webhook_endpoints",
+            Some(json!({ "url": "http://127.0.0.1:9/events" })),
+        )
+        .await;
     assert_eq!(status, 201, "{endpoint}");
     app
 }
 
 async fn set_auto_topup(app: &TestApp, user: &str, threshold: i64) -> Value {
-    let (status, settings) = call(
-        app,
-        Method::PUT,
+    let (status, settings) = app.send(Method::PUT,
         "/credits/auto_topup",
         Some(json!({ "user_id": user, "enabled": true, "threshold": threshold,
                      "credits": 1000, "amount": 999, "currency": "usd",
@@ -423,13 +360,13 @@ async fn set_auto_topup(app: &TestApp, user: &str, threshold: i64) -> Value {
 }
 
 async fn auto_topup(app: &TestApp, user: &str) -> Value {
-    let (status, settings) = call(
-        app,
-        Method::GET,
-        &format!("/credits/auto_topup?user_id={user}"),
-        None,
-    )
-    .await;
+    let (status, settings) = app
+        .send(
+            Method::GET,
+            &format!("/credits/auto_topup?user_id={user}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{settings}");
     settings
 }
@@ -518,7 +455,7 @@ async fn one_charge_per_crossing_under_concurrent_deducts_and_the_credit_arrives
         let (status, body) = send_stripe(&app, &event).await;
         assert_eq!(status, 200, "{body}");
     }
-    let record = wait_webhook(&app, event["id"].as_str().unwrap()).await;
+    let record = app.webhook_event(event["id"].as_str().unwrap()).await;
     assert_eq!(record["outcome"], "credited", "{record}");
     let settings = wait_attempt(&app, "payer", "succeeded").await;
     assert_eq!(settings["last_attempt"]["error"], Value::Null);
@@ -593,7 +530,7 @@ async fn action_required_and_a_failed_payment_webhook_settle_the_attempt() {
     let intents = stripe.payment_intents();
     let event = stripe.event(intents.last().unwrap(), "payment_intent.payment_failed");
     send_stripe(&app, &event).await;
-    wait_webhook(&app, event["id"].as_str().unwrap()).await;
+    app.webhook_event(event["id"].as_str().unwrap()).await;
     let settings = wait_attempt(&app, "payer", "failed").await;
     assert_eq!(settings["consecutive_failures"], 1, "{settings}");
     assert!(settings["last_attempt"]["error"]["code"].is_string());
@@ -639,17 +576,17 @@ async fn attempts_stop_at_the_monthly_cap() {
     stripe.set_behavior(Behavior::RequiresAction);
     let app = topup_app(&stripe, 1).await;
     app.add("payer", 100).await;
-    let (status, settings) = call(
-        &app,
-        Method::PUT,
-        "/credits/auto_topup",
-        Some(
-            json!({ "user_id": "payer", "enabled": true, "threshold": 96, "credits": 10,
+    let (status, settings) = app
+        .send(
+            Method::PUT,
+            "/credits/auto_topup",
+            Some(
+                json!({ "user_id": "payer", "enabled": true, "threshold": 96, "credits": 10,
                      "amount": 100, "currency": "eur", "stripe_customer_id": "cus_2",
                      "stripe_payment_method_id": "pm_2", "max_per_month": 2 }),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(status, 200, "{settings}");
     assert_eq!(settings["max_per_month"], 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;

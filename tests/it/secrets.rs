@@ -52,22 +52,7 @@ fn spawn_logged(app: &TestApp, binary: &str, log: &Path, env: &[(&str, &str)]) -
 
 /// The CLI with its stderr (diagnostics) appended to `log`; its stdout is its answer.
 async fn cli_logged(app: &TestApp, log: &Path, args: &[&str]) -> (i32, Value) {
-    let output = tokio::process::Command::new(workspace_binary("tally"))
-        .args(args)
-        .env("TALLY_DATABASE_URL", &app.db.url)
-        .env("TALLY_NATS_URL", app.nats.url())
-        .env("TALLY_NAMESPACE", &app.namespace)
-        .env("TALLY_PARTITIONS", TEST_PARTITIONS.to_string())
-        .env("RUST_LOG", "trace")
-        .output()
-        .await
-        .expect("run tally");
-    let mut captured = std::fs::read(log).unwrap_or_default();
-    captured.extend_from_slice(&output.stderr);
-    std::fs::write(log, captured).expect("append cli log");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
-    (output.status.code().unwrap_or(-1), value)
+    cli_stdin_logged(app, log, args, &[], "").await
 }
 
 fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
@@ -82,6 +67,21 @@ struct Traffic {
 }
 
 impl Traffic {
+    /// Waits until the ingress answers `/readyz`.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .http
+            .get(format!("{}/readyz", self.base_url))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "the ingress never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn send(
         &self,
         method: &str,
@@ -206,17 +206,7 @@ async fn no_key_secret_signature_or_token_reaches_any_log() {
         http: reqwest::Client::new(),
         base_url: format!("http://{addr}"),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !traffic
-        .http
-        .get(format!("{}/readyz", traffic.base_url))
-        .send()
-        .await
-        .is_ok_and(|response| response.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "the ingress never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    traffic.wait_ready().await;
     let mut secrets: Vec<String> = vec![
         ADMIN_TOKEN.into(),
         STRIPE_SECRET.into(),
@@ -407,7 +397,7 @@ async fn no_key_secret_signature_or_token_reaches_any_log() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The CLI reading `stdin`, with its stderr appended to `log`.
+/// [`cli_logged`] with extra environment variables, writing `stdin` to its standard input.
 async fn cli_stdin_logged(
     app: &TestApp,
     log: &Path,
@@ -483,17 +473,7 @@ async fn the_stripe_secret_key_reaches_no_log() {
         http: reqwest::Client::new(),
         base_url: format!("http://{addr}"),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !traffic
-        .http
-        .get(format!("{}/readyz", traffic.base_url))
-        .send()
-        .await
-        .is_ok_and(|response| response.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "the ingress never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    traffic.wait_ready().await;
     let app_id = app.app_id.to_string();
 
     // Set through the CLI (standard input), refused when malformed, then through the API.

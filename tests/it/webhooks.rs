@@ -3,7 +3,7 @@
 //! `"{t}.{body}"`, and over `"{id}.{timestamp}.{body}"` for Standard Webhooks); the fixed
 //! vectors produced by the official libraries are checked in the ingress's unit tests.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -35,22 +35,6 @@ fn stripe_header(secrets: &[&str], t: i64, body: &str) -> String {
     header
 }
 
-async fn set_secret(app: &TestApp, provider: &str, secret: &str) {
-    let (code, out) = app
-        .cli(&[
-            "app",
-            "set-webhook-secret",
-            "--app",
-            &app.app_id.to_string(),
-            "--provider",
-            provider,
-            "--secret",
-            secret,
-        ])
-        .await;
-    assert_eq!(code, 0, "{out}");
-}
-
 async fn post_stripe(app: &TestApp, body: &str, signature: &str) -> (u16, Value) {
     app.post_raw(
         &format!("/webhooks/stripe/{}", app.app_id),
@@ -79,29 +63,10 @@ fn charge_refunded(event_id: &str, intent: &str, refunded_total: i64) -> Value {
             "data": { "object": { "id": "ch_1", "payment_intent": intent, "amount": 1000, "amount_refunded": refunded_total, "metadata": {} } } })
 }
 
-/// Waits until the worker has recorded `event_id`, and returns its audit record.
-async fn wait_event(app: &TestApp, event_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, page) = app.get("/webhooks/events?limit=200").await;
-        assert_eq!(status, 200, "{page}");
-        if let Some(event) = page["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["event_id"] == event_id)
-        {
-            return event.clone();
-        }
-        assert!(Instant::now() < deadline, "event {event_id} never recorded");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_stripe_payment_credits_its_user_once_however_often_it_is_delivered() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let event = payment_intent("evt_1", "pi_1", "user_1", "500");
     for _ in 0..3 {
         let (status, body) = send_stripe(&app, &event).await;
@@ -112,7 +77,7 @@ async fn a_stripe_payment_credits_its_user_once_however_often_it_is_delivered() 
     for (status, _) in futures::future::join_all(concurrent).await {
         assert_eq!(status, 200);
     }
-    let record = wait_event(&app, "evt_1").await;
+    let record = app.webhook_event("evt_1").await;
     assert_eq!(record["outcome"], "credited");
     assert_eq!(record["provider"], "stripe");
     assert_eq!(record["type"], "payment_intent.succeeded");
@@ -131,7 +96,7 @@ async fn a_stripe_payment_credits_its_user_once_however_often_it_is_delivered() 
 #[tokio::test]
 async fn both_stripe_events_of_one_payment_credit_once() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let session = json!({ "id": "evt_cs", "type": "checkout.session.completed",
         "data": { "object": { "id": "cs_1", "payment_intent": "pi_9", "payment_status": "paid", "amount_total": 1000,
                               "metadata": { "tally_user_id": "user_9", "tally_credits": "300" } } } });
@@ -142,8 +107,8 @@ async fn both_stripe_events_of_one_payment_credit_once() {
             .0,
         200
     );
-    assert_eq!(wait_event(&app, "evt_cs").await["outcome"], "credited");
-    let second = wait_event(&app, "evt_pi").await;
+    assert_eq!(app.webhook_event("evt_cs").await["outcome"], "credited");
+    let second = app.webhook_event("evt_pi").await;
     assert_eq!(second["outcome"], "duplicate");
     assert_eq!(app.balance("user_9").await, 300);
 }
@@ -151,7 +116,7 @@ async fn both_stripe_events_of_one_payment_credit_once() {
 #[tokio::test]
 async fn forged_stale_and_unsigned_stripe_events_are_refused_and_credit_nothing() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let body = payment_intent("evt_x", "pi_x", "user_x", "999").to_string();
     let tampered = body.replace("999", "9999");
     let cases = [
@@ -214,9 +179,9 @@ async fn forged_stale_and_unsigned_stripe_events_are_refused_and_credit_nothing(
 #[tokio::test]
 async fn rotated_stripe_secrets_the_two_newest_are_accepted() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", "whsec_oldest").await;
-    set_secret(&app, "stripe", "whsec_old").await;
-    set_secret(&app, "stripe", "whsec_new").await;
+    app.set_webhook_secret("stripe", "whsec_oldest").await;
+    app.set_webhook_secret("stripe", "whsec_old").await;
+    app.set_webhook_secret("stripe", "whsec_new").await;
     let body = payment_intent("evt_r1", "pi_r1", "user_r", "10").to_string();
     // Stripe signs with both secrets during a rotation.
     let (status, _) = post_stripe(
@@ -236,14 +201,14 @@ async fn rotated_stripe_secrets_the_two_newest_are_accepted() {
         status, 400,
         "a secret two rotations old is no longer accepted"
     );
-    wait_event(&app, "evt_r2").await;
+    app.webhook_event("evt_r2").await;
     assert_eq!(app.balance("user_r").await, 20);
 }
 
 #[tokio::test]
 async fn invalid_metadata_is_recorded_as_rejected_and_credits_nothing() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     for (event_id, credits) in [("evt_abc", "abc"), ("evt_neg", "-5"), ("evt_zero", "0")] {
         let (status, _) = send_stripe(
             &app,
@@ -251,7 +216,7 @@ async fn invalid_metadata_is_recorded_as_rejected_and_credits_nothing() {
         )
         .await;
         assert_eq!(status, 200, "never a 5xx or 4xx for bad metadata");
-        let record = wait_event(&app, event_id).await;
+        let record = app.webhook_event(event_id).await;
         assert_eq!(record["outcome"], "rejected");
         assert!(
             record["reason"].as_str().unwrap().contains("tally_credits"),
@@ -261,10 +226,10 @@ async fn invalid_metadata_is_recorded_as_rejected_and_credits_nothing() {
     let no_user = json!({ "id": "evt_nouser", "type": "payment_intent.succeeded",
         "data": { "object": { "id": "pi_nouser", "amount": 1000, "metadata": { "tally_credits": "5" } } } });
     send_stripe(&app, &no_user).await;
-    assert_eq!(wait_event(&app, "evt_nouser").await["outcome"], "rejected");
+    assert_eq!(app.webhook_event("evt_nouser").await["outcome"], "rejected");
     let other = json!({ "id": "evt_other", "type": "customer.created", "data": { "object": { "id": "cus_1" } } });
     send_stripe(&app, &other).await;
-    assert_eq!(wait_event(&app, "evt_other").await["outcome"], "ignored");
+    assert_eq!(app.webhook_event("evt_other").await["outcome"], "ignored");
     assert_eq!(app.balance("user_m").await, 0);
     assert_eq!(app.ledger_rows().await, 0);
 }
@@ -272,9 +237,9 @@ async fn invalid_metadata_is_recorded_as_rejected_and_credits_nothing() {
 #[tokio::test]
 async fn partial_refunds_then_a_full_refund_claw_back_in_proportion() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     send_stripe(&app, &payment_intent("evt_p", "pi_p", "user_p", "500")).await;
-    wait_event(&app, "evt_p").await;
+    app.webhook_event("evt_p").await;
     // amount_refunded is cumulative: 300, then 600, then 1000 of 1000.
     for (event_id, total, balance) in [
         ("evt_f1", 300, 350),
@@ -288,7 +253,7 @@ async fn partial_refunds_then_a_full_refund_claw_back_in_proportion() {
                 .0,
             200
         );
-        wait_event(&app, event_id).await;
+        app.webhook_event(event_id).await;
         assert_eq!(app.balance("user_p").await, balance, "after {event_id}");
     }
     let (_, history) = app.get("/credits/history?user_id=user_p").await;
@@ -303,26 +268,26 @@ async fn partial_refunds_then_a_full_refund_claw_back_in_proportion() {
         .iter()
         .all(|e| e["refunded_ledger_id"].is_string()));
     assert_eq!(
-        wait_event(&app, "evt_f2_retry").await["outcome"],
+        app.webhook_event("evt_f2_retry").await["outcome"],
         "duplicate"
     );
-    assert_eq!(wait_event(&app, "evt_f3").await["outcome"], "clawed_back");
+    assert_eq!(app.webhook_event("evt_f3").await["outcome"], "clawed_back");
     app.assert_verified().await;
 }
 
 #[tokio::test]
 async fn a_dispute_after_spending_clamps_at_zero_and_records_the_rest() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     send_stripe(&app, &payment_intent("evt_d0", "pi_d", "user_d", "500")).await;
-    wait_event(&app, "evt_d0").await;
+    app.webhook_event("evt_d0").await;
     let (status, _) = app.deduct("user_d", 450).await;
     assert_eq!(status, 200);
     let dispute = json!({ "id": "evt_dispute", "type": "charge.dispute.created",
         "data": { "object": { "id": "dp_1", "charge": "ch_1", "payment_intent": "pi_d", "amount": 1000 } } });
     send_stripe(&app, &dispute).await;
     assert_eq!(
-        wait_event(&app, "evt_dispute").await["outcome"],
+        app.webhook_event("evt_dispute").await["outcome"],
         "clawed_back"
     );
     assert_eq!(app.balance("user_d").await, 0);
@@ -369,7 +334,7 @@ fn order(event_type: &str, order_id: &str, user: &str, extra: Value) -> String {
 async fn polar_orders_credit_with_raw_and_base64_secrets_and_refunds_claw_back() {
     let app = spawn_app().await;
     let raw = "polar_whs_raw_secret_value";
-    set_secret(&app, "polar", raw).await;
+    app.set_webhook_secret("polar", raw).await;
     let (status, body) = post_polar(
         &app,
         raw.as_bytes(),
@@ -378,7 +343,7 @@ async fn polar_orders_credit_with_raw_and_base64_secrets_and_refunds_claw_back()
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(wait_event(&app, "msg_1").await["outcome"], "credited");
+    assert_eq!(app.webhook_event("msg_1").await["outcome"], "credited");
     assert_eq!(app.balance("user_o").await, 400);
 
     let key = b"sixteen byte key";
@@ -386,7 +351,7 @@ async fn polar_orders_credit_with_raw_and_base64_secrets_and_refunds_claw_back()
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     );
-    set_secret(&app, "polar", &standard).await;
+    app.set_webhook_secret("polar", &standard).await;
     let (status, _) = post_polar(
         &app,
         key,
@@ -395,7 +360,7 @@ async fn polar_orders_credit_with_raw_and_base64_secrets_and_refunds_claw_back()
     )
     .await;
     assert_eq!(status, 200);
-    wait_event(&app, "msg_2").await;
+    app.webhook_event("msg_2").await;
     assert_eq!(app.balance("user_o").await, 800);
 
     let (status, _) = post_polar(
@@ -414,7 +379,7 @@ async fn polar_orders_credit_with_raw_and_base64_secrets_and_refunds_claw_back()
         json!({ "refunded_amount": 1000 }),
     );
     assert_eq!(post_polar(&app, key, "msg_4", &refund).await.0, 200);
-    assert_eq!(wait_event(&app, "msg_4").await["outcome"], "clawed_back");
+    assert_eq!(app.webhook_event("msg_4").await["outcome"], "clawed_back");
     assert_eq!(app.balance("user_o").await, 400);
     app.assert_verified().await;
 }
@@ -440,18 +405,18 @@ async fn unknown_app_missing_secret_and_the_single_app_form() {
         .post_raw(&format!("/webhooks/stripe/{}", app.app_id), &body, &headers)
         .await;
     assert_eq!(status, 400, "an app with no secret for the provider");
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let (status, answer) = app.post_raw("/webhooks/stripe", &body, &headers).await;
     assert_eq!(status, 200, "{answer}");
-    wait_event(&app, "evt_s").await;
+    app.webhook_event("evt_s").await;
     assert_eq!(app.balance("user_s").await, 7);
 }
 
 #[tokio::test]
 async fn the_event_log_pages_newest_first_and_filters_by_provider() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
-    set_secret(&app, "polar", "polar_whs_x").await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("polar", "polar_whs_x").await;
     for i in 0..5 {
         send_stripe(
             &app,
@@ -466,9 +431,9 @@ async fn the_event_log_pages_newest_first_and_filters_by_provider() {
         &order("order.paid", "ord_l", "user_l", json!({})),
     )
     .await;
-    wait_event(&app, "msg_l").await;
+    app.webhook_event("msg_l").await;
     for i in 0..5 {
-        wait_event(&app, &format!("evt_{i}")).await;
+        app.webhook_event(&format!("evt_{i}")).await;
     }
     let (_, first) = app.get("/webhooks/events?provider=stripe&limit=2").await;
     let mut seen: Vec<String> = first["events"]
@@ -507,11 +472,11 @@ async fn the_event_log_pages_newest_first_and_filters_by_provider() {
 #[tokio::test]
 async fn a_payment_with_tally_expires_in_days_grants_expiring_credits() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let mut event = payment_intent("evt_e", "pi_e", "user_e", "500");
     event["data"]["object"]["metadata"]["tally_expires_in_days"] = json!("30");
     assert_eq!(send_stripe(&app, &event).await.0, 200);
-    let record = wait_event(&app, "evt_e").await;
+    let record = app.webhook_event("evt_e").await;
     assert_eq!(record["outcome"], "credited");
     let (_, balance) = app.get("/credits/balance?user_id=user_e").await;
     assert_eq!(balance["next_expiry"]["amount"], 500);
@@ -524,30 +489,30 @@ async fn a_payment_with_tally_expires_in_days_grants_expiring_credits() {
     let mut bad = payment_intent("evt_e2", "pi_e2", "user_e", "500");
     bad["data"]["object"]["metadata"]["tally_expires_in_days"] = json!("soon");
     send_stripe(&app, &bad).await;
-    assert_eq!(wait_event(&app, "evt_e2").await["outcome"], "rejected");
+    assert_eq!(app.webhook_event("evt_e2").await["outcome"], "rejected");
 }
 
 #[tokio::test]
 async fn a_large_provider_event_is_accepted() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let mut event = payment_intent("evt_big", "pi_big", "user_big", "5");
     // Over the API's 64 KiB, as a Checkout Session with many line items can be.
     event["data"]["object"]["description"] = json!("x".repeat(200 * 1024));
     let (status, body) = send_stripe(&app, &event).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(wait_event(&app, "evt_big").await["outcome"], "credited");
+    assert_eq!(app.webhook_event("evt_big").await["outcome"], "credited");
 }
 
 #[tokio::test]
 async fn a_payment_credits_the_credit_type_its_metadata_names_and_a_refund_claws_it_back() {
     let app = spawn_app().await;
-    set_secret(&app, "stripe", STRIPE_SECRET).await;
+    app.set_webhook_secret("stripe", STRIPE_SECRET).await;
     let mut event = payment_intent("evt_typed", "pi_typed", "user_1", "500");
     event["data"]["object"]["metadata"]["tally_credit_type"] = json!("image");
     let (status, body) = send_stripe(&app, &event).await;
     assert_eq!(status, 200, "{body}");
-    let credited = wait_event(&app, "evt_typed").await;
+    let credited = app.webhook_event("evt_typed").await;
     assert_eq!(credited["outcome"], "credited", "{credited}");
     let (_, image) = app
         .get("/credits/balance?user_id=user_1&credit_type=image")
@@ -562,7 +527,7 @@ async fn a_payment_credits_the_credit_type_its_metadata_names_and_a_refund_claws
     let (status, _) =
         send_stripe(&app, &charge_refunded("evt_typed_refund", "pi_typed", 400)).await;
     assert_eq!(status, 200);
-    wait_event(&app, "evt_typed_refund").await;
+    app.webhook_event("evt_typed_refund").await;
     let (_, image) = app
         .get("/credits/balance?user_id=user_1&credit_type=image")
         .await;
@@ -574,7 +539,7 @@ async fn a_payment_credits_the_credit_type_its_metadata_names_and_a_refund_claws
     let mut bad = payment_intent("evt_bad_type", "pi_bad_type", "user_1", "5");
     bad["data"]["object"]["metadata"]["tally_credit_type"] = json!("Not A Type");
     send_stripe(&app, &bad).await;
-    let rejected = wait_event(&app, "evt_bad_type").await;
+    let rejected = app.webhook_event("evt_bad_type").await;
     assert_eq!(rejected["outcome"], "rejected", "{rejected}");
     assert!(rejected["reason"]
         .as_str()
