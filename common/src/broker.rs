@@ -75,8 +75,11 @@ pub fn redact(nats_url: &str) -> String {
 pub fn command_stream_config(names: &Names, partitions: u32, replicas: u16) -> stream::Config {
     stream::Config {
         name: names.command_stream(),
-        description: Some("Tally credit commands, one subject per partition".to_string()),
-        subjects: vec![names.command_subjects_wildcard()],
+        description: Some("Tally credit commands, on subjects routed by shard".to_string()),
+        subjects: vec![
+            names.command_subjects_wildcard(),
+            names.command_routed_wildcard(),
+        ],
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::New,
         max_age: COMMAND_MAX_AGE,
@@ -139,10 +142,11 @@ pub async fn provision(
     while started.elapsed() < STARTUP_CONNECT_TIMEOUT {
         match js.get_or_create_stream(config.clone()).await {
             Ok(mut stream) => {
-                let info = stream
+                let mut info = stream
                     .info()
                     .await
-                    .context("cannot read the command stream")?;
+                    .context("cannot read the command stream")?
+                    .clone();
                 let existing = info.config.metadata.get(METADATA_PARTITIONS).cloned();
                 if let Some(existing) = existing {
                     if existing != partitions.to_string() {
@@ -151,6 +155,22 @@ pub async fn provision(
                             config.name
                         );
                     }
+                }
+                // A stream created by an earlier version takes the routed subjects too. Every
+                // process starting adds the same subjects, so concurrent updates agree.
+                let missing: Vec<&String> = config
+                    .subjects
+                    .iter()
+                    .filter(|subject| !info.config.subjects.contains(subject))
+                    .collect();
+                if !missing.is_empty() {
+                    let mut wanted = info.config.clone();
+                    wanted.subjects.extend(missing.into_iter().cloned());
+                    js.update_stream(&wanted).await.with_context(|| {
+                        format!("cannot add the routed subjects to stream {}", config.name)
+                    })?;
+                    info.config = wanted;
+                    tracing::info!(stream = %config.name, "added the routed subjects to the command stream");
                 }
                 let current = info.config.num_replicas;
                 if current != usize::from(replicas) {

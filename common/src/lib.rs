@@ -16,5 +16,6 @@ pub mod limits;
 pub mod outbound;
 pub mod partition;
 pub mod plans;
+pub mod routing;
 pub mod telemetry;
 pub mod webhook;

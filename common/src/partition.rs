@@ -53,10 +53,48 @@ impl Names {
         format!("{}.cmd.batch", self.namespace)
     }
 
-    /// Every command subject: the batch subject, and the per-partition subjects of
+    /// Every three-token command subject: the batch subject, and the per-partition subjects of
     /// single-command messages published by earlier versions.
     pub fn command_subjects_wildcard(&self) -> String {
         format!("{}.cmd.*", self.namespace)
+    }
+
+    /// Every routed subject ([`crate::routing`]), e.g. `tally.cmd.m.>`.
+    pub fn command_routed_wildcard(&self) -> String {
+        format!("{}.cmd.m.>", self.namespace)
+    }
+
+    /// Every command subject, routed or not.
+    pub fn command_all_wildcard(&self) -> String {
+        format!("{}.cmd.>", self.namespace)
+    }
+
+    /// Whether `subject` is a routed subject.
+    pub fn is_routed(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.namespace.as_str())
+            .is_some_and(|rest| rest.starts_with(".cmd.m."))
+    }
+
+    /// The routed subject of a batch message that may hold commands of the shards in `mask`:
+    /// one token per shard, `1` when marked, e.g. `tally.cmd.m.1.0.0.1` for 4 shards.
+    pub fn command_routed_subject(&self, mask: u64, shards: u32) -> String {
+        let mut subject = String::with_capacity(self.namespace.len() + 7 + 2 * shards as usize);
+        subject.push_str(&self.namespace);
+        subject.push_str(".cmd.m");
+        for shard in 0..shards {
+            subject.push_str(if mask & (1 << shard) != 0 { ".1" } else { ".0" });
+        }
+        subject
+    }
+
+    /// The filter matching every routed subject that marks `shard`.
+    pub fn command_shard_filter(&self, shard: u32, shards: u32) -> String {
+        let mut subject = format!("{}.cmd.m", self.namespace);
+        for token in 0..shards {
+            subject.push_str(if token == shard { ".1" } else { ".*" });
+        }
+        subject
     }
 
     /// Inbox prefix under which one ingress instance receives worker replies.
@@ -105,6 +143,17 @@ mod tests {
         let first = partition_of(app, "user_abc123", 64);
         assert_eq!(first, partition_of(app, "user_abc123", 64));
         assert!(first < 64);
+    }
+
+    #[test]
+    fn routed_subjects_mark_their_shards_and_filters_match_them() {
+        let names = Names::new("t.x");
+        let subject = names.command_routed_subject(0b1001, 4);
+        assert_eq!(subject, "t.x.cmd.m.1.0.0.1");
+        assert!(names.is_routed(&subject));
+        assert!(!names.is_routed(&names.command_batch_subject()));
+        assert!(!Names::new("t").is_routed(&subject));
+        assert_eq!(names.command_shard_filter(2, 4), "t.x.cmd.m.*.*.1.*");
     }
 
     #[test]

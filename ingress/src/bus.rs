@@ -5,19 +5,22 @@
 //! message costs the broker work to write, index and deliver. Callers therefore hand their
 //! command to a publisher task through a bounded queue. The publisher takes whatever is queued
 //! — up to [`BATCH_MAX`] commands or [`BATCH_BYTES_MAX`] bytes, never waiting for more, so a
-//! lone command goes out at once — and publishes the take as **one message** on the batch
-//! subject ([`CommandBatch`]): one write, one fsync, one delivery per worker, whatever the
-//! number of commands. Up to [`BATCHES_IN_FLIGHT`] takes await their acks at once; while they
-//! do, new commands queue up and form the next take, so batches grow with the load by
-//! themselves. A caller gets `Ok` only once the ack covering its command arrived; if the
-//! publish fails, every caller in it gets `Err`.
+//! lone command goes out at once — and publishes the take as **one message per owning worker**
+//! ([`CommandBatch`], on a routed subject, [`crate::shards`]): one write, one fsync and one
+//! delivery per worker that owns some of its commands, whatever the number of commands. Up to
+//! [`BATCHES_IN_FLIGHT`] takes await their acks at once; while they do, new commands queue up
+//! and form the next take, so batches grow with the load by themselves. A caller gets `Ok` only
+//! once the ack covering its command arrived; if its message's publish fails, it gets `Err`.
 //!
 //! **Order and partitions.** Each command carries its partition inside the batch. The stream's
 //! order (then the order inside a batch) is the order of acceptance; a worker applies the
 //! commands of the partitions it owns in that order, so per-user order holds across ingresses.
+//! A caller's commands always travel in one message (several, in order, only past
+//! [`BATCH_BYTES_MAX`], each routed to every owner of any of the caller's commands), and a take
+//! is published only once the previous one is acknowledged.
 //!
-//! **Message IDs.** A batch message carries `Nats-Msg-Id` = a batch ID kept across its retries,
-//! so a retry after a lost ack is stored once. Commands have no broker-level ID: a republished
+//! **Message IDs.** A batch message carries `Nats-Msg-Id` = an ID kept across its retries, so a
+//! retry after a lost ack is stored once. Commands have no broker-level ID: a republished
 //! command (an idempotency retry, a webhook delivered twice) is a new message, and the worker
 //! dedupes it by command id in Postgres and answers it with the stored answer (invariant 4).
 //!
@@ -40,8 +43,11 @@ use futures::StreamExt;
 use tally_common::command::{Envelope, Outcome, Reply, ReplyTo};
 use tally_common::events::DeliveryMessage;
 use tally_common::partition::{partition_of, Names};
+use tally_common::routing::{self, ShardMask};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
+
+use crate::shards::{Shards, Table};
 
 /// How long one publish attempt may take: sending the message and receiving the ack.
 pub const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,6 +76,7 @@ pub struct Bus {
     js: jetstream::Context,
     names: Names,
     partitions: u32,
+    shard_count: u32,
     reply_inbox: String,
     next_token: Arc<AtomicU64>,
     waiters: Waiters,
@@ -96,6 +103,8 @@ struct Pending {
     json: Bytes,
     /// How many commands `json` holds.
     commands: usize,
+    /// The shards of the caller's commands (of all its groups, which travel together).
+    shards: ShardMask,
     done: oneshot::Sender<Result<(), PublishError>>,
 }
 
@@ -129,6 +138,7 @@ impl Bus {
         client: async_nats::Client,
         names: Names,
         partitions: u32,
+        shards: Shards,
     ) -> anyhow::Result<Self> {
         let reply_inbox = names.reply_prefix(Uuid::now_v7());
         let mut subscription = client.subscribe(reply_inbox.clone()).await?;
@@ -153,13 +163,15 @@ impl Bus {
         tokio::spawn(run_publisher(
             client,
             js.clone(),
-            names.command_batch_subject(),
+            names.clone(),
+            shards,
             pending,
         ));
         Ok(Self {
             js,
             names,
             partitions,
+            shard_count: routing::shard_count(partitions),
             reply_inbox,
             next_token: Arc::default(),
             waiters,
@@ -202,13 +214,17 @@ impl Bus {
         &self,
         commands: &[(&Envelope, Option<&Waiter>)],
     ) -> Vec<(usize, Result<(), PublishError>)> {
-        let mut groups: Vec<(Pending, oneshot::Receiver<Result<(), PublishError>>)> = Vec::new();
+        let mut chunks: Vec<(BytesMut, usize)> = Vec::new();
         let mut json = BytesMut::new();
         let mut count = 0;
+        let mut shards: ShardMask = 0;
         for (envelope, waiter) in commands {
-            let element = self.element(envelope, *waiter);
+            let partition =
+                partition_of(envelope.app_id, envelope.command.user_id(), self.partitions);
+            shards |= routing::mask_of([partition], self.shard_count);
+            let element = element(partition, envelope, *waiter);
             if count > 0 && json.len() + element.len() + 1 > BATCH_BYTES_MAX {
-                groups.push(pending(std::mem::take(&mut json), count));
+                chunks.push((std::mem::take(&mut json), count));
                 count = 0;
             }
             if count > 0 {
@@ -218,8 +234,12 @@ impl Bus {
             count += 1;
         }
         if count > 0 {
-            groups.push(pending(json, count));
+            chunks.push((json, count));
         }
+        let groups: Vec<_> = chunks
+            .into_iter()
+            .map(|(json, count)| pending(json, count, shards))
+            .collect();
         // Enqueued in order, so the commands keep their order in the stream.
         let mut results = Vec::with_capacity(groups.len());
         let mut receivers = Vec::with_capacity(groups.len());
@@ -246,21 +266,6 @@ impl Bus {
             results.push((commands, result));
         }
         results
-    }
-
-    /// One element of a batch message's `commands` array: the command, its partition, and
-    /// where its answer goes.
-    fn element(&self, envelope: &Envelope, waiter: Option<&Waiter>) -> Vec<u8> {
-        let partition = partition_of(envelope.app_id, envelope.command.user_id(), self.partitions);
-        let command = tally_common::command::BatchedCommand {
-            partition,
-            reply_to: waiter.map(|waiter| ReplyTo {
-                inbox: waiter.inbox.clone(),
-                token: waiter.token,
-            }),
-            envelope,
-        };
-        serde_json::to_vec(&command).expect("commands serialize")
     }
 
     /// Asks a worker to deliver one outbound event to one endpoint: publishes `message` on the
@@ -293,17 +298,50 @@ impl Bus {
     }
 }
 
+/// One element of a batch message's `commands` array: the command, its partition, and where
+/// its answer goes.
+fn element(partition: u32, envelope: &Envelope, waiter: Option<&Waiter>) -> Vec<u8> {
+    let command = tally_common::command::BatchedCommand {
+        partition,
+        reply_to: waiter.map(|waiter| ReplyTo {
+            inbox: waiter.inbox.clone(),
+            token: waiter.token,
+        }),
+        envelope,
+    };
+    serde_json::to_vec(&command).expect("commands serialize")
+}
+
 fn pending(
     json: BytesMut,
     commands: usize,
+    shards: ShardMask,
 ) -> (Pending, oneshot::Receiver<Result<(), PublishError>>) {
     let (done, result) = oneshot::channel();
     let pending = Pending {
         json: json.freeze(),
         commands,
+        shards,
         done,
     };
     (pending, result)
+}
+
+/// A take's commands grouped into messages: those the same workers own share one, under the
+/// subject marking those workers' shards. Groups keep the take's order.
+fn route(table: &Table, names: &Names, take: Vec<Pending>) -> Vec<(String, Vec<Pending>)> {
+    let mut messages: Vec<(Option<ShardMask>, Vec<Pending>)> = Vec::new();
+    for pending in take {
+        let marks = table.marks(pending.shards);
+        match messages.iter_mut().find(|(m, _)| *m == marks) {
+            Some((_, group)) => group.push(pending),
+            None => messages.push((marks, vec![pending])),
+        }
+    }
+    messages
+        .into_iter()
+        .map(|(marks, group)| (table.subject(names, marks), group))
+        .collect()
 }
 
 /// Forms batches from the queue and publishes them, [`BATCHES_IN_FLIGHT`] at most at a time.
@@ -311,7 +349,8 @@ fn pending(
 async fn run_publisher(
     client: async_nats::Client,
     js: jetstream::Context,
-    subject: String,
+    names: Names,
+    shards: Shards,
     mut queue: mpsc::Receiver<Pending>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
@@ -356,26 +395,37 @@ async fn run_publisher(
         if batch.is_empty() {
             continue;
         }
+        let messages = route(&shards.table(), &names, batch);
         let js = js.clone();
         let client = client.clone();
-        let subject = subject.clone();
         tokio::spawn(async move {
-            let commands: usize = batch.iter().map(|pending| pending.commands).sum();
-            metrics::histogram!("tally_publish_batch_size").record(commands as f64);
-            let payload = batch_payload(&batch);
-            let batch_id = Uuid::now_v7().simple().to_string();
             // While the connection is down nothing is sent (a publish would sit in the client's
             // buffer and might reach the broker after its caller was refused): the callers are
             // refused at once instead of after every attempt's timeout.
             let connected =
                 || client.connection_state() == async_nats::connection::State::Connected;
-            let result = with_retries(commands, connected, || {
-                publish_with_id(&js, &subject, &batch_id, payload.clone())
-            })
-            .await;
-            for pending in batch {
-                let _ = pending.done.send(result.clone());
-            }
+            let take_id = Uuid::now_v7().simple().to_string();
+            // All of the take's messages are sent, in order, then their acks awaited together.
+            let publishes = messages
+                .into_iter()
+                .enumerate()
+                .map(|(index, (subject, batch))| {
+                    let js = &js;
+                    let message_id = format!("{take_id}.{index}");
+                    async move {
+                        let commands: usize = batch.iter().map(|pending| pending.commands).sum();
+                        metrics::histogram!("tally_publish_batch_size").record(commands as f64);
+                        let payload = batch_payload(&batch);
+                        let result = with_retries(commands, connected, || {
+                            publish_with_id(js, &subject, &message_id, payload.clone())
+                        })
+                        .await;
+                        for pending in batch {
+                            let _ = pending.done.send(result.clone());
+                        }
+                    }
+                });
+            futures::future::join_all(publishes).await;
             drop(slot);
         });
     }
@@ -487,6 +537,7 @@ mod tests {
             Pending {
                 json: serde_json::to_vec(&command).unwrap().into(),
                 commands: 1,
+                shards: 1 << 3,
                 done: oneshot::channel().0,
             }
         };

@@ -21,6 +21,7 @@ pub mod receipts;
 pub mod responses;
 pub mod routes;
 pub mod server;
+pub mod shards;
 pub mod submit;
 pub mod throttle;
 pub mod validate;
@@ -408,7 +409,8 @@ pub async fn run(
         tally_common::broker::Replicas::Warn,
     )
     .await?;
-    let bus = bus::Bus::start(client, names, config.common.partitions).await?;
+    let shards = shards::Shards::start(pool.clone(), &names, config.common.partitions).await;
+    let bus = bus::Bus::start(client, names, config.common.partitions, shards).await?;
     let limits = Arc::new(config.rate_limits.limits());
     limits.set_overrides(ratelimit::RateLimits::load_overrides(&pool).await?);
     limits.start_refresh(pool.clone());

@@ -9,6 +9,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use sqlx::PgPool;
 use tally_common::partition::Names;
+use tally_common::routing;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
@@ -110,7 +111,10 @@ impl Manager {
     }
 
     async fn rebalance(&mut self) -> Result<(), sqlx::Error> {
-        let live = self.membership.heartbeat(&self.pool).await?;
+        let live = self
+            .membership
+            .heartbeat(&self.pool, routing::shard_count(self.partitions))
+            .await?;
         if !self.owned.is_empty() && !self.membership.locks_alive().await {
             tracing::warn!("lost the lock connection; giving up every partition");
             self.stop_reader().await;
@@ -120,6 +124,7 @@ impl Manager {
         }
         let wanted = ownership::assigned(self.membership.worker_id, &live, self.partitions);
         let surplus: Vec<u32> = self.owned.difference(&wanted).copied().collect();
+        let released = !surplus.is_empty();
         for partition in surplus {
             self.release(partition).await;
         }
@@ -133,7 +138,11 @@ impl Manager {
             .reader
             .as_ref()
             .is_none_or(|reader| reader.is_finished());
-        if !acquired.is_empty() || (reader_stopped && !self.owned.is_empty()) {
+        // A release restarts the reader too, so that its filter stops taking the shards given up.
+        let restart = !acquired.is_empty() || released || reader_stopped;
+        if self.owned.is_empty() && acquired.is_empty() {
+            self.stop_reader().await;
+        } else if restart {
             if reader_stopped && self.reader.is_some() {
                 tracing::warn!("reader stopped; reading the stream again");
             }
@@ -165,10 +174,11 @@ impl Manager {
         self.lanes.restarted(generation, &acquired).await?;
         self.owned.extend(acquired.iter().map(|(p, _)| *p));
         let start_sequence = offsets.values().min().copied().unwrap_or(0) + 1;
+        let filters = self.filters();
         let consumer = self
             .stream
             .create_consumer(OrderedConfig {
-                filter_subject: self.names.command_subjects_wildcard(),
+                filter_subjects: filters.clone(),
                 deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
                 ..Default::default()
             })
@@ -187,6 +197,8 @@ impl Manager {
                 stream: self.stream.clone(),
                 last_read: start_sequence - 1,
                 stopped: self.reader_stopped.clone(),
+                names: self.names.clone(),
+                filters,
             },
         )));
         tracing::debug!(
@@ -196,6 +208,28 @@ impl Manager {
             "reading the stream"
         );
         Ok(())
+    }
+
+    /// The subjects the reader takes: the routed subjects marking a shard of an owned partition,
+    /// and the three-token subjects every worker reads (earlier ingresses' batches, single
+    /// republished commands). Owning every shard, simply every command subject.
+    fn filters(&self) -> Vec<String> {
+        let shards = routing::shard_count(self.partitions);
+        let owned: BTreeSet<u32> = self
+            .owned
+            .iter()
+            .map(|partition| routing::shard_of(*partition, shards))
+            .collect();
+        if owned.len() == shards as usize {
+            return vec![self.names.command_all_wildcard()];
+        }
+        std::iter::once(self.names.command_subjects_wildcard())
+            .chain(
+                owned
+                    .into_iter()
+                    .map(|shard| self.names.command_shard_filter(shard, shards)),
+            )
+            .collect()
     }
 
     async fn stop_reader(&mut self) {

@@ -10,6 +10,7 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use tally_common::command::{CommandBatch, Envelope, ReplyTo, HEADER_REPLY_TO};
+use tally_common::partition::Names;
 use tokio::sync::Notify;
 
 use crate::lanes::Lanes;
@@ -30,12 +31,16 @@ pub(crate) struct Watch {
     pub(crate) last_read: u64,
     /// Told when the reader stops, whatever the reason.
     pub(crate) stopped: Arc<Notify>,
+    /// The subject names, to tell a message's kind by its subject.
+    pub(crate) names: Names,
+    /// The consumer's subject filters.
+    pub(crate) filters: Vec<String>,
 }
 
 impl Watch {
     /// Whether the reader should start over: the connection was re-established since it began
-    /// (the server may have lost its consumer), or the stream holds messages past the last one
-    /// read and none arrived since the previous check either.
+    /// (the server may have lost its consumer), or the stream holds messages for this reader
+    /// past the last one read and none arrived since the previous check either.
     async fn stalled(&self, connects_at_start: u64, behind_before: &mut bool) -> bool {
         if self.client.statistics().connects.load(Ordering::Relaxed) != connects_at_start {
             tracing::warn!("reconnected to the broker; reading the stream again");
@@ -43,7 +48,9 @@ impl Watch {
         }
         let behind = match tokio::time::timeout(READER_CHECK_TIMEOUT, self.stream.get_info()).await
         {
-            Ok(Ok(info)) => info.state.last_sequence > self.last_read,
+            Ok(Ok(info)) => {
+                info.state.last_sequence > self.last_read && self.pending_for_reader().await
+            }
             // No answer (the broker or the stream's leader is away): nothing to conclude yet.
             _ => false,
         };
@@ -55,6 +62,31 @@ impl Watch {
             return true;
         }
         *behind_before = behind;
+        false
+    }
+}
+
+impl Watch {
+    /// Whether a message past the last one read matches the reader's filters (other workers'
+    /// shards make the stream grow without this reader getting anything).
+    async fn pending_for_reader(&self) -> bool {
+        if self.filters == [self.names.command_all_wildcard()] {
+            return true;
+        }
+        for filter in &self.filters {
+            let next = self
+                .stream
+                .raw_message_builder()
+                .sequence(self.last_read + 1)
+                .next_by_subject(filter.clone())
+                .send();
+            match tokio::time::timeout(READER_CHECK_TIMEOUT, next).await {
+                Ok(Ok(_)) => return true,
+                Ok(Err(_)) => {}
+                // No answer: nothing to conclude.
+                Err(_) => return false,
+            }
+        }
         false
     }
 }
@@ -94,11 +126,14 @@ pub(crate) async fn read_stream(
         };
         watch.last_read = stream_seq;
         let items = decode(
+            &watch.names,
             &message.subject,
             message.headers.as_ref(),
             &message.payload,
             stream_seq,
         );
+        // Every command delivered to this worker, its own or not: the measure of the routing.
+        metrics::counter!("tally_worker_commands_read_total").increment(items.len() as u64);
         if lanes.message(generation, stream_seq, items).await.is_err() {
             break;
         }
@@ -106,10 +141,12 @@ pub(crate) async fn read_stream(
     watch.stopped.notify_one();
 }
 
-/// The commands of one stream message: a batch (the batch subject), or a single command on a
+/// The commands of one stream message: a batch (a routed subject, or the batch subject of
+/// earlier ingresses and of commands republished on their own), or a single command on a
 /// partition subject as published by earlier versions. A command that cannot be decoded
 /// becomes an item without envelope (recorded as poison, its partition moves on).
 fn decode(
+    names: &Names,
     subject: &str,
     headers: Option<&HeaderMap>,
     payload: &[u8],
@@ -119,7 +156,7 @@ fn decode(
         metrics::counter!("tally_worker_poison_messages_total").increment(1);
         tracing::error!(stream.seq = stream_seq, %error, "undecodable command skipped");
     };
-    if subject.ends_with(".batch") {
+    if names.is_routed(subject) || subject == names.command_batch_subject() {
         return match serde_json::from_slice::<CommandBatch<Box<RawValue>>>(payload) {
             Ok(batch) => batch
                 .commands
@@ -163,7 +200,6 @@ fn decode(
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use tally_common::partition::Names;
 
     use super::*;
 
@@ -194,9 +230,9 @@ mod tests {
              "envelope": envelope_json("ann")},
             {"partition": 5, "envelope": envelope_json("bob")},
         ]});
-        let subject = Names::new("t").command_batch_subject();
+        let subject = Names::new("t").command_routed_subject(0b1010, 4);
 
-        let items = decode(&subject, None, payload.to_string().as_bytes(), 42);
+        let items = decode(&Names::new("t"), &subject, None, payload.to_string().as_bytes(), 42);
 
         assert_eq!(users(&items), [Some("ann".into()), Some("bob".into())]);
         let routes: Vec<(u32, u64)> = items.iter().map(|i| (i.partition, i.stream_seq)).collect();
@@ -219,7 +255,7 @@ mod tests {
         ]});
         let subject = Names::new("t").command_batch_subject();
 
-        let items = decode(&subject, None, payload.to_string().as_bytes(), 1);
+        let items = decode(&Names::new("t"), &subject, None, payload.to_string().as_bytes(), 1);
 
         assert_eq!(users(&items), [None, Some("bob".into())]);
     }
@@ -227,7 +263,7 @@ mod tests {
     #[test]
     fn an_undecodable_batch_gives_no_items() {
         let subject = Names::new("t").command_batch_subject();
-        assert!(decode(&subject, None, b"not json", 1).is_empty());
+        assert!(decode(&Names::new("t"), &subject, None, b"not json", 1).is_empty());
     }
 
     #[test]
@@ -237,7 +273,7 @@ mod tests {
         let subject = Names::new("t").command_subject(12);
         let payload = envelope_json("ann").to_string();
 
-        let items = decode(&subject, Some(&headers), payload.as_bytes(), 8);
+        let items = decode(&Names::new("t"), &subject, Some(&headers), payload.as_bytes(), 8);
 
         assert_eq!(users(&items), [Some("ann".into())]);
         assert_eq!((items[0].partition, items[0].stream_seq), (12, 8));
@@ -253,6 +289,6 @@ mod tests {
     #[test]
     fn a_message_on_an_unexpected_subject_gives_no_items() {
         let payload = envelope_json("ann").to_string();
-        assert!(decode("t.cmd.other", None, payload.as_bytes(), 1).is_empty());
+        assert!(decode(&Names::new("t"), "t.cmd.other", None, payload.as_bytes(), 1).is_empty());
     }
 }
