@@ -26,6 +26,7 @@ mod ops;
 mod outbox;
 mod plans;
 mod rate_limits;
+mod routing;
 mod sdk;
 mod sdk_plans;
 mod secrets;
