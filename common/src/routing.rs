@@ -199,7 +199,10 @@ mod tests {
             assert_eq!((total, all.len()), (64, 64), "{workers} workers");
             let shards_each: Vec<usize> = shares.iter().map(|s| s / 2).collect();
             let (min, max) = (shards_each.iter().min(), shards_each.iter().max());
-            assert!(max.unwrap() - min.unwrap() <= 1, "{workers} workers: {shares:?}");
+            assert!(
+                max.unwrap() - min.unwrap() <= 1,
+                "{workers} workers: {shares:?}"
+            );
         }
     }
 

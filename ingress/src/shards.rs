@@ -114,7 +114,6 @@ impl Shards {
     pub fn table(&self) -> Arc<Table> {
         self.current.read().expect("shard table lock").clone()
     }
-
 }
 
 #[cfg(test)]

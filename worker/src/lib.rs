@@ -4,10 +4,11 @@
 //! Three kinds of task, each in a module of its own:
 //! - the **manager** (`manager`) keeps the heartbeat, takes and gives up partitions
 //!   ([`ownership`]), and (re)starts the reader whenever it takes a partition;
-//! - the **reader** (`reader`) follows the whole command stream with one ordered consumer, from
-//!   right after the lowest last applied sequence of the owned partitions (read from
-//!   Postgres), decodes each message (a batch of commands of many partitions) and hands each
-//!   apply lane (`lanes`) its share;
+//! - the **reader** (`reader`) follows the command stream with one ordered consumer filtered on
+//!   the subjects of the owned shards ([`tally_common::routing`]), from right after the lowest
+//!   last applied sequence of the owned partitions (read from Postgres), decodes each message
+//!   (a batch of commands of one or more partitions) and hands each apply lane (`lanes`) its
+//!   share;
 //! - the **applier** (`applier`, one per lane) keeps the commands of the partitions this worker
 //!   owns (`positions`), applies what queued up in one transaction
 //!   ([`store::Store::apply_batch`]), then answers each ingress that waits for some of them with

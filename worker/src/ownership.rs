@@ -14,13 +14,15 @@ use std::collections::BTreeSet;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tally_common::partition::fnv1a32;
-pub use tally_common::routing::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL};
 use tally_common::routing::{self, live_workers, LiveWorker};
+pub use tally_common::routing::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL};
 use uuid::Uuid;
 
 /// The partitions `me` should own among `live` workers.
 pub fn assigned(me: Uuid, live: &[LiveWorker], partitions: u32) -> BTreeSet<u32> {
-    routing::assigned(me, live, partitions).into_iter().collect()
+    routing::assigned(me, live, partitions)
+        .into_iter()
+        .collect()
 }
 
 /// The advisory-lock key space of one stream (first half of the two-int lock key).

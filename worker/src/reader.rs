@@ -232,7 +232,13 @@ mod tests {
         ]});
         let subject = Names::new("t").command_routed_subject(0b1010, 4);
 
-        let items = decode(&Names::new("t"), &subject, None, payload.to_string().as_bytes(), 42);
+        let items = decode(
+            &Names::new("t"),
+            &subject,
+            None,
+            payload.to_string().as_bytes(),
+            42,
+        );
 
         assert_eq!(users(&items), [Some("ann".into()), Some("bob".into())]);
         let routes: Vec<(u32, u64)> = items.iter().map(|i| (i.partition, i.stream_seq)).collect();
@@ -255,7 +261,13 @@ mod tests {
         ]});
         let subject = Names::new("t").command_batch_subject();
 
-        let items = decode(&Names::new("t"), &subject, None, payload.to_string().as_bytes(), 1);
+        let items = decode(
+            &Names::new("t"),
+            &subject,
+            None,
+            payload.to_string().as_bytes(),
+            1,
+        );
 
         assert_eq!(users(&items), [None, Some("bob".into())]);
     }
@@ -273,7 +285,13 @@ mod tests {
         let subject = Names::new("t").command_subject(12);
         let payload = envelope_json("ann").to_string();
 
-        let items = decode(&Names::new("t"), &subject, Some(&headers), payload.as_bytes(), 8);
+        let items = decode(
+            &Names::new("t"),
+            &subject,
+            Some(&headers),
+            payload.as_bytes(),
+            8,
+        );
 
         assert_eq!(users(&items), [Some("ann".into())]);
         assert_eq!((items[0].partition, items[0].stream_seq), (12, 8));
