@@ -76,6 +76,13 @@ impl Names {
             .is_some_and(|rest| rest.starts_with(".cmd.m."))
     }
 
+    /// Whether `subject` holds batch messages: a routed subject or the batch subject.
+    pub fn is_batch(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.namespace.as_str())
+            .is_some_and(|rest| rest == ".cmd.batch" || rest.starts_with(".cmd.m."))
+    }
+
     /// The routed subject of a batch message that may hold commands of the shards in `mask`:
     /// one token per shard, `1` when marked, e.g. `tally.cmd.m.1.0.0.1` for 4 shards.
     pub fn command_routed_subject(&self, mask: u64, shards: u32) -> String {
@@ -152,6 +159,8 @@ mod tests {
         assert_eq!(subject, "t.x.cmd.m.1.0.0.1");
         assert!(names.is_routed(&subject));
         assert!(!names.is_routed(&names.command_batch_subject()));
+        assert!(names.is_batch(&subject) && names.is_batch(&names.command_batch_subject()));
+        assert!(!names.is_batch(&names.command_subject(3)));
         assert!(!Names::new("t").is_routed(&subject));
         assert_eq!(names.command_shard_filter(2, 4), "t.x.cmd.m.*.*.1.*");
     }

@@ -23,6 +23,7 @@
 //! three-token subjects), every worker uses that earlier per-partition assignment and the ingress
 //! publishes on the earlier batch subject, which every version reads.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -105,12 +106,18 @@ pub fn shard_owners(workers: &[Uuid], shards: u32) -> Vec<usize> {
         .collect()
 }
 
-/// The partitions `me` should own among the `live` workers (`me` included).
-pub fn assigned(me: Uuid, live: &[LiveWorker], partitions: u32) -> Vec<u32> {
-    let shards = shard_count(partitions);
+/// The ids of `live`, sorted and distinct: the order [`shard_owners`] indexes.
+pub fn live_ids(live: &[LiveWorker]) -> Vec<Uuid> {
     let mut ids: Vec<Uuid> = live.iter().map(|worker| worker.id).collect();
     ids.sort();
     ids.dedup();
+    ids
+}
+
+/// The partitions `me` should own among the `live` workers (`me` included).
+pub fn assigned(me: Uuid, live: &[LiveWorker], partitions: u32) -> BTreeSet<u32> {
+    let shards = shard_count(partitions);
+    let ids = live_ids(live);
     if !all_shard(live, shards) {
         // The earlier assignment, partition by partition, which earlier workers still use.
         return (0..partitions)
@@ -122,7 +129,7 @@ pub fn assigned(me: Uuid, live: &[LiveWorker], partitions: u32) -> Vec<u32> {
             .collect();
     }
     let Some(mine) = ids.iter().position(|id| *id == me) else {
-        return Vec::new();
+        return BTreeSet::new();
     };
     let owners = shard_owners(&ids, shards);
     (0..partitions)
@@ -170,8 +177,6 @@ pub fn all_shards(shards: u32) -> ShardMask {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
 
     fn live(count: usize) -> Vec<LiveWorker> {
@@ -210,7 +215,7 @@ mod tests {
     fn a_worker_owns_whole_shards() {
         let live = live(3);
         for worker in &live {
-            let mine: BTreeSet<u32> = assigned(worker.id, &live, 64).into_iter().collect();
+            let mine = assigned(worker.id, &live, 64);
             for partition in &mine {
                 assert!(mine.contains(&((partition + SHARDS_MAX) % 64)));
             }
@@ -220,7 +225,7 @@ mod tests {
     #[test]
     fn a_worker_joining_moves_few_shards() {
         let mut workers = live(3);
-        let before: Vec<Vec<u32>> = workers
+        let before: Vec<BTreeSet<u32>> = workers
             .iter()
             .map(|w| assigned(w.id, &workers, 64))
             .collect();

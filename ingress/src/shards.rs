@@ -28,9 +28,7 @@ impl Table {
         if !routing::all_shard(live, shards) {
             return Self::Unrouted;
         }
-        let mut ids: Vec<uuid::Uuid> = live.iter().map(|worker| worker.id).collect();
-        ids.sort();
-        ids.dedup();
+        let ids = routing::live_ids(live);
         let owners = shard_owners(&ids, shards);
         let owned = if owners.is_empty() {
             vec![all_shards(shards); shards as usize]

@@ -1307,9 +1307,11 @@ mod tests {
 
     use super::*;
 
-    const APP: Uuid = Uuid::from_u128(7);
+    /// The app of every test command (the ledger's submodules' tests use these too).
+    pub(super) const APP: Uuid = Uuid::from_u128(7);
 
-    fn envelope(command: Command) -> Envelope {
+    /// `command` of [`APP`], accepted now.
+    pub(super) fn envelope(command: Command) -> Envelope {
         Envelope {
             command_id: Uuid::now_v7(),
             app_id: APP,

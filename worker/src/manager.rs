@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::lanes::Lanes;
-use crate::ownership::{self, Membership, HEARTBEAT_INTERVAL};
+use crate::ownership::{Membership, HEARTBEAT_INTERVAL};
 use crate::reader::{read_stream, Watch};
 use crate::store;
 
@@ -122,7 +122,7 @@ impl Manager {
                 self.lanes.released(partition).await;
             }
         }
-        let wanted = ownership::assigned(self.membership.worker_id, &live, self.partitions);
+        let wanted = routing::assigned(self.membership.worker_id, &live, self.partitions);
         let surplus: Vec<u32> = self.owned.difference(&wanted).copied().collect();
         let released = !surplus.is_empty();
         for partition in surplus {

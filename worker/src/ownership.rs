@@ -10,20 +10,11 @@
 //! assumption, is the fence in [`crate::store::Store::apply_batch`]: a batch commits only if
 //! every partition's offset is still where this worker last left it.
 
-use std::collections::BTreeSet;
-
 use sqlx::{Connection, PgConnection, PgPool};
 use tally_common::partition::fnv1a32;
-use tally_common::routing::{self, live_workers, LiveWorker};
+use tally_common::routing::{live_workers, LiveWorker};
 pub use tally_common::routing::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL};
 use uuid::Uuid;
-
-/// The partitions `me` should own among `live` workers.
-pub fn assigned(me: Uuid, live: &[LiveWorker], partitions: u32) -> BTreeSet<u32> {
-    routing::assigned(me, live, partitions)
-        .into_iter()
-        .collect()
-}
 
 /// The advisory-lock key space of one stream (first half of the two-int lock key).
 pub fn lock_space(stream: &str) -> i32 {

@@ -156,7 +156,7 @@ fn decode(
         metrics::counter!("tally_worker_poison_messages_total").increment(1);
         tracing::error!(stream.seq = stream_seq, %error, "undecodable command skipped");
     };
-    if names.is_routed(subject) || subject == names.command_batch_subject() {
+    if names.is_batch(subject) {
         return match serde_json::from_slice::<CommandBatch<Box<RawValue>>>(payload) {
             Ok(batch) => batch
                 .commands

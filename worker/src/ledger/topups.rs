@@ -293,20 +293,8 @@ mod tests {
     use tally_common::command::{Command, Envelope};
 
     use super::*;
+    use crate::ledger::tests::{envelope, APP};
     use crate::ledger::{fold, Account, State};
-
-    const APP: Uuid = Uuid::from_u128(7);
-
-    fn envelope(command: Command) -> Envelope {
-        Envelope {
-            command_id: Uuid::now_v7(),
-            app_id: APP,
-            request_hash: None,
-            accepted_at: Utc::now(),
-            command,
-            origin: Default::default(),
-        }
-    }
 
     fn deduct(amount: i64) -> Envelope {
         envelope(Command::Deduct {
