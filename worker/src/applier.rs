@@ -38,13 +38,27 @@ struct Applier {
     relay: RelayHandle,
 }
 
-/// Applies the lane's `events` in batches of up to `batch_max` commands, until every sender
-/// of `events` is gone and nothing is left queued.
+/// How a lane forms its batches.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batching {
+    /// Most commands in one transaction.
+    pub(crate) max: usize,
+    /// How long a batch that no requester waits on may wait for more commands, when the lane
+    /// is busy (see [`LINGER_AFTER`]); zero: never.
+    pub(crate) linger: Duration,
+}
+
+/// A lane lingers only after a batch of at least this many commands: under load. When idle a
+/// command waits for nobody.
+const LINGER_AFTER: usize = 16;
+
+/// Applies the lane's `events` in batches (see [`Batching`]), until every sender of `events`
+/// is gone and nothing is left queued.
 pub(crate) async fn run(
     store: Store,
     client: async_nats::Client,
     names: Names,
-    batch_max: usize,
+    batching: Batching,
     mut events: mpsc::Receiver<Event>,
     resync: mpsc::UnboundedSender<Resync>,
     relay: RelayHandle,
@@ -57,25 +71,71 @@ pub(crate) async fn run(
         positions: Positions::default(),
         relay,
     };
-    let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
+    let mut batch: Vec<Item> = Vec::with_capacity(batching.max);
+    let mut previous_len = 0;
     while let Some(first) = events.recv().await {
-        let mut next = Some(first);
-        // Take what is already queued, without waiting: under load batches grow by themselves
-        // while the previous transaction commits; when idle a command waits for nobody.
-        while let Some(event) = next.take() {
-            for partition in applier.positions.take(event, &mut batch) {
-                applier.store.partition_changed_hands(partition);
-            }
-            if batch.len() < batch_max {
-                next = events.try_recv().ok();
-            }
-        }
+        let busy = previous_len >= LINGER_AFTER;
+        gather(
+            first,
+            &mut events,
+            batching,
+            busy,
+            &mut batch,
+            |event, batch| {
+                for partition in applier.positions.take(event, batch) {
+                    applier.store.partition_changed_hands(partition);
+                }
+            },
+        )
+        .await;
         let offsets = applier.positions.planned_offsets(&batch);
         if batch.is_empty() && offsets.is_empty() {
             continue;
         }
+        previous_len = batch.len();
         let items = std::mem::take(&mut batch);
         applier.apply_with_retries(items, offsets).await;
+    }
+}
+
+/// Forms the next batch from `first` and what follows it on `events`, handing each event to
+/// `take` (which adds its commands to `batch`). What is already queued is taken without
+/// waiting: under load batches grow by themselves while the previous transaction commits. A
+/// `busy` lane's batch that nobody waits on (fire-and-forget commands only) also waits up to
+/// `batching.linger` for more: fewer, larger transactions cost less per command, and a
+/// requester's command ends the wait as soon as it comes.
+async fn gather(
+    first: Event,
+    events: &mut mpsc::Receiver<Event>,
+    batching: Batching,
+    busy: bool,
+    batch: &mut Vec<Item>,
+    mut take: impl FnMut(Event, &mut Vec<Item>),
+) {
+    let mut next = Some(first);
+    let mut linger_until = None;
+    loop {
+        while let Some(event) = next.take() {
+            take(event, batch);
+            if batch.len() < batching.max {
+                next = events.try_recv().ok();
+            }
+        }
+        let linger = busy
+            && !batching.linger.is_zero()
+            && !batch.is_empty()
+            && batch.len() < batching.max
+            && batch.iter().all(|item| item.reply_to.is_none());
+        if !linger {
+            return;
+        }
+        let deadline =
+            *linger_until.get_or_insert_with(|| tokio::time::Instant::now() + batching.linger);
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => next = Some(event),
+            // The wait is over, or the lane is closing: apply what is here.
+            Ok(None) | Err(_) => return,
+        }
     }
 }
 
@@ -258,6 +318,124 @@ mod tests {
             body: serde_json::Value::Null,
         };
         (reply_to, outcome)
+    }
+
+    const BATCHING: Batching = Batching {
+        max: 4,
+        linger: Duration::from_millis(10),
+    };
+
+    fn message(seq: u64, waited_on: bool) -> Event {
+        let mut item = Item::at(1, seq);
+        if waited_on {
+            item.reply_to = Some(ReplyTo {
+                inbox: "_INBOX.a".into(),
+                token: seq,
+            });
+        }
+        Event::Message {
+            generation: 0,
+            stream_seq: seq,
+            items: vec![item],
+        }
+    }
+
+    /// Gathers a batch as the lane would from `message(1)`, with the events sent at the given
+    /// times (ms after the first), and returns the sequences gathered and how long it took.
+    async fn gather_from(busy: bool, later: Vec<(u64, Event)>) -> (Vec<u64>, Duration) {
+        gather_after(message(1, false), busy, later).await
+    }
+
+    async fn gather_after(
+        first: Event,
+        busy: bool,
+        later: Vec<(u64, Event)>,
+    ) -> (Vec<u64>, Duration) {
+        let (sender, mut events) = mpsc::channel(16);
+        let started = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            for (at_ms, event) in later {
+                tokio::time::sleep_until(started + Duration::from_millis(at_ms)).await;
+                sender.send(event).await.unwrap();
+            }
+            // Kept open until the test is over, as a lane's senders are.
+            std::future::pending::<()>().await;
+        });
+        let mut batch = Vec::new();
+        let take = |event: Event, batch: &mut Vec<Item>| {
+            if let Event::Message { items, .. } = event {
+                batch.extend(items);
+            }
+        };
+        gather(first, &mut events, BATCHING, busy, &mut batch, take).await;
+        let seqs = batch.iter().map(|item| item.stream_seq).collect();
+        (seqs, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_that_is_not_busy_applies_what_is_queued_without_waiting() {
+        let (seqs, took) =
+            gather_from(false, vec![(0, message(2, false)), (5, message(3, false))]).await;
+
+        assert_eq!(seqs, [1]);
+        assert_eq!(took, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_lane_lets_fire_and_forget_commands_wait_for_more_until_the_linger_is_over() {
+        let later = vec![
+            (3, message(2, false)),
+            (7, message(3, false)),
+            (25, message(4, false)),
+        ];
+
+        let (seqs, took) = gather_from(true, later).await;
+
+        assert_eq!(
+            seqs,
+            [1, 2, 3],
+            "what came within the linger, not what came after"
+        );
+        assert_eq!(took, BATCHING.linger);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_someone_waits_on_ends_the_wait_at_once() {
+        let later = vec![
+            (2, message(2, false)),
+            (4, message(3, true)),
+            (6, message(4, false)),
+        ];
+
+        let (seqs, took) = gather_from(true, later).await;
+
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(took, Duration::from_millis(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_with_no_commands_waits_for_nothing() {
+        let released = Event::Released { partition: 1 };
+
+        let (seqs, took) = gather_after(released, true, vec![(2, message(2, false))]).await;
+
+        assert!(seqs.is_empty(), "{seqs:?} after {took:?}");
+        assert_eq!(took, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_waits_for_nothing() {
+        let later = vec![
+            (1, message(2, false)),
+            (2, message(3, false)),
+            (3, message(4, false)),
+            (4, message(5, false)),
+        ];
+
+        let (seqs, took) = gather_from(true, later).await;
+
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(took, Duration::from_millis(3));
     }
 
     #[test]

@@ -24,6 +24,20 @@ pub struct WorkerConfig {
     )]
     pub batch_max: usize,
 
+    /// How long, in milliseconds, a busy apply lane lets a batch of fire-and-forget commands
+    /// wait for more before it applies it: fewer, larger transactions cost the worker and
+    /// Postgres less per command, at the price of this much more apply lag. A command someone
+    /// waits on (a synchronous request) ends the wait; a lane that is not busy never waits.
+    /// 0: never wait.
+    #[arg(
+        long,
+        visible_alias = "tally-apply-linger-ms",
+        env = "TALLY_APPLY_LINGER_MS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(0..=1000)
+    )]
+    pub apply_linger_ms: u64,
+
     /// Batches applied at once, each over its own share of the owned partitions
     /// (`partition % lanes`), so that one batch's work in Postgres overlaps the others'. Worth
     /// raising only when Postgres has idle cores: more lanes make smaller batches, which cost
@@ -95,6 +109,7 @@ impl WorkerConfig {
         Self {
             common,
             batch_max: 256,
+            apply_linger_ms: 20,
             apply_lanes: 1,
             metrics_addr: None,
             webhook_retry_schedule: RetrySchedule::default(),

@@ -113,7 +113,10 @@ pub async fn run(
             Store::new(pools.clone(), stream_name.clone(), rules.clone()),
             client.clone(),
             names.clone(),
-            config.batch_max,
+            applier::Batching {
+                max: config.batch_max,
+                linger: Duration::from_millis(config.apply_linger_ms),
+            },
             events,
             resync_tx.clone(),
             relay.clone(),
