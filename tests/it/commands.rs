@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::harness::{spawn_app, spawn_app_with, Options};
+use crate::harness::{free_local_addr, spawn_app, spawn_app_with, Options, TestApp};
 
 #[tokio::test]
 async fn respond_async_answers_202_and_the_status_url_follows_the_command() {
@@ -130,5 +130,75 @@ async fn a_command_the_broker_did_not_accept_is_503_and_changes_nothing() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(app.balance("u1").await, 11);
+    app.assert_verified().await;
+}
+
+/// The worker's count of applied batches, from its metrics.
+async fn batches_applied(app: &TestApp, metrics_addr: &str) -> u64 {
+    let metrics = app
+        .get_text(&format!("http://{metrics_addr}/metrics"))
+        .await;
+    metrics
+        .lines()
+        .find(|line| line.starts_with("tally_worker_batches_total "))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A busy lane lets a batch of fire-and-forget commands wait for more (`TALLY_APPLY_LINGER_MS`),
+/// and a command someone waits on ends the wait: both are applied in one transaction, and the
+/// synchronous request is answered without waiting out the linger.
+#[tokio::test]
+async fn a_busy_lane_holds_fire_and_forget_commands_until_a_synchronous_one_comes() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let metrics_addr = free_local_addr();
+    let _worker = app.spawn_worker_process_with(&[
+        ("TALLY_WORKER_METRICS_ADDR", &metrics_addr),
+        ("TALLY_APPLY_LINGER_MS", "1000"),
+    ]);
+    app.add("u1", 1_000).await;
+    // One batch of 20 makes the lane busy (it was not: nothing waits on it).
+    let operations: Vec<_> = (0..20)
+        .map(|_| json!({ "op": "deduct", "user_id": "u1", "amount": 1 }))
+        .collect();
+    let (status, answer) = app
+        .post_with(
+            "/credits/batch",
+            json!({ "operations": operations }),
+            &[("prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let last = answer["results"][19]["body"]["command_id"]
+        .as_str()
+        .unwrap();
+    assert_eq!(app.wait_applied(last).await["status"], "applied");
+    let before = batches_applied(&app, &metrics_addr).await;
+
+    let (status, accepted) = app
+        .post_with(
+            "/credits/deduct",
+            json!({ "user_id": "u2", "amount": 1 }),
+            &[("prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let (status, deducted) = app.deduct("u1", 1).await;
+    assert_eq!(status, 200, "{deducted}");
+    assert_eq!(deducted["balance_after"], 979);
+
+    let lingered = app
+        .wait_applied(accepted["command_id"].as_str().unwrap())
+        .await;
+    assert_eq!(lingered["http_status"], 402, "{lingered}");
+    assert_eq!(
+        batches_applied(&app, &metrics_addr).await,
+        before + 1,
+        "the fire-and-forget deduct waited for the synchronous one, and they were applied together"
+    );
     app.assert_verified().await;
 }
