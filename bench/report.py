@@ -22,6 +22,7 @@ for line in open(path):
     delta = {k: shape_after.get(k, 0) - shape_before.get(k, 0) for k in shape_after}
     run["per_publish"] = delta.get("published", 0) / max(delta.get("publishes", 0), 1)
     run["per_batch"] = delta.get("applied", 0) / max(delta.get("batches", 0), 1)
+    run["full_share"] = delta.get("full_batches", 0) / max(delta.get("batches", 0), 1)
     commands = run["requests"]
     if scenario == "batch":
         # Every operation is a command; the rate is what was applied.
@@ -110,8 +111,9 @@ if scaleout:
     print()
     print("| workers | applied /s (apply lag p99 ms) | µs CPU per applied command: nats / ingress / worker / postgres "
           "| commands per publish / per apply batch | broker bytes sent per command (growth) "
-          "| broker messages sent per command (growth) | worker µs per command (growth) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| broker messages sent per command (growth) | worker µs per command (growth) "
+          "| full-path batches | wrk µs per request |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     first = scaleout[0][1]
     base = lambda key: med([r[key] for r in first]) or float("nan")
     for workers, rs in scaleout:
@@ -121,7 +123,8 @@ if scaleout:
               f"| {m('per_publish'):.1f} / {m('per_batch'):.1f} "
               f"| {m('broker_out_bytes_per_cmd'):,.0f} ({m('broker_out_bytes_per_cmd') / base('broker_out_bytes_per_cmd'):.2f}x) "
               f"| {m('broker_out_msgs_per_cmd'):.2f} ({m('broker_out_msgs_per_cmd') / base('broker_out_msgs_per_cmd'):.2f}x) "
-              f"| {m('us_worker'):.0f} ({m('us_worker') / base('us_worker'):.2f}x) |")
+              f"| {m('us_worker'):.0f} ({m('us_worker') / base('us_worker'):.2f}x) "
+              f"| {m('full_share') * 100:.0f} % | {m('us_wrk'):.0f} |")
 if failures:
     print("\nFAILED:\n  " + "\n  ".join(failures))
     sys.exit(1)
