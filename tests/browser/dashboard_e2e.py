@@ -133,9 +133,16 @@ def wait_for(what, probe, seconds):
     deadline = time.monotonic() + seconds
     last = None
     while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
+        try:
+            last = probe()
+        except Failure as failure:
+            # A page still loading after a click may not hold the element yet.
+            if "no such element" not in str(failure) and "stale element reference" not in str(failure):
+                raise
+            last = failure
+        else:
+            if last:
+                return last
         time.sleep(0.25)
     raise Failure(f"{what} did not happen within {seconds} s (last: {last!r})")
 
