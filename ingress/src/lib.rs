@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bus;
+pub mod command_ids;
 pub mod dashboard;
 pub mod entries;
 pub mod error;
@@ -17,7 +18,6 @@ pub mod operations;
 pub mod paging;
 pub mod ratelimit;
 pub mod reads;
-pub mod receipts;
 pub mod responses;
 pub mod routes;
 pub mod server;
@@ -256,7 +256,8 @@ impl IngressConfig {
 pub struct AppState {
     pub pool: PgPool,
     pub bus: Arc<bus::Bus>,
-    pub receipts: receipts::Receipts,
+    /// Mints the command ids `GET /commands/{id}` can vouch for.
+    pub command_ids: Arc<command_ids::CommandIds>,
     pub balances: reads::BalanceReads,
     pub config: Arc<IngressConfig>,
     pub keys: Arc<auth::KeyCache>,
@@ -416,7 +417,7 @@ pub async fn run(
     limits.start_refresh(pool.clone());
     let state = AppState {
         limits,
-        receipts: receipts::Receipts::start(pool.clone()),
+        command_ids: Arc::new(command_ids::CommandIds::load(&pool).await?),
         balances: reads::BalanceReads::start(pool.clone()),
         pool,
         bus: Arc::new(bus),

@@ -84,7 +84,7 @@ pub async fn answer(state: &AppState, submission: Submission) -> Result<Answer, 
         respond_async,
         origin,
     } = submission;
-    let mut command_id = Uuid::now_v7();
+    let mut command_id = state.command_ids.mint(app_id);
     if let Some((key, hash)) = &idempotency {
         match claim_key(state, app_id, key, hash, command_id).await? {
             Claim::New => {}
@@ -107,18 +107,11 @@ pub async fn answer(state: &AppState, submission: Submission) -> Result<Answer, 
     metrics::counter!("tally_commands_submitted_total", "kind" => envelope.command.kind())
         .increment(1);
     if respond_async {
-        // The receipt is written while the publish is in flight (both are group commits, so
-        // one after the other would double a 202's latency). A receipt of a command the
-        // broker then refuses is harmless: the cancellation's `processed_commands` row is
-        // read first, and the caller never learns the id of a refused command.
-        let (published, recorded) = tokio::join!(
-            state.bus.publish(&envelope, None),
-            state.receipts.record(app_id, command_id)
-        );
-        if let Err(error) = published {
+        // The id itself says `pending` at `/commands/{id}` (`command_ids`): nothing to write.
+        if let Err(error) = state.bus.publish(&envelope, None).await {
             return refuse(state, &envelope, idempotency.as_ref(), error).await;
         }
-        return Ok(accepted(command_id, recorded));
+        return Ok(Answer::Accepted { command_id });
     }
     let waiter = state.bus.waiter();
     if let Err(error) = state.bus.publish(&envelope, Some(&waiter)).await {
@@ -130,7 +123,7 @@ pub async fn answer(state: &AppState, submission: Submission) -> Result<Answer, 
         metrics::histogram!("tally_sync_wait_seconds").record(started.elapsed().as_secs_f64());
         return Ok(Answer::Finished(outcome));
     }
-    Ok(accepted_recorded(state, app_id, command_id).await)
+    Ok(Answer::Accepted { command_id })
 }
 
 enum Claim {
@@ -248,12 +241,6 @@ async fn refuse(
     .await;
     match cancelled {
         Ok(done) if done.rows_affected() == 1 => {
-            // A `202`'s receipt is written while its publish is in flight: take it back, so a
-            // receipt keeps meaning "accepted".
-            let _ = sqlx::query("DELETE FROM command_receipts WHERE command_id = $1")
-                .bind(envelope.command_id)
-                .execute(&state.pool)
-                .await;
             if let Some((key, _)) = idempotency {
                 let _ = sqlx::query("DELETE FROM idempotency_keys WHERE app_id = $1 AND key = $2 AND command_id = $3")
                     .bind(envelope.app_id)
@@ -280,18 +267,4 @@ async fn refuse(
             ))
         }
     }
-}
-
-/// Accepted (202 with the status URL); records the receipt (in a group commit with other
-/// requests' receipts) so the URL answers "pending" at once.
-async fn accepted_recorded(state: &AppState, app_id: Uuid, command_id: Uuid) -> Answer {
-    let recorded = state.receipts.record(app_id, command_id).await;
-    accepted(command_id, recorded)
-}
-
-fn accepted(command_id: Uuid, recorded: bool) -> Answer {
-    if !recorded {
-        tracing::warn!(command.id = %command_id, "answering 202 without a recorded receipt");
-    }
-    Answer::Accepted { command_id }
 }

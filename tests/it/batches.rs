@@ -341,11 +341,15 @@ async fn a_batch_the_broker_did_not_accept_is_503_changes_nothing_and_frees_its_
         )
         .await;
     assert_eq!(status, 503, "{answer}");
-    let receipts: i64 = sqlx::query_scalar("SELECT count(*) FROM command_receipts")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(receipts, 0, "a refused batch left a receipt");
+    let cancelled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_commands WHERE status = 'cancelled'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        cancelled, 3,
+        "each refused command of both batches is cancelled"
+    );
     app.nats.restart();
     // The same request, keys and all, goes through once the broker is back.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

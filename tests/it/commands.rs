@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::harness::{free_local_addr, spawn_app, spawn_app_with, Options, TestApp};
+use crate::harness::{create_app, free_local_addr, spawn_app, spawn_app_with, Options, TestApp};
 
 #[tokio::test]
 async fn respond_async_answers_202_and_the_status_url_follows_the_command() {
@@ -69,6 +69,60 @@ async fn a_command_is_pending_until_a_worker_applies_it() {
     assert_eq!(applied["result"]["balance_after"], 9);
 }
 
+/// A `202` writes nothing: its id, signed by the ingress, is what says `pending`. Only the app
+/// it was minted for can read it, and an id with one bit changed is unknown.
+#[tokio::test]
+async fn a_202_writes_no_row_and_its_signed_id_reads_pending_for_its_own_app_only() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let (status, one) = app
+        .post_with(
+            "/credits/add",
+            json!({ "user_id": "u1", "amount": 5 }),
+            &[("prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(status, 202, "{one}");
+    let (status, batch) = app
+        .post_with(
+            "/credits/batch",
+            json!({ "operations": [
+                { "op": "add", "user_id": "u2", "amount": 1 },
+                { "op": "deduct", "user_id": "u3", "amount": 1 }
+            ] }),
+            &[("prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(status, 200, "{batch}");
+    let mut ids = vec![one["command_id"].as_str().unwrap().to_string()];
+    for result in batch["results"].as_array().unwrap() {
+        assert_eq!(result["status"], 202, "{batch}");
+        ids.push(result["body"]["command_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 3, "{batch}");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM command_receipts) + (SELECT count(*) FROM processed_commands)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0, "an accepted command wrote a row");
+
+    let (_, other_key) = create_app(&app.pool, "other").await;
+    for id in &ids {
+        let (status, pending) = app.get(&format!("/commands/{id}")).await;
+        assert_eq!((status, pending["status"].as_str()), (200, Some("pending")));
+        let (status, body) = app.get_as(&other_key, &format!("/commands/{id}")).await;
+        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+        let changed = uuid::Uuid::from_u128(uuid::Uuid::parse_str(id).unwrap().as_u128() ^ 1);
+        let (status, _) = app.get(&format!("/commands/{changed}")).await;
+        assert_eq!(status, 404, "{changed}");
+    }
+}
+
 #[tokio::test]
 async fn unknown_command_is_404_and_malformed_id_is_400() {
     let app = spawn_app().await;
@@ -92,7 +146,7 @@ async fn a_command_the_broker_did_not_accept_is_503_and_changes_nothing() {
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "unavailable");
-    // Fire-and-forget too: refused, and no receipt is left saying it was accepted.
+    // Fire-and-forget too: refused, and cancelled so that no copy can take effect.
     let (status, body) = app
         .post_with(
             "/credits/add",
@@ -101,11 +155,12 @@ async fn a_command_the_broker_did_not_accept_is_503_and_changes_nothing() {
         )
         .await;
     assert_eq!(status, 503, "{body}");
-    let receipts: i64 = sqlx::query_scalar("SELECT count(*) FROM command_receipts")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(receipts, 0, "a refused command left a receipt");
+    let cancelled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_commands WHERE status = 'cancelled'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(cancelled, 2, "each refused command is cancelled");
     app.nats.restart();
     // Once the broker is back, writes flow again and the refused one never appears.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

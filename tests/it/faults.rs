@@ -176,7 +176,7 @@ impl Summary {
     }
 
     /// The checks every scenario shares. `answer_budget`: every answer comes within the sync
-    /// timeout, and a `202` then records its receipt (at most 2 s more).
+    /// timeout and 2.5 s more (a publish waits at most 2 s for the broker).
     fn assert_sound(&self, scenario: &str) {
         let answer_budget = Duration::from_millis(SYNC_TIMEOUT_MS + 2_500);
         assert_eq!(self.lost, 0, "{scenario}: accepted commands lost: {self:?}");

@@ -30,6 +30,8 @@ impl Rng {
 struct Known {
     ledger_ids: Vec<String>,
     hold_ids: Vec<String>,
+    /// The ids of the commands answered `202`: each must be applied in the end.
+    accepted: Vec<uuid::Uuid>,
 }
 
 async fn one_operation(
@@ -102,6 +104,10 @@ async fn one_operation(
         assert!(again < 500, "retry of {path} failed with {again}");
     }
     assert!(status < 500, "{path} failed with {status}: {answer}");
+    if status == 202 {
+        let id = answer["command_id"].as_str().expect("a 202's command_id");
+        known.lock().unwrap().accepted.push(id.parse().unwrap());
+    }
     if status == 200 {
         let mut known = known.lock().unwrap();
         if let Some(id) = answer["ledger_id"].as_str() {
@@ -174,10 +180,13 @@ async fn random_writes_with_crashing_workers_keep_every_invariant() {
     // Every accepted command is applied; every expiry due is written.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        let accepted = known.lock().unwrap().accepted.clone();
         let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM command_receipts r
-             WHERE NOT EXISTS (SELECT 1 FROM processed_commands p WHERE p.command_id = r.command_id)",
+            "SELECT count(*) FROM UNNEST($1::uuid[]) AS a(id)
+             WHERE NOT EXISTS (SELECT 1 FROM processed_commands p
+                               WHERE p.command_id = a.id AND p.status <> 'cancelled')",
         )
+        .bind(&accepted)
         .fetch_one(&app.pool)
         .await
         .unwrap();

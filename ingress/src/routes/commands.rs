@@ -97,21 +97,26 @@ pub async fn command_status(
             dead_letter: dead_letter(&state, auth.app_id, command_id).await?,
         }));
     }
-    let pending: Option<Uuid> = sqlx::query_scalar(
-        "SELECT command_id FROM command_receipts WHERE command_id = $1 AND app_id = $2",
-    )
-    .bind(command_id)
-    .bind(auth.app_id)
-    .fetch_optional(&state.pool)
-    .await?;
-    match pending {
-        Some(_) => Ok(Json(CommandStatus {
-            command_id,
-            status: "pending".into(),
-            http_status: None,
-            result: None,
-            dead_letter: dead_letter(&state, auth.app_id, command_id).await?,
-        })),
-        None => Err(not_found()),
+    // An id the ingress minted for this app is pending until a worker records it. Other ids
+    // (from before ids were signed, or webhook commands whose dead letters the CLI replayed)
+    // are pending while they have a receipt.
+    let pending = state.command_ids.vouches(auth.app_id, command_id)
+        || sqlx::query_scalar::<_, Uuid>(
+            "SELECT command_id FROM command_receipts WHERE command_id = $1 AND app_id = $2",
+        )
+        .bind(command_id)
+        .bind(auth.app_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .is_some();
+    if !pending {
+        return Err(not_found());
     }
+    Ok(Json(CommandStatus {
+        command_id,
+        status: "pending".into(),
+        http_status: None,
+        result: None,
+        dead_letter: dead_letter(&state, auth.app_id, command_id).await?,
+    }))
 }

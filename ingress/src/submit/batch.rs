@@ -14,7 +14,7 @@
 //!    published together. A refused message's commands are cancelled (as a single refused
 //!    command is) and answered `503`; if every command was refused, the whole request is a
 //!    `503` and changed nothing.
-//! 4. Answer at once (`Prefer: respond-async`: a receipt and a `202` body per command), or
+//! 4. Answer at once (`Prefer: respond-async`: a `202` body per command), or
 //!    wait for every answer up to the sync timeout; a command not answered by then is a `202`.
 
 use std::collections::{HashMap, HashSet};
@@ -72,7 +72,10 @@ pub async fn submit_batch(
     respond_async: bool,
     origin: Origin,
 ) -> Result<BatchResult, ApiError> {
-    let mut ids: Vec<Uuid> = operations.iter().map(|_| Uuid::now_v7()).collect();
+    let mut ids: Vec<Uuid> = operations
+        .iter()
+        .map(|_| state.command_ids.mint(app_id))
+        .collect();
     if let Some((key, hash)) = batch_idempotency {
         match claim_batch_key(state, app_id, key, hash, &ids).await? {
             BatchClaim::New => {}
@@ -162,17 +165,7 @@ async fn publish_and_wait(
         .zip(&waiters)
         .map(|((_, _, envelope), waiter)| (envelope, waiter.as_ref()))
         .collect();
-    let published = if respond_async {
-        // As for one command: the receipts are written while the publish is in flight.
-        let receipts = futures::future::join_all(
-            envelopes
-                .iter()
-                .map(|(_, _, envelope)| state.receipts.record(app_id, envelope.command_id)),
-        );
-        tokio::join!(state.bus.publish_many(&to_publish), receipts).0
-    } else {
-        state.bus.publish_many(&to_publish).await
-    };
+    let published = state.bus.publish_many(&to_publish).await;
     let mut refused: Vec<usize> = Vec::new();
     let mut position = 0;
     for (count, result) in published {
@@ -226,7 +219,6 @@ async fn publish_and_wait(
         .filter(|id| !cancelled.contains(id))
         .collect();
     let mut late = finished_many(&state.pool, app_id, &applied_anyway).await?;
-    let mut unanswered = Vec::new();
     for ((index, _, envelope), outcome) in envelopes.iter().zip(outcomes) {
         let id = envelope.command_id;
         answers[*index] = Some(match outcome.or_else(|| late.remove(&id)) {
@@ -234,21 +226,9 @@ async fn publish_and_wait(
             None if cancelled.contains(&id) => BatchAnswer::Refused(ApiError::Unavailable(
                 "the broker is unreachable; the command was not accepted".into(),
             )),
-            None => {
-                if !respond_async {
-                    unanswered.push(id);
-                }
-                BatchAnswer::Answer(Answer::Accepted { command_id: id })
-            }
+            None => BatchAnswer::Answer(Answer::Accepted { command_id: id }),
         });
     }
-    // A synchronous answer that did not come in time is a `202`: its receipt says `pending`.
-    futures::future::join_all(
-        unanswered
-            .iter()
-            .map(|id| state.receipts.record(app_id, *id)),
-    )
-    .await;
     Ok(())
 }
 
@@ -398,8 +378,7 @@ async fn claim_operation_keys(
 }
 
 /// Cancels the refused commands (positions in `envelopes`) so that no copy of them can take
-/// effect, as a single refused command is cancelled: their receipts are taken back and their
-/// operations' keys freed. Returns the ids cancelled; the others were applied by a worker.
+/// effect, as a single refused command is cancelled, and their operations' keys are freed. Returns the ids cancelled; the others were applied by a worker.
 async fn cancel(
     state: &AppState,
     app_id: Uuid,
@@ -419,10 +398,6 @@ async fn cancel(
     .bind(&ids)
     .fetch_all(&state.pool)
     .await?;
-    sqlx::query("DELETE FROM command_receipts WHERE command_id = ANY($1)")
-        .bind(&cancelled)
-        .execute(&state.pool)
-        .await?;
     let cancelled: HashSet<Uuid> = cancelled.into_iter().collect();
     let (keys, key_ids): (Vec<&str>, Vec<Uuid>) = refused
         .iter()
