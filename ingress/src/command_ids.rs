@@ -35,7 +35,8 @@ const VERSION: u128 = 0x7 << 76;
 const VARIANT: u128 = 0b10 << 62;
 
 pub struct CommandIds {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed once with the deployment's key; each MAC starts from a clone.
+    keyed: HmacSha256,
     instance: u16,
     /// The last id's milliseconds and counter.
     last: Mutex<(u64, u32)>,
@@ -58,7 +59,7 @@ impl CommandIds {
 
     pub fn new(key: [u8; 32], instance: u16) -> Self {
         Self {
-            key,
+            keyed: HmacSha256::new_from_slice(&key).expect("HMAC takes any key length"),
             instance,
             last: Mutex::new((0, 0)),
         }
@@ -94,9 +95,9 @@ impl CommandIds {
         let counter = u128::from(counter);
         let payload =
             (u128::from(self.instance) << (COUNTER_BITS + MAC_BITS)) | (counter << MAC_BITS);
+        // The MAC fills the id's last 32 bits, left zero in `unsigned`.
         let unsigned = layout(ms, payload);
-        let mac = u128::from(self.mac(app_id, unsigned));
-        Uuid::from_u128(layout(ms, payload | mac))
+        Uuid::from_u128(unsigned | u128::from(self.mac(app_id, unsigned)))
     }
 
     /// Whether this deployment minted `id` for `app_id`.
@@ -112,7 +113,7 @@ impl CommandIds {
 
     /// The first 32 bits of HMAC-SHA256(key, app id ‖ the id with its MAC bits zero).
     fn mac(&self, app_id: Uuid, unsigned: u128) -> u32 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(app_id.as_bytes());
         mac.update(&unsigned.to_be_bytes());
         let tag = mac.finalize().into_bytes();
