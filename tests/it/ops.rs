@@ -72,6 +72,45 @@ async fn the_ledger_is_append_only_in_the_database() {
 }
 
 #[tokio::test]
+async fn the_database_refuses_a_malformed_credit_type_on_insert_and_on_update() {
+    let app = spawn_app().await;
+    app.add("u1", 5).await;
+    let app_id: uuid::Uuid = sqlx::query_scalar("SELECT app_id FROM accounts LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let insert = sqlx::query(
+        "INSERT INTO accounts (app_id, user_id, credit_type) VALUES ($1, 'u2', 'Not A Type')",
+    )
+    .bind(app_id)
+    .execute(&app.pool)
+    .await
+    .expect_err("a malformed type inserted");
+    let update = sqlx::query("UPDATE accounts SET credit_type = 'x'||repeat('y', 64)")
+        .execute(&app.pool)
+        .await
+        .expect_err("a malformed type set");
+    for error in [insert, update] {
+        let database = error.as_database_error().expect("a database error");
+        assert_eq!(database.code().as_deref(), Some("23514"), "{error}");
+        assert_eq!(
+            database.constraint(),
+            Some("accounts_credit_type_format"),
+            "{error}"
+        );
+    }
+    // A well-formed type is written.
+    sqlx::query(
+        "INSERT INTO accounts (app_id, user_id, credit_type) VALUES ($1, 'u2', 'image_v2-hd')",
+    )
+    .bind(app_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.assert_verified().await;
+}
+
+#[tokio::test]
 async fn verify_reports_a_broken_invariant() {
     let app = spawn_app().await;
     app.add("u1", 5).await;
