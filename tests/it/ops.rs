@@ -75,14 +75,10 @@ async fn the_ledger_is_append_only_in_the_database() {
 async fn the_database_refuses_a_malformed_credit_type_on_insert_and_on_update() {
     let app = spawn_app().await;
     app.add("u1", 5).await;
-    let app_id: uuid::Uuid = sqlx::query_scalar("SELECT app_id FROM accounts LIMIT 1")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
     let insert = sqlx::query(
         "INSERT INTO accounts (app_id, user_id, credit_type) VALUES ($1, 'u2', 'Not A Type')",
     )
-    .bind(app_id)
+    .bind(app.app_id)
     .execute(&app.pool)
     .await
     .expect_err("a malformed type inserted");
@@ -103,7 +99,7 @@ async fn the_database_refuses_a_malformed_credit_type_on_insert_and_on_update() 
     sqlx::query(
         "INSERT INTO accounts (app_id, user_id, credit_type) VALUES ($1, 'u2', 'image_v2-hd')",
     )
-    .bind(app_id)
+    .bind(app.app_id)
     .execute(&app.pool)
     .await
     .unwrap();
