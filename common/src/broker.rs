@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_nats::jetstream::{self, stream};
+use backon::{ConstantBuilder, Retryable};
 
 use crate::command::{BatchedCommand, CommandBatch};
 use crate::config::STARTUP_CONNECT_TIMEOUT;
@@ -184,7 +185,7 @@ pub async fn provision(
                         Replicas::Apply => {
                             let mut wanted = info.config.clone();
                             wanted.num_replicas = replicas.into();
-                            js.update_stream(wanted).await.with_context(|| {
+                            change_replicas(js, &wanted).await.with_context(|| {
                                 format!(
                                     "cannot change stream {} from {current} to {replicas} replicas",
                                     config.name
@@ -239,7 +240,7 @@ async fn provision_deliveries(
     if info.config.num_replicas != usize::from(replicas) && on_mismatch == Replicas::Apply {
         let mut wanted = info.config.clone();
         wanted.num_replicas = replicas.into();
-        js.update_stream(wanted).await.with_context(|| {
+        change_replicas(js, &wanted).await.with_context(|| {
             format!(
                 "cannot change stream {} to {replicas} replicas",
                 config.name
@@ -247,6 +248,52 @@ async fn provision_deliveries(
         })?;
     }
     Ok(())
+}
+
+/// How long `tally migrate` waits for the cluster to be able to place a stream's new replicas.
+const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+const PLACEMENT_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Updates a stream to a new replica count. The meta leader places replicas only on peers it
+/// has heard from lately: on a cluster that just formed, or with a node down or just back, an
+/// attempt may find "no suitable peers" (code 10005), or no meta leader at all while one is
+/// elected (a timeout). Those answers are retried for [`PLACEMENT_TIMEOUT`]: the update sets a
+/// count, so applying it twice is the same as once. Any other error is returned at once.
+async fn change_replicas(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<(), jetstream::context::UpdateStreamError> {
+    let attempts = PLACEMENT_TIMEOUT.as_millis() / PLACEMENT_RETRY_DELAY.as_millis();
+    (|| async { js.update_stream(wanted).await.map(drop) })
+        .retry(
+            ConstantBuilder::default()
+                .with_delay(PLACEMENT_RETRY_DELAY)
+                .with_max_times(attempts as usize),
+        )
+        .when(placement_pending)
+        .notify(|error, after| {
+            tracing::info!(
+                %error,
+                stream = %wanted.name,
+                retry_in_ms = after.as_millis() as u64,
+                "the cluster cannot place the new replicas yet; retrying"
+            );
+        })
+        .await
+}
+
+/// Whether an update failed only because the cluster cannot place replicas right now.
+fn placement_pending(error: &jetstream::context::UpdateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    match error.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(error) => [
+            jetstream::ErrorCode::CLUSTER_NO_PEERS,
+            jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE,
+        ]
+        .contains(&error.error_code()),
+        _ => false,
+    }
 }
 
 /// Publishes one command on its own (a replayed dead letter, a charge's result) as a batch of

@@ -501,6 +501,58 @@ async fn tally_migrate_moves_the_stream_to_three_replicas() {
     app.assert_verified().await;
 }
 
+/// `tally migrate` run while a node is down waits for the cluster to be able to place the new
+/// replicas (the node coming back) instead of failing with "no suitable peers".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tally_migrate_waits_for_a_node_to_place_the_new_replicas_on() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(Options {
+        nats_nodes: 3,
+        stream_replicas: 1,
+        ..Options::default()
+    })
+    .await;
+    add_applied(&app, "r-1", 10).await;
+    let leader = stream_leader(&app).await;
+    let down = ["n0", "n1", "n2"]
+        .into_iter()
+        .find(|name| *name != leader)
+        .expect("a node other than the stream's");
+    tokio::task::block_in_place(|| app.nats_node(down).stop());
+    let migrate = app.cli_with(&["migrate"], &[("TALLY_STREAM_REPLICAS", "3")]);
+    let comeback = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::task::block_in_place(|| app.nats_node(down).restart());
+    };
+    let ((code, report), ()) = tokio::join!(migrate, comeback);
+    assert_eq!(code, 0, "tally migrate failed: {report}");
+    let js = jetstream(&app).await;
+    let name = tally_common::partition::Names::new(&app.namespace).command_stream();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = js
+            .get_stream(&name)
+            .await
+            .expect("stream")
+            .get_info()
+            .await
+            .expect("info");
+        assert_eq!(info.config.num_replicas, 3);
+        let replicas = info.cluster.map(|c| c.replicas).unwrap_or_default();
+        if replicas.len() == 2 && replicas.iter().all(|r| r.current) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never caught up: {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    add_applied(&app, "r-1", 5).await;
+    assert_eq!(app.balance("r-1").await, 15);
+    app.assert_verified().await;
+}
+
 /// Adds credits and waits until they are applied: on a busy machine a cluster that just formed
 /// or is copying its stream may outlast the sync timeout, so the answer may be a 202 first.
 async fn add_applied(app: &TestApp, user: &str, amount: i64) {
