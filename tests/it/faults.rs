@@ -479,25 +479,7 @@ async fn tally_migrate_moves_the_stream_to_three_replicas() {
     // Writes go on while (and after) NATS copies the stream to its new replicas.
     add_applied(&app, "r-1", 5).await;
     assert_eq!(app.balance("r-1").await, 15);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = js
-            .get_stream(&name)
-            .await
-            .expect("stream")
-            .get_info()
-            .await
-            .expect("info");
-        let replicas = info.cluster.map(|c| c.replicas).unwrap_or_default();
-        if replicas.len() == 2 && replicas.iter().all(|r| r.current) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas never caught up: {replicas:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_followers_current(&app).await;
     app.assert_verified().await;
 }
 
@@ -526,7 +508,15 @@ async fn tally_migrate_waits_for_a_node_to_place_the_new_replicas_on() {
     };
     let ((code, report), ()) = tokio::join!(migrate, comeback);
     assert_eq!(code, 0, "tally migrate failed: {report}");
-    let js = jetstream(&app).await;
+    await_followers_current(&app).await;
+    add_applied(&app, "r-1", 5).await;
+    assert_eq!(app.balance("r-1").await, 15);
+    app.assert_verified().await;
+}
+
+/// Waits until the command stream has 3 replicas, both followers current.
+async fn await_followers_current(app: &TestApp) {
+    let js = jetstream(app).await;
     let name = tally_common::partition::Names::new(&app.namespace).command_stream();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -540,7 +530,7 @@ async fn tally_migrate_waits_for_a_node_to_place_the_new_replicas_on() {
         assert_eq!(info.config.num_replicas, 3);
         let replicas = info.cluster.map(|c| c.replicas).unwrap_or_default();
         if replicas.len() == 2 && replicas.iter().all(|r| r.current) {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -548,9 +538,6 @@ async fn tally_migrate_waits_for_a_node_to_place_the_new_replicas_on() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    add_applied(&app, "r-1", 5).await;
-    assert_eq!(app.balance("r-1").await, 15);
-    app.assert_verified().await;
 }
 
 /// Adds credits and waits until they are applied: on a busy machine a cluster that just formed
