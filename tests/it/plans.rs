@@ -373,12 +373,20 @@ async fn auto_topup(app: &TestApp, user: &str) -> Value {
 
 /// Waits until the user's last attempt is `status` (and has a payment intent, if pending).
 async fn wait_attempt(app: &TestApp, user: &str, status: &str) -> Value {
+    wait_next_attempt(app, user, status, &Value::Null).await
+}
+
+/// [`wait_attempt`] for an attempt other than `previous` (settings read earlier): the one the
+/// last change made, not the one before it that ended in the same status.
+async fn wait_next_attempt(app: &TestApp, user: &str, status: &str, previous: &Value) -> Value {
+    let previous = &previous["last_attempt"]["id"];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let settings = auto_topup(app, user).await;
         let attempt = &settings["last_attempt"];
         let charged = status != "pending" || attempt["payment_intent_id"].is_string();
-        if attempt["status"] == status && charged {
+        let new = previous.is_null() || attempt["id"] != *previous;
+        if attempt["status"] == status && charged && new {
             return settings;
         }
         assert!(
@@ -474,12 +482,12 @@ async fn three_declines_in_a_row_disable_auto_topup() {
     stripe.set_behavior(Behavior::insufficient_funds());
     let app = topup_app(&stripe, 1).await;
     app.add("payer", 100).await;
-    set_auto_topup(&app, "payer", 96).await;
+    let mut settings = set_auto_topup(&app, "payer", 96).await;
     for round in 1..=3 {
         // Each change that leaves the balance below the threshold with nothing pending makes
         // one attempt.
         app.deduct("payer", 5).await;
-        let settings = wait_attempt(&app, "payer", "failed").await;
+        settings = wait_next_attempt(&app, "payer", "failed", &settings).await;
         assert_eq!(settings["consecutive_failures"], round, "{settings}");
         let error = &settings["last_attempt"]["error"];
         assert_eq!(error["code"], "card_declined", "{settings}");
@@ -592,9 +600,10 @@ async fn attempts_stop_at_the_monthly_cap() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Each attempt ends waiting for the customer, so the next change may make another: two
     // this month, then none.
+    let mut settings = settings;
     for _ in 0..2 {
         app.deduct("payer", 5).await;
-        wait_attempt(&app, "payer", "action_required").await;
+        settings = wait_next_attempt(&app, "payer", "action_required", &settings).await;
     }
     app.deduct("payer", 5).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
