@@ -100,7 +100,7 @@ class Browser:
             try:
                 return self.call("GET", f"/element/{self.find(css)}/text")
             except Failure as failure:
-                if "stale element reference" not in str(failure) or attempt == 4:
+                if not replaced(failure) or attempt == 4:
                     raise
                 time.sleep(0.1)
 
@@ -129,6 +129,17 @@ class Browser:
         http("DELETE", self.session)
 
 
+def replaced(failure):
+    """Whether a webdriver call failed because the page replaced the element it named.
+
+    Chromedriver says so as a "stale element reference", or, when the node is gone from the
+    document while the call runs, as an "unknown error" from the inspector.
+    """
+    message = str(failure)
+    return ("stale element reference" in message
+            or "does not belong to the document" in message)
+
+
 def wait_for(what, probe, seconds):
     deadline = time.monotonic() + seconds
     last = None
@@ -137,7 +148,7 @@ def wait_for(what, probe, seconds):
             last = probe()
         except Failure as failure:
             # A page still loading after a click may not hold the element yet.
-            if "no such element" not in str(failure) and "stale element reference" not in str(failure):
+            if "no such element" not in str(failure) and not replaced(failure):
                 raise
             last = failure
         else:
