@@ -7,6 +7,7 @@ mod abuse;
 mod admin;
 mod admin_events;
 mod batches;
+mod cluster;
 mod commands;
 mod concurrency;
 mod crash;
